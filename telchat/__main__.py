@@ -1,0 +1,3 @@
+from telchat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Every line the server prints, in one place (docs/PROTOCOL.md lists the same)."""
+
+from __future__ import annotations
+
+from telchat.names import NICK_RULE
+
+ANONYMOUS = "anonymous"
+
+WELCOME = "*** Welcome to telchat. Type help for commands."
+GOODBYE = "*** have a nice day ***"
+NICK_CHANGE = "*** User change nick {old} --> {new}"
+HISTORY_HEADER = "*** #{room} history"
+JOINED = "*** User {nick} joined room #{room}"
+LEFT = "*** User {nick} left room #{room}"
+QUIT = "*** User {nick} quit ({reason})"
+SWITCHED = "*** Current room is now #{room}"
+SAY = "#{room}:{nick}> {text}"
+EMOTE = "#{room}:* {nick} {text}"
+PRIVATE_IN = "*{nick}*> {text}"
+PRIVATE_OUT = "-> *{nick}*> {text}"
+WHO_ROOM = "*** Users in #{room}: {names}"
+WHO_ALL = "*** Users online: {names}"
+ROOMS = "*** Rooms: {rooms}"
+NO_ROOMS = "*** No rooms yet. Type join <room> to create one."
+HELP_LIST = "*** Commands: {names}. Type help <command> for one command's usage."
+HELP_ONE = "*** {usage} - {summary}"
+
+LOGIN_FIRST = "*** Please login first: login <nick>"
+NICK_TAKEN = "*** Nick {nick} is already taken"
+NICK_SAME = "*** You are already {nick}"
+NO_ROOM = "*** You are not in a room. Type join <room> first."
+NOT_MEMBER = "*** You are not in #{room}"
+NO_SUCH_ROOM = "*** No such room: #{room}"
+NO_SUCH_USER = "*** No such user: {nick}"
+NO_SUCH_COMMAND = "*** No such command: {name}. Type help for commands."
+UNKNOWN_COMMAND = "*** Unknown command /{name}. Type help for commands."
+USAGE = "*** Usage: {usage}"
+LINE_TOO_LONG = "*** Line too long ({length} bytes, limit {limit}); it was not sent."
+INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecting."
+SENDQ_EXCEEDED = "too slow to read"
+INTERNAL_ERROR = "*** Internal error; your line was not processed. Please try again."
+NICK_HELP = f"*** Nicks: {NICK_RULE}"

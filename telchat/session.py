@@ -1,0 +1,118 @@
+"""One connected person: bytes in, lines out, through the command layer. No telnet here.
+
+The protocol layer feeds raw bytes to `Session.feed` and ends the session with `finish`;
+everything the session says goes through its user's Outbox.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from telchat import commands, replies
+from telchat.config import Config
+from telchat.lines import LineSplitter, Overflow, Oversize
+from telchat.logs import get_logger
+from telchat.outbox import Flusher, Outbox, Sink
+from telchat.rooms import Chat, User
+from telchat.sanitize import sanitize
+
+log = get_logger("telchat.session")
+
+
+class Session:
+    def __init__(
+        self,
+        chat: Chat,
+        config: Config,
+        *,
+        sink: Sink,
+        flusher: Flusher,
+        close: Callable[[], None],
+        conn_id: int,
+        peer: str,
+        charset: str = "utf-8",
+    ) -> None:
+        self.chat = chat
+        self._config = config
+        self._close = close
+        self._splitter = LineSplitter(config.max_line_bytes, config.max_unterminated_bytes)
+        self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
+        self.reason: str | None = None
+        self.bytes_in = 0
+        self._started = time.monotonic()
+
+    @property
+    def closing(self) -> bool:
+        return self.reason is not None
+
+    def start(self) -> None:
+        self.chat.connect(self.user)
+        self.user.send(replies.WELCOME)
+
+    async def feed(self, data: bytes) -> None:
+        """Handle a chunk of input; on return, `closing` says whether to stop reading."""
+        self.bytes_in += len(data)
+        try:
+            lines = self._splitter.feed(data)
+        except Overflow as exc:
+            # The lines completed before the overflow are lost with it: this client is abusive.
+            log.warning("limit", kind="unterminated_input", bytes=exc.args[0])
+            self.user.send(replies.INPUT_OVERFLOW.format(limit=self._config.max_unterminated_bytes))
+            self.quit("input overflow", reason="readq")
+            return
+        for line in lines:
+            if self.closing:
+                return
+            await self._handle(line)
+
+    async def _handle(self, line: bytes | Oversize) -> None:
+        if isinstance(line, Oversize):
+            log.info("limit", kind="line_length", bytes=line.length)
+            self.user.send(replies.LINE_TOO_LONG.format(length=line.length, limit=self._config.max_line_bytes))
+            return
+        text = sanitize(line.decode(self.user.charset, "replace")).strip()
+        if not text:
+            return
+        try:
+            await commands.execute(self, text)
+        except Exception:
+            # One bad line must never end the session or touch anyone else's.
+            log.exception("command_failed")
+            self.user.send(replies.INTERNAL_ERROR)
+
+    def quit(self, message: str, reason: str = "quit") -> None:
+        """End this session at the user's (or a limit's) request."""
+        if self.closing:
+            return
+        self.reason = reason
+        self.user.send(replies.GOODBYE)
+        self.chat.disconnect(self.user, message)
+        self.user.outbox.flush()
+        self._close()
+
+    def _on_sendq(self) -> None:
+        if self.closing:
+            return
+        self.reason = "sendq"
+        user = self.user
+        log.warning(
+            "limit", kind="sendq", conn_id=user.conn_id, peer=user.peer, nick=user.nick, bytes=self._config.sendq_bytes
+        )
+        self.chat.disconnect(self.user, replies.SENDQ_EXCEEDED)
+        self._close()
+
+    def finish(self, reason: str) -> None:
+        """The connection is gone (or going): clean up and log why. Idempotent."""
+        self.reason = self.reason or reason
+        self.chat.disconnect(self.user, "connection closed" if reason in ("eof", "error") else self.reason)
+        log.info(
+            "disconnect",
+            conn_id=self.user.conn_id,
+            peer=self.user.peer,
+            nick=self.user.nick,
+            reason=self.reason,
+            duration=round(time.monotonic() - self._started, 3),
+            bytes_in=self.bytes_in,
+            bytes_out=self.user.outbox.bytes_out,
+        )

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+
+import pytest
+
+from telchat.app import App
+from telchat.config import Config
+from telchat.logs import configure_logging
+from tests.clients import LineClient, RawClient, TelnetClient
+
+TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    # In-process servers log at info (so every log call runs) into the void; log content is
+    # checked against real server processes in test_logging.py.
+    configure_logging("json", "info", open(os.devnull, "wb"))  # noqa: SIM115
+
+
+@pytest.fixture
+def config() -> Config:
+    return TEST_CONFIG
+
+
+@pytest.fixture
+async def app(config: Config) -> AsyncIterator[App]:
+    server = App(config)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def port(app: App) -> int:
+    return app.port
+
+
+Connect = Callable[..., Awaitable[LineClient]]
+
+
+@pytest.fixture
+async def connect(port: int) -> AsyncIterator[Connect]:
+    """Open clients of either kind; all are closed at the end of the test."""
+    opened: list[LineClient] = []
+
+    async def _connect(kind: str = "raw", greet: bool = True) -> LineClient:
+        cls = RawClient if kind == "raw" else TelnetClient
+        client = await cls.connect(port, greet=greet)
+        opened.append(client)
+        return client
+
+    yield _connect
+    for client in opened:
+        await client.close()
+
+
+def with_config(**changes: object) -> Config:
+    return replace(TEST_CONFIG, **changes)  # type: ignore[arg-type]
