@@ -24,15 +24,16 @@ from telchat.protocol import (
 )
 from telchat.rooms import Chat
 from telchat.session import Session
-from telchat.store import HistoryStore, MemoryStore
+from telchat.store import Store
+from telchat.store_url import make_store
 
 log = get_logger("telchat.app")
 
 
 class App:
-    def __init__(self, config: Config, store: HistoryStore | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.store = store or MemoryStore(config.history_keep)
+        self.store = store or make_store(config.store, config.history_keep)
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
@@ -46,7 +47,7 @@ class App:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        await self.store.open()
+        await self.store.open(self.chat.deliver)
         self._server = await telnetlib3.create_server(
             host=self.config.host,
             port=self.config.port,
@@ -103,7 +104,7 @@ class App:
         if self._server is not None and self._server._server is not None:
             # Close only the listener: telnetlib3's Server.close() would drop clients unwarned.
             self._server._server.close()
-        self.chat.broadcast_all(replies.GOODBYE)
+        self.chat.broadcast_local(replies.GOODBYE)
         self._flusher.flush()
         await self._drain(self.config.shutdown_grace)
         for session, transport in list(self.sessions.items()):

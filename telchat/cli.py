@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from telchat.app import App
 from telchat.config import Config, parse_config
 from telchat.logs import configure_logging, get_logger
+from telchat.store import StoreError
 
 EXIT_OK = 0
 EXIT_START_FAILED = 2
@@ -17,9 +18,13 @@ EXIT_START_FAILED = 2
 
 async def serve(config: Config) -> int:
     log = get_logger("telchat.cli")
-    app = App(config)
     try:
+        app = App(config)
         await app.start()
+    except StoreError as exc:
+        log.error("start_failed", error=str(exc), store=config.store)
+        print(f"telchat: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
     except OSError as exc:
         log.error("start_failed", error=str(exc), host=config.host, port=config.port)
         print(f"telchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)

@@ -67,7 +67,7 @@ Parsed = Say | Invocation | Unknown
 
 
 async def _login(ctx: Context, args: list[str]) -> None:
-    ctx.chat.set_nick(ctx.user, args[0])
+    await ctx.chat.set_nick(ctx.user, args[0])
 
 
 async def _join(ctx: Context, args: list[str]) -> None:
@@ -87,15 +87,15 @@ async def _me(ctx: Context, args: list[str]) -> None:
 
 
 async def _msg(ctx: Context, args: list[str]) -> None:
-    ctx.chat.private(ctx.user, args[0], args[1])
+    await ctx.chat.private(ctx.user, args[0], args[1])
 
 
 async def _who(ctx: Context, args: list[str]) -> None:
-    ctx.user.send(ctx.chat.who(ctx.user, args[0] if args else None))
+    ctx.user.send(await ctx.chat.who(ctx.user, args[0] if args else None))
 
 
 async def _rooms(ctx: Context, args: list[str]) -> None:
-    ctx.user.send(ctx.chat.room_list())
+    ctx.user.send(await ctx.chat.room_list())
 
 
 async def _history(ctx: Context, args: list[str]) -> None:

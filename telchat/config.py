@@ -29,6 +29,7 @@ class Config:
     sendq_bytes: int = 131072
     connect_maxwait: float = 0.25
     shutdown_grace: float = 2.0
+    store: str = "sqlite:///telchat.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for telnet negotiation before greeting a client",
     ),
     Option("shutdown_grace", _seconds, "seconds to flush goodbyes on SIGTERM/SIGINT"),
+    Option("store", str, "history store: sqlite:///PATH, memory:// or redis://HOST:PORT/DB"),
 )
 
 

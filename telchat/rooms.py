@@ -1,7 +1,9 @@
 """The room manager: users, nicks, rooms, membership, history and fan-out. No sockets here.
 
-Each user reaches the network only through its Outbox; the store decides when a line is
-durable, and only then is it delivered (`HistoryStore.after_commit`).
+Everything other users should see is published to the store as an Event; the store
+commits it and hands it back to `deliver` (on every node, for a shared store), which
+fans it out to the local users concerned. Each user reaches the network only through
+its Outbox.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from telchat import replies
+from telchat import events, replies
+from telchat.events import EMOTE, NO_ID, SAY, EntryId, Event
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
-from telchat.store import EMOTE, SAY, Entry, HistoryStore
+from telchat.store import Store, last_id
 
 log = get_logger("telchat.rooms")
 
@@ -40,6 +43,11 @@ class User:
     def logged_in(self) -> bool:
         return self.key is not None
 
+    @property
+    def member_id(self) -> str:
+        """This connection's name in cluster-wide presence."""
+        return str(self.conn_id)
+
     def send(self, text: str) -> None:
         fan_out(text, (self,))
 
@@ -49,6 +57,15 @@ class Room:
     key: str
     name: str
     members: dict[User, None] = field(default_factory=dict)
+    # Joiners waiting for their history: what arrives meanwhile is held, then replayed.
+    pending: dict[User, list[tuple[EntryId, str]]] = field(default_factory=dict)
+    # A new member's last history id; deliveries of older messages (a store that
+    # delivers later than it answers history) are not shown to them twice.
+    since: dict[User, EntryId] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.pending
 
 
 def _log(event: str, user: User, **fields: Any) -> None:
@@ -57,15 +74,21 @@ def _log(event: str, user: User, **fields: Any) -> None:
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
 
-def _names(users: Iterable[User]) -> str:
-    nicks = sorted((u.nick for u in users if u.logged_in), key=str.casefold)
-    anonymous = sum(1 for u in users if not u.logged_in)
-    text = ", ".join(nicks) if nicks else "nobody logged in"
+def _format_names(nicks: Iterable[str], anonymous: int) -> str:
+    names = sorted(set(nicks), key=str.casefold)
+    text = ", ".join(names) if names else "nobody logged in"
     return f"{text} (+{anonymous} anonymous)" if anonymous else text
 
 
+def check_room_or_error(raw: str) -> str:
+    try:
+        return check_room(raw)
+    except NameError_ as exc:
+        raise ChatError(f"*** {exc}") from None
+
+
 class Chat:
-    def __init__(self, store: HistoryStore, history_replay: int = 20, announce_nicks: str = "all") -> None:
+    def __init__(self, store: Store, history_replay: int = 20, announce_nicks: str = "all") -> None:
         self.store = store
         self.history_replay = history_replay
         self.announce_nicks = announce_nicks
@@ -77,6 +100,7 @@ class Chat:
 
     def connect(self, user: User) -> None:
         self.users[user] = None
+        self.store.online(user.member_id, user.nick)
 
     def disconnect(self, user: User, reason: str) -> None:
         """Forget `user` everywhere; members of its rooms see it go."""
@@ -85,16 +109,19 @@ class Chat:
         del self.users[user]
         if user.key is not None:
             self.nicks.pop(user.key, None)
-        rooms = list(user.rooms.values())
+            self.store.release_nick(user.key)
+        rooms = tuple(user.rooms)
+        for room in list(user.rooms.values()):
+            self._remove_member(room, user)
         user.rooms.clear()
         user.current = None
-        for room in rooms:
-            self._remove_member(room, user)
-        self._deliver(self._audience_of_rooms(rooms), replies.QUIT.format(nick=user.nick, reason=reason))
+        self.store.offline(user.member_id, rooms)
+        if rooms:
+            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
 
     # nicks
 
-    def set_nick(self, user: User, raw: str) -> None:
+    async def set_nick(self, user: User, raw: str) -> None:
         try:
             nick = check_nick(raw)
         except NameError_ as exc:
@@ -105,53 +132,81 @@ class Chat:
             raise ChatError(replies.NICK_SAME.format(nick=nick))
         if owner is not None and owner is not user:
             raise ChatError(replies.NICK_TAKEN.format(nick=nick))
-        old = user.nick
-        if user.key is not None:
-            del self.nicks[user.key]
-        self.nicks[key] = user
+        if owner is None:
+            # Hold the key locally while the store decides, so no local rival can slip in.
+            self.nicks[key] = user
+            if not await self.store.claim_nick(key, nick) or user not in self.users:
+                del self.nicks[key]
+                raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+        old, old_key = user.nick, user.key
+        if old_key is not None and old_key != key:
+            del self.nicks[old_key]
+            self.store.release_nick(old_key)
         user.nick, user.key = nick, key
         _log("nick", user, old=old, new=nick)
-        self._deliver(self._nick_audience(user), replies.NICK_CHANGE.format(old=old, new=nick))
+        self.store.renamed(user.member_id, nick, tuple(user.rooms))
+        self.store.publish(self._nick_notice(user, replies.NICK_CHANGE.format(old=old, new=nick)))
 
-    def _nick_audience(self, user: User) -> Iterable[User]:
+    def _nick_notice(self, user: User, text: str) -> Event:
         if self.announce_nicks == "all":
-            return self.users
-        audience = self._audience_of_rooms(user.rooms.values())
-        audience[user] = None
-        return audience
-
-    def find_user(self, raw: str) -> User:
-        user = self.nicks.get(nick_key(raw))
-        if user is None:
-            raise ChatError(replies.NO_SUCH_USER.format(nick=raw))
-        return user
+            return events.notice(text, everyone=True)
+        return events.notice(text, rooms=tuple(user.rooms), target=user.key or "")
 
     # rooms
 
     async def join(self, user: User, raw: str) -> None:
-        room = self._room(raw, create=True)
-        if room.key in user.rooms:
+        name = check_room_or_error(raw)
+        key = room_key(name)
+        room = self.rooms.get(key)
+        if room is not None and key in user.rooms:
             user.current = room
             user.send(replies.SWITCHED.format(room=room.name))
             return
-        entries = await self.store.recent(room.key, self.history_replay)
-        # Re-resolve: the room may have emptied and been dropped while the store answered.
-        room = self._room(raw, create=True)
+        if room is None:
+            room = self.rooms[key] = Room(key, name)
+        if user in room.pending:
+            return  # already joining; the first join finishes it
+        room.pending[user] = []
+        try:
+            history = await self.store.recent(key, self.history_replay)
+        except BaseException:
+            self._drop_pending(room, user)
+            raise
+        held = room.pending.pop(user, None)
+        if held is None or user not in self.users:
+            self._drop_pending(room, user)
+            return  # the user left while the store answered
+        self._admit(room, user, history, held)
+
+    def _admit(self, room: Room, user: User, history: list[Event], held: list[tuple[EntryId, str]]) -> None:
+        seen = last_id(history)
         user.send(replies.HISTORY_HEADER.format(room=room.name))
-        for entry in entries:
+        for entry in history:
             user.send(self._format(room, entry))
+        for entry_id, text in held:
+            if entry_id == NO_ID or entry_id > seen:
+                user.send(text)
         room.members[user] = None
+        room.since[user] = seen
         user.rooms[room.key] = room
         user.current = room
         _log("join", user, room=room.name)
-        self._deliver_after_commit(room.members, replies.JOINED.format(nick=user.nick, room=room.name))
+        self.store.joined(room.key, room.name, user.member_id, user.nick)
+        self.store.publish(events.notice(replies.JOINED.format(nick=user.nick, room=room.name), rooms=(room.key,)))
+
+    def _drop_pending(self, room: Room, user: User) -> None:
+        room.pending.pop(user, None)
+        if room.empty and self.rooms.get(room.key) is room:
+            del self.rooms[room.key]
 
     def leave(self, user: User, raw: str | None) -> None:
         room = self._member_room(user, raw)
-        del user.rooms[room.key]
-        audience = dict(room.members)
+        text = replies.LEFT.format(nick=user.nick, room=room.name)
+        # The leaver sees its own notice: deliver it directly, the room no longer includes it.
+        user.send(text)
         self._remove_member(room, user)
-        self._deliver_after_commit(audience, replies.LEFT.format(nick=user.nick, room=room.name))
+        del user.rooms[room.key]
+        self.store.publish(events.notice(text, rooms=(room.key,)))
         if user.current is room:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
@@ -159,19 +214,11 @@ class Chat:
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
+        room.since.pop(user, None)
         _log("leave", user, room=room.name)
-        if not room.members:
+        self.store.left(room.key, user.member_id)
+        if room.empty:
             del self.rooms[room.key]
-
-    def _room(self, raw: str, create: bool = False) -> Room:
-        name = check_room_or_error(raw)
-        key = room_key(name)
-        room = self.rooms.get(key)
-        if room is None:
-            if not create:
-                raise ChatError(replies.NO_SUCH_ROOM.format(room=name))
-            room = self.rooms[key] = Room(key, name)
-        return room
 
     def _member_room(self, user: User, raw: str | None) -> Room:
         if raw is None:
@@ -184,31 +231,26 @@ class Chat:
             raise ChatError(replies.NOT_MEMBER.format(room=name))
         return room
 
-    @staticmethod
-    def _audience_of_rooms(rooms: Iterable[Room]) -> dict[User, None]:
-        audience: dict[User, None] = {}
-        for room in rooms:
-            audience.update(room.members)
-        return audience
-
     # talking
 
     def say(self, user: User, text: str, kind: str = SAY) -> None:
         room = self._speaking_room(user)
-        entry = Entry(room.key, user.nick, text, kind)
-        self.store.append(entry)
         _log("message", user, room=room.name, kind=kind, text=text)
-        self._deliver_after_commit(room.members, self._format(room, entry))
+        self.store.publish(events.message(kind, room.key, room.name, user.nick, text))
 
     def emote(self, user: User, text: str) -> None:
         self.say(user, text, EMOTE)
 
-    def private(self, user: User, raw_nick: str, text: str) -> None:
+    async def private(self, user: User, raw_nick: str, text: str) -> None:
         self._require_login(user)
-        target = self.find_user(raw_nick)
-        _log("private_message", user, to=target.nick, text=text)
-        target.send(replies.PRIVATE_IN.format(nick=user.nick, text=text))
-        user.send(replies.PRIVATE_OUT.format(nick=target.nick, text=text))
+        key = nick_key(raw_nick)
+        target = self.nicks.get(key)
+        if target is None and not await self.store.remote_nick(key):
+            raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
+        shown = target.nick if target is not None else raw_nick
+        _log("private_message", user, to=shown, text=text)
+        user.send(replies.PRIVATE_OUT.format(nick=shown, text=text))
+        self.store.publish(events.private(user.nick, key, text))
 
     def _speaking_room(self, user: User) -> Room:
         self._require_login(user)
@@ -222,34 +264,84 @@ class Chat:
             raise ChatError(replies.LOGIN_FIRST)
 
     @staticmethod
-    def _format(room: Room, entry: Entry) -> str:
+    def _format(room: Room, entry: Event) -> str:
         template = replies.EMOTE if entry.kind == EMOTE else replies.SAY
         return template.format(room=room.name, nick=entry.nick, text=entry.text)
 
-    def _deliver(self, recipients: Iterable[User], text: str) -> None:
+    # delivery of committed events (called by the store)
+
+    def deliver(self, event: Event) -> None:
+        if event.in_history:
+            room = self.rooms.get(event.room)
+            if room is not None:
+                self._deliver_room(room, self._format(room, event), event.id)
+        elif event.kind == events.PRIVATE:
+            target = self.nicks.get(event.target)
+            if target is not None:
+                target.send(replies.PRIVATE_IN.format(nick=event.nick, text=event.text))
+        else:
+            self._deliver_notice(event)
+
+    def _deliver_notice(self, event: Event) -> None:
+        if event.everyone:
+            fan_out(event.text, self.users)
+            return
+        audience: dict[User, None] = {}
+        for key in event.rooms:
+            room = self.rooms.get(key)
+            if room is not None:
+                audience.update(room.members)
+                for held in room.pending.values():
+                    held.append((NO_ID, event.text))
+        target = self.nicks.get(event.target) if event.target else None
+        if target is not None:
+            audience[target] = None
+        fan_out(event.text, audience)
+
+    @staticmethod
+    def _deliver_room(room: Room, text: str, entry_id: EntryId) -> None:
+        for held in room.pending.values():
+            held.append((entry_id, text))
+        recipients: Iterable[User] = room.members
+        if room.since:
+            recipients = [u for u in room.members if entry_id > room.since.get(u, NO_ID)]
+            # Ids only grow: once past a member's history, no older message can follow.
+            for user in [u for u, seen in room.since.items() if entry_id > seen]:
+                del room.since[user]
         fan_out(text, recipients)
 
-    def _deliver_after_commit(self, members: dict[User, None], text: str) -> None:
-        # Snapshot membership now: whoever is in the room when the line is said gets it.
-        recipients = tuple(members)
-        self.store.after_commit(lambda: self._deliver(recipients, text))
+    # queries (this node's view, plus what the store knows of other nodes)
 
-    # queries
+    async def who(self, user: User, raw: str | None) -> str:
+        if raw is None and user.current is None:
+            local = [u.nick for u in self.users if u.logged_in]
+            anonymous = len(self.users) - len(local)
+            remote = await self.store.remote_online()
+            return replies.WHO_ALL.format(names=_format_names([*local, *remote], anonymous))
+        if raw is None:
+            assert user.current is not None
+            key, name = user.current.key, user.current.name
+        else:
+            name = check_room_or_error(raw)
+            key = room_key(name)
+        room = self.rooms.get(key)
+        remote = await self.store.remote_members(key)
+        if room is None and not remote:
+            raise ChatError(replies.NO_SUCH_ROOM.format(room=name))
+        members = list(room.members) if room is not None else []
+        local = [u.nick for u in members if u.logged_in]
+        shown = room.name if room is not None else name
+        return replies.WHO_ROOM.format(room=shown, names=_format_names([*local, *remote], len(members) - len(local)))
 
-    def who(self, user: User, raw: str | None) -> str:
-        if raw is not None:
-            room = self._room(raw)
-            return replies.WHO_ROOM.format(room=room.name, names=_names(room.members))
-        if user.current is not None:
-            room = user.current
-            return replies.WHO_ROOM.format(room=room.name, names=_names(room.members))
-        return replies.WHO_ALL.format(names=_names(self.users))
-
-    def room_list(self) -> str:
-        if not self.rooms:
+    async def room_list(self) -> str:
+        counts = await self.store.remote_rooms()
+        for room in self.rooms.values():
+            name, count = counts.get(room.key, (room.name, 0))
+            counts[room.key] = (name, count + len(room.members))
+        listed = sorted((key, name, count) for key, (name, count) in counts.items() if count)
+        if not listed:
             return replies.NO_ROOMS
-        rooms = sorted(self.rooms.values(), key=lambda r: r.key)
-        return replies.ROOMS.format(rooms=", ".join(f"#{r.name} ({len(r.members)})" for r in rooms))
+        return replies.ROOMS.format(rooms=", ".join(f"#{name} ({count})" for _, name, count in listed))
 
     async def history(self, user: User, count: int) -> list[str]:
         if user.current is None:
@@ -258,15 +350,6 @@ class Chat:
         entries = await self.store.recent(room.key, count)
         return [replies.HISTORY_HEADER.format(room=room.name), *(self._format(room, e) for e in entries)]
 
-    def broadcast_all(self, text: str) -> None:
-        self._deliver(self.users, text)
-
-    def stats(self) -> dict[str, Any]:
-        return {"users": len(self.users), "rooms": len(self.rooms)}
-
-
-def check_room_or_error(raw: str) -> str:
-    try:
-        return check_room(raw)
-    except NameError_ as exc:
-        raise ChatError(f"*** {exc}") from None
+    def broadcast_local(self, text: str) -> None:
+        """Tell every user connected to this node, now (shutdown)."""
+        fan_out(text, self.users)

@@ -1,75 +1,177 @@
-"""History storage behind one interface; the room manager never knows which one it has.
+"""Stores: where history lives and how committed events come back to be delivered.
 
-Persist, then deliver: the manager appends a line, then asks `after_commit` to run the
-delivery once everything appended so far is durable. A store that batches commits runs
-those callbacks after the batch's commit, in the order they were registered.
+The room manager sees only `Store`. `publish` persists an event (history for messages) and
+then, once it is committed, calls the `deliver` callback given to `open` — on this node for
+the local stores, on every node for a shared one. Cluster views (nicks, presence) are
+answered locally by the manager; a shared store adds what other nodes know.
 """
 
 from __future__ import annotations
 
 import abc
-import time
+import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 
-SAY = "say"
-EMOTE = "emote"
+from telchat.events import EntryId, Event
+from telchat.logs import get_logger
 
+log = get_logger("telchat.store")
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    room: str
-    nick: str
-    text: str
-    kind: str = SAY
-    ts: float = field(default_factory=time.time)
+Deliver = Callable[[Event], None]
+RETRY_SECONDS = 0.5
 
 
-class HistoryStore(abc.ABC):
+class StoreError(Exception):
+    """The store cannot be used (bad URL, unreachable); the message is for the operator."""
+
+
+class Store(abc.ABC):
     @abc.abstractmethod
-    async def open(self) -> None: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def open(self, deliver: Deliver) -> None:
+        """Connect; raise StoreError when the store cannot be used."""
 
     @abc.abstractmethod
-    def append(self, entry: Entry) -> None:
-        """Queue `entry` for the next commit."""
+    async def close(self) -> None:
+        """Commit what is pending and disconnect."""
 
     @abc.abstractmethod
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once every entry appended before this call is committed."""
+    def publish(self, event: Event) -> None:
+        """Persist `event`, then deliver it. Deliveries keep publish order."""
 
     @abc.abstractmethod
-    async def recent(self, room: str, limit: int) -> list[Entry]:
-        """The last `limit` committed entries of `room` (by room key), oldest first."""
+    async def recent(self, room: str, limit: int) -> list[Event]:
+        """The last `limit` committed messages of `room` (a room key), oldest first."""
 
+    async def check(self) -> None:  # noqa: B027 - local stores have nothing to check
+        """Raise StoreError when the store does not answer."""
 
-class MemoryStore(HistoryStore):
-    """History in process memory: fast, gone on restart. Commits are immediate."""
+    # Cluster-wide views; a single-process store has nothing beyond the local node.
 
-    def __init__(self, keep: int = 1000) -> None:
-        self._keep = keep
-        self._rooms: dict[str, deque[Entry]] = {}
+    async def claim_nick(self, key: str, nick: str) -> bool:
+        return True
 
-    async def open(self) -> None:
+    def release_nick(self, key: str) -> None:
         return None
+
+    def joined(self, room: str, room_name: str, member: str, nick: str) -> None:
+        return None
+
+    def left(self, room: str, member: str) -> None:
+        return None
+
+    def renamed(self, member: str, nick: str, rooms: tuple[str, ...]) -> None:
+        return None
+
+    def online(self, member: str, nick: str) -> None:
+        return None
+
+    def offline(self, member: str, rooms: tuple[str, ...]) -> None:
+        return None
+
+    async def remote_nick(self, key: str) -> bool:
+        """Whether `key` is a nick held on another node."""
+        return False
+
+    async def remote_members(self, room: str) -> list[str]:
+        return []
+
+    async def remote_rooms(self) -> dict[str, tuple[str, int]]:
+        """Room key -> (display name, member count) on other nodes."""
+        return {}
+
+    async def remote_online(self) -> list[str]:
+        return []
+
+
+class LocalStore(Store):
+    """One process: deliveries go straight back to this node's manager after each commit.
+
+    Subclasses persist history; commits are batched per event-loop turn (`_commit`), and
+    nothing is delivered before the batch that holds it is committed.
+    """
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+        self._pending: list[Event] = []
+        self._scheduled = False
+
+    async def open(self, deliver: Deliver) -> None:
+        self._deliver = deliver
 
     async def close(self) -> None:
-        return None
+        self._flush()
 
-    def append(self, entry: Entry) -> None:
-        lines = self._rooms.get(entry.room)
+    def publish(self, event: Event) -> None:
+        self._pending.append(event)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        events, self._pending = self._pending, []
+        if not events:
+            return
+        try:
+            committed = self._commit(events)
+        except StoreError as exc:
+            # Nothing of the batch was delivered; keep it, in order, and try again soon.
+            self._pending[:0] = events
+            log.error("store_error", error=str(exc), pending=len(self._pending))
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
+            return
+        for event in committed:
+            self._deliver_one(event)
+
+    def _deliver_one(self, event: Event) -> None:
+        assert self._deliver is not None
+        try:
+            self._deliver(event)
+        except Exception:
+            # One failed delivery must not cost the rest of the batch theirs.
+            log.exception("deliver_failed", kind=event.kind)
+
+    @abc.abstractmethod
+    def _commit(self, events: list[Event]) -> list[Event]:
+        """Make the history events among `events` durable; return all, ids assigned.
+
+        Raise StoreError, having changed nothing, when the commit fails."""
+
+
+class MemoryStore(LocalStore):
+    """History in process memory: fast, gone on restart. A commit is immediate."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        super().__init__()
+        self._keep = keep
+        self._rooms: dict[str, deque[Event]] = {}
+        self._seq = 0
+
+    def publish(self, event: Event) -> None:
+        # Nothing to wait for: deliver in the same turn, without a batch.
+        self._deliver_one(self._commit([event])[0])
+
+    def _commit(self, events: list[Event]) -> list[Event]:
+        return [self._append(event) if event.in_history else event for event in events]
+
+    def _append(self, event: Event) -> Event:
+        self._seq += 1
+        event = replace(event, id=(self._seq, 0))
+        lines = self._rooms.get(event.room)
         if lines is None:
-            lines = self._rooms[entry.room] = deque(maxlen=self._keep)
-        lines.append(entry)
+            lines = self._rooms[event.room] = deque(maxlen=self._keep)
+        lines.append(event)
+        return event
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        callback()
-
-    async def recent(self, room: str, limit: int) -> list[Entry]:
+    async def recent(self, room: str, limit: int) -> list[Event]:
         lines = self._rooms.get(room)
         if not lines or limit <= 0:
             return []
         return list(lines)[-limit:]
+
+
+def last_id(events: list[Event]) -> EntryId:
+    return events[-1].id if events else (0, 0)

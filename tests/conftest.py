@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from telchat.config import Config
 from telchat.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
 
-TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5)
+TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5, store="memory://")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,8 +22,11 @@ def _quiet_logs() -> None:
     configure_logging("json", "info", open(os.devnull, "wb"))  # noqa: SIM115
 
 
-@pytest.fixture
-def config() -> Config:
+@pytest.fixture(params=["memory", "sqlite"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    """Every in-process server test runs against both local stores."""
+    if request.param == "sqlite":
+        return replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'telchat.db'}")
     return TEST_CONFIG
 
 

@@ -29,13 +29,19 @@ def make_user(conn_id: int, flusher: Flusher, charset: str = "utf-8", limit: int
     return user, sink
 
 
+async def open_chat() -> Chat:
+    chat = Chat(MemoryStore())
+    await chat.store.open(chat.deliver)
+    return chat
+
+
 async def test_one_write_per_member_per_loop_turn() -> None:
     flusher = Flusher()
-    chat = Chat(MemoryStore())
+    chat = await open_chat()
     users = [make_user(i, flusher) for i in range(3)]
     for i, (user, _) in enumerate(users):
         chat.connect(user)
-        chat.set_nick(user, f"u{i}")
+        await chat.set_nick(user, f"u{i}")
         await chat.join(user, "room")
     flusher.flush()
     for _, sink in users:
@@ -50,11 +56,11 @@ async def test_one_write_per_member_per_loop_turn() -> None:
 
 async def test_encoded_once_per_charset() -> None:
     flusher = Flusher()
-    chat = Chat(MemoryStore())
+    chat = await open_chat()
     users = [make_user(i, flusher, charset) for i, charset in enumerate(["utf-8", "cp1251", "utf-8", "cp1251"])]
     for i, (user, _) in enumerate(users):
         chat.connect(user)
-        chat.set_nick(user, f"u{i}")
+        await chat.set_nick(user, f"u{i}")
         await chat.join(user, "room")
     flusher.flush()
     chat.say(users[0][0], "привет")
@@ -95,12 +101,12 @@ async def test_outbox_overflow_calls_back_and_drops() -> None:
 
 async def test_manager_errors_are_chat_errors() -> None:
     flusher = Flusher()
-    chat = Chat(MemoryStore())
+    chat = await open_chat()
     user, _ = make_user(1, flusher)
     chat.connect(user)
     with pytest.raises(ChatError, match="Please login first"):
         chat.say(user, "hi")
-    chat.set_nick(user, "bob")
+    await chat.set_nick(user, "bob")
     with pytest.raises(ChatError, match="not in a room"):
         chat.say(user, "hi")
     with pytest.raises(ChatError, match="Invalid room name"):
@@ -109,12 +115,12 @@ async def test_manager_errors_are_chat_errors() -> None:
 
 async def test_disconnect_leaves_no_ghosts() -> None:
     flusher = Flusher()
-    chat = Chat(MemoryStore())
+    chat = await open_chat()
     a, _ = make_user(1, flusher)
     b, _ = make_user(2, flusher)
     for user, nick in ((a, "a"), (b, "b")):
         chat.connect(user)
-        chat.set_nick(user, nick)
+        await chat.set_nick(user, nick)
         await chat.join(user, "r")
     chat.disconnect(a, "gone")
     assert list(chat.rooms["r"].members) == [b]

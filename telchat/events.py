@@ -1,0 +1,52 @@
+"""What travels from the room manager, through a store, back to the room manager(s).
+
+A store commits an Event (messages go into history) and only then hands it to every
+node's `deliver` callback; the room manager turns it into lines for its local users.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+SAY = "say"
+EMOTE = "emote"
+NOTICE = "notice"
+PRIVATE = "private"
+
+HISTORY_KINDS = frozenset({SAY, EMOTE})
+
+# Orders history entries within a room; (0, 0) means "not committed yet" / "before anything".
+EntryId = tuple[int, int]
+NO_ID: EntryId = (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    text: str
+    room: str = ""
+    room_name: str = ""
+    nick: str = ""
+    # Notices: room keys whose members see it, a nick key that sees it, or everyone.
+    rooms: tuple[str, ...] = ()
+    target: str = ""
+    everyone: bool = False
+    ts: float = field(default_factory=time.time)
+    id: EntryId = NO_ID
+
+    @property
+    def in_history(self) -> bool:
+        return self.kind in HISTORY_KINDS
+
+
+def message(kind: str, room: str, room_name: str, nick: str, text: str) -> Event:
+    return Event(kind, text, room=room, room_name=room_name, nick=nick)
+
+
+def notice(text: str, *, rooms: tuple[str, ...] = (), target: str = "", everyone: bool = False) -> Event:
+    return Event(NOTICE, text, rooms=rooms, target=target, everyone=everyone)
+
+
+def private(sender: str, target_key: str, text: str) -> Event:
+    return Event(PRIVATE, text, nick=sender, target=target_key)

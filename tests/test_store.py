@@ -1,0 +1,151 @@
+"""SQLite durability: restarts, crashes (SIGKILL), trimming, bad store URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from telchat.app import App
+from telchat.store import StoreError
+from telchat.store_url import make_store
+from tests.clients import RawClient
+from tests.conftest import TEST_CONFIG
+from tests.procs import ROOT, ServerProcess
+
+
+async def test_history_survives_restart(tmp_path: Path) -> None:
+    config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}")
+    first = App(config)
+    await first.start()
+    bob = await RawClient.connect(first.port)
+    await bob.login("bob")
+    await bob.join("Lobby", "bob")
+    for i in range(3):
+        await bob.send(f"before restart {i}")
+    await bob.read_until("#Lobby:bob> before restart 2")
+    await first.stop()
+    await bob.close()
+
+    second = App(config)
+    await second.start()
+    try:
+        ann = await RawClient.connect(second.port)
+        await ann.login("ann")
+        lines = await ann.join("lobby", "ann")
+        assert lines == [
+            "*** #lobby history",
+            *(f"#lobby:bob> before restart {i}" for i in range(3)),
+            "*** User ann joined room #lobby",
+        ]
+        await ann.close()
+    finally:
+        await second.stop()
+
+
+async def test_history_is_trimmed_to_keep(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    app = App(replace(TEST_CONFIG, store=f"sqlite:///{path}", history_keep=10))
+    await app.start()
+    try:
+        bob = await RawClient.connect(app.port)
+        await bob.login("bob")
+        await bob.join("r", "bob")
+        for i in range(50):
+            await bob.send(f"m{i}")
+        await bob.read_until("#r:bob> m49")
+        await bob.send("history 1000")
+        lines = await bob.read_until("#r:bob> m49")
+        assert lines[1:] == [f"#r:bob> m{i}" for i in range(40, 50)]
+        await bob.close()
+    finally:
+        await app.stop()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "sqlite://host/x.db", "memory://x", "sqlite:///", "nonsense"])
+def test_bad_store_urls_are_refused(url: str) -> None:
+    with pytest.raises(StoreError, match="unsupported store URL"):
+        make_store(url, 100)
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "sqlite:////dev/null/telchat.db"])
+def test_unusable_store_exits_2(url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "server.py", "--host=127.0.0.1", "--port=0", f"--store={url}", "--log-format=json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("telchat: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def _talk(client: RawClient, nick: str, stop: asyncio.Event) -> None:
+    i = 0
+    # 3 talkers x 300 lines stay within `history 1000`, so the whole run can be checked.
+    while not stop.is_set() and i < 300:
+        await client.send(f"{nick} says {i}")
+        i += 1
+        await asyncio.sleep(0.001)
+
+
+async def _collect(client: RawClient) -> list[str]:
+    received: list[str] = []
+    try:
+        while True:
+            line = await client.read_line(timeout=5)
+            if line.startswith("#crash:"):
+                received.append(line)
+    except (EOFError, TimeoutError, ConnectionError):
+        return received
+
+
+async def test_everything_seen_survives_sigkill(tmp_path: Path) -> None:
+    store = f"--store=sqlite:///{tmp_path / 'crash.db'}"
+    server = ServerProcess(store)
+    clients = []
+    for nick in ("a", "b", "c"):
+        client = await RawClient.connect(server.port)
+        await client.login(nick)
+        await client.join("crash", nick)
+        clients.append(client)
+    await asyncio.sleep(0.1)
+    collectors = [asyncio.create_task(_collect(c)) for c in clients]
+    stop = asyncio.Event()
+    talkers = [asyncio.create_task(_talk(c, n, stop)) for c, n in zip(clients, "abc", strict=True)]
+    await asyncio.sleep(0.4)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    stop.set()
+    await asyncio.gather(*talkers, return_exceptions=True)
+    seen = await asyncio.gather(*collectors)
+    assert all(len(lines) > 20 for lines in seen), [len(lines) for lines in seen]
+
+    restarted = ServerProcess(store)
+    try:
+        reader = await RawClient.connect(restarted.port)
+        await reader.login("reader")
+        await reader.join("crash", "reader")
+        await reader.send("history 1000")
+        await reader.expect("*** #crash history")
+        history = [line for line in await reader.drain(quiet=0.5) if line.startswith("#crash:")]
+    finally:
+        restarted.kill()
+    assert len(history) == len(set(history)), "a line is in the history twice"
+    position = {line: i for i, line in enumerate(history)}
+    for lines in seen:
+        missing = [line for line in lines if line not in position]
+        assert not missing, f"seen but not in history: {missing[:3]}"
+        order = [position[line] for line in lines]
+        assert order == sorted(order), "history order differs from delivery order"
