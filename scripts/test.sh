@@ -8,6 +8,8 @@ APT_PACKAGES=()
 need() { command -v "$1" >/dev/null 2>&1 || APT_PACKAGES+=("$2"); }
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || APT_PACKAGES+=(python3-venv)
 need python3 python3
+need redis-server redis-server   # tests/test_redis.py runs a real one; it must not skip in CI
+need ps procps
 
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""

@@ -6,8 +6,6 @@ import asyncio
 import time
 from asyncio import Transport
 
-import telnetlib3
-
 from telchat import replies
 from telchat.config import Config
 from telchat.logs import get_logger
@@ -20,6 +18,7 @@ from telchat.protocol import (
     make_shell,
     negotiated_charset,
     peer_of,
+    protocol_factory,
     pump,
 )
 from telchat.rooms import Chat
@@ -33,11 +32,11 @@ log = get_logger("telchat.app")
 class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.store = store or make_store(config.store, config.history_keep)
+        self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
-        self._server: telnetlib3.Server | None = None
+        self._server: asyncio.Server | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -48,20 +47,11 @@ class App:
 
     async def start(self) -> None:
         await self.store.open(self.chat.deliver)
-        self._server = await telnetlib3.create_server(
-            host=self.config.host,
-            port=self.config.port,
-            protocol_factory=ChatTelnetServer,
-            shell=make_shell(self._run_session),
-            encoding="utf8",
-            # 'strict' (telnetlib3's default) kills the session on one bad byte either way.
-            encoding_errors="replace",
-            force_binary=True,
-            line_mode=True,
-            connect_maxwait=self.config.connect_maxwait,
-            timeout=0,
+        factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait)
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, self.config.host, self.config.port, reuse_port=self.config.workers > 1 or None
         )
-        log.info("listening", host=self.config.host, port=self.port)
+        log.info("listening", host=self.config.host, port=self.port, workers=self.config.workers)
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
         if self._stopping:
@@ -101,9 +91,8 @@ class App:
             return
         self._stopping = True
         started = time.monotonic()
-        if self._server is not None and self._server._server is not None:
-            # Close only the listener: telnetlib3's Server.close() would drop clients unwarned.
-            self._server._server.close()
+        if self._server is not None:
+            self._server.close()  # the listener only: connections stay open for the goodbye
         self.chat.broadcast_local(replies.GOODBYE)
         self._flusher.flush()
         await self._drain(self.config.shutdown_grace)

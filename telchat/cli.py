@@ -11,6 +11,8 @@ from telchat.app import App
 from telchat.config import Config, parse_config
 from telchat.logs import configure_logging, get_logger
 from telchat.store import StoreError
+from telchat.store_url import make_store
+from telchat.workers import supervise
 
 EXIT_OK = 0
 EXIT_START_FAILED = 2
@@ -39,7 +41,28 @@ async def serve(config: Config) -> int:
     return EXIT_OK
 
 
+def run(config: Config) -> int:
+    return asyncio.run(serve(config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(config.log_format, config.log_level)
-    return asyncio.run(serve(config))
+    if config.workers == 1:
+        return run(config)
+    if not config.store.startswith("redis://") or config.port == 0:
+        print("telchat: --workers above 1 needs a redis:// --store and a fixed --port", file=sys.stderr)
+        return EXIT_START_FAILED
+    try:
+        asyncio.run(probe_store(config))
+    except StoreError as exc:
+        print(f"telchat: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    return supervise(config, run)
+
+
+async def probe_store(config: Config) -> None:
+    """Fail before forking workers when the store is unusable: one error, not N."""
+    store = make_store(config.store, config.history_keep, config.node_ttl)
+    await store.open(lambda _event: None)
+    await store.close()

@@ -30,6 +30,8 @@ class Config:
     connect_maxwait: float = 0.25
     shutdown_grace: float = 2.0
     store: str = "sqlite:///telchat.db"
+    node_ttl: float = 15.0
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("shutdown_grace", _seconds, "seconds to flush goodbyes on SIGTERM/SIGINT"),
     Option("store", str, "history store: sqlite:///PATH, memory:// or redis://HOST:PORT/DB"),
+    Option(
+        "node_ttl",
+        _seconds,
+        "Redis store: seconds without a heartbeat before a node's users are removed by the others",
+    ),
+    Option("workers", _positive_int, "processes sharing the port (SO_REUSEPORT); more than 1 needs a Redis store"),
 )
 
 

@@ -50,6 +50,28 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         log.info("connect", conn_id=self.conn_id, peer=peer_of(transport))
 
 
+def protocol_factory(shell: Shell, connect_maxwait: float) -> Callable[[], ChatTelnetServer]:
+    """telnetlib3's server protocol, configured for a chat server rather than its defaults.
+
+    The listener itself is asyncio's: telnetlib3.create_server cannot set SO_REUSEPORT
+    (--workers), and its Server wrapper rescans every client on each accept.
+    """
+
+    def factory() -> ChatTelnetServer:
+        return ChatTelnetServer(
+            shell=shell,
+            encoding="utf8",
+            # 'strict' (telnetlib3's default) kills the session on one bad byte either way.
+            encoding_errors="replace",
+            force_binary=True,
+            line_mode=True,
+            connect_maxwait=connect_maxwait,
+            timeout=0,  # no idle kick: lurkers are welcome
+        )
+
+    return factory
+
+
 def peer_of(transport: asyncio.BaseTransport | None) -> str:
     if transport is None:
         return "-"

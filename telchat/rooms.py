@@ -163,7 +163,9 @@ class Chat:
             user.send(replies.SWITCHED.format(room=room.name))
             return
         if room is None:
-            room = self.rooms[key] = Room(key, name)
+            name = await self.store.room_name(key, name)
+            # Another local user may have created it while the store answered.
+            room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
         if user in room.pending:
             return  # already joining; the first join finishes it
         room.pending[user] = []

@@ -52,6 +52,10 @@ class Store(abc.ABC):
     async def claim_nick(self, key: str, nick: str) -> bool:
         return True
 
+    async def room_name(self, key: str, name: str) -> str:
+        """The room's display name cluster-wide: the first spelling anyone used."""
+        return name
+
     def release_nick(self, key: str) -> None:
         return None
 

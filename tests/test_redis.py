@@ -1,0 +1,234 @@
+"""Two telchat processes sharing a real redis-server act as one chat."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import RawClient
+from tests.procs import ROOT, ServerProcess
+from tests.redis_server import RedisServer, free_port
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(redis: RedisServer) -> Iterator[list[ServerProcess]]:
+    procs = [ServerProcess(f"--store={redis.url}", "--node-ttl=1") for _ in range(2)]
+    yield procs
+    for proc in procs:
+        proc.kill()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[RawClient]]:
+    opened: list[RawClient] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
+async def login(clients: list[RawClient], node: ServerProcess, nick: str, room: str | None = None) -> RawClient:
+    client = await RawClient.connect(node.port)
+    clients.append(client)
+    await client.login(nick)
+    if room:
+        await client.join(room, nick)
+    return client
+
+
+async def test_same_order_on_both_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    a = await login(clients, nodes[0], "a", "r")
+    b = await login(clients, nodes[1], "b", "r")
+    await asyncio.sleep(0.2)
+    await a.drain()
+    for i in range(50):
+        await a.send(f"a{i}")
+        await b.send(f"b{i}")
+    seen = []
+    for client in (a, b):
+        lines = await client.read_until("#r:", timeout=5)
+        while sum(1 for line in lines if line.startswith("#r:")) < 100:
+            lines.append(await client.read_line(timeout=5))
+        seen.append([line for line in lines if line.startswith("#r:")])
+    assert seen[0] == seen[1]
+    assert sorted(seen[0]) == sorted([f"#r:a> a{i}" for i in range(50)] + [f"#r:b> b{i}" for i in range(50)])
+
+
+async def test_shared_history_and_presence(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    a = await login(clients, nodes[0], "alice", "Lobby")
+    for i in range(3):
+        await a.send(f"hello {i}")
+    await a.read_until("#Lobby:alice> hello 2")
+    b = await login(clients, nodes[1], "bob")
+    await b.send("join lobby")
+    lines = await b.read_until("*** User bob joined")
+    # The room keeps its first spelling on every node.
+    assert lines == [
+        "*** #Lobby history",
+        *(f"#Lobby:alice> hello {i}" for i in range(3)),
+        "*** User bob joined room #Lobby",
+    ]
+    assert (await a.read_until("*** User bob joined"))[-1] == "*** User bob joined room #Lobby"
+    await asyncio.sleep(0.2)
+    await b.send("who")
+    assert (await b.read_until("*** Users in"))[-1] == "*** Users in #Lobby: alice, bob"
+    await a.send("/rooms")
+    assert (await a.read_until("*** Rooms"))[-1] == "*** Rooms: #Lobby (2)"
+    await b.send("/leave")
+    await b.read_until("*** User bob left")
+    await b.send("who")
+    assert (await b.read_until("*** Users online"))[-1] == "*** Users online: alice, bob"
+
+
+async def test_nick_taken_across_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    await login(clients, nodes[0], "frank")
+    other = await RawClient.connect(nodes[1].port)
+    clients.append(other)
+    await other.send("login FRANK")
+    await other.expect("*** Nick FRANK is already taken")
+
+
+async def test_private_message_across_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    a = await login(clients, nodes[0], "alice")
+    b = await login(clients, nodes[1], "bob")
+    await a.drain()
+    await a.send("/msg bob psst")
+    await a.expect("-> *bob*> psst")
+    assert (await b.read_until("*alice*>"))[-1] == "*alice*> psst"
+    await a.send("/msg nobody hi")
+    await a.expect("*** No such user: nobody")
+
+
+async def test_killed_node_users_disappear(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    a = await login(clients, nodes[0], "alice", "r")
+    await login(clients, nodes[1], "doomed", "r")
+    await a.read_until("*** User doomed joined")
+    nodes[1].proc.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    assert (await a.read_until("*** User doomed quit", timeout=30))[-1] == "*** User doomed quit (server lost)"
+    assert time.monotonic() - started < 60
+    await a.send("who")
+    assert (await a.read_until("*** Users in"))[-1] == "*** Users in #r: alice"
+    again = await login(clients, nodes[0], "doomed")
+    assert again is not None
+
+
+async def test_redis_restart_loses_and_duplicates_nothing(
+    redis: RedisServer, nodes: list[ServerProcess], clients: list[RawClient]
+) -> None:
+    a = await login(clients, nodes[0], "a", "r")
+    b = await login(clients, nodes[1], "b", "r")
+    await asyncio.sleep(0.2)
+    await a.drain()
+    sent: list[str] = []
+
+    async def talk(client: RawClient, nick: str) -> None:
+        for i in range(60):
+            await client.send(f"{nick}{i}")
+            sent.append(f"#r:{nick}> {nick}{i}")
+            await asyncio.sleep(0.01)
+
+    talkers = asyncio.gather(talk(a, "a"), talk(b, "b"))
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(redis.restart, 0.3)
+    await talkers
+    seen = []
+    for client in (a, b):
+        lines: list[str] = []
+        while len(lines) < 120:
+            line = await client.read_line(timeout=15)
+            if line.startswith("#r:"):
+                lines.append(line)
+        seen.append(lines)
+        assert await client.drain(quiet=0.5) == []
+    assert seen[0] == seen[1]
+    assert sorted(seen[0]) == sorted(sent)
+
+
+async def test_workers_share_one_port(redis: RedisServer, clients: list[RawClient]) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "server.py", "--host=127.0.0.1", f"--port={port}", "--workers=2", f"--store={redis.url}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        pids: set[int] = set()
+        for i in range(8):
+            client = await _connect_retry(port)
+            clients.append(client)
+            await client.login(f"u{i}")
+            await client.join("r", f"u{i}")
+        await asyncio.sleep(0.3)
+        await clients[0].drain()
+        await clients[0].send("who")
+        assert (await clients[0].read_until("*** Users in"))[-1] == "*** Users in #r: " + ", ".join(
+            f"u{i}" for i in range(8)
+        )
+        await clients[7].send("hello all")
+        for client in clients:
+            assert (await client.read_until("#r:u7>"))[-1] == "#r:u7> hello all"
+        pids = {int(line.split()[1]) for line in _worker_pids(proc.pid)}
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGTERM)
+        for client in clients:
+            assert b"*** have a nice day ***" in await client.wait_closed(timeout=8)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def _connect_retry(port: int) -> RawClient:
+    for _ in range(100):
+        try:
+            return await RawClient.connect(port)
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("workers did not start")
+
+
+def _worker_pids(parent: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "ppid=,pid=", "--ppid", str(parent)], capture_output=True, text=True, check=False)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_workers_need_redis() -> None:
+    result = subprocess.run(
+        [sys.executable, "server.py", "--workers=2", "--port=2323", "--store=memory://"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--workers above 1 needs a redis://" in result.stderr
+
+
+def test_unreachable_redis_exits_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "server.py", "--port=0", f"--store=redis://127.0.0.1:{free_port()}/0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("telchat: cannot reach Redis")
