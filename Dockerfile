@@ -16,12 +16,14 @@ ENV PATH=/opt/telchat/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     TELCHAT_HOST=0.0.0.0 \
     TELCHAT_PORT=2323 \
-    TELCHAT_LOG_FORMAT=json
+    TELCHAT_LOG_FORMAT=json \
+    TELCHAT_STORE=sqlite:////data/telchat.db
 USER telchat
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 2323
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 2323), 2).close()"]
-CMD ["telchat", "--port=2323", "--log-format=json"]
+  CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ.get('TELCHAT_PORT', '2323'))), 2).close()"]
+# Options come from TELCHAT_* (above, or `docker run -e`); arguments after the image name add flags.
+CMD ["telchat"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
+
+import structlog
 
 from telchat.app import App
 from telchat.config import Config, parse_config
@@ -20,6 +23,9 @@ EXIT_START_FAILED = 2
 
 async def serve(config: Config) -> int:
     log = get_logger("telchat.cli")
+    if config.workers > 1:
+        # Every worker counts conn_id from 1: the pid tells their log lines apart.
+        structlog.contextvars.bind_contextvars(worker=os.getpid())
     try:
         app = App(config)
         await app.start()

@@ -50,28 +50,28 @@ class Option:
         return "TELCHAT_" + self.name.upper()
 
 
-def _positive_int(text: str) -> int:
+def count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def lines(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
-def _port(text: str) -> int:
+def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
     return value
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
@@ -80,9 +80,9 @@ def _seconds(text: str) -> float:
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", str, "address to listen on"),
-    Option("port", _port, "TCP port for telnet (0 picks a free one)"),
-    Option("history_replay", _non_negative_int, "lines of room history shown on join"),
-    Option("history_keep", _positive_int, "lines of history kept per room"),
+    Option("port", port, "TCP port for telnet (0 picks a free one)"),
+    Option("history_replay", lines, "lines of room history shown on join"),
+    Option("history_keep", count, "lines of history kept per room"),
     Option(
         "announce_nicks",
         str,
@@ -101,44 +101,37 @@ OPTIONS: tuple[Option, ...] = (
         "lowest level logged",
         ("debug", "info", "warning", "error"),
     ),
-    Option("max_line_bytes", _positive_int, "longest line relayed, in bytes"),
+    Option("max_line_bytes", count, "longest line relayed, in bytes"),
     Option(
         "max_unterminated_bytes",
-        _positive_int,
+        count,
         "input without a newline that disconnects the client, in bytes",
     ),
     Option(
         "sendq_bytes",
-        _positive_int,
+        count,
         "output queued for one client before it is disconnected as too slow",
     ),
     Option(
         "connect_maxwait",
-        _seconds,
+        seconds,
         "seconds to wait for telnet negotiation before greeting a client",
     ),
-    Option("shutdown_grace", _seconds, "seconds to flush goodbyes on SIGTERM/SIGINT"),
+    Option("shutdown_grace", seconds, "seconds to flush goodbyes on SIGTERM/SIGINT"),
     Option("store", str, "history store: sqlite:///PATH, memory:// or redis://HOST:PORT/DB"),
     Option(
         "node_ttl",
-        _seconds,
+        seconds,
         "Redis store: seconds without a heartbeat before a node's users are removed by the others",
     ),
-    Option("workers", _positive_int, "processes sharing the port (SO_REUSEPORT); more than 1 needs a Redis store"),
+    Option("workers", count, "processes sharing the port (SO_REUSEPORT); more than 1 needs a Redis store"),
 )
 
 
 def _env_default(option: Option, default: Any, environ: Mapping[str, str]) -> Any:
-    raw = environ.get(option.env)
-    if raw is None:
-        return default
-    try:
-        value = option.kind(raw)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise SystemExit(f"telchat: error: {option.env}={raw!r}: {exc}") from exc
-    if option.choices and value not in option.choices:
-        raise SystemExit(f"telchat: error: {option.env}={raw!r}: choose from {option.choices}")
-    return value
+    """The raw environment string, if set: argparse converts and checks a string default
+    exactly like a flag's value (and only when the flag is not given)."""
+    return environ.get(option.env, default)
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -164,5 +157,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
 
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    namespace = build_parser(environ).parse_args(argv)
+    parser = build_parser(environ)
+    namespace = parser.parse_args(argv)
+    for option in OPTIONS:
+        # argparse checks choices for flags, not for defaults taken from the environment.
+        value = getattr(namespace, option.name)
+        if option.choices and value not in option.choices:
+            parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
     return Config(**{f.name: getattr(namespace, f.name) for f in fields(Config)})

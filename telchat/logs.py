@@ -58,7 +58,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[bytes] 
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    _route_stdlib(shared, console, out)
+    _route_stdlib(shared, console, out, threshold)
 
 
 class _TextOut:
@@ -87,7 +87,7 @@ class _BytesHandler(logging.Handler):
             self.handleError(record)
 
 
-def _route_stdlib(shared: list[Processor], console: bool, out: IO[bytes]) -> None:
+def _route_stdlib(shared: list[Processor], console: bool, out: IO[bytes], threshold: int) -> None:
     final: Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if console
@@ -103,10 +103,11 @@ def _route_stdlib(shared: list[Processor], console: bool, out: IO[bytes]) -> Non
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    # telnetlib3 logs every connection at INFO; operators want its warnings only.
-    logging.getLogger("telnetlib3").setLevel(logging.WARNING)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # telnetlib3 logs every connection at INFO; operators want its warnings (or less) only.
+    level = max(threshold, logging.WARNING)
+    root.setLevel(level)
+    logging.getLogger("telnetlib3").setLevel(level)
+    logging.getLogger("asyncio").setLevel(level)
 
 
 def get_logger(name: str) -> Any:

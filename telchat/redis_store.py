@@ -305,7 +305,7 @@ class RedisStore(Store):
         return f"{self.node}:{member}"
 
     def online(self, member: str, nick: str) -> None:
-        self._enqueue("op", lambda pipe: pipe.hset(_key("online"), self._field(member), ""))
+        self._enqueue("op", lambda pipe: pipe.hset(_key("online"), self._field(member), nick))
 
     def offline(self, member: str, rooms: tuple[str, ...]) -> None:
         field = self._field(member)
@@ -344,10 +344,10 @@ class RedisStore(Store):
         return [nick for field, nick in mapping.items() if not field.startswith(mine)]
 
     async def remote_members(self, room: str) -> list[str]:
-        return [n for n in self._remote(await self._client().hgetall(_key("members", room))) if n != "anonymous"]
+        return self._remote(await self._client().hgetall(_key("members", room)))
 
     async def remote_online(self) -> list[str]:
-        return [n for n in self._remote(await self._client().hgetall(_key("online"))) if n]
+        return self._remote(await self._client().hgetall(_key("online")))
 
     async def remote_rooms(self) -> dict[str, tuple[str, int]]:
         client = self._client()

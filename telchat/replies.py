@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from telchat.names import NICK_RULE
-
 ANONYMOUS = "anonymous"
 
 WELCOME = "*** Welcome to telchat. Type help for commands."
@@ -39,4 +37,3 @@ LINE_TOO_LONG = "*** Line too long ({length} bytes, limit {limit}); it was not s
 INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecting."
 SENDQ_EXCEEDED = "too slow to read"
 INTERNAL_ERROR = "*** Internal error; your line was not processed. Please try again."
-NICK_HELP = f"*** Nicks: {NICK_RULE}"

@@ -8,7 +8,6 @@ its Outbox.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,6 @@ class User:
     key: str | None = None
     rooms: dict[str, Room] = field(default_factory=dict)
     current: Room | None = None
-    connected_at: float = field(default_factory=time.monotonic)
 
     @property
     def logged_in(self) -> bool:
@@ -75,7 +73,10 @@ def _log(event: str, user: User, **fields: Any) -> None:
 
 
 def _format_names(nicks: Iterable[str], anonymous: int) -> str:
-    names = sorted(set(nicks), key=str.casefold)
+    """`nicks` may include other nodes' anonymous users, listed as `anonymous`."""
+    nicks = list(nicks)
+    anonymous += nicks.count(replies.ANONYMOUS)
+    names = sorted({n for n in nicks if n != replies.ANONYMOUS}, key=str.casefold)
     text = ", ".join(names) if names else "nobody logged in"
     return f"{text} (+{anonymous} anonymous)" if anonymous else text
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import structlog
+
 from telchat import commands, replies
 from telchat.config import Config
 from telchat.lines import LineSplitter, Overflow, Oversize
@@ -29,6 +31,7 @@ class Session:
         sink: Sink,
         flusher: Flusher,
         close: Callable[[], None],
+        abort: Callable[[], None],
         conn_id: int,
         peer: str,
         charset: str = "utf-8",
@@ -36,6 +39,7 @@ class Session:
         self.chat = chat
         self._config = config
         self._close = close
+        self._abort = abort
         self._splitter = LineSplitter(config.max_line_bytes, config.max_unterminated_bytes)
         self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
         self.reason: str | None = None
@@ -74,8 +78,11 @@ class Session:
         text = sanitize(line.decode(self.user.charset, "replace")).strip()
         if not text:
             return
+        nick = self.user.nick
         try:
             await commands.execute(self, text)
+            if self.user.nick != nick:
+                structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
             # One bad line must never end the session or touch anyone else's.
             log.exception("command_failed")
@@ -100,7 +107,7 @@ class Session:
             "limit", kind="sendq", conn_id=user.conn_id, peer=user.peer, nick=user.nick, bytes=self._config.sendq_bytes
         )
         self.chat.disconnect(self.user, replies.SENDQ_EXCEEDED)
-        self._close()
+        self._abort()  # its queue is the problem: drop it, do not wait for it
 
     def finish(self, reason: str) -> None:
         """The connection is gone (or going): clean up and log why. Idempotent."""
