@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from asyncio import Transport
 
@@ -11,6 +12,7 @@ import telnetlib3
 from telchat import replies
 from telchat.config import Config
 from telchat.logs import get_logger
+from telchat.mssp import ServerStatus
 from telchat.outbox import Flusher
 from telchat.protocol import (
     ChatTelnetServer,
@@ -25,6 +27,8 @@ from telchat.protocol import (
 from telchat.rooms import Chat
 from telchat.session import Session
 from telchat.store import HistoryStore, MemoryStore
+from telchat.terminal import Terminal
+from telchat.tls import server_context
 
 log = get_logger("telchat.app")
 
@@ -37,6 +41,8 @@ class App:
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
         self._server: telnetlib3.Server | None = None
+        self._tls_server: telnetlib3.Server | None = None
+        self.status = ServerStatus(self.chat, config.server_name)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -45,11 +51,27 @@ class App:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        if self._tls_server is None or not self._tls_server.sockets:
+            return None
+        return int(self._tls_server.sockets[0].getsockname()[1])
+
     async def start(self) -> None:
         await self.store.open()
-        self._server = await telnetlib3.create_server(
+        config = self.config
+        tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
+        self._server = await self._listen(config.port)
+        if tls is not None and config.tls_port is not None:
+            self._tls_server = await self._listen(config.tls_port, tls)
+        self.status.port, self.status.tls_port = self.port, self.tls_port
+        log.info("listening", host=config.host, port=self.port, tls_port=self.tls_port)
+
+    async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> telnetlib3.Server:
+        return await telnetlib3.create_server(
             host=self.config.host,
-            port=self.config.port,
+            port=port,
+            ssl=tls,
             protocol_factory=ChatTelnetServer,
             shell=make_shell(self._run_session),
             encoding="utf8",
@@ -60,17 +82,17 @@ class App:
             connect_maxwait=self.config.connect_maxwait,
             timeout=0,
         )
-        log.info("listening", host=self.config.host, port=self.port)
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
         if self._stopping:
             return
         charset = negotiated_charset(protocol)
-        log_negotiation(protocol, charset)
+        terminal = Terminal(protocol, self.config, self.status)
+        log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
         session = Session(
             self.chat,
             self.config,
-            sink=TransportSink(transport),
+            sink=terminal.wrap(TransportSink(transport)),
             flusher=self._flusher,
             close=transport.abort,
             conn_id=protocol.conn_id,
@@ -84,11 +106,13 @@ class App:
             task.add_done_callback(self._tasks.discard)
         reason = "error"
         try:
+            terminal.attach(session)
             session.start()
             reason = await pump(reader, session.feed, lambda: session.closing)
         except Exception:
             log.exception("session_failed")
         finally:
+            terminal.detach()
             self.sessions.pop(session, None)
             session.finish(reason)
             if not transport.is_closing():
@@ -100,9 +124,10 @@ class App:
             return
         self._stopping = True
         started = time.monotonic()
-        if self._server is not None and self._server._server is not None:
-            # Close only the listener: telnetlib3's Server.close() would drop clients unwarned.
-            self._server._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None and server._server is not None:
+                # Close only the listener: telnetlib3's Server.close() would drop clients unwarned.
+                server._server.close()
         self.chat.broadcast_all(replies.GOODBYE)
         self._flusher.flush()
         await self._drain(self.config.shutdown_grace)

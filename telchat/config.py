@@ -29,6 +29,12 @@ class Config:
     sendq_bytes: int = 131072
     connect_maxwait: float = 0.25
     shutdown_grace: float = 2.0
+    idle_ping: float = 90.0
+    idle_timeout: float = 60.0
+    tls_port: int | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+    server_name: str = "telchat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,16 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for telnet negotiation before greeting a client",
     ),
     Option("shutdown_grace", _seconds, "seconds to flush goodbyes on SIGTERM/SIGINT"),
+    Option(
+        "idle_ping",
+        _seconds,
+        "seconds of silence before a telnet client gets a TIMING-MARK ping (0: never)",
+    ),
+    Option("idle_timeout", _seconds, "seconds a pinged telnet client has to answer before it is dropped"),
+    Option("tls_port", _port, "TCP port for telnet over TLS (telnets, usually 992); unset: no TLS listener"),
+    Option("tls_cert", str, "PEM certificate (chain) file for the TLS listener"),
+    Option("tls_key", str, "PEM private key file for the TLS listener"),
+    Option("server_name", str, "the server's name, as MSSP crawlers are told"),
 )
 
 
@@ -154,5 +170,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
 
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    namespace = build_parser(environ).parse_args(argv)
+    parser = build_parser(environ)
+    namespace = parser.parse_args(argv)
+    if namespace.tls_port is not None and not (namespace.tls_cert and namespace.tls_key):
+        parser.error("--tls-port needs --tls-cert and --tls-key")
     return Config(**{f.name: getattr(namespace, f.name) for f in fields(Config)})

@@ -40,3 +40,6 @@ INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecti
 SENDQ_EXCEEDED = "too slow to read"
 INTERNAL_ERROR = "*** Internal error; your line was not processed. Please try again."
 NICK_HELP = f"*** Nicks: {NICK_RULE}"
+NO_SUCH_SETTING = "*** No such setting: {name}. Try: set charset <name>"
+BAD_CHARSET = "*** Unknown charset {name}; choose from {names}"
+CHARSET_SET = "*** Charset is now {charset}"

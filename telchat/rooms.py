@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from telchat import replies
+from telchat import events, replies
+from telchat.events import ChatEvents
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
@@ -35,6 +36,7 @@ class User:
     rooms: dict[str, Room] = field(default_factory=dict)
     current: Room | None = None
     connected_at: float = field(default_factory=time.monotonic)
+    events: ChatEvents | None = None
 
     @property
     def logged_in(self) -> bool:
@@ -49,6 +51,8 @@ class Room:
     key: str
     name: str
     members: dict[User, None] = field(default_factory=dict)
+    # Members with an events sink (see events.py).
+    listeners: dict[User, None] = field(default_factory=dict)
 
 
 def _log(event: str, user: User, **fields: Any) -> None:
@@ -91,6 +95,15 @@ class Chat:
         for room in rooms:
             self._remove_member(room, user)
         self._deliver(self._audience_of_rooms(rooms), replies.QUIT.format(nick=user.nick, reason=reason))
+        events.players_changed(rooms)
+
+    def attach_events(self, user: User, sink: ChatEvents) -> None:
+        """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
+        user.events = sink
+        for room in user.rooms.values():
+            room.listeners[user] = None
+        events.channels_changed(user)
+        sink.players(events.players_of(user))
 
     # nicks
 
@@ -112,6 +125,7 @@ class Chat:
         user.nick, user.key = nick, key
         _log("nick", user, old=old, new=nick)
         self._deliver(self._nick_audience(user), replies.NICK_CHANGE.format(old=old, new=nick))
+        events.players_changed(user.rooms.values())
 
     def _nick_audience(self, user: User) -> Iterable[User]:
         if self.announce_nicks == "all":
@@ -133,6 +147,7 @@ class Chat:
         if room.key in user.rooms:
             user.current = room
             user.send(replies.SWITCHED.format(room=room.name))
+            events.channels_changed(user)
             return
         entries = await self.store.recent(room.key, self.history_replay)
         # Re-resolve: the room may have emptied and been dropped while the store answered.
@@ -141,10 +156,14 @@ class Chat:
         for entry in entries:
             user.send(self._format(room, entry))
         room.members[user] = None
+        if user.events is not None:
+            room.listeners[user] = None
         user.rooms[room.key] = room
         user.current = room
         _log("join", user, room=room.name)
         self._deliver_after_commit(room.members, replies.JOINED.format(nick=user.nick, room=room.name))
+        events.channels_changed(user)
+        events.players_changed((room,))
 
     def leave(self, user: User, raw: str | None) -> None:
         room = self._member_room(user, raw)
@@ -156,9 +175,12 @@ class Chat:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
                 user.send(replies.SWITCHED.format(room=user.current.name))
+        events.channels_changed(user)
+        events.players_changed((room,))
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
+        room.listeners.pop(user, None)
         _log("leave", user, room=room.name)
         if not room.members:
             del self.rooms[room.key]
@@ -198,7 +220,11 @@ class Chat:
         entry = Entry(room.key, user.nick, text, kind)
         self.store.append(entry)
         _log("message", user, room=room.name, kind=kind, text=text)
-        self._deliver_after_commit(room.members, self._format(room, entry))
+        line = self._format(room, entry)
+        self._deliver_after_commit(room.members, line)
+        if room.listeners:
+            listeners = tuple(room.listeners)
+            self.store.after_commit(lambda: events.channel_text(listeners, room.name, entry.nick, line))
 
     def emote(self, user: User, text: str) -> None:
         self.say(user, text, EMOTE)
@@ -207,8 +233,12 @@ class Chat:
         self._require_login(user)
         target = self.find_user(raw_nick)
         _log("private_message", user, to=target.nick, text=text)
-        target.send(replies.PRIVATE_IN.format(nick=user.nick, text=text))
-        user.send(replies.PRIVATE_OUT.format(nick=target.nick, text=text))
+        line_in = replies.PRIVATE_IN.format(nick=user.nick, text=text)
+        line_out = replies.PRIVATE_OUT.format(nick=target.nick, text=text)
+        target.send(line_in)
+        user.send(line_out)
+        events.channel_text((target,), f"tell {user.nick}", user.nick, line_in)
+        events.channel_text((user,), f"tell {target.nick}", user.nick, line_out)
 
     def _speaking_room(self, user: User) -> Room:
         self._require_login(user)
