@@ -8,6 +8,11 @@ APT_PACKAGES=()
 need() { command -v "$1" >/dev/null 2>&1 || APT_PACKAGES+=("$2"); }
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || APT_PACKAGES+=(python3-venv)
 need python3 python3
+# The real clients the terminal tests drive, and what makes their TLS certificate.
+need tmux tmux
+need telnet inetutils-telnet
+[ -x /usr/games/tt++ ] || APT_PACKAGES+=(tintin++)
+need openssl openssl
 
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""
