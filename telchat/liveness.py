@@ -38,7 +38,7 @@ def enable_keepalive(transport: asyncio.BaseTransport) -> None:
 class Watchdog:
     """Pings a silent telnet peer and gives up on one that does not answer. One timer each."""
 
-    __slots__ = ("_answer_within", "_expire", "_handle", "_idle", "_ping", "_ping_after", "_pinged")
+    __slots__ = ("_answer_within", "_expire", "_handle", "_idle", "_ping", "_ping_after", "_pinged_at")
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class Watchdog:
         self._expire = expire
         self._ping_after = ping_after
         self._answer_within = answer_within
-        self._pinged = False
+        self._pinged_at: float | None = None
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -70,15 +70,16 @@ class Watchdog:
 
     def _tick(self) -> None:
         idle = self._idle()
-        if self._pinged:
-            if idle >= self._answer_within:
+        now = asyncio.get_running_loop().time()
+        if self._pinged_at is not None:
+            if idle >= now - self._pinged_at:  # nothing at all since the ping
                 self._handle = None
                 self._expire()
                 return
-            self._pinged = False
+            self._pinged_at = None
         if idle < self._ping_after:
             self._schedule(self._ping_after - idle)
             return
-        self._pinged = True
+        self._pinged_at = now
         self._ping()
         self._schedule(self._answer_within)
