@@ -10,9 +10,10 @@ import pytest
 
 from telchat.app import App
 from telchat.probes import NOT_HTTP
-from tests.clients import ECHO, EOR, WILL, LineClient, MudClient, RawClient, TelnetClient, TermClient
+from tests.clients import ECHO, EOR, WILL, MudClient, RawClient, TelnetClient, TermClient
 from tests.conftest import Connect
 from tests.procs import ServerProcess
+from tests.test_commands import user
 
 WELCOME = b"*** Welcome to telchat. Type help for commands.\r\n"
 
@@ -65,13 +66,6 @@ async def nc_connect(opened: list[NcClient], port: int) -> NcClient:
     return client
 
 
-async def peer(connect: Connect, nick: str, room: str, kind: str = "raw") -> LineClient:
-    client = await connect(kind)
-    await client.login(nick)
-    await client.join(room, nick)
-    return client
-
-
 # raw TCP
 
 
@@ -95,7 +89,7 @@ async def test_cp1251_nc_client_round_trip_through_utf8_peer(nc: list[NcClient],
     assert await vasya.line() == b"*** Charset is now cp1251\r\n"
     await vasya.send("login вася\njoin чай\n".encode("cp1251"))
     await vasya.until("*** User вася joined".encode("cp1251"))
-    utf8 = await peer(connect, "petya", "чай")
+    utf8 = await user(connect, "petya", "чай")
     await vasya.until(b"*** User petya joined")
     # 'я' is 0xFF in cp1251: nc sends it bare, and it must not be taken for telnet's IAC.
     await vasya.send("я люблю чай, ъ\n".encode("cp1251"))
@@ -111,7 +105,7 @@ async def test_koi8r_telnet_client_negotiates_and_round_trips(port: int, connect
         assert {s.user.charset for s in app.sessions} == {"koi8-r"}
         ivan.writer.write("login иван\r\njoin one\r\n")
         await ivan.read_until("*** User иван joined")
-        utf8 = await peer(connect, "olga", "one")
+        utf8 = await user(connect, "olga", "one")
         await ivan.read_until("*** User olga joined")
         ivan.writer.write("Объём Ъ\r\n")  # 'Ъ' is 0xFF in koi8-r
         assert await utf8.read_line() == "#one:иван> Объём Ъ"
@@ -148,13 +142,13 @@ async def test_http_request_gets_one_line_and_a_close(port: int) -> None:
 
 
 async def test_http_like_line_later_is_just_a_message(connect: Connect) -> None:
-    client = await peer(connect, "web", "one")
+    client = await user(connect, "web", "one")
     await client.send("GET / HTTP/1.1")
     await client.expect("#one:web> GET / HTTP/1.1")
 
 
 async def test_plaintext_mssp_request(connect: Connect) -> None:
-    await peer(connect, "someone", "one")
+    await user(connect, "someone", "one")
     crawler = await connect()
     await crawler.send("MSSP-REQUEST")
     lines = await crawler.read_until("MSSP-REPLY-END")
@@ -186,7 +180,7 @@ async def test_mud_client_gets_line_mode_gmcp_mssp_and_eor(port: int, connect: C
         ]
         assert await tina.gmcp_message("Comm.Channel.Players") == [{"name": "tina", "channels": ["one"]}]
 
-        bob = await peer(connect, "bob", "one")
+        bob = await user(connect, "bob", "one")
         assert await tina.gmcp_message("Comm.Channel.Players") == [
             {"name": "bob", "channels": ["one"]},
             {"name": "tina", "channels": ["one"]},
@@ -224,7 +218,7 @@ async def test_telnet_terminal_gets_echo_and_redraw_once_per_flush(port: int, co
         await term.send_bytes(b"half")
         assert await term.drain() == []
         assert term.buffer == b"half"
-        bob = await peer(connect, "bob", "one")
+        bob = await user(connect, "bob", "one")
         await term.drain()
         assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
         term.buffer = b""

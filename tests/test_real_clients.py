@@ -9,8 +9,8 @@ import pytest
 from telnetlib3.telopt import ECHO
 
 from telchat.app import App
-from tests.clients import LineClient
 from tests.conftest import Connect
+from tests.test_commands import user
 from tests.tmux import Pane, require
 
 TELNET = "telnet"
@@ -33,11 +33,12 @@ async def pane() -> AsyncIterator[StartPane]:
         await started.close()
 
 
-async def peer(connect: Connect, nick: str, room: str) -> LineClient:
-    client = await connect()
-    await client.login(nick)
-    await client.join(room, nick)
-    return client
+async def enter_room(pane: Pane, nick: str, room: str) -> None:
+    await pane.wait_line("*** Welcome to telchat.")
+    await pane.type(f"login {nick}\r")
+    await pane.wait_line(f"*** User change nick anonymous --> {nick}")
+    await pane.type(f"join {room}\r")
+    await pane.wait_line(f"*** User {nick} joined room #{room}")
 
 
 async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
@@ -45,12 +46,8 @@ async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
 ) -> None:
     require(TELNET, "tmux")
     bob = await pane([TELNET, "127.0.0.1", str(port)], width=60, height=20)
-    await bob.wait_line("*** Welcome to telchat.")
-    await bob.type("login bob\r")
-    await bob.wait_line("*** User change nick anonymous --> bob")
-    await bob.type("join one\r")
-    await bob.wait_line("*** User bob joined room #one")
-    ann = await peer(connect, "ann", "one")
+    await enter_room(bob, "bob", "one")
+    ann = await user(connect, "ann", "one")
     await ann.drain()
 
     # Ctrl-U drops a false start; a backspace fixes a typo; arrows insert a missed letter.
@@ -104,16 +101,12 @@ async def test_tintin_stays_in_line_mode_with_utf8_and_gets_gmcp(
         f"#session chat 127.0.0.1 {port}\n"
     )
     tina = await pane([TINTIN, "-G", str(script)], width=120, height=30)
-    await tina.wait_line("*** Welcome to telchat.")
-    await tina.type("login tina\r")
-    await tina.wait_line("*** User change nick anonymous --> tina")
-    await tina.type("join one\r")
-    await tina.wait_line("*** User tina joined room #one")
+    await enter_room(tina, "tina", "one")
 
     (protocol,) = [t.get_protocol() for t in app.sessions.values()]
     assert not protocol.writer.local_option.enabled(ECHO), "a MUD client must not get server echo"
 
-    ann = await peer(connect, "ann", "one")
+    ann = await user(connect, "ann", "one")
     await tina.wait_line("*** User ann joined room #one")
     await ann.send("привет, tina")
     await tina.wait_line("#one:ann> привет, tina")
