@@ -10,7 +10,21 @@ import pytest
 
 from telchat.app import App
 from telchat.probes import NOT_HTTP
-from tests.clients import ECHO, EOR, WILL, MudClient, RawClient, TelnetClient, TermClient
+from tests.clients import (
+    ECHO,
+    EOR,
+    EOR_OPT,
+    GA,
+    IAC,
+    NAWS,
+    SB,
+    SE,
+    WILL,
+    MudClient,
+    RawClient,
+    TelnetClient,
+    TermClient,
+)
 from tests.conftest import Connect
 from tests.procs import ServerProcess
 from tests.test_commands import user
@@ -263,3 +277,34 @@ async def test_negotiated_event_names_class_term_size_charset() -> None:
             await client.close()
     finally:
         server.kill()
+
+
+class PlainMudClient(MudClient):
+    """A MUD client that does not know EOR: it gets the older GA after output instead."""
+
+    ACCEPT_WILL = MudClient.ACCEPT_WILL - {EOR_OPT}
+
+
+async def test_mud_client_without_eor_gets_go_ahead(port: int) -> None:
+    client = await PlainMudClient.connect(port)
+    try:
+        await client.send("who")
+        await client.expect("*** Users online: nobody logged in (+1 anonymous)")
+        assert (GA, 0) in client.commands
+        assert (EOR, 0) not in client.commands
+    finally:
+        await client.close()
+
+
+async def test_window_resize_redraws_the_input_line(port: int) -> None:
+    term = await TermClient.connect(port)
+    try:
+        await term.send_bytes(b"x" * 50)
+        await term.drain()
+        term.buffer = b""
+        await term.send_bytes(bytes([IAC, SB, NAWS, 0, 20, 0, 10, IAC, SE]))
+        await term._fill(1)
+        # 20 columns: the line scrolls so that the cursor stays on screen.
+        assert term.buffer == b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+    finally:
+        await term.close()
