@@ -65,14 +65,16 @@ class Terminal:
         return self
 
     def write(self, data: bytes) -> None:
-        assert self._inner is not None
+        assert self._inner is not None and self._session is not None
         editor = self._editor
         if self._protocol.passthrough:
-            # A raw client is not a telnet peer: undo the IAC doubling of single-byte charsets.
-            data = data.replace(b"\xff\xff", b"\xff")
+            if self._session.user.charset != "utf-8":
+                # A raw client is not a telnet peer: undo the IAC doubling of single-byte charsets.
+                data = data.replace(b"\xff\xff", b"\xff")
         elif editor is not None and editor.text and self.echoing:
             data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
-        self._inner.write(data + self._end_of_output())
+        mark = self._end_of_output()
+        self._inner.write(data + mark if mark else data)
 
     def buffered(self) -> int:
         assert self._inner is not None
