@@ -48,8 +48,14 @@ def channels_changed(user: User) -> None:
         user.events.channels(rooms_of(user))
 
 
-def players_changed(rooms: Iterable[Room]) -> None:
-    listeners: dict[User, None] = {}
+def membership_changed(user: User, room: Room) -> None:
+    """`user` joined or left `room`: its rooms changed, and so did who shares a room with whom."""
+    channels_changed(user)
+    players_changed((room,), also=user)
+
+
+def players_changed(rooms: Iterable[Room], also: User | None = None) -> None:
+    listeners: dict[User, None] = {also: None} if also is not None else {}
     for room in rooms:
         listeners.update(room.listeners)
     for listener in listeners:

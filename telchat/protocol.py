@@ -40,6 +40,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
     # Set for clients that never spoke telnet: their bytes (0xFF included) are all text.
     passthrough = False
+    _late_checked = False
     on_resize: Callable[[int], None] | None = None
 
     def __init__(self, **kwargs: Any) -> None:
@@ -60,8 +61,6 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         # Offered to everyone who speaks telnet: MUD clients accept, terminals refuse.
         for option in (EOR, GMCP, MSSP):
             self.writer.iac(WILL, option)
-
-    _late_checked = False
 
     def data_received(self, data: bytes) -> None:
         if self.passthrough:
@@ -123,9 +122,14 @@ def client_class(protocol: telnetlib3.TelnetServer) -> str:
     if not protocol.negotiation_should_advance():
         return "raw"
     writer = protocol.writer
-    if writer is not None and (_is_maybe_mud(writer) or any(writer.local_option.enabled(o) for o in (GMCP, MSDP))):
+    if writer is not None and (_is_maybe_mud(writer) or _accepted_mud_option(writer)):
         return "mud"
     return "telnet"
+
+
+def _accepted_mud_option(writer: Any) -> bool:
+    """Whether the client took up one of our MUD protocol offers (only MUD clients do)."""
+    return any(writer.local_option.enabled(option) for option in (GMCP, MSDP, MSSP))
 
 
 def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str, klass: str, mode: str) -> None:

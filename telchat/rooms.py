@@ -162,8 +162,7 @@ class Chat:
         user.current = room
         _log("join", user, room=room.name)
         self._deliver_after_commit(room.members, replies.JOINED.format(nick=user.nick, room=room.name))
-        events.channels_changed(user)
-        events.players_changed((room,))
+        events.membership_changed(user, room)
 
     def leave(self, user: User, raw: str | None) -> None:
         room = self._member_room(user, raw)
@@ -175,8 +174,7 @@ class Chat:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
                 user.send(replies.SWITCHED.format(room=user.current.name))
-        events.channels_changed(user)
-        events.players_changed((room,))
+        events.membership_changed(user, room)
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
