@@ -69,7 +69,7 @@ _ERASES = frozenset({"backspace", "delete", "kill_end", "kill_start", "kill_word
 
 @dataclass(slots=True)
 class Feed:
-    """The result of one `LineEditor.feed`: bytes-to-be for the terminal, committed lines."""
+    """The result of one `LineEditor.feed`: text to send to the terminal, and committed lines."""
 
     output: str = ""
     lines: list[str] = field(default_factory=list)
@@ -244,7 +244,9 @@ class LineEditor:
         room = self.width - 1
         if self._cursor < self._offset:
             self._offset = max(0, self._cursor - room // 2)
-        while self._offset < self._cursor and sum(self._cells[self._offset : self._cursor]) >= room:
+        before_cursor = sum(self._cells[self._offset : self._cursor])
+        while self._offset < self._cursor and before_cursor >= room:
+            before_cursor -= self._cells[self._offset]
             self._offset += 1
         if self._offset > 0 and sum(self._cells) < room:
             self._offset = 0
