@@ -97,6 +97,13 @@ async def test_raw_client_gets_line_mode_and_lf_only_lines_work(connect: Connect
     assert all(cmd not in (EOR, 249) for cmd, _ in raw.commands)
 
 
+async def test_nc_client_is_greeted_within_half_a_second(nc: list[NcClient], port: int) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await nc_connect(nc, port)
+    assert loop.time() - started < 0.5
+
+
 async def test_cp1251_nc_client_round_trip_through_utf8_peer(nc: list[NcClient], port: int, connect: Connect) -> None:
     vasya = await nc_connect(nc, port)
     await vasya.send(b"set charset windows-1251\n")
