@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from telnetlib3.telopt import GMCP, IAC, SB, SE
 
-from telchat import __version__, events
-from telchat.events import Players
+from telchat import __version__, listeners
+from telchat.listeners import Players
 from telchat.logs import get_logger
 from telchat.outbox import Outbox
 from telchat.rooms import Chat, User
@@ -27,7 +27,7 @@ def frame(package: str, data: Any = None) -> bytes:
 
 
 class GmcpEvents:
-    """A user's events sink (events.ChatEvents) that speaks GMCP."""
+    """A user's events sink (listeners.ChatEvents) that speaks GMCP."""
 
     __slots__ = ("_outbox",)
 
@@ -59,7 +59,7 @@ def receive(sink: GmcpEvents, user: User, package: str, data: Any) -> None:
     """Answer what a client asks for over GMCP; anything else is only logged."""
     name = package.lower()
     if name == "comm.channel.players":
-        sink.players(events.players_of(user))
+        sink.players(listeners.players_of(user))
     elif name == "core.ping":
         sink.send("Core.Ping")
     elif name == "core.hello" and isinstance(data, dict):

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from telchat import events, replies
-from telchat.events import ChatEvents
+from telchat import listeners, replies
+from telchat.listeners import ChatEvents
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
@@ -51,7 +51,7 @@ class Room:
     key: str
     name: str
     members: dict[User, None] = field(default_factory=dict)
-    # Members with an events sink (see events.py).
+    # Members with an events sink (see listeners.py).
     listeners: dict[User, None] = field(default_factory=dict)
 
 
@@ -95,15 +95,15 @@ class Chat:
         for room in rooms:
             self._remove_member(room, user)
         self._deliver(self._audience_of_rooms(rooms), replies.QUIT.format(nick=user.nick, reason=reason))
-        events.players_changed(rooms)
+        listeners.players_changed(rooms)
 
     def attach_events(self, user: User, sink: ChatEvents) -> None:
         """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
         user.events = sink
         for room in user.rooms.values():
             room.listeners[user] = None
-        events.channels_changed(user)
-        sink.players(events.players_of(user))
+        listeners.channels_changed(user)
+        sink.players(listeners.players_of(user))
 
     # nicks
 
@@ -125,7 +125,7 @@ class Chat:
         user.nick, user.key = nick, key
         _log("nick", user, old=old, new=nick)
         self._deliver(self._nick_audience(user), replies.NICK_CHANGE.format(old=old, new=nick))
-        events.players_changed(user.rooms.values())
+        listeners.players_changed(user.rooms.values())
 
     def _nick_audience(self, user: User) -> Iterable[User]:
         if self.announce_nicks == "all":
@@ -147,7 +147,7 @@ class Chat:
         if room.key in user.rooms:
             user.current = room
             user.send(replies.SWITCHED.format(room=room.name))
-            events.channels_changed(user)
+            listeners.channels_changed(user)
             return
         entries = await self.store.recent(room.key, self.history_replay)
         # Re-resolve: the room may have emptied and been dropped while the store answered.
@@ -162,7 +162,7 @@ class Chat:
         user.current = room
         _log("join", user, room=room.name)
         self._deliver_after_commit(room.members, replies.JOINED.format(nick=user.nick, room=room.name))
-        events.membership_changed(user, room)
+        listeners.membership_changed(user, room)
 
     def leave(self, user: User, raw: str | None) -> None:
         room = self._member_room(user, raw)
@@ -174,7 +174,7 @@ class Chat:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
                 user.send(replies.SWITCHED.format(room=user.current.name))
-        events.membership_changed(user, room)
+        listeners.membership_changed(user, room)
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
@@ -221,8 +221,8 @@ class Chat:
         line = self._format(room, entry)
         self._deliver_after_commit(room.members, line)
         if room.listeners:
-            listeners = tuple(room.listeners)
-            self.store.after_commit(lambda: events.channel_text(listeners, room.name, entry.nick, line))
+            audience = tuple(room.listeners)
+            self.store.after_commit(lambda: listeners.channel_text(audience, room.name, entry.nick, line))
 
     def emote(self, user: User, text: str) -> None:
         self.say(user, text, EMOTE)
@@ -235,8 +235,8 @@ class Chat:
         line_out = replies.PRIVATE_OUT.format(nick=target.nick, text=text)
         target.send(line_in)
         user.send(line_out)
-        events.channel_text((target,), f"tell {user.nick}", user.nick, line_in)
-        events.channel_text((user,), f"tell {target.nick}", user.nick, line_out)
+        listeners.channel_text((target,), f"tell {user.nick}", user.nick, line_in)
+        listeners.channel_text((user,), f"tell {target.nick}", user.nick, line_out)
 
     def _speaking_room(self, user: User) -> Room:
         self._require_login(user)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from telchat.events import Players
+from telchat.listeners import Players
 from telchat.outbox import Flusher
 from telchat.rooms import Chat
 from telchat.store import MemoryStore
