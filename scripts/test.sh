@@ -10,6 +10,11 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || APT_PACKAGES+=(python3-ve
 need python3 python3
 need redis-server redis-server   # tests/test_redis.py runs a real one; it must not skip in CI
 need ps procps
+# The real clients the terminal tests drive, and what makes their TLS certificate.
+need tmux tmux
+need telnet inetutils-telnet
+[ -x /usr/games/tt++ ] || APT_PACKAGES+=(tintin++)
+need openssl openssl
 
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""

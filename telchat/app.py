@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from asyncio import Transport
 
 from telchat import replies
 from telchat.config import Config
 from telchat.logs import get_logger
+from telchat.mssp import ServerStatus
 from telchat.outbox import Flusher
 from telchat.protocol import (
     ChatTelnetServer,
@@ -25,6 +27,8 @@ from telchat.rooms import Chat
 from telchat.session import Session
 from telchat.store import Store
 from telchat.store_url import make_store
+from telchat.terminal import Terminal
+from telchat.tls import server_context
 
 log = get_logger("telchat.app")
 
@@ -37,6 +41,8 @@ class App:
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.status = ServerStatus(self.chat, config.server_name)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -45,23 +51,38 @@ class App:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        if self._tls_server is None or not self._tls_server.sockets:
+            return None
+        return int(self._tls_server.sockets[0].getsockname()[1])
+
     async def start(self) -> None:
         await self.store.open(self.chat.deliver)
+        config = self.config
+        tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
+        self._server = await self._listen(config.port)
+        if tls is not None and config.tls_port is not None:
+            self._tls_server = await self._listen(config.tls_port, tls)
+        self.status.port, self.status.tls_port = self.port, self.tls_port
+        log.info("listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers)
+
+    async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
         factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait)
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, self.config.host, self.config.port, reuse_port=self.config.workers > 1 or None
+        return await asyncio.get_running_loop().create_server(
+            factory, self.config.host, port, ssl=tls, reuse_port=self.config.workers > 1 or None
         )
-        log.info("listening", host=self.config.host, port=self.port, workers=self.config.workers)
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
         if self._stopping:
             return
         charset = negotiated_charset(protocol)
-        log_negotiation(protocol, charset)
+        terminal = Terminal(protocol, self.config, self.status)
+        log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
         session = Session(
             self.chat,
             self.config,
-            sink=TransportSink(transport),
+            sink=terminal.wrap(TransportSink(transport)),
             flusher=self._flusher,
             close=transport.close,
             abort=transport.abort,
@@ -76,11 +97,13 @@ class App:
             task.add_done_callback(self._tasks.discard)
         reason = "error"
         try:
+            terminal.attach(session)
             session.start()
             reason = await pump(reader, session.feed, lambda: session.closing)
         except Exception:
             log.exception("session_failed")
         finally:
+            terminal.detach()
             self.sessions.pop(session, None)
             session.finish(reason)
             if not transport.is_closing():
@@ -92,8 +115,9 @@ class App:
             return
         self._stopping = True
         started = time.monotonic()
-        if self._server is not None:
-            self._server.close()  # the listener only: connections stay open for the goodbye
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()  # the listener only: connections stay open for the goodbye
         self.chat.broadcast_local(replies.GOODBYE)
         self._flusher.flush()
         await self._drain(self.config.shutdown_grace)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telchat import replies
+from telchat import charsets, replies
 from telchat.rooms import Chat, ChatError, User
 
 
@@ -124,6 +124,17 @@ async def _quit(ctx: Context, args: list[str]) -> None:
     ctx.quit(args[0] if args else "quit")
 
 
+async def _set(ctx: Context, args: list[str]) -> None:
+    setting, value = args
+    if setting.lower() != "charset":
+        raise ChatError(replies.NO_SUCH_SETTING.format(name=setting))
+    charset = charsets.resolve(value)
+    if charset is None:
+        raise ChatError(replies.BAD_CHARSET.format(name=value, names=", ".join(charsets.SUPPORTED)))
+    ctx.user.charset = charset
+    ctx.user.send(replies.CHARSET_SET.format(charset=charset))
+
+
 def _command(
     name: str,
     usage: str,
@@ -161,8 +172,11 @@ HISTORY = _command(
 )
 HELP = _command("help", "help [command]", "list commands, or show one's usage", _help, words=1, optional=1, bare=(0, 1))
 QUIT = _command("quit", "quit [reason]", "leave the chat", _quit, words=1, optional=1, rest=True, bare=(0,))
+SET = _command(
+    "set", "set charset <name>", "use another charset: utf-8, cp1251, koi8-r or latin-1", _set, words=2, bare=(2,)
+)
 
-COMMANDS: tuple[Command, ...] = (LOGIN, JOIN, LEFT, SAY_CMD, ME, MSG, WHO, ROOMS_CMD, HISTORY, HELP, QUIT)
+COMMANDS: tuple[Command, ...] = (LOGIN, JOIN, LEFT, SAY_CMD, ME, MSG, WHO, ROOMS_CMD, HISTORY, HELP, QUIT, SET)
 BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 
 

@@ -32,6 +32,12 @@ class Config:
     store: str = "sqlite:///telchat.db"
     node_ttl: float = 15.0
     workers: int = 1
+    idle_ping: float = 90.0
+    idle_timeout: float = 60.0
+    tls_port: int | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+    server_name: str = "telchat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,16 @@ OPTIONS: tuple[Option, ...] = (
         "Redis store: seconds without a heartbeat before a node's users are removed by the others",
     ),
     Option("workers", count, "processes sharing the port (SO_REUSEPORT); more than 1 needs a Redis store"),
+    Option(
+        "idle_ping",
+        seconds,
+        "seconds of silence before a telnet client gets a TIMING-MARK ping (0: never)",
+    ),
+    Option("idle_timeout", seconds, "seconds a pinged telnet client has to answer before it is dropped"),
+    Option("tls_port", port, "TCP port for telnet over TLS (telnets, usually 992); unset: no TLS listener"),
+    Option("tls_cert", str, "PEM certificate (chain) file for the TLS listener"),
+    Option("tls_key", str, "PEM private key file for the TLS listener"),
+    Option("server_name", str, "the server's name, as MSSP crawlers are told"),
 )
 
 
@@ -164,4 +180,6 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         value = getattr(namespace, option.name)
         if option.choices and value not in option.choices:
             parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
+    if namespace.tls_port is not None and not (namespace.tls_cert and namespace.tls_key):
+        parser.error("--tls-port needs --tls-cert and --tls-key")
     return Config(**{f.name: getattr(namespace, f.name) for f in fields(Config)})

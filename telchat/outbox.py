@@ -26,7 +26,11 @@ class Sink(Protocol):
 
 
 def encode_line(text: str, charset: str) -> bytes:
-    data = (text + CRLF).encode(charset, "replace")
+    return encode_text(text + CRLF, charset)
+
+
+def encode_text(text: str, charset: str) -> bytes:
+    data = text.encode(charset, "replace")
     # Telnet reserves 0xFF (IAC); UTF-8 never produces it, single-byte charsets do (cp1251 'я').
     return data if charset == "utf-8" else data.replace(b"\xff", b"\xff\xff")
 

@@ -8,7 +8,6 @@ between the socket and it, and makes sure every way a connection can end reaches
 from __future__ import annotations
 
 import asyncio
-import codecs
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -17,13 +16,15 @@ import structlog
 import telnetlib3
 from telnetlib3.fingerprinting import _is_maybe_mud
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
+from telnetlib3.telopt import DO, DONT, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
 
+from telchat import charsets
+from telchat.liveness import enable_keepalive
 from telchat.logs import get_logger
 
 log = get_logger("telchat.protocol")
 
 READ_CHUNK = 65536
-SUPPORTED_CHARSETS = ("utf-8", "cp1251", "koi8-r", "latin-1")
 
 _conn_ids = itertools.count(1)
 
@@ -37,6 +38,10 @@ class ChunkReader(TelnetReaderUnicode):
 
 class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
+    # Set for clients that never spoke telnet: their bytes (0xFF included) are all text.
+    passthrough = False
+    _late_checked = False
+    on_resize: Callable[[int], None] | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, **kwargs)
@@ -47,7 +52,38 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         assert self.writer is not None
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
+        enable_keepalive(transport)
         log.info("connect", conn_id=self.conn_id, peer=peer_of(transport))
+
+    def begin_advanced_negotiation(self) -> None:
+        super().begin_advanced_negotiation()
+        assert self.writer is not None
+        # Offered to everyone who speaks telnet: MUD clients accept, terminals refuse.
+        for option in (EOR, GMCP, MSSP):
+            self.writer.iac(WILL, option)
+
+    def data_received(self, data: bytes) -> None:
+        if self.passthrough:
+            if self._late_checked or not _late_negotiation(data):
+                self._late_checked = True
+                assert self.reader is not None
+                self.reader.feed_data(data)
+                return
+            self.passthrough = False
+        super().data_received(data)
+
+    def on_request_charset(self) -> list[str]:
+        return ["UTF-8", "CP1251", "KOI8-R", "ISO-8859-1"]
+
+    def on_naws(self, rows: int, cols: int) -> None:
+        super().on_naws(rows, cols)
+        if self.on_resize is not None:
+            self.on_resize(cols)
+
+
+def _late_negotiation(data: bytes) -> bool:
+    """A telnet client whose answers came after we gave up waiting: parse it as telnet after all."""
+    return len(data) >= 3 and data[0] == IAC[0] and data[1] in (DO[0], DONT[0], WILL[0], WONT[0])
 
 
 def protocol_factory(shell: Shell, connect_maxwait: float) -> Callable[[], ChatTelnetServer]:
@@ -98,27 +134,31 @@ class TransportSink:
 
 
 def negotiated_charset(protocol: telnetlib3.TelnetServer) -> str:
-    try:
-        name = codecs.lookup(str(protocol.encoding(incoming=True))).name
-    except LookupError:
-        return "utf-8"
-    aliases = {"iso8859-1": "latin-1", "ascii": "utf-8"}
-    name = aliases.get(name, name)
-    return name if name in SUPPORTED_CHARSETS else "utf-8"
+    """The client's charset: NEW_ENVIRON LANG or CHARSET when it told us one we support."""
+    lang = protocol.get_extra_info("LANG") or ""
+    charset = protocol.get_extra_info("charset") or ""
+    return charsets.from_lang(lang) or charsets.resolve(charset) or "utf-8"
 
 
 def client_class(protocol: telnetlib3.TelnetServer) -> str:
     if not protocol.negotiation_should_advance():
         return "raw"
-    if protocol.writer is not None and _is_maybe_mud(protocol.writer):
+    writer = protocol.writer
+    if writer is not None and (_is_maybe_mud(writer) or _accepted_mud_option(writer)):
         return "mud"
     return "telnet"
 
 
-def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str) -> None:
+def _accepted_mud_option(writer: Any) -> bool:
+    """Whether the client took up one of our MUD protocol offers (only MUD clients do)."""
+    return any(writer.local_option.enabled(option) for option in (GMCP, MSDP, MSSP))
+
+
+def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str, klass: str, mode: str) -> None:
     log.info(
         "negotiated",
-        client_class=client_class(protocol),
+        client_class=klass,
+        mode=mode,
         term=protocol.get_extra_info("TERM") or protocol.get_extra_info("term"),
         cols=protocol.get_extra_info("cols"),
         rows=protocol.get_extra_info("rows"),

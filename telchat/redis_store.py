@@ -44,14 +44,14 @@ READ_COUNT = 1000
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 # KEYS: dedupe key, bus stream, history stream ("" for none)
-# ARGV: event json, bus maxlen, history maxlen
+# ARGV: event json, bus maxlen, history maxlen, dedupe seconds, event id
 PUBLISH_LUA = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return 0 end
 local hid = ''
 if KEYS[3] ~= '' then
   hid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'h', hid)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'h', hid, 'o', ARGV[5])
 return 1
 """
 # Delete a key only while it still holds the given value (a nick we still own).
@@ -119,6 +119,10 @@ class RedisStore(Store):
         self._idle = asyncio.Event()
         self._idle.set()
         self._seq = itertools.count(1)
+        self._published = 0  # the last event id this node published, and the last it read back
+        self._seen_own = 0
+        self._origin = f"{self.node}:"
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_bus_id = "0-0"
         self._nicks: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,7 +182,30 @@ class RedisStore(Store):
     # publishing: one ordered queue, one writer
 
     def publish(self, event: Event) -> None:
-        self._enqueue("event", (f"{self.node}:{next(self._seq)}", event))
+        self._published = next(self._seq)
+        self._enqueue("event", (f"{self.node}:{self._published}", event))
+
+    async def settled(self) -> None:
+        if self._seen_own >= self._published:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._published, waiter))
+        await waiter
+
+    def _saw_own(self, origin: str) -> None:
+        if not origin.startswith(self._origin):
+            return
+        self._seen_own = max(self._seen_own, int(origin[len(self._origin) :]))
+        if not self._waiters:
+            return
+        still = []
+        for wanted, waiter in self._waiters:
+            if wanted <= self._seen_own:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((wanted, waiter))
+        self._waiters = still
 
     def _enqueue(self, kind: str, item: Any) -> None:
         self._queue.append((kind, item))
@@ -226,6 +253,7 @@ class RedisStore(Store):
             BUS_MAXLEN,
             self._keep,
             DEDUPE_SECONDS,
+            event_id,
         )
 
     # delivery: everyone reads the bus
@@ -255,6 +283,7 @@ class RedisStore(Store):
             self._deliver(event)
         except Exception:
             log.exception("deliver_failed", kind=event.kind)
+        self._saw_own(fields.get("o", ""))
 
     # history
 

@@ -37,3 +37,6 @@ LINE_TOO_LONG = "*** Line too long ({length} bytes, limit {limit}); it was not s
 INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecting."
 SENDQ_EXCEEDED = "too slow to read"
 INTERNAL_ERROR = "*** Internal error; your line was not processed. Please try again."
+NO_SUCH_SETTING = "*** No such setting: {name}. Try: set charset <name>"
+BAD_CHARSET = "*** Unknown charset {name}; choose from {names}"
+CHARSET_SET = "*** Charset is now {charset}"

@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from telchat import events, replies
+from telchat import events, listeners, replies
 from telchat.events import EMOTE, NO_ID, SAY, EntryId, Event
+from telchat.listeners import ChatEvents
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
@@ -36,6 +37,7 @@ class User:
     key: str | None = None
     rooms: dict[str, Room] = field(default_factory=dict)
     current: Room | None = None
+    events: ChatEvents | None = None
 
     @property
     def logged_in(self) -> bool:
@@ -60,6 +62,8 @@ class Room:
     # A new member's last history id; deliveries of older messages (a store that
     # delivers later than it answers history) are not shown to them twice.
     since: dict[User, EntryId] = field(default_factory=dict)
+    # Members with an events sink (see listeners.py).
+    listeners: dict[User, None] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -112,13 +116,23 @@ class Chat:
             self.nicks.pop(user.key, None)
             self.store.release_nick(user.key)
         rooms = tuple(user.rooms)
-        for room in list(user.rooms.values()):
+        left = list(user.rooms.values())
+        for room in left:
             self._remove_member(room, user)
         user.rooms.clear()
         user.current = None
         self.store.offline(user.member_id, rooms)
         if rooms:
             self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
+        listeners.players_changed(left)
+
+    def attach_events(self, user: User, sink: ChatEvents) -> None:
+        """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
+        user.events = sink
+        for room in user.rooms.values():
+            room.listeners[user] = None
+        listeners.channels_changed(user)
+        sink.players(listeners.players_of(user))
 
     # nicks
 
@@ -147,6 +161,7 @@ class Chat:
         _log("nick", user, old=old, new=nick)
         self.store.renamed(user.member_id, nick, tuple(user.rooms))
         self.store.publish(self._nick_notice(user, replies.NICK_CHANGE.format(old=old, new=nick)))
+        listeners.players_changed(user.rooms.values())
 
     def _nick_notice(self, user: User, text: str) -> Event:
         if self.announce_nicks == "all":
@@ -162,6 +177,7 @@ class Chat:
         if room is not None and key in user.rooms:
             user.current = room
             user.send(replies.SWITCHED.format(room=room.name))
+            listeners.channels_changed(user)
             return
         if room is None:
             name = await self.store.room_name(key, name)
@@ -190,12 +206,15 @@ class Chat:
             if entry_id == NO_ID or entry_id > seen:
                 user.send(text)
         room.members[user] = None
+        if user.events is not None:
+            room.listeners[user] = None
         room.since[user] = seen
         user.rooms[room.key] = room
         user.current = room
         _log("join", user, room=room.name)
         self.store.joined(room.key, room.name, user.member_id, user.nick)
         self.store.publish(events.notice(replies.JOINED.format(nick=user.nick, room=room.name), rooms=(room.key,)))
+        listeners.membership_changed(user, room)
 
     def _drop_pending(self, room: Room, user: User) -> None:
         room.pending.pop(user, None)
@@ -214,9 +233,11 @@ class Chat:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
                 user.send(replies.SWITCHED.format(room=user.current.name))
+        listeners.membership_changed(user, room)
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
+        room.listeners.pop(user, None)
         room.since.pop(user, None)
         _log("leave", user, room=room.name)
         self.store.left(room.key, user.member_id)
@@ -252,7 +273,9 @@ class Chat:
             raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
         shown = target.nick if target is not None else raw_nick
         _log("private_message", user, to=shown, text=text)
-        user.send(replies.PRIVATE_OUT.format(nick=shown, text=text))
+        line = replies.PRIVATE_OUT.format(nick=shown, text=text)
+        user.send(line)
+        listeners.channel_text((user,), f"tell {shown}", user.nick, line)
         self.store.publish(events.private(user.nick, key, text))
 
     def _speaking_room(self, user: User) -> Room:
@@ -277,11 +300,16 @@ class Chat:
         if event.in_history:
             room = self.rooms.get(event.room)
             if room is not None:
-                self._deliver_room(room, self._format(room, event), event.id)
+                line = self._format(room, event)
+                self._deliver_room(room, line, event.id)
+                if room.listeners:
+                    listeners.channel_text(tuple(room.listeners), room.name, event.nick, line)
         elif event.kind == events.PRIVATE:
             target = self.nicks.get(event.target)
             if target is not None:
-                target.send(replies.PRIVATE_IN.format(nick=event.nick, text=event.text))
+                line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
+                target.send(line)
+                listeners.channel_text((target,), f"tell {event.nick}", event.nick, line)
         else:
             self._deliver_notice(event)
 

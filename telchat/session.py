@@ -7,7 +7,8 @@ everything the session says goes through its user's Outbox.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import structlog
 
@@ -20,6 +21,12 @@ from telchat.rooms import Chat, User
 from telchat.sanitize import sanitize
 
 log = get_logger("telchat.session")
+
+
+class Framer(Protocol):
+    """Turns input bytes into lines: LineSplitter, or a terminal's line editor (terminal.py)."""
+
+    def feed(self, data: bytes) -> Sequence[bytes | str | Oversize]: ...
 
 
 class Session:
@@ -40,7 +47,9 @@ class Session:
         self._config = config
         self._close = close
         self._abort = abort
-        self._splitter = LineSplitter(config.max_line_bytes, config.max_unterminated_bytes)
+        self._splitter: Framer = LineSplitter(config.max_line_bytes, config.max_unterminated_bytes)
+        # Sees each line before the commands do; True means it was answered (terminal.py sets it).
+        self.intercept: Callable[[str], bool] | None = None
         self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
         self.reason: str | None = None
         self.bytes_in = 0
@@ -49,6 +58,9 @@ class Session:
     @property
     def closing(self) -> bool:
         return self.reason is not None
+
+    def set_framer(self, framer: Framer) -> None:
+        self._splitter = framer
 
     def start(self) -> None:
         self.chat.connect(self.user)
@@ -70,17 +82,20 @@ class Session:
                 return
             await self._handle(line)
 
-    async def _handle(self, line: bytes | Oversize) -> None:
+    async def _handle(self, line: bytes | str | Oversize) -> None:
         if isinstance(line, Oversize):
             log.info("limit", kind="line_length", bytes=line.length)
             self.user.send(replies.LINE_TOO_LONG.format(length=line.length, limit=self._config.max_line_bytes))
             return
-        text = sanitize(line.decode(self.user.charset, "replace")).strip()
-        if not text:
+        text = sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
+        if not text or (self.intercept is not None and self.intercept(text)):
             return
         nick = self.user.nick
         try:
             await commands.execute(self, text)
+            # Let what this line published come back first: replies to the next line must
+            # not overtake it (a store may deliver a turn, or a Redis round trip, later).
+            await self.chat.store.settled()
             if self.user.nick != nick:
                 structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
@@ -88,12 +103,13 @@ class Session:
             log.exception("command_failed")
             self.user.send(replies.INTERNAL_ERROR)
 
-    def quit(self, message: str, reason: str = "quit") -> None:
+    def quit(self, message: str, reason: str = "quit", farewell: str | None = replies.GOODBYE) -> None:
         """End this session at the user's (or a limit's) request."""
         if self.closing:
             return
         self.reason = reason
-        self.user.send(replies.GOODBYE)
+        if farewell is not None:
+            self.user.send(farewell)
         self.chat.disconnect(self.user, message)
         self.user.outbox.flush()
         self._close()

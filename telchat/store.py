@@ -41,6 +41,13 @@ class Store(abc.ABC):
         """Persist `event`, then deliver it. Deliveries keep publish order."""
 
     @abc.abstractmethod
+    async def settled(self) -> None:
+        """Return once every event published here so far has been delivered here.
+
+        A session awaits this after each line, so that a command's replies and the notices
+        it caused reach its user in the order they happened."""
+
+    @abc.abstractmethod
     async def recent(self, room: str, limit: int) -> list[Event]:
         """The last `limit` committed messages of `room` (a room key), oldest first."""
 
@@ -100,6 +107,7 @@ class LocalStore(Store):
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
         self._scheduled = False
+        self._flushed: asyncio.Future[None] | None = None
 
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -129,6 +137,16 @@ class LocalStore(Store):
             return
         for event in committed:
             self._deliver_one(event)
+        if self._flushed is not None and not self._pending:
+            self._flushed.set_result(None)
+            self._flushed = None
+
+    async def settled(self) -> None:
+        if not self._pending:
+            return
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._flushed)
 
     def _deliver_one(self, event: Event) -> None:
         assert self._deliver is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 import telnetlib3
@@ -163,10 +164,15 @@ class RawClient(LineClient):
                 if end < 0:
                     self._pending = data[i:]
                     break
+                self._subnegotiation(data[i + 2 : end].replace(bytes([IAC, IAC]), bytes([IAC])))
                 i = end + 2
             else:
+                self.commands.append((cmd, 0))
                 i += 2
         return bytes(out)
+
+    def _subnegotiation(self, payload: bytes) -> None:
+        """IAC SB <payload> IAC SE from the server; ignored here."""
 
     def _refuse(self, cmd: int, opt: int) -> None:
         self.commands.append((cmd, opt))
@@ -214,3 +220,79 @@ class TelnetClient(LineClient):
 
     async def close(self) -> None:
         self.writer.close()
+
+
+GMCP, MSSP, TTYPE, EOR_OPT, TM, ECHO, SGA, NAWS, BINARY = 201, 70, 24, 25, 6, 1, 3, 31, 0
+EOR, GA = 239, 249
+
+
+class OptionClient(RawClient):
+    """A client that accepts some telnet options and refuses the rest, as real programs do.
+
+    It reports `TERMINAL` for TTYPE and `SIZE` for NAWS, and keeps every GMCP message
+    (package, data) and MSSP variable table it is sent.
+    """
+
+    TERMINAL = b"XTERM"
+    SIZE = (132, 43)
+    ACCEPT_DO = frozenset({TTYPE, TM, NAWS})  # server's DO x: we answer WILL x
+    ACCEPT_WILL = frozenset({BINARY})  # server's WILL x: we answer DO x
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.gmcp: list[tuple[str, Any]] = []
+        self.mssp: list[dict[str, str]] = []
+
+    def _refuse(self, cmd: int, opt: int) -> None:
+        if cmd == DO and opt in self.ACCEPT_DO:
+            self.commands.append((cmd, opt))
+            self.writer.write(bytes([IAC, WILL, opt]))
+            if opt == NAWS:
+                cols, rows = self.SIZE
+                self.writer.write(bytes([IAC, SB, NAWS, 0, cols, 0, rows, IAC, SE]))
+        elif cmd == WILL and opt in self.ACCEPT_WILL:
+            self.commands.append((cmd, opt))
+            self.writer.write(bytes([IAC, DO, opt]))
+        else:
+            super()._refuse(cmd, opt)
+
+    def _subnegotiation(self, payload: bytes) -> None:
+        option, body = payload[0], payload[1:]
+        if option == TTYPE:
+            self.writer.write(bytes([IAC, SB, TTYPE, 0]) + self.TERMINAL + bytes([IAC, SE]))
+        elif option == GMCP:
+            package, _, data = body.decode().partition(" ")
+            self.gmcp.append((package, json.loads(data) if data else None))
+        elif option == MSSP:
+            pairs = [item.split(b"\x02", 1) for item in body.split(b"\x01") if item]
+            self.mssp.append({key.decode(): value.decode() for key, value in pairs})
+
+
+class TermClient(OptionClient):
+    """A telnet terminal as inetutils telnet is: lets the server echo and suppress go-ahead."""
+
+    ACCEPT_WILL = frozenset({BINARY, ECHO, SGA})
+
+
+class MudClient(OptionClient):
+    """A MUD client as Mudlet is: TTYPE "MUDLET", accepts GMCP, MSSP and EOR, never server echo."""
+
+    TERMINAL = b"MUDLET"
+    ACCEPT_WILL = frozenset({BINARY, GMCP, MSSP, EOR_OPT})
+
+    def send_gmcp(self, package: str, data: Any = None) -> None:
+        payload = package.encode() + (b" " + json.dumps(data).encode() if data is not None else b"")
+        self.writer.write(bytes([IAC, SB, GMCP]) + payload + bytes([IAC, SE]))
+
+    async def gmcp_message(self, package: str, timeout: float = TIMEOUT) -> Any:
+        """The data of the next unread GMCP message named `package` (reading text as needed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for index, (name, data) in enumerate(self.gmcp):
+                if name == package:
+                    del self.gmcp[: index + 1]
+                    return data
+            if loop.time() > deadline:
+                raise TimeoutError(f"no GMCP {package}; got {self.gmcp}")
+            await self._fill(0.05)

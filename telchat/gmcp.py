@@ -1,0 +1,68 @@
+"""GMCP for MUD clients: the room manager's events as Comm.Channel.* messages.
+
+Frames are queued on the user's Outbox like text lines, so they keep their order with the
+text and count against the slow-reader limit. Payloads are UTF-8 JSON whatever the user's
+charset, as GMCP requires.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from telnetlib3.telopt import GMCP, IAC, SB, SE
+
+from telchat import __version__, listeners
+from telchat.listeners import Players
+from telchat.logs import get_logger
+from telchat.outbox import Outbox
+from telchat.rooms import Chat, User
+
+log = get_logger("telchat.gmcp")
+
+
+def frame(package: str, data: Any = None) -> bytes:
+    payload = package.encode() if data is None else package.encode() + b" " + orjson.dumps(data)
+    return IAC + SB + GMCP + payload.replace(IAC, IAC + IAC) + IAC + SE
+
+
+class GmcpEvents:
+    """A user's events sink (listeners.ChatEvents) that speaks GMCP."""
+
+    __slots__ = ("_outbox",)
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def send(self, package: str, data: Any = None) -> None:
+        self._outbox.push(frame(package, data))
+
+    def channels(self, rooms: list[str]) -> None:
+        self.send("Comm.Channel.List", [{"name": r, "caption": f"#{r}", "command": f"say {r}"} for r in rooms])
+
+    def channel_text(self, channel: str, talker: str, text: str) -> None:
+        self.send("Comm.Channel.Text", {"channel": channel, "talker": talker, "text": text})
+
+    def players(self, players: Players) -> None:
+        self.send("Comm.Channel.Players", [{"name": nick, "channels": rooms} for nick, rooms in players])
+
+
+def start(chat: Chat, user: User) -> GmcpEvents:
+    """The client enabled GMCP: greet it and start telling it about the user's rooms."""
+    sink = GmcpEvents(user.outbox)
+    sink.send("Core.Hello", {"name": "telchat", "version": __version__})
+    chat.attach_events(user, sink)
+    return sink
+
+
+def receive(sink: GmcpEvents, user: User, package: str, data: Any) -> None:
+    """Answer what a client asks for over GMCP; anything else is only logged."""
+    name = package.lower()
+    if name == "comm.channel.players":
+        sink.players(listeners.players_of(user))
+    elif name == "core.ping":
+        sink.send("Core.Ping")
+    elif name == "core.hello" and isinstance(data, dict):
+        log.info("gmcp_hello", client=str(data.get("client", "")), version=str(data.get("version", "")))
+    else:
+        log.debug("gmcp_ignored", package=package)

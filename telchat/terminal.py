@@ -1,0 +1,177 @@
+"""What a connection's client gets besides chat lines, decided once it has negotiated.
+
+- telnet terminals that can move the cursor (inetutils telnet, PuTTY) get character mode:
+  the server echoes and edits the input line (lineedit.py) and, when output arrives while
+  the person is typing, clears the input line, prints the output and redraws the line;
+- MUD clients (TTYPE/MTTS names, or GMCP/MSDP enabled) keep line mode and no server echo;
+  they get GMCP and MSSP when they accept them, and GA or EOR after each batch of output;
+- raw TCP clients (nc) that answered no negotiation keep line mode, and their bytes are
+  taken as they come: 0xFF is a character (cp1251 'я'), not a telnet command.
+
+The Terminal is its connection's output Sink (so it decorates each flush once, never
+each line) and, in character mode, its session's line framer.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+from typing import Any
+
+from telnetlib3.telopt import CMD_EOR, DO, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL
+
+from telchat import gmcp, mssp
+from telchat.config import Config
+from telchat.lineedit import CLEAR_LINE, LineEditor
+from telchat.lines import Oversize
+from telchat.liveness import Watchdog
+from telchat.outbox import Sink, encode_text
+from telchat.probes import LineProbes
+from telchat.protocol import ChatTelnetServer, client_class
+from telchat.session import Session
+
+# TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
+NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
+
+
+class Terminal:
+    def __init__(self, protocol: ChatTelnetServer, config: Config, status: mssp.ServerStatus) -> None:
+        self._protocol = protocol
+        self._writer: Any = protocol.writer
+        self._config = config
+        self._status = status
+        self.client_class = client_class(protocol)
+        self.term = str(protocol.get_extra_info("TERM") or "")
+        self.character_mode = self.client_class == "telnet" and self.term.lower() not in NO_CURSOR_TERMS
+        self._editor = (
+            LineEditor(int(protocol.get_extra_info("cols") or 80), max_chars=config.max_line_bytes)
+            if self.character_mode
+            else None
+        )
+        self._inner: Sink | None = None
+        self._session: Session | None = None
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._decoder_charset = ""
+        self._watchdog: Watchdog | None = None
+
+    @property
+    def mode(self) -> str:
+        return "character" if self.character_mode else "line"
+
+    # output: the session's Sink
+
+    def wrap(self, inner: Sink) -> Terminal:
+        self._inner = inner
+        return self
+
+    def write(self, data: bytes) -> None:
+        assert self._inner is not None and self._session is not None
+        editor = self._editor
+        if self._protocol.passthrough:
+            if self._session.user.charset != "utf-8":
+                # A raw client is not a telnet peer: undo the IAC doubling of single-byte charsets.
+                data = data.replace(b"\xff\xff", b"\xff")
+        elif editor is not None and editor.text and self.echoing:
+            data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
+        mark = self._end_of_output()
+        self._inner.write(data + mark if mark else data)
+
+    def buffered(self) -> int:
+        assert self._inner is not None
+        return self._inner.buffered()
+
+    @property
+    def echoing(self) -> bool:
+        """Whether the client let us echo (it answered DO ECHO to our WILL ECHO)."""
+        return bool(self._writer.local_option.enabled(ECHO))
+
+    def _end_of_output(self) -> bytes:
+        if self.client_class == "raw":
+            return b""
+        if self._writer.local_option.enabled(EOR):
+            return IAC + CMD_EOR
+        if self.client_class == "mud" and not self._writer.local_option.enabled(SGA):
+            return IAC + GA
+        return b""
+
+    def _encode(self, text: str) -> bytes:
+        assert self._session is not None
+        return encode_text(text, self._session.user.charset)
+
+    # input: the session's framer in character mode
+
+    def feed(self, data: bytes) -> Sequence[str | Oversize]:
+        assert self._editor is not None and self._session is not None
+        charset = self._session.user.charset
+        if self._decoder is None or charset != self._decoder_charset:
+            self._decoder = codecs.getincrementaldecoder(charset)("replace")
+            self._decoder_charset = charset
+        result = self._editor.feed(self._decoder.decode(data))
+        if result.output and self.echoing:
+            self._echo(result.output)
+        return [self._checked(line, charset) for line in result.lines]
+
+    def _checked(self, line: str, charset: str) -> str | Oversize:
+        length = len(line.encode(charset, "replace"))
+        return Oversize(length) if length > self._config.max_line_bytes else line
+
+    def _echo(self, text: str) -> None:
+        assert self._inner is not None
+        self._inner.write(self._encode(text))
+
+    def _resize(self, cols: int) -> None:
+        if self._editor is not None and self.echoing:
+            output = self._editor.resize(cols)
+            if output:
+                self._echo(output)
+
+    # lifecycle
+
+    def attach(self, session: Session) -> None:
+        """Set the connection up for its client class; call before `session.start()`."""
+        self._session = session
+        session.intercept = LineProbes(session, self._status)
+        if self.client_class == "raw":
+            self._protocol.passthrough = True
+            return
+        writer = self._writer
+        if self.character_mode:
+            writer.iac(WILL, SGA)
+            writer.iac(WILL, ECHO)
+            session.set_framer(self)
+            self._protocol.on_resize = self._resize
+        self._start_gmcp(session)
+        if writer.local_option.enabled(MSSP):
+            session.user.outbox.push(mssp.frame(self._status.variables()))
+        self._watchdog = Watchdog(
+            idle=lambda: float(self._protocol.idle),
+            ping=lambda: writer.iac(DO, TM),
+            expire=lambda: session.quit("ping timeout", reason="ping_timeout"),
+            ping_after=self._config.idle_ping,
+            answer_within=self._config.idle_timeout,
+        )
+        self._watchdog.start()
+
+    def _start_gmcp(self, session: Session) -> None:
+        writer = self._writer
+        user = session.user
+        sink: gmcp.GmcpEvents | None = None
+
+        def enabled() -> bool:
+            return bool(writer.local_option.enabled(GMCP) or writer.remote_option.enabled(GMCP))
+
+        def on_gmcp(package: str, data: Any) -> None:
+            nonlocal sink
+            if sink is None and enabled():
+                sink = gmcp.start(session.chat, user)
+            if sink is not None:
+                gmcp.receive(sink, user, package, data)
+
+        writer.set_ext_callback(GMCP, on_gmcp)
+        if enabled():
+            sink = gmcp.start(session.chat, user)
+
+    def detach(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._protocol.on_resize = None

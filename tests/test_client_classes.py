@@ -1,0 +1,317 @@
+"""Each client class over real sockets: raw TCP, telnet terminals, MUD clients; charsets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from telchat.app import App
+from telchat.probes import NOT_HTTP
+from tests.clients import (
+    ECHO,
+    EOR,
+    EOR_OPT,
+    GA,
+    IAC,
+    NAWS,
+    SB,
+    SE,
+    WILL,
+    MudClient,
+    RawClient,
+    TelnetClient,
+    TermClient,
+)
+from tests.conftest import Connect
+from tests.procs import ServerProcess
+from tests.test_commands import user
+
+WELCOME = b"*** Welcome to telchat. Type help for commands.\r\n"
+
+
+class NcClient:
+    """Bytes as `nc` sends and shows them: no telnet at all, not even IAC un-doubling."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> NcClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        # The server's opening DO TTYPE is noise to nc; everything after it is text.
+        assert (await client.line()).endswith(WELCOME)
+        return client
+
+    async def line(self) -> bytes:
+        return await asyncio.wait_for(self.reader.readuntil(b"\r\n"), 3)
+
+    async def until(self, prefix: bytes) -> bytes:
+        while not (line := await self.line()).startswith(prefix):
+            pass
+        return line
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_all(self) -> bytes:
+        return await asyncio.wait_for(self.reader.read(), 3)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+async def nc(port: int) -> AsyncIterator[list[NcClient]]:
+    opened: list[NcClient] = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+async def nc_connect(opened: list[NcClient], port: int) -> NcClient:
+    client = await NcClient.connect(port)
+    opened.append(client)
+    return client
+
+
+# raw TCP
+
+
+async def test_raw_client_gets_line_mode_and_lf_only_lines_work(connect: Connect, app: App) -> None:
+    raw = await connect("raw")
+    assert isinstance(raw, RawClient)
+    await raw.send_bytes(b"login lf\njoin one\nonly LF here\n")
+    assert await raw.read_until("#one:lf>") == [
+        "*** User change nick anonymous --> lf",
+        "*** #one history",
+        "*** User lf joined room #one",
+        "#one:lf> only LF here",
+    ]
+    assert (WILL, ECHO) not in raw.commands
+    assert all(cmd not in (EOR, 249) for cmd, _ in raw.commands)
+
+
+async def test_nc_client_is_greeted_within_half_a_second(nc: list[NcClient], port: int) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await nc_connect(nc, port)
+    assert loop.time() - started < 0.5
+
+
+async def test_cp1251_nc_client_round_trip_through_utf8_peer(nc: list[NcClient], port: int, connect: Connect) -> None:
+    vasya = await nc_connect(nc, port)
+    await vasya.send(b"set charset windows-1251\n")
+    assert await vasya.line() == b"*** Charset is now cp1251\r\n"
+    await vasya.send("login вася\njoin чай\n".encode("cp1251"))
+    await vasya.until("*** User вася joined".encode("cp1251"))
+    utf8 = await user(connect, "petya", "чай")
+    await vasya.until(b"*** User petya joined")
+    # 'я' is 0xFF in cp1251: nc sends it bare, and it must not be taken for telnet's IAC.
+    await vasya.send("я люблю чай, ъ\n".encode("cp1251"))
+    assert await utf8.read_line() == "#чай:вася> я люблю чай, ъ"
+    await utf8.send("яблоко и 中文")
+    assert await vasya.until("#чай:petya>".encode("cp1251")) == "#чай:petya> яблоко и ??\r\n".encode("cp1251")
+
+
+async def test_koi8r_telnet_client_negotiates_and_round_trips(port: int, connect: Connect, app: App) -> None:
+    # telnetlib3's client announces its charset (NEW_ENVIRON LANG, CHARSET) and doubles 0xFF.
+    ivan = await TelnetClient.connect(port, encoding="koi8-r")
+    try:
+        assert {s.user.charset for s in app.sessions} == {"koi8-r"}
+        ivan.writer.write("login иван\r\njoin one\r\n")
+        await ivan.read_until("*** User иван joined")
+        utf8 = await user(connect, "olga", "one")
+        await ivan.read_until("*** User olga joined")
+        ivan.writer.write("Объём Ъ\r\n")  # 'Ъ' is 0xFF in koi8-r
+        assert await utf8.read_line() == "#one:иван> Объём Ъ"
+        await utf8.send("СЪЕЗД ½")
+        assert (await ivan.read_until("#one:olga>"))[-1] == "#one:olga> СЪЕЗД ?"
+    finally:
+        await ivan.close()
+
+
+async def test_set_charset_errors(connect: Connect) -> None:
+    client = await connect()
+    await client.send("set charset ebcdic")
+    await client.expect("*** Unknown charset ebcdic; choose from utf-8, cp1251, koi8-r, latin-1")
+    await client.send("/set colour red")
+    await client.expect("*** No such setting: colour. Try: set charset <name>")
+    await client.send("/set charset")
+    await client.expect("*** Usage: set charset <name>")
+    await client.send("set charset KOI8-R")
+    await client.expect("*** Charset is now koi8-r")
+
+
+# probes
+
+
+async def test_http_request_gets_one_line_and_a_close(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    lines = data.split(b"\r\n")
+    assert lines.count(NOT_HTTP.encode()) == 1
+    assert data.endswith(NOT_HTTP.encode() + b"\r\n")
+    assert b"have a nice day" not in data
+
+
+async def test_http_like_line_later_is_just_a_message(connect: Connect) -> None:
+    client = await user(connect, "web", "one")
+    await client.send("GET / HTTP/1.1")
+    await client.expect("#one:web> GET / HTTP/1.1")
+
+
+async def test_plaintext_mssp_request(connect: Connect) -> None:
+    await user(connect, "someone", "one")
+    crawler = await connect()
+    await crawler.send("MSSP-REQUEST")
+    lines = await crawler.read_until("MSSP-REPLY-END")
+    assert lines[0] == "MSSP-REPLY-START"
+    table = dict(line.split("\t", 1) for line in lines[1:-1])
+    assert table["NAME"] == "telchat"
+    assert table["PLAYERS"] == "1"
+    assert table["CODEBASE"].startswith("telchat ")
+    assert int(table["UPTIME"]) > 1_600_000_000
+    assert {"CRAWL DELAY", "GMCP", "UTF-8", "PORT", "ROOMS"} <= table.keys()
+
+
+# MUD clients
+
+
+async def test_mud_client_gets_line_mode_gmcp_mssp_and_eor(port: int, connect: Connect) -> None:
+    tina = await MudClient.connect(port)
+    try:
+        assert (WILL, ECHO) not in tina.commands
+        assert await tina.gmcp_message("Core.Hello") == {"name": "telchat", "version": "0.1.0"}
+        assert await tina.gmcp_message("Comm.Channel.List") == []
+        assert tina.mssp and tina.mssp[0]["NAME"] == "telchat"
+        assert (EOR, 0) in tina.commands
+
+        await tina.login("tina")
+        await tina.join("one", "tina")
+        assert await tina.gmcp_message("Comm.Channel.List") == [
+            {"name": "one", "caption": "#one", "command": "say one"}
+        ]
+        assert await tina.gmcp_message("Comm.Channel.Players") == [{"name": "tina", "channels": ["one"]}]
+
+        bob = await user(connect, "bob", "one")
+        assert await tina.gmcp_message("Comm.Channel.Players") == [
+            {"name": "bob", "channels": ["one"]},
+            {"name": "tina", "channels": ["one"]},
+        ]
+        await bob.send("hello tina")
+        text = {"channel": "one", "talker": "bob", "text": "#one:bob> hello tina"}
+        assert await tina.gmcp_message("Comm.Channel.Text") == text
+        await bob.send("/msg tina psst")
+        assert await tina.gmcp_message("Comm.Channel.Text") == {
+            "channel": "tell bob",
+            "talker": "bob",
+            "text": "*bob*> psst",
+        }
+
+        tina.send_gmcp("Comm.Channel.Players")
+        assert len(await tina.gmcp_message("Comm.Channel.Players")) == 2
+        await bob.send("left")
+        assert await tina.gmcp_message("Comm.Channel.Players") == [{"name": "tina", "channels": ["one"]}]
+    finally:
+        await tina.close()
+
+
+# telnet terminals in character mode (the tmux tests drive real ones)
+
+
+async def test_telnet_terminal_gets_echo_and_redraw_once_per_flush(port: int, connect: Connect) -> None:
+    term = await TermClient.connect(port)
+    try:
+        assert (WILL, ECHO) in term.commands
+        # What was typed is echoed; Enter clears it, and the server's answer takes its place.
+        await term.send("login term")
+        assert await term.read_line() == "login term\r\x1b[K*** User change nick anonymous --> term"
+        await term.send("join one")
+        await term.read_until("*** User term joined room #one")
+        await term.send_bytes(b"half")
+        assert await term.drain() == []
+        assert term.buffer == b"half"
+        bob = await user(connect, "bob", "one")
+        await term.drain()
+        assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
+        term.buffer = b""
+        await bob.send("one line")
+        # Each flush: clear the input line, print, redraw the input with the cursor after it.
+        assert await term.read_line() == "\r\x1b[K#one:bob> one line"
+        if not term.buffer:
+            await term._fill(1)
+        assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
+    finally:
+        await term.close()
+
+
+# liveness
+
+
+async def test_keepalive_on_every_socket(app: App, connect: Connect) -> None:
+    await connect("raw")
+    await connect("telnet")
+    for transport in app.sessions.values():
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+async def test_negotiated_event_names_class_term_size_charset() -> None:
+    server = ServerProcess()
+    try:
+        raw = await RawClient.connect(server.port)
+        tel = await TermClient.connect(server.port)
+        mudc = await MudClient.connect(server.port)
+        events = {
+            e["client_class"]: e
+            for e in (server.wait_for(lambda r, c=c: r.get("client_class") == c, c) for c in ("raw", "telnet", "mud"))
+        }
+        assert events["telnet"]["mode"] == "character"
+        assert events["telnet"]["term"].lower() == "xterm"
+        assert (events["telnet"]["cols"], events["telnet"]["rows"]) == (132, 43)
+        assert events["telnet"]["charset"] == "utf-8"
+        assert events["mud"]["mode"] == "line"
+        assert events["raw"]["mode"] == "line"
+        for client in (raw, tel, mudc):
+            await client.close()
+    finally:
+        server.kill()
+
+
+class PlainMudClient(MudClient):
+    """A MUD client that does not know EOR: it gets the older GA after output instead."""
+
+    ACCEPT_WILL = MudClient.ACCEPT_WILL - {EOR_OPT}
+
+
+async def test_mud_client_without_eor_gets_go_ahead(port: int) -> None:
+    client = await PlainMudClient.connect(port)
+    try:
+        await client.send("who")
+        await client.expect("*** Users online: nobody logged in (+1 anonymous)")
+        assert (GA, 0) in client.commands
+        assert (EOR, 0) not in client.commands
+    finally:
+        await client.close()
+
+
+async def test_window_resize_redraws_the_input_line(port: int) -> None:
+    term = await TermClient.connect(port)
+    try:
+        await term.send_bytes(b"x" * 50)
+        await term.drain()
+        term.buffer = b""
+        await term.send_bytes(bytes([IAC, SB, NAWS, 0, 20, 0, 10, IAC, SE]))
+        await term._fill(1)
+        # 20 columns: the line scrolls so that the cursor stays on screen.
+        assert term.buffer == b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+    finally:
+        await term.close()

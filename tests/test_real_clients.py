@@ -1,0 +1,119 @@
+"""The real clients people use, driven in tmux: Debian's inetutils telnet and TinTin++."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from telnetlib3.telopt import ECHO
+
+from telchat.app import App
+from tests.conftest import Connect
+from tests.test_commands import user
+from tests.tmux import Pane, require
+
+TELNET = "telnet"
+TINTIN = "/usr/games/tt++"
+
+StartPane = Callable[..., Awaitable[Pane]]
+
+
+@pytest.fixture
+async def pane() -> AsyncIterator[StartPane]:
+    panes: list[Pane] = []
+
+    async def start(command: list[str], **size: int) -> Pane:
+        started = await Pane.start(command, **size)
+        panes.append(started)
+        return started
+
+    yield start
+    for started in panes:
+        await started.close()
+
+
+async def enter_room(pane: Pane, nick: str, room: str) -> None:
+    await pane.wait_line("*** Welcome to telchat.")
+    await pane.type(f"login {nick}\r")
+    await pane.wait_line(f"*** User change nick anonymous --> {nick}")
+    await pane.type(f"join {room}\r")
+    await pane.wait_line(f"*** User {nick} joined room #{room}")
+
+
+async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
+    pane: StartPane, connect: Connect, port: int
+) -> None:
+    require(TELNET, "tmux")
+    bob = await pane([TELNET, "127.0.0.1", str(port)], width=60, height=20)
+    await enter_room(bob, "bob", "one")
+    ann = await user(connect, "ann", "one")
+    await ann.drain()
+
+    # Ctrl-U drops a false start; a backspace fixes a typo; arrows insert a missed letter.
+    await bob.type("garbage")
+    await bob.keys("C-u")
+    await bob.type("hellp")
+    await bob.keys("BSpace")
+    await bob.type("o wrld")
+    await bob.keys("Left", "Left", "Left")
+    await bob.type("o")
+    await bob.keys("End")
+    await bob.type(" again")
+    await bob.wait_line("hello world again")
+    await bob.keys("Enter")
+    assert await ann.read_line() == "#one:bob> hello world again"
+    await bob.wait_line("#one:bob> hello world again")
+
+    # A message arrives while bob is half-way through a line, cursor in the middle of it.
+    await bob.type("partial inp")
+    await bob.keys("Left", "Left")
+    await bob.wait(lambda s: s[-1] == "partial inp", "the partial input")
+    await ann.send("ping from ann")
+    screen = await bob.wait(lambda s: s[-2:] == ["#one:ann> ping from ann", "partial inp"], "message above input")
+    assert screen[-3] == "#one:bob> hello world again"
+    assert await bob.cursor() == (len("partial i"), len(screen) - 1)
+
+    # The redrawn line is still live: finishing it sends the whole thing.
+    await bob.keys("End")
+    await bob.type("ut")
+    await bob.keys("Enter")
+    assert await ann.read_until("#one:bob>") == ["#one:ann> ping from ann", "#one:bob> partial input"]
+
+    # Up brings the last line back for another edit; Cyrillic goes through as UTF-8.
+    await bob.keys("Up")
+    await bob.wait(lambda s: s[-1] == "partial input", "history recall")
+    await bob.keys("C-w")
+    await bob.type("привет")
+    await bob.keys("Enter")
+    assert await ann.read_line() == "#one:bob> partial привет"
+
+
+async def test_tintin_stays_in_line_mode_with_utf8_and_gets_gmcp(
+    pane: StartPane, connect: Connect, port: int, app: App, tmp_path: Path
+) -> None:
+    require(TINTIN, "tmux")
+    script = tmp_path / "telchat.tin"
+    script.write_text(
+        # TinTin++ refuses GMCP unless a script asks for it: answer WILL GMCP with DO GMCP.
+        "#event {IAC WILL GMCP} {#send {\\xFF\\xFD\\xC9\\}}\n"
+        "#event {IAC SB GMCP Comm.Channel.Text IAC SE} {#showme {GMCP-TEXT %0}}\n"
+        f"#session chat 127.0.0.1 {port}\n"
+    )
+    tina = await pane([TINTIN, "-G", str(script)], width=120, height=30)
+    await enter_room(tina, "tina", "one")
+
+    (protocol,) = [t.get_protocol() for t in app.sessions.values()]
+    assert not protocol.writer.local_option.enabled(ECHO), "a MUD client must not get server echo"
+
+    ann = await user(connect, "ann", "one")
+    await tina.wait_line("*** User ann joined room #one")
+    await ann.send("привет, tina")
+    await tina.wait_line("#one:ann> привет, tina")
+    await tina.wait_line("GMCP-TEXT {channel}{one}{talker}{ann}{text}{#one:ann> привет, tina}")
+
+    await tina.type("здравствуй, ann\r")
+    assert (await ann.read_until("#one:tina>"))[-1] == "#one:tina> здравствуй, ann"
+    screen = await tina.wait_line("#one:tina> здравствуй, ann")
+    # TinTin++ shows what was typed once, itself: the server did not echo it back.
+    assert sum(line == "здравствуй, ann" for line in screen) == 1

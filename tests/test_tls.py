@@ -1,0 +1,83 @@
+"""The telnets listener: a TLS session beside the plain one, with a certificate made here."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from telchat.app import App
+from telchat.config import parse_config
+from tests.clients import RawClient, TermClient
+from tests.conftest import with_config
+from tests.tmux import require
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    require("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+async def tls_app(certificate: tuple[Path, Path]) -> AsyncIterator[App]:
+    cert, key = certificate
+    server = App(with_config(tls_port=0, tls_cert=str(cert), tls_key=str(key)))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def tls_connect(port: int, cert: Path, cls: type[RawClient] = RawClient) -> RawClient:
+    context = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    client = cls(reader, writer)
+    await client.expect("*** Welcome to telchat. Type help for commands.")
+    return client
+
+
+async def test_tls_session_beside_plain_listener(tls_app: App, certificate: tuple[Path, Path]) -> None:
+    assert tls_app.tls_port is not None and tls_app.tls_port != tls_app.port
+    secure = await tls_connect(tls_app.tls_port, certificate[0])
+    plain = await RawClient.connect(tls_app.port)
+    try:
+        await secure.login("secure")
+        await secure.join("one", "secure")
+        await plain.login("plain")
+        await plain.join("one", "plain")
+        await secure.read_until("*** User plain joined")
+        await plain.send("hello over plain")
+        assert await secure.read_line() == "#one:plain> hello over plain"
+        await secure.send("привет по TLS")
+        assert (await plain.read_until("#one:secure>"))[-1] == "#one:secure> привет по TLS"
+    finally:
+        await secure.close()
+        await plain.close()
+
+
+async def test_tls_terminal_gets_character_mode_too(tls_app: App, certificate: tuple[Path, Path]) -> None:
+    assert tls_app.tls_port is not None
+    term = await tls_connect(tls_app.tls_port, certificate[0], TermClient)
+    try:
+        await term.send("login tls")
+        assert await term.read_line() == "login tls\r\x1b[K*** User change nick anonymous --> tls"
+    finally:
+        await term.close()
+
+
+def test_tls_port_needs_certificate_and_key() -> None:
+    with pytest.raises(SystemExit):
+        parse_config(["--tls-port=992"], {})
+    config = parse_config(["--tls-port=992", "--tls-cert=c.pem", "--tls-key=k.pem"], {})
+    assert (config.tls_port, config.tls_cert, config.tls_key) == (992, "c.pem", "k.pem")
