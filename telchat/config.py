@@ -56,32 +56,24 @@ class Option:
         return "TELCHAT_" + self.name.upper()
 
 
-def count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(name: str, convert: Callable[[str], float], low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: `convert`, then check the range. Its name is what errors show."""
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if value < low or (high is not None and value > high):
+            limit = f"{low}-{high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def lines(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
-    return value
-
-
-def seconds(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+count = _number("count", int, 1)
+lines = _number("lines", int, 0)
+port = _number("port", int, 0, 65535)
+seconds = _number("seconds", float, 0)
 
 
 OPTIONS: tuple[Option, ...] = (

@@ -86,3 +86,10 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python server.py ARGS` to completion: for start-up failures and --help."""
+    return subprocess.run(
+        [sys.executable, "server.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=20, check=False
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import RawClient
-from tests.procs import ROOT, ServerProcess
+from tests.procs import ROOT, ServerProcess, run_server
 from tests.redis_server import RedisServer, free_port
 
 
@@ -209,26 +209,12 @@ def _worker_pids(parent: int) -> list[str]:
 
 
 def test_workers_need_redis() -> None:
-    result = subprocess.run(
-        [sys.executable, "server.py", "--workers=2", "--port=2323", "--store=memory://"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    result = run_server("--workers=2", "--port=2323", "--store=memory://")
     assert result.returncode == 2
     assert "--workers above 1 needs a redis://" in result.stderr
 
 
 def test_unreachable_redis_exits_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "server.py", "--port=0", f"--store=redis://127.0.0.1:{free_port()}/0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    result = run_server("--port=0", f"--store=redis://127.0.0.1:{free_port()}/0")
     assert result.returncode == 2
     assert result.stderr.startswith("telchat: cannot reach Redis")

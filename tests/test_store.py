@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from telchat.store import StoreError
 from telchat.store_url import make_store
 from tests.clients import RawClient
 from tests.conftest import TEST_CONFIG
-from tests.procs import ROOT, ServerProcess
+from tests.procs import ServerProcess, run_server
 
 
 async def test_history_survives_restart(tmp_path: Path) -> None:
@@ -78,14 +76,7 @@ def test_bad_store_urls_are_refused(url: str) -> None:
 
 @pytest.mark.parametrize("url", ["ftp://x", "sqlite:////dev/null/telchat.db"])
 def test_unusable_store_exits_2(url: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "server.py", "--host=127.0.0.1", "--port=0", f"--store={url}", "--log-format=json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    result = run_server("--host=127.0.0.1", "--port=0", f"--store={url}", "--log-format=json")
     assert result.returncode == 2
     assert result.stderr.startswith("telchat: ")
     assert len(result.stderr.strip().splitlines()) == 1
