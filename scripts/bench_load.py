@@ -41,6 +41,8 @@ class Recorder:
     """Everything the generator measures during one server's run, shared by its clients."""
 
     delivered: int = 0
+    # Socket reads: deliveries per read shows how well a server batches its writes.
+    reads: int = 0
     other_lines: int = 0
     closed_by_server: int = 0
     # Latencies (ns) of messages sent within [window_start, window_end).
@@ -150,6 +152,7 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = perf_counter_ns()
+        self.rec.reads += 1
         if self._telnet_tail or b"\xff" in data:
             data = self._strip_telnet(self._telnet_tail + data)
         if self.counting:
