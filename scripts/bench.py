@@ -40,6 +40,7 @@ STOP_TIMEOUT = 10.0
 DRAIN_QUIET = 2.0
 DRAIN_MAX = 10.0
 FD_MARGIN = 200
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 SERVER_CORE, LOAD_CORE = 0, 1
 
 
@@ -78,7 +79,7 @@ class Scenario:
 
 SCENARIOS = {
     "a": Scenario("a", "latency, one room", clients=100, rooms=1, senders=10, rate=20),
-    "b": Scenario("b", "throughput, one room, open loop", clients=100, rooms=1, senders=10, check_every=10),
+    "b": Scenario("b", "throughput, one room, open loop", clients=100, rooms=1, senders=10, window=16, check_every=20),
     "c": Scenario("c", "latency, many rooms", clients=1000, rooms=50, senders=100, rate=5, announce_nicks="rooms"),
     "d": Scenario("d", "many sessions held", clients=10000, rooms=500, hold=3.0, probes=200, announce_nicks="rooms"),
 }
@@ -110,6 +111,59 @@ def machine_busy_seconds() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICKS
 
 
+class Profiler:
+    """py-spy sampling a server (without pausing it) into a collapsed-stacks file."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.path = path
+        self._argv = [PY_SPY, "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+        self._argv += ["--format", "raw", "--output", str(path)]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self._argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            # SIGINT is py-spy's "stop and write what you have".
+            self._proc.send_signal(signal.SIGINT)
+            self._proc.wait(timeout=30)
+
+
+# Frames every sample passes through: they say nothing about where the time goes.
+PROFILE_PLUMBING = ("asyncio/base_events.py", "asyncio/runners.py", "asyncio/events.py", "server.py", "cli.py")
+
+
+def profile_summary(path: Path, top: int = 15) -> dict[str, Any]:
+    """Per function (its lines together): share of samples on top of the stack ("self") and
+    anywhere on it ("inclusive"), the most first."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        functions = [_function(frame) for frame in stack.split(";") if frame]
+        if not functions:
+            continue
+        total += int(count)
+        own[functions[-1]] = own.get(functions[-1], 0) + int(count)
+        for function in set(functions):
+            if not function.endswith(PROFILE_PLUMBING):
+                inclusive[function] = inclusive.get(function, 0) + int(count)
+
+    def ranked(counts: dict[str, int]) -> list[list[Any]]:
+        best = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [[function, round(n / max(1, total), 3)] for function, n in best]
+
+    return {"file": str(path), "samples": total, "top_self": ranked(own), "top_inclusive": ranked(inclusive)}
+
+
+def _function(frame: str) -> str:
+    """`func (pkg/file.py:123)` -> `func (pkg/file.py)`."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0].removesuffix(')')})" if where else name
+
+
 class Meter:
     """CPU of the server, of this generator, and of everything else, between start and stop.
 
@@ -117,8 +171,9 @@ class Meter:
     benchmark takes cycles from the server or the generator, and the numbers with it.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, profile: Path | None = None) -> None:
         self.pid = pid
+        self.profiler = Profiler(pid, profile) if profile else None
         self._begin = (0.0, 0.0, 0.0, 0.0)
         self.wall = self.server_cpu = self.load_cpu = self.other_cpu = 0.0
 
@@ -126,10 +181,14 @@ class Meter:
         return time.perf_counter(), cpu_seconds(self.pid), cpu_seconds(os.getpid()), machine_busy_seconds()
 
     def start(self) -> None:
+        if self.profiler is not None:
+            self.profiler.start()
         self._begin = self._now()
 
     def stop(self) -> None:
         end = self._now()
+        if self.profiler is not None:
+            self.profiler.stop()
         self.wall = end[0] - self._begin[0]
         server, load, busy = (end[i] - self._begin[i] for i in (1, 2, 3))
         self.server_cpu = server / self.wall
@@ -186,6 +245,8 @@ class Server:
         self.err_path = logdir / f"{target.name}.err"
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
+        # Where to write a py-spy profile of the measured window, if anywhere.
+        self.profile: Path | None = None
 
     async def start(self, core: int | None) -> None:
         with self.log_path.open("wb") as out, self.err_path.open("wb") as err:
@@ -338,7 +399,7 @@ async def _send_and_measure(
     rec: Recorder, server: Server, senders: Sequence[Client], scenario: Scenario
 ) -> tuple[Meter, int]:
     """Send through warm-up and the measured window; return its meter and deliveries in it."""
-    meter = Meter(server.pid)
+    meter = Meter(server.pid, server.profile)
     rec.window_start = time.perf_counter_ns() + int(scenario.warmup * 1e9)
     rec.window_end = rec.window_start + int(scenario.duration * 1e9)
     pacers = _start_sending(rec, senders, scenario)
@@ -399,7 +460,8 @@ async def _drain(rec: Recorder, expected: int) -> None:
 
 async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: argparse.Namespace) -> dict[str, Any]:
     idle_kib = rss_kib(server.pid)
-    ramp = Meter(server.pid)
+    # The ramp is what a profile of this scenario is about: holding idle sessions costs nothing.
+    ramp = Meter(server.pid, server.profile)
     ramp.start()
     clients, result = await setup(server, scenario, rec, args)
     ramp.stop()
@@ -432,6 +494,8 @@ async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: 
 
 async def run_one(target: Target, scenario: Scenario, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     server = Server(target, logdir)
+    if args.profile and target.name in args.profile_servers:
+        server.profile = Path(args.profile) / f"{scenario.name}-{target.name}.txt"
     rec = Recorder()
     try:
         await server.start(SERVER_CORE if args.pin else None)
@@ -442,6 +506,8 @@ async def run_one(target: Target, scenario: Scenario, args: argparse.Namespace, 
         await server.stop()
         # Proof that telchat logged every message (the reference logs nothing).
         result["logged_messages"] = server.log_count(b'"event":"message"')
+        if server.profile is not None:
+            result["profile"] = profile_summary(server.profile)
         return {"server": target.name, **result}
     finally:
         rec.close_all()
@@ -548,6 +614,13 @@ def report(entry: dict[str, Any]) -> str:
         verdict = "met" if check["met"] else "NOT met"
         lines.append(f"target: {check['target']}: {fmt(check['measured'])} -> {verdict}")
     lines.extend(f"note: {note}" for note in entry.get("notes", []))
+    for name, run in runs.items():
+        if "profile" in run:
+            profile = run["profile"]
+            lines.append(f"profile of {name} ({profile['samples']} samples, {profile['file']})")
+            for kind in ("self", "inclusive"):
+                lines.append(f"  {kind}:")
+                lines.extend(f"  {share:6.1%}  {function}" for function, share in profile[f"top_{kind}"])
     return "\n".join(lines)
 
 
@@ -675,6 +748,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator to cores")
     parser.add_argument("--sources", type=int, default=4, help="loopback source addresses to connect from")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep the servers' logs in DIR")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy each server's measured window into DIR")
+    parser.add_argument("--profile-servers", default="telchat", type=lambda s: s.split(","), help="whom to profile")
     sizes = parser.add_argument_group("override a scenario's parameters")
     for name, kind in (("clients", int), ("rooms", int), ("senders", int), ("rate", float), ("window", int)):
         sizes.add_argument(f"--{name}", type=kind)
@@ -686,6 +761,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.servers) - {"telchat", "reference"}
     if unknown:
         parser.error(f"unknown servers: {sorted(unknown)}")
+    if args.profile:
+        if not Path(PY_SPY).exists():
+            parser.error(f"--profile needs py-spy beside this Python ({PY_SPY}): pip install py-spy")
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     return args
 
 

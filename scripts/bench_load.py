@@ -189,16 +189,15 @@ class Client(asyncio.Protocol):
             self.refill()
 
     def _count(self, data: bytes) -> None:
-        # A marker split across two reads is counted once: the carry is one byte too short to hold one.
-        data = self._carry + data
-        self._carry = data[-len(self._own_mark) + 1 :]
-        messages = data.count(MARK)
+        messages = data.count(MARK) + straddling(self._carry, data, MARK)
         self.messages += messages
         self.rec.delivered += messages
         if self.sender >= 0:
-            self.in_flight -= data.count(self._own_mark)
+            self.in_flight -= data.count(self._own_mark) + straddling(self._carry, data, self._own_mark)
             if self.rec.open_loop:
                 self.refill()
+        keep = len(self._own_mark) - 1
+        self._carry = data[-keep:] if len(data) >= keep else (self._carry + data)[-keep:]
 
     def _out_of_order(self, sender: int, seq: int) -> None:
         expected = self._next.get(sender, 0)
@@ -240,6 +239,12 @@ class Client(asyncio.Protocol):
         if command[1] in (DO, WILL) and self.transport is not None:
             self.transport.write(bytes((IAC, WONT if command[1] == DO else DONT, command[2])))
         return b""
+
+
+def straddling(before: bytes, data: bytes, needle: bytes) -> int:
+    """How many `needle`s start in `before` and end in `data` (without copying `data`)."""
+    overlap = len(needle) - 1
+    return (before[-overlap:] + data[:overlap]).count(needle) if overlap else 0
 
 
 @dataclass(frozen=True)
