@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -267,16 +268,15 @@ def reference_target(scenario: Scenario, extra: Sequence[str]) -> Target:
     return Target("reference", (*argv, f"--announce-nicks={scenario.announce_nicks}", *extra))
 
 
-_options_cache: list[str] = []
-
-
+@functools.cache
 def telchat_options() -> str:
-    if not _options_cache:
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "server.py"), "--help"], capture_output=True, text=True, timeout=30, check=True
-        )
-        _options_cache.append(result.stdout)
-    return _options_cache[0]
+    """telchat's --help: which options this version of the server has."""
+    argv = [sys.executable, str(ROOT / "server.py"), "--help"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+class ServerFailed(Exception):
+    """A server could not be started: nothing to measure."""
 
 
 class Server:
@@ -298,7 +298,8 @@ class Server:
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
-                cwd=ROOT,
+                # Whatever a server leaves behind (a SQLite file, say) goes with the logs.
+                cwd=self.log_path.parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         if core is not None:
@@ -313,7 +314,7 @@ class Server:
                 if event.get("event") == "listening":
                     return int(event["port"])
             await asyncio.sleep(0.02)
-        raise RuntimeError(f"{self.target.name} exited before listening: {self.stderr_tail()}")
+        raise ServerFailed(f"{self.target.name} exited before listening: {self.stderr_tail()}")
 
     @property
     def pid(self) -> int:
@@ -769,6 +770,9 @@ async def run_all(args: argparse.Namespace, logdir: Path, emit: Callable[[dict[s
                 emit(entry)
     except TimeoutError:
         entries.append({"error": f"stopped after --max-seconds {args.max_seconds:g}; results above are complete"})
+        emit(entries[-1])
+    except ServerFailed as exc:
+        entries.append({"error": str(exc)})
         emit(entries[-1])
     return entries
 
