@@ -414,7 +414,8 @@ async def run_traffic(server: Server, scenario: Scenario, rec: Recorder, args: a
             client.count_only()
     meter, delivered = await _send_and_measure(rec, server, senders, scenario)
     sent_to = _sent_per_room(senders)
-    expected = sum(sent_to[c.member.room] for c in clients)
+    should = [sent_to.get(c.member.room, 0) for c in clients]
+    expected = sum(should)
     await _drain(rec, expected)
     unique = [c.messages - c.duplicates for c in clients]
     return result | {
@@ -422,9 +423,9 @@ async def run_traffic(server: Server, scenario: Scenario, rec: Recorder, args: a
         "deliveries_expected": expected,
         "deliveries": rec.delivered,
         "deliveries_per_read": round(rec.delivered / max(1, rec.reads), 2),
-        "lost": sum(max(0, sent_to[c.member.room] - u) for c, u in zip(clients, unique, strict=True)),
+        "lost": sum(max(0, want - got) for want, got in zip(should, unique, strict=True)),
         # Deliveries beyond what was sent: duplicates a counting receiver cannot tell apart.
-        "extra": sum(max(0, u - sent_to[c.member.room]) for c, u in zip(clients, unique, strict=True)),
+        "extra": sum(max(0, got - want) for want, got in zip(should, unique, strict=True)),
         "duplicates": sum(c.duplicates for c in clients),
         "reordered": sum(c.reordered for c in clients),
         "checked_receivers": sum(not c.counting for c in clients),
@@ -479,7 +480,8 @@ def _start_sending(rec: Recorder, senders: Sequence[Client], scenario: Scenario)
 
 
 async def _pace(rec: Recorder, client: Client, rate: float) -> None:
-    """Send at `rate` per second, on a fixed schedule with a random phase (never in bursts)."""
+    """Send at `rate` per second on a fixed schedule: a random phase keeps senders from firing
+    together, and a sender that fell behind catches up, so the offered load holds."""
     loop = asyncio.get_running_loop()
     interval = 1.0 / rate
     due = loop.time() + random.random() * interval
