@@ -199,9 +199,8 @@ def parse(line: str) -> Parsed:
     return Say(line)
 
 
-async def execute(ctx: Context, line: str) -> None:
-    """Run one line; a refused request becomes one `*** ` line to its sender."""
-    parsed = parse(line)
+async def execute(ctx: Context, parsed: Parsed) -> None:
+    """Run one parsed line; a refused request becomes one `*** ` line to its sender."""
     try:
         if isinstance(parsed, Say):
             ctx.chat.say(ctx.user, parsed.text)

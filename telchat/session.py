@@ -92,10 +92,13 @@ class Session:
             return
         nick = self.user.nick
         try:
-            await commands.execute(self, text)
-            # Let what this line published come back first: replies to the next line must
-            # not overtake it (a store may deliver a turn, or a Redis round trip, later).
-            await self.chat.store.settled()
+            parsed = commands.parse(text)
+            if not isinstance(parsed, commands.Say):
+                # A command answers its user directly: first let what earlier lines published
+                # come back (a store may deliver a turn, or a Redis round trip, later), so the
+                # answer cannot overtake it. Plain messages only publish, and need no wait.
+                await self.chat.store.settled()
+            await commands.execute(self, parsed)
             if self.user.nick != nick:
                 structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
