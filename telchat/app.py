@@ -9,11 +9,12 @@ from asyncio import Transport
 from telchat import replies
 from telchat.config import Config
 from telchat.logs import get_logger
-from telchat.outbox import Flusher
+from telchat.outbox import Flusher, encode_line
 from telchat.protocol import (
     ChatTelnetServer,
     ChunkReader,
     TransportSink,
+    input_hider,
     log_negotiation,
     make_shell,
     negotiated_charset,
@@ -21,7 +22,8 @@ from telchat.protocol import (
     protocol_factory,
     pump,
 )
-from telchat.rooms import Chat
+from telchat.rooms import Chat, host_of
+from telchat.services import make_services
 from telchat.session import Session
 from telchat.store import Store
 from telchat.store_url import make_store
@@ -34,6 +36,7 @@ class App:
         self.config = config
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks)
+        self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
         self._server: asyncio.Server | None = None
@@ -47,6 +50,7 @@ class App:
 
     async def start(self) -> None:
         await self.store.open(self.chat.deliver)
+        await self.services.moderation.load()
         factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait)
         self._server = await asyncio.get_running_loop().create_server(
             factory, self.config.host, self.config.port, reuse_port=self.config.workers > 1 or None
@@ -58,6 +62,13 @@ class App:
             return
         charset = negotiated_charset(protocol)
         log_negotiation(protocol, charset)
+        peer = peer_of(transport)
+        refusal = self.services.moderation.refusal(host_of(peer))
+        if refusal is not None:
+            log.warning("limit", kind="banned_address")
+            transport.write(encode_line(refusal, charset))
+            transport.close()
+            return
         session = Session(
             self.chat,
             self.config,
@@ -66,8 +77,10 @@ class App:
             close=transport.close,
             abort=transport.abort,
             conn_id=protocol.conn_id,
-            peer=peer_of(transport),
+            peer=peer,
             charset=charset,
+            services=self.services,
+            hide_input=input_hider(protocol),
         )
         self.sessions[session] = transport
         task = asyncio.current_task()

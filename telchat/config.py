@@ -32,6 +32,12 @@ class Config:
     store: str = "sqlite:///telchat.db"
     node_ttl: float = 15.0
     workers: int = 1
+    operators: str = ""
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19456
+    argon2_parallelism: int = 1
+    hash_concurrency: int = 2
+    login_failures: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,13 @@ def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
+    return value
+
+
+def argon2_memory(text: str) -> int:
+    value = int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8, got {value}")
     return value
 
 
@@ -125,6 +138,12 @@ OPTIONS: tuple[Option, ...] = (
         "Redis store: seconds without a heartbeat before a node's users are removed by the others",
     ),
     Option("workers", count, "processes sharing the port (SO_REUSEPORT); more than 1 needs a Redis store"),
+    Option("operators", str, "comma-separated nicks whose registered accounts are operators"),
+    Option("argon2_time_cost", count, "argon2id passes per password hash"),
+    Option("argon2_memory_kib", argon2_memory, "argon2id memory per password hash, in KiB (at least 8)"),
+    Option("argon2_parallelism", count, "argon2id lanes per password hash"),
+    Option("hash_concurrency", count, "password hashes computed at once, in worker threads"),
+    Option("login_failures", count, "failed logins allowed per minute, per address and per nick"),
 )
 
 
@@ -164,4 +183,6 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         value = getattr(namespace, option.name)
         if option.choices and value not in option.choices:
             parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
+    if namespace.argon2_memory_kib < 8 * namespace.argon2_parallelism:
+        parser.error("--argon2-memory-kib must be at least 8 times --argon2-parallelism")
     return Config(**{f.name: getattr(namespace, f.name) for f in fields(Config)})

@@ -17,6 +17,7 @@ import structlog
 import telnetlib3
 from telnetlib3.fingerprinting import _is_maybe_mud
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
+from telnetlib3.telopt import ECHO, WILL, WONT
 
 from telchat.logs import get_logger
 
@@ -113,6 +114,18 @@ def client_class(protocol: telnetlib3.TelnetServer) -> str:
     if protocol.writer is not None and _is_maybe_mud(protocol.writer):
         return "mud"
     return "telnet"
+
+
+def input_hider(protocol: telnetlib3.TelnetServer) -> Callable[[bool], None]:
+    """Ask a telnet client to stop echoing what its user types (WILL ECHO: we would echo,
+    and echo nothing) or to echo again (WONT ECHO). Raw TCP clients get no telnet bytes."""
+
+    def hide(hidden: bool) -> None:
+        writer = protocol.writer
+        if writer is not None and not writer.is_closing() and client_class(protocol) != "raw":
+            writer.iac(WILL if hidden else WONT, ECHO)
+
+    return hide
 
 
 def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str) -> None:

@@ -12,7 +12,16 @@ from telchat.config import Config
 from telchat.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
 
-TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5, store="memory://")
+# Cheap password hashes keep account tests fast; the cost options are what production tunes.
+TEST_CONFIG = Config(
+    host="127.0.0.1",
+    port=0,
+    connect_maxwait=0.25,
+    shutdown_grace=0.5,
+    store="memory://",
+    argon2_time_cost=1,
+    argon2_memory_kib=8,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
