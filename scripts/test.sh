@@ -10,6 +10,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || APT_PACKAGES+=(python3-ve
 need python3 python3
 need redis-server redis-server   # tests/test_redis.py runs a real one; it must not skip in CI
 need ps procps
+need tmux tmux                   # tests/test_telnet_prompt.py drives a real telnet client in tmux
+need telnet inetutils-telnet
 
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""
