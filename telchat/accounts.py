@@ -20,9 +20,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from telchat import replies
 from telchat.logs import get_logger
 from telchat.moderation import Moderation, disconnect_event
-from telchat.names import NameError_, check_nick, nick_key
+from telchat.names import nick_key
 from telchat.profile import SETTINGS
-from telchat.rooms import Chat, ChatError, User
+from telchat.rooms import Chat, ChatError, User, check_nick_or_error
 from telchat.store import Record
 
 log = get_logger("telchat.accounts")
@@ -80,13 +80,6 @@ def check_password(password: str) -> None:
         raise ChatError(replies.PASSWORD_RULE)
 
 
-def _checked_nick(raw: str) -> str:
-    try:
-        return check_nick(raw)
-    except NameError_ as exc:
-        raise ChatError(f"*** {exc}") from None
-
-
 class Accounts:
     def __init__(self, chat: Chat, moderation: Moderation, hasher: Hasher, max_failures: int) -> None:
         self.chat = chat
@@ -99,7 +92,7 @@ class Accounts:
         """`login NICK [PASSWORD]`: a registered nick without a password asks for one."""
         user = asker.user
         self.moderation.check_login(user, raw_nick)
-        nick = _checked_nick(raw_nick)
+        nick = check_nick_or_error(raw_nick)
         key = nick_key(nick)
         record = await self.store.get_record(ACCOUNT, key)
         if record is None:

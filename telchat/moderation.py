@@ -20,7 +20,7 @@ from telchat import events, replies
 from telchat.events import Event
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, nick_key, room_key
-from telchat.rooms import Chat, ChatError, User, check_room_or_error
+from telchat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
 from telchat.store import Record
 
 log = get_logger("telchat.moderation")
@@ -363,10 +363,7 @@ def disconnect_event(target: str, notice: str, reason: str) -> Event:
 
 
 def _nick(raw: str) -> tuple[str, str]:
-    try:
-        nick = check_nick(raw)
-    except NameError_ as exc:
-        raise ChatError(f"*** {exc}") from None
+    nick = check_nick_or_error(raw)
     return nick, nick_key(nick)
 
 

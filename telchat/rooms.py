@@ -103,6 +103,13 @@ def _format_names(nicks: Iterable[str], anonymous: int) -> str:
     return f"{text} (+{anonymous} anonymous)" if anonymous else text
 
 
+def check_nick_or_error(raw: str) -> str:
+    try:
+        return check_nick(raw)
+    except NameError_ as exc:
+        raise ChatError(f"*** {exc}") from None
+
+
 def check_room_or_error(raw: str) -> str:
     try:
         return check_room(raw)

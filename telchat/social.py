@@ -12,20 +12,13 @@ from telchat import events, replies
 from telchat.accounts import Accounts
 from telchat.events import Event
 from telchat.moderation import span
-from telchat.names import NameError_, check_nick, nick_key
+from telchat.names import nick_key
 from telchat.profile import SETTINGS, away_notice
-from telchat.rooms import Chat, ChatError, User
+from telchat.rooms import Chat, ChatError, User, check_nick_or_error
 
 WHOIS = "whois"
 MAX_IGNORED = 100
 SWITCH = {"on": True, "off": False}
-
-
-def _nick(raw: str) -> str:
-    try:
-        return check_nick(raw)
-    except NameError_ as exc:
-        raise ChatError(f"*** {exc}") from None
 
 
 class Social:
@@ -52,7 +45,7 @@ class Social:
             listed = ", ".join(sorted(ignored))
             user.send(replies.IGNORING.format(nicks=listed) if ignored else replies.IGNORING_NOBODY)
             return
-        nick = _nick(raw)
+        nick = check_nick_or_error(raw)
         key = nick_key(nick)
         if key == user.key:
             raise ChatError(replies.IGNORE_SELF)
@@ -63,7 +56,7 @@ class Social:
         user.send(replies.IGNORED.format(nick=nick))
 
     async def unignore(self, user: User, raw: str) -> None:
-        nick = _nick(raw)
+        nick = check_nick_or_error(raw)
         key = nick_key(nick)
         if key not in user.profile.ignored:
             raise ChatError(replies.NOT_IGNORED.format(nick=nick))
@@ -93,7 +86,7 @@ class Social:
         await self.accounts.remember(user)
 
     async def whois(self, user: User, raw: str) -> None:
-        nick = _nick(raw)
+        nick = check_nick_or_error(raw)
         key = nick_key(nick)
         target = self.chat.nicks.get(key)
         if target is not None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,3 +74,14 @@ async def connect(port: int) -> AsyncIterator[Connect]:
 
 def with_config(**changes: object) -> Config:
     return replace(TEST_CONFIG, **changes)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[App]:
+    """An in-process server for the block: for tests that restart one on the same store."""
+    server = App(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

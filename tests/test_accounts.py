@@ -15,7 +15,7 @@ from telchat.app import App
 from telchat.outbox import Flusher, Outbox
 from telchat.rooms import ChatError, User
 from tests.clients import WILL, RawClient, TelnetClient
-from tests.conftest import TEST_CONFIG, Connect
+from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess
 from tests.test_commands import user
 
@@ -191,9 +191,7 @@ async def test_failures_count_per_nick_across_addresses(app: App) -> None:
 
 async def test_registration_survives_restart(tmp_path: Path) -> None:
     config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}")
-    first = App(config)
-    await first.start()
-    try:
+    async with running(config) as first:
         frank = await RawClient.connect(first.port)
         await frank.login("frank")
         await frank.send("register s3cret-pw")
@@ -201,11 +199,7 @@ async def test_registration_survives_restart(tmp_path: Path) -> None:
         await frank.send("set timestamps on")
         assert (await frank.read_line()).endswith(" *** timestamps is now on")
         await frank.close()
-    finally:
-        await first.stop()
-    second = App(config)
-    await second.start()
-    try:
+    async with running(config) as second:
         other = await RawClient.connect(second.port)
         await other.send("login frank")
         await other.expect(PROMPT.format(nick="frank"))
@@ -221,8 +215,6 @@ async def test_registration_survives_restart(tmp_path: Path) -> None:
         assert record is not None
         assert record["hash"].startswith("$argon2id$")
         assert "s3cret-pw" not in json.dumps(record)
-    finally:
-        await second.stop()
 
 
 async def test_prompt_turns_telnet_echo_off_and_back_on(connect: Connect) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from telchat.app import App
 from telchat.config import Config
 from tests.clients import LineClient, RawClient
-from tests.conftest import TEST_CONFIG, Connect
+from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess
 from tests.test_accounts import CHEAP_HASHES, registered
 from tests.test_commands import user
@@ -235,9 +234,7 @@ async def test_topic(connect: Connect) -> None:
 
 async def test_bans_and_topics_survive_restart(tmp_path: Path) -> None:
     config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}", operators="boss")
-    first = App(config)
-    await first.start()
-    try:
+    async with running(config) as first:
         boss = await RawClient.connect(first.port)
         await boss.login("boss")
         await boss.send("register boss-password")
@@ -247,11 +244,7 @@ async def test_bans_and_topics_survive_restart(tmp_path: Path) -> None:
             await boss.send(line)
         await boss.read_until("*** Muted cid")
         await boss.close()
-    finally:
-        await first.stop()
-    second = App(config)
-    await second.start()
-    try:
+    async with running(config) as second:
         bob = await RawClient.connect(second.port)
         await bob.send("login bob")
         await bob.expect("*** Nick bob is banned: spam")
@@ -263,8 +256,6 @@ async def test_bans_and_topics_survive_restart(tmp_path: Path) -> None:
         await cid.expect("*** You are muted on this server")
         await bob.close()
         await cid.close()
-    finally:
-        await second.stop()
 
 
 async def test_every_moderation_action_is_logged_with_who_did_it() -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import test_redis
 from tests.clients import RawClient
 from tests.procs import ServerProcess
 from tests.redis_server import RedisServer
 from tests.test_accounts import CHEAP_HASHES
+from tests.test_redis import login
+
+clients = test_redis.clients  # the fixture, shared
 
 
 @pytest.fixture
@@ -21,23 +25,6 @@ def nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
     for proc in procs:
         proc.kill()
     redis.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[RawClient]]:
-    opened: list[RawClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
-
-
-async def login(clients: list[RawClient], node: ServerProcess, nick: str, room: str | None = None) -> RawClient:
-    client = await RawClient.connect(node.port)
-    clients.append(client)
-    await client.login(nick)
-    if room:
-        await client.join(room, nick)
-    return client
 
 
 async def register(client: RawClient, nick: str, password: str) -> None:
