@@ -188,7 +188,7 @@ class Accounts:
         key = nick_key(nick)
         if await self._held_by_other(user, key):
             notice = replies.GHOST_NOTICE.format(nick=nick)
-            self.store.publish(disconnect_event(f"nick:{key}", notice, replies.GHOST_REASON))
+            self.store.publish(disconnect_event(f"nick:{key}", notice, replies.GHOST_REASON, spare=user))
             # The holder may be on another node: poll for the nick coming free.
             for _ in range(GHOST_POLLS):
                 if not await self._held_by_other(user, key):

@@ -275,6 +275,8 @@ class Moderation:
     def _on_kick(self, event: Event) -> None:
         args = events.control_args(event)
         for user in self._matching(event.target):
+            if connection_of(user) == args.get("spare"):
+                continue
             user.send(args["notice"])
             user.hangup(args["reason"])
 
@@ -357,9 +359,15 @@ def _mute_options(options: list[str]) -> tuple[float | None, str | None]:
     return duration, scope
 
 
-def disconnect_event(target: str, notice: str, reason: str) -> Event:
-    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`)."""
-    return events.control(KICK, target, notice=notice, reason=reason)
+def disconnect_event(target: str, notice: str, reason: str, spare: User | None = None) -> Event:
+    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`),
+    except `spare`: by the time a node handles the event, `spare` may hold the nick."""
+    return events.control(KICK, target, notice=notice, reason=reason, spare=connection_of(spare) if spare else "")
+
+
+def connection_of(user: User) -> str:
+    """A name for one connection that no other node's connection shares at the same time."""
+    return f"{user.conn_id}@{user.peer}"
 
 
 def _nick(raw: str) -> tuple[str, str]:

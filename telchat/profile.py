@@ -79,7 +79,7 @@ def mention_keys(text: str) -> set[str]:
     return {word.strip("-") for word in words} | set(words)
 
 
-def listed(nick: str, profile: Profile) -> str:
+def who_entry(nick: str, profile: Profile) -> str:
     """How a user appears in `who`."""
     return f"{nick} (away)" if profile.away is not None else nick
 

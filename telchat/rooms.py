@@ -18,7 +18,7 @@ from telchat.events import EMOTE, NO_ID, SAY, EntryId, Event
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
-from telchat.profile import Profile, away_notice, listed, mention_keys
+from telchat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.store import Store, last_id
 
 log = get_logger("telchat.rooms")
@@ -427,7 +427,7 @@ class Chat:
 
     async def who(self, user: User, raw: str | None) -> str:
         if raw is None and user.current is None:
-            local = [listed(u.nick, u.profile) for u in self.users if u.logged_in]
+            local = [who_entry(u.nick, u.profile) for u in self.users if u.logged_in]
             anonymous = len(self.users) - len(local)
             remote = await self.store.remote_online()
             return replies.WHO_ALL.format(names=_format_names([*local, *remote], anonymous))
@@ -442,7 +442,7 @@ class Chat:
         if room is None and not remote:
             raise ChatError(replies.NO_SUCH_ROOM.format(room=name))
         members = list(room.members) if room is not None else []
-        local = [listed(u.nick, u.profile) for u in members if u.logged_in]
+        local = [who_entry(u.nick, u.profile) for u in members if u.logged_in]
         shown = room.name if room is not None else name
         return replies.WHO_ROOM.format(room=shown, names=_format_names([*local, *remote], len(members) - len(local)))
 
