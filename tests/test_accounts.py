@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from telnetlib3.telopt import ECHO
 
-from telchat.accounts import ACCOUNT, Answer
+from telchat.accounts import ACCOUNT, Answer, Hasher
 from telchat.app import App
 from telchat.outbox import Flusher, Outbox
 from telchat.rooms import ChatError, User
@@ -199,7 +199,8 @@ async def test_registration_survives_restart(tmp_path: Path) -> None:
         await frank.send("set timestamps on")
         assert (await frank.read_line()).endswith(" *** timestamps is now on")
         await frank.close()
-    async with running(config) as second:
+    # New hash parameters: the stored hash is brought up to them at the next login.
+    async with running(replace(config, argon2_time_cost=2)) as second:
         other = await RawClient.connect(second.port)
         await other.send("login frank")
         await other.expect(PROMPT.format(nick="frank"))
@@ -213,7 +214,7 @@ async def test_registration_survives_restart(tmp_path: Path) -> None:
         await other.close()
         record = await second.store.get_record(ACCOUNT, "frank")
         assert record is not None
-        assert record["hash"].startswith("$argon2id$")
+        assert record["hash"].startswith("$argon2id$v=19$m=8,t=2,p=1$")
         assert "s3cret-pw" not in json.dumps(record)
 
 
@@ -273,3 +274,20 @@ async def test_no_log_line_holds_a_password() -> None:
     for password in passwords:
         assert password not in logged
         assert password not in server.stderr()
+
+
+async def test_hashing_runs_off_the_event_loop() -> None:
+    hasher = Hasher(time_cost=2, memory_kib=16384, parallelism=1, concurrency=1)
+    task = asyncio.create_task(hasher.hash("some-password"))
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0)
+    # On the loop, the hash would have finished within the task's first step.
+    assert turns > 10
+    hashed = task.result()
+    assert hashed.startswith("$argon2id$v=19$m=16384,t=2,p=1$")
+    assert await hasher.verify(hashed, "some-password")
+    assert not await hasher.verify(hashed, "other-password")
+    assert not hasher.outdated(hashed)
+    assert Hasher(time_cost=3, memory_kib=16384, parallelism=1, concurrency=1).outdated(hashed)
