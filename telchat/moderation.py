@@ -82,7 +82,6 @@ class Target:
 
     key: str
     shown: str
-    network: Network | None = None
 
 
 def ban_target(text: str) -> Target:
@@ -95,7 +94,7 @@ def ban_target(text: str) -> Target:
             raise ChatError(replies.BAD_BAN_TARGET.format(text=text)) from None
         return Target(f"nick:{nick_key(nick)}", nick)
     shown = str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
-    return Target(f"ip:{network}", shown, network)
+    return Target(f"ip:{network}", shown)
 
 
 def address_in(ip: str, network: Network) -> bool:
@@ -129,8 +128,8 @@ class Moderation:
 
     # checks used by others
 
-    def is_operator(self, account: str | None, record: Record | None) -> bool:
-        return account is not None and (account in self.operators or bool(record and record.get("operator")))
+    def is_operator(self, account: str, record: Record) -> bool:
+        return account in self.operators or bool(record.get("operator"))
 
     def refusal(self, ip: str) -> str | None:
         """The line refusing a connection from `ip`, or None when it is welcome."""
