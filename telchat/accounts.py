@@ -180,7 +180,8 @@ class Accounts:
         for name in SETTINGS:
             if name in settings:
                 user.profile.change(name, bool(settings[name]))
-        user.profile.ignored = set(record.get("ignored", ())) - {key}
+        if "ignored" in record:
+            user.profile.ignored = set(record["ignored"]) - {key}
         self.chat.refresh(user)
 
     async def _take(self, user: User, nick: str) -> None:

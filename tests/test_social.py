@@ -85,6 +85,14 @@ async def test_ignore_hides_messages_and_private_messages(connect: Connect) -> N
     await ann.expect("*** No longer ignoring bob")
     await bob.send("back in view")
     assert await ann.read_line() == "#room:bob> back in view"
+    await ann.send("ignore cid")
+    await ann.expect("*** Ignoring cid: you will not see their messages")
+    await ann.send("register ann-password")
+    await ann.read_until("*** Nick ann is now registered")
+    await ann.send("ignore")
+    await ann.expect("*** Ignoring: cid")
+    await ann.send("unignore cid")
+    await ann.expect("*** No longer ignoring cid")
     for line, error in [
         ("ignore ann", "*** You cannot ignore yourself"),
         ("unignore bob", "*** You are not ignoring bob"),
