@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from telchat.store import Store
+from telchat.store import FAILURE_SWEEP_AT, MemoryStore, Store
 from telchat.store_url import make_store
 from tests.redis_server import RedisServer
 
@@ -76,3 +76,13 @@ async def test_sqlite_records_survive_reopen(tmp_path: Path) -> None:
     await second.open(lambda _event: None)
     assert await second.records("topic") == {"lobby": {"topic": "hi", "by": "boss"}}
     await second.close()
+
+
+async def test_local_failure_counters_forget_stale_keys() -> None:
+    store = MemoryStore()
+    for i in range(FAILURE_SWEEP_AT):
+        await store.add_failure(f"login:nick:n{i}", 0.05)
+    await asyncio.sleep(0.06)
+    await store.add_failure("login:nick:fresh", 0.05)
+    # Memory stays bounded however many nicks an attacker tries.
+    assert list(store._failures) == ["login:nick:fresh"]
