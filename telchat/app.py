@@ -11,7 +11,7 @@ from telchat import replies
 from telchat.config import Config
 from telchat.logs import get_logger
 from telchat.mssp import ServerStatus
-from telchat.outbox import Flusher
+from telchat.outbox import Flusher, encode_line
 from telchat.protocol import (
     ChatTelnetServer,
     ChunkReader,
@@ -23,7 +23,8 @@ from telchat.protocol import (
     protocol_factory,
     pump,
 )
-from telchat.rooms import Chat
+from telchat.rooms import Chat, host_of
+from telchat.services import make_services
 from telchat.session import Session
 from telchat.store import Store
 from telchat.store_url import make_store
@@ -38,6 +39,7 @@ class App:
         self.config = config
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks)
+        self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
         self._server: asyncio.Server | None = None
@@ -59,6 +61,7 @@ class App:
 
     async def start(self) -> None:
         await self.store.open(self.chat.deliver)
+        await self.services.moderation.load()
         config = self.config
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
         self._server = await self._listen(config.port)
@@ -77,6 +80,13 @@ class App:
         if self._stopping:
             return
         charset = negotiated_charset(protocol)
+        peer = peer_of(transport)
+        refusal = self.services.moderation.refusal(host_of(peer))
+        if refusal is not None:
+            log.warning("limit", kind="banned_address")
+            transport.write(encode_line(refusal, charset))
+            transport.close()
+            return
         terminal = Terminal(protocol, self.config, self.status)
         log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
         session = Session(
@@ -87,8 +97,10 @@ class App:
             close=transport.close,
             abort=transport.abort,
             conn_id=protocol.conn_id,
-            peer=peer_of(transport),
+            peer=peer,
             charset=charset,
+            services=self.services,
+            hide_input=terminal.hide_input,
         )
         self.sessions[session] = transport
         task = asyncio.current_task()

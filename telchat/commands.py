@@ -11,17 +11,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telchat import charsets, replies
+from telchat import replies
+from telchat.accounts import Answer
 from telchat.rooms import Chat, ChatError, User
+from telchat.services import Services
 
 
 class Context(Protocol):
-    """What a command may touch: the chat, its own user, and its own connection's end."""
+    """What a command may touch: the chat, its services, its own user, and its own
+    connection's end (quitting, and asking for a secret that the client does not echo)."""
 
     chat: Chat
+    services: Services
     user: User
 
     def quit(self, message: str) -> None: ...
+
+    def ask_secret(self, prompt: str, answer: Answer) -> None: ...
 
 
 Handler = Callable[[Context, list[str]], Awaitable[None]]
@@ -67,7 +73,7 @@ Parsed = Say | Invocation | Unknown
 
 
 async def _login(ctx: Context, args: list[str]) -> None:
-    await ctx.chat.set_nick(ctx.user, args[0])
+    await ctx.services.accounts.login(ctx, args[0], args[1] if len(args) > 1 else None)
 
 
 async def _join(ctx: Context, args: list[str]) -> None:
@@ -104,8 +110,7 @@ async def _history(ctx: Context, args: list[str]) -> None:
         if not args[0].isdigit() or not 1 <= int(args[0]) <= 1000:
             raise ChatError(replies.USAGE.format(usage=HISTORY.usage) + " (N from 1 to 1000)")
         count = int(args[0])
-    for line in await ctx.chat.history(ctx.user, count):
-        ctx.user.send(line)
+    await ctx.chat.history(ctx.user, count)
 
 
 async def _help(ctx: Context, args: list[str]) -> None:
@@ -124,15 +129,67 @@ async def _quit(ctx: Context, args: list[str]) -> None:
     ctx.quit(args[0] if args else "quit")
 
 
+async def _register(ctx: Context, args: list[str]) -> None:
+    await ctx.services.accounts.register(ctx.user, args[0])
+
+
+async def _password(ctx: Context, args: list[str]) -> None:
+    await ctx.services.accounts.change_password(ctx.user, args[0], args[1])
+
+
+async def _away(ctx: Context, args: list[str]) -> None:
+    ctx.services.social.away(ctx.user, args[0] if args else "")
+
+
+async def _back(ctx: Context, args: list[str]) -> None:
+    ctx.services.social.back(ctx.user)
+
+
+async def _ignore(ctx: Context, args: list[str]) -> None:
+    await ctx.services.social.ignore(ctx.user, args[0] if args else None)
+
+
+async def _unignore(ctx: Context, args: list[str]) -> None:
+    await ctx.services.social.unignore(ctx.user, args[0])
+
+
 async def _set(ctx: Context, args: list[str]) -> None:
-    setting, value = args
-    if setting.lower() != "charset":
-        raise ChatError(replies.NO_SUCH_SETTING.format(name=setting))
-    charset = charsets.resolve(value)
-    if charset is None:
-        raise ChatError(replies.BAD_CHARSET.format(name=value, names=", ".join(charsets.SUPPORTED)))
-    ctx.user.charset = charset
-    ctx.user.send(replies.CHARSET_SET.format(charset=charset))
+    if len(args) == 1:
+        raise ChatError(replies.USAGE.format(usage=SET.usage))
+    name, value = (args[0], args[1]) if args else (None, None)
+    await ctx.services.social.setting(ctx.user, name, value)
+
+
+async def _whois(ctx: Context, args: list[str]) -> None:
+    await ctx.services.social.whois(ctx.user, args[0])
+
+
+async def _topic(ctx: Context, args: list[str]) -> None:
+    await ctx.services.moderation.topic(ctx.user, args[0] if args else None)
+
+
+async def _kick(ctx: Context, args: list[str]) -> None:
+    await ctx.services.moderation.kick(ctx.user, args[0], args[1] if len(args) > 1 else "")
+
+
+async def _ban(ctx: Context, args: list[str]) -> None:
+    await ctx.services.moderation.ban(ctx.user, args[0], args[1:])
+
+
+async def _unban(ctx: Context, args: list[str]) -> None:
+    await ctx.services.moderation.unban(ctx.user, args[0])
+
+
+async def _bans(ctx: Context, args: list[str]) -> None:
+    ctx.user.send(ctx.services.moderation.list_bans(ctx.user))
+
+
+async def _mute(ctx: Context, args: list[str]) -> None:
+    await ctx.services.moderation.mute(ctx.user, args[0], args[1:])
+
+
+async def _unmute(ctx: Context, args: list[str]) -> None:
+    await ctx.services.moderation.unmute(ctx.user, args[0], args[1] if len(args) > 1 else None)
 
 
 def _command(
@@ -150,7 +207,16 @@ def _command(
     return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases)
 
 
-LOGIN = _command("login", "login <nick>", "set or change your nick", _login, words=1, bare=(1,), aliases=("nick",))
+LOGIN = _command(
+    "login",
+    "login <nick> [password]",
+    "set or change your nick; a registered nick needs its password (asked for if not given)",
+    _login,
+    words=2,
+    optional=1,
+    bare=(1, 2),
+    aliases=("nick",),
+)
 JOIN = _command("join", "join <room>", "join a room (creating it) and make it current", _join, words=1, bare=(1,))
 LEFT = _command(
     "left",
@@ -172,11 +238,97 @@ HISTORY = _command(
 )
 HELP = _command("help", "help [command]", "list commands, or show one's usage", _help, words=1, optional=1, bare=(0, 1))
 QUIT = _command("quit", "quit [reason]", "leave the chat", _quit, words=1, optional=1, rest=True, bare=(0,))
-SET = _command(
-    "set", "set charset <name>", "use another charset: utf-8, cp1251, koi8-r or latin-1", _set, words=2, bare=(2,)
+REGISTER = _command(
+    "register",
+    "register <password>",
+    "register your current nick (6-128 characters, no spaces)",
+    _register,
+    words=1,
+    bare=(1,),
 )
+PASSWORD = _command("password", "password <old> <new>", "change your account's password", _password, words=2, bare=(2,))
+AWAY = _command("away", "away [message]", "mark yourself away", _away, words=1, optional=1, rest=True, bare=(0,))
+BACK = _command("back", "back", "clear your away mark", _back, bare=(0,))
+IGNORE = _command(
+    "ignore",
+    "ignore [nick]",
+    "hide a nick's messages from you, or list whom you ignore",
+    _ignore,
+    words=1,
+    optional=1,
+    bare=(0, 1),
+)
+UNIGNORE = _command("unignore", "unignore <nick>", "see a nick's messages again", _unignore, words=1, bare=(1,))
+SET = _command(
+    "set",
+    "set [charset <name> | timestamps|bell|highlight on|off]",
+    "show or change your settings; charsets: utf-8, cp1251, koi8-r, latin-1",
+    _set,
+    words=2,
+    optional=2,
+    bare=(0, 2),
+)
+WHOIS = _command("whois", "whois <nick>", "a user's rooms, idle time and away message", _whois, words=1, bare=(1,))
+TOPIC = _command(
+    "topic",
+    "topic [text|-]",
+    "show the room's topic; operators set it (- clears it)",
+    _topic,
+    words=1,
+    optional=1,
+    rest=True,
+    bare=(0,),
+)
+KICK = _command("kick", "kick <nick> [reason]", "operators: disconnect a user", _kick, words=2, optional=1, rest=True)
+BAN = _command(
+    "ban",
+    "ban <nick|address> [duration] [reason]",
+    "operators: ban a nick or an address (10m, 2h, 7d; default: until unban)",
+    _ban,
+    words=3,
+    optional=2,
+    rest=True,
+)
+UNBAN = _command("unban", "unban <nick|address>", "operators: lift a ban", _unban, words=1)
+BANS = _command("bans", "bans", "operators: list the bans", _bans)
+MUTE = _command(
+    "mute",
+    "mute <nick> [duration] [#room|*]",
+    "operators: silence a user in the current room, a room, or everywhere (*)",
+    _mute,
+    words=3,
+    optional=2,
+)
+UNMUTE = _command("unmute", "unmute <nick> [#room|*]", "operators: lift a mute", _unmute, words=2, optional=1)
 
-COMMANDS: tuple[Command, ...] = (LOGIN, JOIN, LEFT, SAY_CMD, ME, MSG, WHO, ROOMS_CMD, HISTORY, HELP, QUIT, SET)
+COMMANDS: tuple[Command, ...] = (
+    LOGIN,
+    JOIN,
+    LEFT,
+    SAY_CMD,
+    ME,
+    MSG,
+    WHO,
+    ROOMS_CMD,
+    HISTORY,
+    HELP,
+    QUIT,
+    REGISTER,
+    PASSWORD,
+    AWAY,
+    BACK,
+    IGNORE,
+    UNIGNORE,
+    SET,
+    WHOIS,
+    TOPIC,
+    KICK,
+    BAN,
+    UNBAN,
+    BANS,
+    MUTE,
+    UNMUTE,
+)
 BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 
 
@@ -201,14 +353,23 @@ def parse(line: str) -> Parsed:
 
 async def execute(ctx: Context, parsed: Parsed) -> None:
     """Run one parsed line; a refused request becomes one `*** ` line to its sender."""
+    await run(ctx, _dispatch(ctx, parsed))
+
+
+async def run(ctx: Context, action: Awaitable[None]) -> None:
+    """Await `action`; a refused request becomes one `*** ` line to its sender."""
     try:
-        if isinstance(parsed, Say):
-            ctx.chat.say(ctx.user, parsed.text)
-        elif isinstance(parsed, Unknown):
-            raise ChatError(replies.UNKNOWN_COMMAND.format(name=parsed.name))
-        elif parsed.args is None:
-            raise ChatError(replies.USAGE.format(usage=parsed.command.usage))
-        else:
-            await parsed.command.handler(ctx, parsed.args)
+        await action
     except ChatError as exc:
         ctx.user.send(str(exc))
+
+
+async def _dispatch(ctx: Context, parsed: Parsed) -> None:
+    if isinstance(parsed, Say):
+        ctx.chat.say(ctx.user, parsed.text)
+    elif isinstance(parsed, Unknown):
+        raise ChatError(replies.UNKNOWN_COMMAND.format(name=parsed.name))
+    elif parsed.args is None:
+        raise ChatError(replies.USAGE.format(usage=parsed.command.usage))
+    else:
+        await parsed.command.handler(ctx, parsed.args)

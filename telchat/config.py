@@ -38,6 +38,12 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     server_name: str = "telchat"
+    operators: str = ""
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19456
+    argon2_parallelism: int = 1
+    hash_concurrency: int = 2
+    login_failures: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,7 @@ count = _number("count", int, 1)
 lines = _number("lines", int, 0)
 port = _number("port", int, 0, 65535)
 seconds = _number("seconds", float, 0)
+argon2_memory = _number("argon2_memory", int, 8)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -133,6 +140,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_cert", str, "PEM certificate (chain) file for the TLS listener"),
     Option("tls_key", str, "PEM private key file for the TLS listener"),
     Option("server_name", str, "the server's name, as MSSP crawlers are told"),
+    Option("operators", str, "comma-separated nicks whose registered accounts are operators"),
+    Option("argon2_time_cost", count, "argon2id passes per password hash"),
+    Option("argon2_memory_kib", argon2_memory, "argon2id memory per password hash, in KiB (at least 8)"),
+    Option("argon2_parallelism", count, "argon2id lanes per password hash"),
+    Option("hash_concurrency", count, "password hashes computed at once, in worker threads"),
+    Option("login_failures", count, "failed logins allowed per minute, per address and per nick"),
 )
 
 
@@ -174,4 +187,6 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
     if namespace.tls_port is not None and not (namespace.tls_cert and namespace.tls_key):
         parser.error("--tls-port needs --tls-cert and --tls-key")
+    if namespace.argon2_memory_kib < 8 * namespace.argon2_parallelism:
+        parser.error("--argon2-memory-kib must be at least 8 times --argon2-parallelism")
     return Config(**{f.name: getattr(namespace, f.name) for f in fields(Config)})

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 SAY = "say"
 EMOTE = "emote"
@@ -50,3 +53,15 @@ def notice(text: str, *, rooms: tuple[str, ...] = (), target: str = "", everyone
 
 def private(sender: str, target_key: str, text: str) -> Event:
     return Event(PRIVATE, text, nick=sender, target=target_key)
+
+
+def control(kind: str, target: str = "", **args: Any) -> Event:
+    """An instruction for every node rather than a line for users (kick, ban, mute, ...).
+
+    Its arguments travel as JSON in `text`, so any store carries it unchanged."""
+    return Event(kind, orjson.dumps(args).decode(), target=target)
+
+
+def control_args(event: Event) -> dict[str, Any]:
+    args = orjson.loads(event.text)
+    return args if isinstance(args, dict) else {}

@@ -97,6 +97,7 @@ class LineEditor:
         "_offset",
         "_pending_escape",
         "max_chars",
+        "secret",
         "width",
     )
 
@@ -114,6 +115,8 @@ class LineEditor:
         self._offset = 0
         self._pending_escape = ""
         self._after_cr = False
+        # A password is being typed: it must never be recalled with Up.
+        self.secret = False
 
     # state
 
@@ -305,7 +308,7 @@ class LineEditor:
 
     def _commit(self) -> str:
         line = self.text
-        if line.strip() and (not self._history or self._history[-1] != line):
+        if line.strip() and not self.secret and (not self._history or self._history[-1] != line):
             self._history.append(line)
             del self._history[: -self._history_size]
         self._history_at = len(self._history)

@@ -16,7 +16,7 @@ import structlog
 import telnetlib3
 from telnetlib3.fingerprinting import _is_maybe_mud
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
-from telnetlib3.telopt import DO, DONT, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
+from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
 
 from telchat import charsets
 from telchat.liveness import enable_keepalive
@@ -147,6 +147,18 @@ def client_class(protocol: telnetlib3.TelnetServer) -> str:
     if writer is not None and (_is_maybe_mud(writer) or _accepted_mud_option(writer)):
         return "mud"
     return "telnet"
+
+
+def input_hider(protocol: telnetlib3.TelnetServer) -> Callable[[bool], None]:
+    """Ask a telnet client to stop echoing what its user types (WILL ECHO: we would echo,
+    and echo nothing) or to echo again (WONT ECHO). Raw TCP clients get no telnet bytes."""
+
+    def hide(hidden: bool) -> None:
+        writer = protocol.writer
+        if writer is not None and not writer.is_closing() and client_class(protocol) != "raw":
+            writer.iac(WILL if hidden else WONT, ECHO)
+
+    return hide
 
 
 def _accepted_mud_option(writer: Any) -> bool:

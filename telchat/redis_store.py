@@ -11,6 +11,8 @@
 - Nicks: `nick:{key}` SET NX with a TTL the owner keeps refreshing.
 - Presence: hashes of `node:member -> nick` per room and online; a node's liveness key
   expires when it dies, and a surviving node's janitor removes its users and nicks.
+- Records: one hash per kind (`rec:{kind}`, key -> JSON); failure counters: one sorted set
+  of failure times per key (`fail:{key}`), expiring with its window.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from telchat import events as ev
 from telchat import replies
 from telchat.events import EntryId, Event
 from telchat.logs import get_logger
-from telchat.store import Deliver, Store, StoreError
+from telchat.store import Deliver, Record, Store, StoreError, decode_record, encode_record
 
 log = get_logger("telchat.redis")
 
@@ -327,6 +329,53 @@ class RedisStore(Store):
     async def remote_nick(self, key: str) -> bool:
         owner = await self._client().get(_key("nick", key))
         return owner is not None and owner != self.node
+
+    # records and failure counters
+
+    async def get_record(self, kind: str, key: str) -> Record | None:
+        data = await self._call("record read", lambda client: client.hget(_key("rec", kind), key))
+        return decode_record(data) if data is not None else None
+
+    async def put_record(self, kind: str, key: str, record: Record | None) -> None:
+        if record is None:
+            await self._call("record write", lambda client: client.hdel(_key("rec", kind), key))
+        else:
+            data = encode_record(record)
+            await self._call("record write", lambda client: client.hset(_key("rec", kind), key, data))
+
+    async def records(self, kind: str) -> dict[str, Record]:
+        table = await self._call("record read", lambda client: client.hgetall(_key("rec", kind)))
+        return {key: decode_record(data) for key, data in table.items()}
+
+    async def failures(self, key: str, window: float) -> int:
+        return await self._count_failures(key, window, add=False)
+
+    async def add_failure(self, key: str, window: float) -> int:
+        return await self._count_failures(key, window, add=True)
+
+    async def _count_failures(self, key: str, window: float, *, add: bool) -> int:
+        name = _key("fail", key)
+
+        async def run(client: Any) -> int:
+            # Redis's clock, not ours: every node must agree on what the window holds.
+            seconds, micros = await client.time()
+            now = seconds + micros / 1e6
+            pipe = client.pipeline(transaction=True)
+            pipe.zremrangebyscore(name, "-inf", now - window)
+            if add:
+                pipe.zadd(name, {f"{now}:{os.urandom(4).hex()}": now})
+                pipe.expire(name, max(1, int(window) + 1))
+            pipe.zcard(name)
+            *_, count = await pipe.execute()
+            return int(count)
+
+        return int(await self._call("failure count", run))
+
+    async def _call(self, what: str, op: Op) -> Any:
+        try:
+            return await op(self._client())
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis {what} failed: {exc}") from exc
 
     # presence
 

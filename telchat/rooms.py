@@ -8,7 +8,8 @@ its Outbox.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from telchat.listeners import ChatEvents
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
+from telchat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.store import Store, last_id
 
 log = get_logger("telchat.rooms")
@@ -25,6 +27,10 @@ log = get_logger("telchat.rooms")
 
 class ChatError(Exception):
     """A refused request; its message is the `*** ` line shown to the user."""
+
+
+def _no_hangup(message: str) -> None:
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -38,18 +44,29 @@ class User:
     rooms: dict[str, Room] = field(default_factory=dict)
     current: Room | None = None
     events: ChatEvents | None = None
+    profile: Profile = field(default_factory=Profile)
+    # The account (nick key) this connection proved it owns; operator rights come with it.
+    account: str | None = None
+    operator: bool = False
+    # Ends the connection with a quit message; its session sets it (kicks use it).
+    hangup: Callable[[str], None] = _no_hangup
 
     @property
     def logged_in(self) -> bool:
         return self.key is not None
 
     @property
+    def ip(self) -> str:
+        return host_of(self.peer)
+
+    @property
     def member_id(self) -> str:
         """This connection's name in cluster-wide presence."""
         return str(self.conn_id)
 
-    def send(self, text: str) -> None:
-        fan_out(text, (self,))
+    def send(self, text: str, ts: float | None = None) -> None:
+        """Queue one line for this user alone; `ts` is when it was said, for timestamps."""
+        fan_out(self.profile.render(text, ts), (self,))
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +87,11 @@ class Room:
         return not self.members and not self.pending
 
 
+def host_of(peer: str) -> str:
+    """The address part of a `host:port` peer string (IPv6 included)."""
+    return peer.rsplit(":", 1)[0]
+
+
 def _log(event: str, user: User, **fields: Any) -> None:
     # Explicit identity: the event may be logged from another user's task (a broadcast
     # that cut off a slow reader), whose context variables name someone else.
@@ -83,6 +105,13 @@ def _format_names(nicks: Iterable[str], anonymous: int) -> str:
     names = sorted({n for n in nicks if n != replies.ANONYMOUS}, key=str.casefold)
     text = ", ".join(names) if names else "nobody logged in"
     return f"{text} (+{anonymous} anonymous)" if anonymous else text
+
+
+def check_nick_or_error(raw: str) -> str:
+    try:
+        return check_nick(raw)
+    except NameError_ as exc:
+        raise ChatError(f"*** {exc}") from None
 
 
 def check_room_or_error(raw: str) -> str:
@@ -100,6 +129,14 @@ class Chat:
         self.users: dict[User, None] = {}
         self.nicks: dict[str, User] = {}
         self.rooms: dict[str, Room] = {}
+        # Local users whose lines may differ from the common copy (Profile.personal).
+        self.special: dict[User, None] = {}
+        # (room key or "*", nick key) -> muted until (epoch seconds); kept by moderation.
+        self.mutes: dict[tuple[str, str], float] = {}
+        # room key -> (topic, who set it); kept by moderation.
+        self.topics: dict[str, tuple[str, str]] = {}
+        # Control event kind -> its handler on this node (moderation, whois).
+        self.controls: dict[str, Callable[[Event], None]] = {}
 
     # connection lifecycle
 
@@ -112,6 +149,7 @@ class Chat:
         if user not in self.users:
             return
         del self.users[user]
+        self.special.pop(user, None)
         if user.key is not None:
             self.nicks.pop(user.key, None)
             self.store.release_nick(user.key)
@@ -133,6 +171,13 @@ class Chat:
             room.listeners[user] = None
         listeners.channels_changed(user)
         sink.players(listeners.players_of(user))
+
+    def refresh(self, user: User) -> None:
+        """Call after `user.profile` changed: keeps the set of users with personal formatting."""
+        if user.profile.personal and user in self.users:
+            self.special[user] = None
+        else:
+            self.special.pop(user, None)
 
     # nicks
 
@@ -199,9 +244,10 @@ class Chat:
 
     def _admit(self, room: Room, user: User, history: list[Event], held: list[tuple[EntryId, str]]) -> None:
         seen = last_id(history)
-        user.send(replies.HISTORY_HEADER.format(room=room.name))
-        for entry in history:
-            user.send(self._format(room, entry))
+        self._replay(user, room, history)
+        topic = self.topics.get(room.key)
+        if topic is not None:
+            user.send(replies.TOPIC_IS.format(room=room.name, topic=topic[0], nick=topic[1]))
         for entry_id, text in held:
             if entry_id == NO_ID or entry_id > seen:
                 user.send(text)
@@ -267,6 +313,7 @@ class Chat:
 
     async def private(self, user: User, raw_nick: str, text: str) -> None:
         self._require_login(user)
+        self._check_voice(user, None)
         key = nick_key(raw_nick)
         target = self.nicks.get(key)
         if target is None and not await self.store.remote_nick(key):
@@ -282,7 +329,22 @@ class Chat:
         self._require_login(user)
         if user.current is None:
             raise ChatError(replies.NO_ROOM)
+        self._check_voice(user, user.current)
         return user.current
+
+    def muted(self, key: str, room: str = "*") -> bool:
+        """Whether nick `key` is muted in `room` (or server-wide, for "*")."""
+        if not self.mutes:
+            return False
+        now = time.time()
+        return any(self.mutes.get((scope, key), 0.0) > now for scope in {room, "*"})
+
+    def _check_voice(self, user: User, room: Room | None) -> None:
+        if user.key is None or not self.muted(user.key, room.key if room is not None else "*"):
+            return
+        if room is not None and not self.muted(user.key):
+            raise ChatError(replies.MUTED_IN.format(room=room.name))
+        raise ChatError(replies.MUTED)
 
     @staticmethod
     def _require_login(user: User) -> None:
@@ -301,21 +363,32 @@ class Chat:
             room = self.rooms.get(event.room)
             if room is not None:
                 line = self._format(room, event)
-                self._deliver_room(room, line, event.id)
+                self._deliver_room(room, event, line)
                 if room.listeners:
                     listeners.channel_text(tuple(room.listeners), room.name, event.nick, line)
         elif event.kind == events.PRIVATE:
-            target = self.nicks.get(event.target)
-            if target is not None:
-                line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
-                target.send(line)
-                listeners.channel_text((target,), f"tell {event.nick}", event.nick, line)
-        else:
+            self._deliver_private(event)
+        elif event.kind == events.NOTICE:
             self._deliver_notice(event)
+        else:
+            handler = self.controls.get(event.kind)
+            if handler is not None:
+                handler(event)
+
+    def _deliver_private(self, event: Event) -> None:
+        target = self.nicks.get(event.target)
+        if target is None or target.profile.ignores(event.nick):
+            return
+        line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
+        target.send(line)
+        listeners.channel_text((target,), f"tell {event.nick}", event.nick, line)
+        if target.profile.away is not None:
+            # Published, not sent: the sender may be connected to another node.
+            self.store.publish(events.notice(away_notice(target.nick, target.profile), target=nick_key(event.nick)))
 
     def _deliver_notice(self, event: Event) -> None:
         if event.everyone:
-            fan_out(event.text, self.users)
+            self._fan_out(event.text, self.users)
             return
         audience: dict[User, None] = {}
         for key in event.rooms:
@@ -327,10 +400,23 @@ class Chat:
         target = self.nicks.get(event.target) if event.target else None
         if target is not None:
             audience[target] = None
-        fan_out(event.text, audience)
+        self._fan_out(event.text, audience)
 
-    @staticmethod
-    def _deliver_room(room: Room, text: str, entry_id: EntryId) -> None:
+    def _fan_out(self, text: str, recipients: Iterable[User]) -> None:
+        """fan_out, except that users with personal formatting get their own rendering."""
+        if not self.special:
+            fan_out(text, recipients)
+            return
+        common: list[User] = []
+        for user in recipients:
+            if user in self.special:
+                user.send(text)
+            else:
+                common.append(user)
+        fan_out(text, common)
+
+    def _deliver_room(self, room: Room, event: Event, text: str) -> None:
+        entry_id = event.id
         for held in room.pending.values():
             held.append((entry_id, text))
         recipients: Iterable[User] = room.members
@@ -339,13 +425,37 @@ class Chat:
             # Ids only grow: once past a member's history, no older message can follow.
             for user in [u for u, seen in room.since.items() if entry_id > seen]:
                 del room.since[user]
+        personal = self._personal(room, event)
+        if personal:
+            recipients = self._send_personal(recipients, personal, event, text)
         fan_out(text, recipients)
+
+    def _personal(self, room: Room, event: Event) -> dict[User, bool]:
+        """Members whose copy of this message is their own -> whether it names them."""
+        personal = {user: False for user in self.special if user in room.members}
+        for key in mention_keys(event.text):
+            user = self.nicks.get(key)
+            if user is not None and user in room.members and user.profile.highlight and user.nick != event.nick:
+                personal[user] = True
+        return personal
+
+    @staticmethod
+    def _send_personal(recipients: Iterable[User], personal: dict[User, bool], event: Event, text: str) -> list[User]:
+        """Send the personal copies; return the recipients who share the common one."""
+        common: list[User] = []
+        for user in recipients:
+            mentioned = personal.get(user)
+            if mentioned is None:
+                common.append(user)
+            elif not user.profile.ignores(event.nick):
+                user.send(user.profile.mentioned(text) if mentioned else text, event.ts)
+        return common
 
     # queries (this node's view, plus what the store knows of other nodes)
 
     async def who(self, user: User, raw: str | None) -> str:
         if raw is None and user.current is None:
-            local = [u.nick for u in self.users if u.logged_in]
+            local = [who_entry(u.nick, u.profile) for u in self.users if u.logged_in]
             anonymous = len(self.users) - len(local)
             remote = await self.store.remote_online()
             return replies.WHO_ALL.format(names=_format_names([*local, *remote], anonymous))
@@ -360,7 +470,7 @@ class Chat:
         if room is None and not remote:
             raise ChatError(replies.NO_SUCH_ROOM.format(room=name))
         members = list(room.members) if room is not None else []
-        local = [u.nick for u in members if u.logged_in]
+        local = [who_entry(u.nick, u.profile) for u in members if u.logged_in]
         shown = room.name if room is not None else name
         return replies.WHO_ROOM.format(room=shown, names=_format_names([*local, *remote], len(members) - len(local)))
 
@@ -374,13 +484,18 @@ class Chat:
             return replies.NO_ROOMS
         return replies.ROOMS.format(rooms=", ".join(f"#{name} ({count})" for _, name, count in listed))
 
-    async def history(self, user: User, count: int) -> list[str]:
+    async def history(self, user: User, count: int) -> None:
         if user.current is None:
             raise ChatError(replies.NO_ROOM)
         room = user.current
-        entries = await self.store.recent(room.key, count)
-        return [replies.HISTORY_HEADER.format(room=room.name), *(self._format(room, e) for e in entries)]
+        self._replay(user, room, await self.store.recent(room.key, count))
+
+    def _replay(self, user: User, room: Room, entries: list[Event]) -> None:
+        user.send(replies.HISTORY_HEADER.format(room=room.name))
+        for entry in entries:
+            if not user.profile.ignores(entry.nick):
+                user.send(self._format(room, entry), entry.ts)
 
     def broadcast_local(self, text: str) -> None:
         """Tell every user connected to this node, now (shutdown)."""
-        fan_out(text, self.users)
+        self._fan_out(text, self.users)

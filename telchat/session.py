@@ -13,12 +13,14 @@ from typing import Protocol
 import structlog
 
 from telchat import commands, replies
+from telchat.accounts import Answer
 from telchat.config import Config
 from telchat.lines import LineSplitter, Overflow, Oversize
 from telchat.logs import get_logger
 from telchat.outbox import Flusher, Outbox, Sink
 from telchat.rooms import Chat, User
 from telchat.sanitize import sanitize
+from telchat.services import Services
 
 log = get_logger("telchat.session")
 
@@ -42,8 +44,14 @@ class Session:
         conn_id: int,
         peer: str,
         charset: str = "utf-8",
+        services: Services,
+        hide_input: Callable[[bool], None] = lambda hidden: None,
     ) -> None:
         self.chat = chat
+        self.services = services
+        # Asks the client to stop (True) or resume (False) echoing what its user types.
+        self._hide_input = hide_input
+        self._secret: Answer | None = None
         self._config = config
         self._close = close
         self._abort = abort
@@ -51,6 +59,7 @@ class Session:
         # Sees each line before the commands do; True means it was answered (terminal.py sets it).
         self.intercept: Callable[[str], bool] | None = None
         self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
+        self.user.hangup = self._kicked
         self.reason: str | None = None
         self.bytes_in = 0
         self._started = time.monotonic()
@@ -88,23 +97,39 @@ class Session:
             self.user.send(replies.LINE_TOO_LONG.format(length=line.length, limit=self._config.max_line_bytes))
             return
         text = sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
-        if not text or (self.intercept is not None and self.intercept(text)):
+        self.user.profile.touch()
+        secret, self._secret = self._secret, None
+        if secret is not None:
+            self._hide_input(False)
+        elif not text or (self.intercept is not None and self.intercept(text)):
             return
         nick = self.user.nick
         try:
-            parsed = commands.parse(text)
-            if not isinstance(parsed, commands.Say):
-                # A command answers its user directly: first let what earlier lines published
-                # come back (a store may deliver a turn, or a Redis round trip, later), so the
-                # answer cannot overtake it. Plain messages only publish, and need no wait.
-                await self.chat.store.settled()
-            await commands.execute(self, parsed)
+            if secret is not None:
+                await commands.run(self, secret(text))
+            else:
+                parsed = commands.parse(text)
+                if not isinstance(parsed, commands.Say):
+                    # A command answers its user directly: first let what earlier lines published
+                    # come back (a store may deliver a turn, or a Redis round trip, later), so the
+                    # answer cannot overtake it. Plain messages only publish, and need no wait.
+                    await self.chat.store.settled()
+                await commands.execute(self, parsed)
             if self.user.nick != nick:
                 structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
             # One bad line must never end the session or touch anyone else's.
             log.exception("command_failed")
             self.user.send(replies.INTERNAL_ERROR)
+
+    def ask_secret(self, prompt: str, answer: Answer) -> None:
+        """Hand the next line to `answer` instead of the command layer, input hidden."""
+        self._secret = answer
+        self._hide_input(True)
+        self.user.send(prompt)
+
+    def _kicked(self, message: str) -> None:
+        self.quit(message, reason="kicked")
 
     def quit(self, message: str, reason: str = "quit", farewell: str | None = replies.GOODBYE) -> None:
         """End this session at the user's (or a limit's) request."""

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from telchat.events import Event
-from telchat.store import Deliver, LocalStore, StoreError
+from telchat.store import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -26,9 +26,19 @@ CREATE TABLE IF NOT EXISTS messages (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 """
 INSERT = "INSERT INTO messages (room, room_name, nick, kind, text, ts) VALUES (?, ?, ?, ?, ?, ?)"
 RECENT = "SELECT id, room, room_name, nick, kind, text, ts FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?"
+GET_RECORD = "SELECT value FROM records WHERE kind = ? AND key = ?"
+PUT_RECORD = "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)"
+DELETE_RECORD = "DELETE FROM records WHERE kind = ? AND key = ?"
+ALL_RECORDS = "SELECT key, value FROM records WHERE kind = ?"
 TRIM = (
     "DELETE FROM messages WHERE room = :room AND id <= "
     "(SELECT id FROM messages WHERE room = :room ORDER BY id DESC LIMIT 1 OFFSET :keep)"
@@ -111,3 +121,24 @@ class SqliteStore(LocalStore):
             Event(kind, text, room=key, room_name=name, nick=nick, ts=ts, id=(row_id, 0))
             for row_id, key, name, nick, kind, text, ts in reversed(rows)
         ]
+
+    # Records are written outside the per-turn batch: autocommit, so durable on return.
+
+    async def get_record(self, kind: str, key: str) -> Record | None:
+        row = self._execute(GET_RECORD, (kind, key)).fetchone()
+        return decode_record(row[0]) if row else None
+
+    async def put_record(self, kind: str, key: str, record: Record | None) -> None:
+        if record is None:
+            self._execute(DELETE_RECORD, (kind, key))
+        else:
+            self._execute(PUT_RECORD, (kind, key, encode_record(record).decode()))
+
+    async def records(self, kind: str) -> dict[str, Record]:
+        return {key: decode_record(value) for key, value in self._execute(ALL_RECORDS, (kind,)).fetchall()}
+
+    def _execute(self, sql: str, params: tuple[str, ...]) -> sqlite3.Cursor:
+        try:
+            return self._connection().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite record access failed: {exc}") from exc

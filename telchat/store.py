@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
+
+import orjson
 
 from telchat.events import EntryId, Event
 from telchat.logs import get_logger
@@ -20,7 +24,10 @@ from telchat.logs import get_logger
 log = get_logger("telchat.store")
 
 Deliver = Callable[[Event], None]
+Record = dict[str, Any]
 RETRY_SECONDS = 0.5
+# Local failure counters are swept of stale keys once there are this many.
+FAILURE_SWEEP_AT = 1024
 
 
 class StoreError(Exception):
@@ -53,6 +60,30 @@ class Store(abc.ABC):
 
     async def check(self) -> None:  # noqa: B027 - local stores have nothing to check
         """Raise StoreError when the store does not answer."""
+
+    # Records: small JSON-able documents by kind and key (accounts, bans, mutes, topics).
+
+    @abc.abstractmethod
+    async def get_record(self, kind: str, key: str) -> Record | None:
+        """The record stored under (`kind`, `key`), or None."""
+
+    @abc.abstractmethod
+    async def put_record(self, kind: str, key: str, record: Record | None) -> None:
+        """Store `record` durably before returning; None deletes it."""
+
+    @abc.abstractmethod
+    async def records(self, kind: str) -> dict[str, Record]:
+        """Every record of `kind`, by key."""
+
+    # Failure counters (login throttling), shared by every node that shares the store.
+
+    @abc.abstractmethod
+    async def failures(self, key: str, window: float) -> int:
+        """How many failures were added under `key` in the last `window` seconds."""
+
+    @abc.abstractmethod
+    async def add_failure(self, key: str, window: float) -> int:
+        """Count one failure under `key`; return the count in the last `window` seconds."""
 
     # Cluster-wide views; a single-process store has nothing beyond the local node.
 
@@ -108,6 +139,8 @@ class LocalStore(Store):
         self._pending: list[Event] = []
         self._scheduled = False
         self._flushed: asyncio.Future[None] | None = None
+        # Failure times per key, oldest first; in memory, as nothing else shares them.
+        self._failures: dict[str, deque[float]] = {}
 
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -162,6 +195,28 @@ class LocalStore(Store):
 
         Raise StoreError, having changed nothing, when the commit fails."""
 
+    async def failures(self, key: str, window: float) -> int:
+        times = self._failures.get(key)
+        if times is None:
+            return 0
+        _expire(times, time.monotonic() - window)
+        if not times:
+            del self._failures[key]
+        return len(times)
+
+    async def add_failure(self, key: str, window: float) -> int:
+        now = time.monotonic()
+        if len(self._failures) >= FAILURE_SWEEP_AT:
+            self._sweep(now - window)
+        times = self._failures.setdefault(key, deque())
+        times.append(now)
+        _expire(times, now - window)
+        return len(times)
+
+    def _sweep(self, cutoff: float) -> None:
+        for key in [k for k, times in self._failures.items() if times[-1] <= cutoff]:
+            del self._failures[key]
+
 
 class MemoryStore(LocalStore):
     """History in process memory: fast, gone on restart. A commit is immediate."""
@@ -171,6 +226,8 @@ class MemoryStore(LocalStore):
         self._keep = keep
         self._rooms: dict[str, deque[Event]] = {}
         self._seq = 0
+        # Encoded like the other stores' records, so a caller never shares a live dict.
+        self._records: dict[str, dict[str, bytes]] = {}
 
     def publish(self, event: Event) -> None:
         # Nothing to wait for: deliver in the same turn, without a batch.
@@ -193,6 +250,36 @@ class MemoryStore(LocalStore):
         if not lines or limit <= 0:
             return []
         return list(lines)[-limit:]
+
+    async def get_record(self, kind: str, key: str) -> Record | None:
+        data = self._records.get(kind, {}).get(key)
+        return decode_record(data) if data is not None else None
+
+    async def put_record(self, kind: str, key: str, record: Record | None) -> None:
+        table = self._records.setdefault(kind, {})
+        if record is None:
+            table.pop(key, None)
+        else:
+            table[key] = encode_record(record)
+
+    async def records(self, kind: str) -> dict[str, Record]:
+        return {key: decode_record(data) for key, data in self._records.get(kind, {}).items()}
+
+
+def encode_record(record: Record) -> bytes:
+    return orjson.dumps(record)
+
+
+def decode_record(data: str | bytes) -> Record:
+    record = orjson.loads(data)
+    if not isinstance(record, dict):
+        raise StoreError("corrupt record: not a JSON object")
+    return record
+
+
+def _expire(times: deque[float], cutoff: float) -> None:
+    while times and times[0] <= cutoff:
+        times.popleft()
 
 
 def last_id(events: list[Event]) -> EntryId:

@@ -27,7 +27,7 @@ from telchat.lines import Oversize
 from telchat.liveness import Watchdog
 from telchat.outbox import Sink, encode_text
 from telchat.probes import LineProbes
-from telchat.protocol import ChatTelnetServer, client_class
+from telchat.protocol import ChatTelnetServer, client_class, input_hider
 from telchat.session import Session
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
@@ -53,6 +53,7 @@ class Terminal:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._decoder_charset = ""
         self._watchdog: Watchdog | None = None
+        self._hide_line_mode = input_hider(protocol)
 
     @property
     def mode(self) -> str:
@@ -71,7 +72,7 @@ class Terminal:
             if self._session.user.charset != "utf-8":
                 # A raw client is not a telnet peer: undo the IAC doubling of single-byte charsets.
                 data = data.replace(b"\xff\xff", b"\xff")
-        elif editor is not None and editor.text and self.echoing:
+        elif editor is not None and editor.text and self.echoing and not editor.secret:
             data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
         mark = self._end_of_output()
         self._inner.write(data + mark if mark else data)
@@ -107,9 +108,19 @@ class Terminal:
             self._decoder = codecs.getincrementaldecoder(charset)("replace")
             self._decoder_charset = charset
         result = self._editor.feed(self._decoder.decode(data))
-        if result.output and self.echoing:
+        if result.output and self.echoing and not self._editor.secret:
             self._echo(result.output)
         return [self._checked(line, charset) for line in result.lines]
+
+    def hide_input(self, hidden: bool) -> None:
+        """Stop (or resume) showing what the user types: for a password prompt."""
+        if self._editor is not None:
+            # We do the echoing in character mode: simply echo nothing, and keep no history.
+            self._editor.secret = hidden
+            if not hidden:
+                self._echo("\r\n")
+        else:
+            self._hide_line_mode(hidden)
 
     def _checked(self, line: str, charset: str) -> str | Oversize:
         length = len(line.encode(charset, "replace"))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,16 @@ from telchat.config import Config
 from telchat.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
 
-TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5, store="memory://")
+# Cheap password hashes keep account tests fast; the cost options are what production tunes.
+TEST_CONFIG = Config(
+    host="127.0.0.1",
+    port=0,
+    connect_maxwait=0.25,
+    shutdown_grace=0.5,
+    store="memory://",
+    argon2_time_cost=1,
+    argon2_memory_kib=8,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,3 +74,14 @@ async def connect(port: int) -> AsyncIterator[Connect]:
 
 def with_config(**changes: object) -> Config:
     return replace(TEST_CONFIG, **changes)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[App]:
+    """An in-process server for the block: for tests that restart one on the same store."""
+    server = App(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

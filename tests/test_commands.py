@@ -252,7 +252,8 @@ async def test_help(connect: Connect) -> None:
     bob = await connect()
     await bob.send("help")
     await bob.expect(
-        "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit, set. "
+        "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit, register, password, "
+        "away, back, ignore, unignore, set, whois, topic, kick, ban, unban, bans, mute, unmute. "
         "Type help <command> for one command's usage."
     )
     await bob.send("help msg")

@@ -1,0 +1,204 @@
+"""Accounts: registered nicks, argon2id password hashes and login throttling.
+
+A registered nick can be taken only by a connection that proves its password, or that
+already proved it for that account. Hashes are computed in worker threads, a few at a time
+(`--hash-concurrency`), so a burst of logins neither stalls the event loop nor takes every
+core. Failed logins are counted in the store, per address and per nick, so every node of a
+cluster throttles alike. No password is ever logged, stored or echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from telchat import replies
+from telchat.logs import get_logger
+from telchat.moderation import Moderation, disconnect_event
+from telchat.names import nick_key
+from telchat.profile import SETTINGS
+from telchat.rooms import Chat, ChatError, User, check_nick_or_error
+from telchat.store import Record
+
+log = get_logger("telchat.accounts")
+
+ACCOUNT = "account"
+FAILURE_WINDOW = 60.0
+MIN_PASSWORD = 6
+MAX_PASSWORD = 128
+# How long a login with the right password waits for the nick's old holder to go.
+GHOST_POLL = 0.05
+GHOST_POLLS = 60
+
+Answer = Callable[[str], Awaitable[None]]
+
+
+class Asker(Protocol):
+    """A connection that can ask its user for a secret: the next line, not echoed."""
+
+    user: User
+
+    def ask_secret(self, prompt: str, answer: Answer) -> None: ...
+
+
+class Hasher:
+    def __init__(self, time_cost: int, memory_kib: int, parallelism: int, concurrency: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
+        )
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def hash(self, password: str) -> str:
+        async with self._slots:
+            return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, hashed: str, password: str) -> bool:
+        async with self._slots:
+            try:
+                return await asyncio.to_thread(self._hasher.verify, hashed, password)
+            except VerificationError:
+                return False
+            except InvalidHashError:
+                log.error("account_hash_invalid")
+                return False
+
+    def outdated(self, hashed: str) -> bool:
+        """Whether `hashed` was made with other parameters than the configured ones."""
+        try:
+            return self._hasher.check_needs_rehash(hashed)
+        except InvalidHashError:
+            return True
+
+
+def check_password(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD or any(ch.isspace() for ch in password):
+        raise ChatError(replies.PASSWORD_RULE)
+
+
+class Accounts:
+    def __init__(self, chat: Chat, moderation: Moderation, hasher: Hasher, max_failures: int) -> None:
+        self.chat = chat
+        self.store = chat.store
+        self.moderation = moderation
+        self.hasher = hasher
+        self.max_failures = max_failures
+
+    async def login(self, asker: Asker, raw_nick: str, password: str | None) -> None:
+        """`login NICK [PASSWORD]`: a registered nick without a password asks for one."""
+        user = asker.user
+        self.moderation.check_login(user, raw_nick)
+        nick = check_nick_or_error(raw_nick)
+        key = nick_key(nick)
+        record = await self.store.get_record(ACCOUNT, key)
+        if record is None:
+            if password is not None:
+                raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+            await self.chat.set_nick(user, nick)
+        elif user.account == key:
+            await self._take(user, nick)
+        elif password is None:
+            prompt = replies.PASSWORD_PROMPT.format(nick=nick)
+            asker.ask_secret(prompt, lambda answer: self.identify(user, nick, answer))
+        else:
+            await self.identify(user, nick, password)
+
+    async def identify(self, user: User, nick: str, password: str) -> None:
+        """Check `password` for the account `nick`; on success take the nick."""
+        if not password:
+            raise ChatError(replies.LOGIN_CANCELLED)
+        key = nick_key(nick)
+        record = await self._verified(user, key, nick, password)
+        if self.hasher.outdated(record["hash"]):
+            record["hash"] = await self.hasher.hash(password)
+            await self.store.put_record(ACCOUNT, key, record)
+        self._grant(user, key, record)
+        log.info("login", conn_id=user.conn_id, peer=user.peer, account=key, operator=user.operator)
+        await self._take(user, nick)
+
+    async def register(self, user: User, password: str) -> None:
+        if user.key is None:
+            raise ChatError(replies.LOGIN_FIRST)
+        check_password(password)
+        key, nick = user.key, user.nick
+        if await self.store.get_record(ACCOUNT, key) is not None:
+            raise ChatError(replies.ALREADY_REGISTERED.format(nick=nick))
+        record: Record = {"nick": nick, "hash": await self.hasher.hash(password), "created": time.time()}
+        await self.store.put_record(ACCOUNT, key, record)
+        self._grant(user, key, record)
+        await self.remember(user)
+        log.info("account_registered", conn_id=user.conn_id, peer=user.peer, nick=nick, account=key)
+        user.send(replies.REGISTERED.format(nick=nick))
+
+    async def change_password(self, user: User, old: str, new: str) -> None:
+        if user.account is None:
+            raise ChatError(replies.NICK_NOT_REGISTERED)
+        check_password(new)
+        key = user.account
+        record = await self._verified(user, key, user.nick, old)
+        record["hash"] = await self.hasher.hash(new)
+        await self.store.put_record(ACCOUNT, key, record)
+        log.info("password_changed", conn_id=user.conn_id, peer=user.peer, account=key)
+        user.send(replies.PASSWORD_CHANGED)
+
+    async def remember(self, user: User) -> None:
+        """Save the user's settings and ignores with their account, if they have one."""
+        if user.account is None:
+            return
+        record = await self.store.get_record(ACCOUNT, user.account)
+        if record is None:
+            return
+        record["settings"] = user.profile.settings()
+        record["ignored"] = sorted(user.profile.ignored)
+        await self.store.put_record(ACCOUNT, user.account, record)
+
+    async def _verified(self, user: User, key: str, nick: str, password: str) -> Record:
+        """The account record, once `password` proved right; throttled per address and nick."""
+        counters = (f"login:ip:{user.ip}", f"login:nick:{key}")
+        for counter in counters:
+            if await self.store.failures(counter, FAILURE_WINDOW) >= self.max_failures:
+                log.warning("limit", kind="login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
+                raise ChatError(replies.TOO_MANY_FAILURES)
+        record = await self.store.get_record(ACCOUNT, key)
+        if record is None:
+            raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+        if not await self.hasher.verify(record["hash"], password):
+            for counter in counters:
+                await self.store.add_failure(counter, FAILURE_WINDOW)
+            log.warning("login_failed", conn_id=user.conn_id, peer=user.peer, account=key)
+            raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
+        return record
+
+    def _grant(self, user: User, key: str, record: Record) -> None:
+        user.account = key
+        user.operator = self.moderation.is_operator(key, record)
+        settings = record.get("settings", {})
+        for name in SETTINGS:
+            if name in settings:
+                user.profile.change(name, bool(settings[name]))
+        if "ignored" in record:
+            user.profile.ignored = set(record["ignored"]) - {key}
+        self.chat.refresh(user)
+
+    async def _take(self, user: User, nick: str) -> None:
+        """Take `nick`, first disconnecting whoever holds it (a ghost of this account)."""
+        key = nick_key(nick)
+        if await self._held_by_other(user, key):
+            notice = replies.GHOST_NOTICE.format(nick=nick)
+            self.store.publish(disconnect_event(f"nick:{key}", notice, replies.GHOST_REASON, spare=user))
+            # The holder may be on another node: poll for the nick coming free.
+            for _ in range(GHOST_POLLS):
+                if not await self._held_by_other(user, key):
+                    break
+                await asyncio.sleep(GHOST_POLL)
+        await self.chat.set_nick(user, nick)
+
+    async def _held_by_other(self, user: User, key: str) -> bool:
+        holder = self.chat.nicks.get(key)
+        if holder is not None:
+            return holder is not user
+        return await self.store.remote_nick(key)

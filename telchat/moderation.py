@@ -1,0 +1,387 @@
+"""Operators: kick, ban, mute and room topics.
+
+What every node must agree on (bans, mutes, topics) is written to the store first and then
+announced with a control event. Every node, this one included, applies the event to its
+memory (the ban list here, `Chat.mutes`, `Chat.topics`) and acts on its own users. At
+start a node loads it all from the store, so restarts forget nothing, and connect-time ban
+checks never wait for the store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+from telchat import events, replies
+from telchat.events import Event
+from telchat.logs import get_logger
+from telchat.names import NameError_, check_nick, nick_key, room_key
+from telchat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
+from telchat.store import Record
+
+log = get_logger("telchat.moderation")
+
+# Record kinds in the store, and the control events that announce their changes.
+BAN = "ban"
+MUTE = "mute"
+TOPIC = "topic"
+KICK = "kick"
+
+EVERYWHERE = "*"
+CLEAR_TOPIC = "-"
+_DURATION = re.compile(r"^(\d{1,6})([smhdw]?)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 60}
+
+Network = IPv4Network | IPv6Network
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in `10m`, `2h`, `7d` (a bare number is minutes); None if not a duration."""
+    match = _DURATION.match(text.lower())
+    if match is None or int(match[1]) == 0:
+        return None
+    return float(int(match[1]) * _UNITS[match[2]])
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "permanently"
+    return f"for {span(seconds)}"
+
+
+def span(seconds: float) -> str:
+    """`1h 5m`, `2m 7s`, `3d 4h`: the two largest units."""
+    rest = max(0, round(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size or (unit == "s" and not parts):
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return " ".join(parts[:2])
+
+
+def _reason(reason: str) -> str:
+    return f": {reason}" if reason else ""
+
+
+def _until(duration: float | None) -> float | None:
+    return time.time() + duration if duration is not None else None
+
+
+def _active(until: float | None) -> bool:
+    return until is None or until > time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a ban names: `nick:<key>` or `ip:<network>`, and how to show it."""
+
+    key: str
+    shown: str
+
+
+def ban_target(text: str) -> Target:
+    try:
+        network = ip_network(text, strict=False)
+    except ValueError:
+        try:
+            nick = check_nick(text)
+        except NameError_:
+            raise ChatError(replies.BAD_BAN_TARGET.format(text=text)) from None
+        return Target(f"nick:{nick_key(nick)}", nick)
+    shown = str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+    return Target(f"ip:{network}", shown)
+
+
+def address_in(ip: str, network: Network) -> bool:
+    try:
+        address = ip_address(ip)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address in network
+
+
+class Moderation:
+    def __init__(self, chat: Chat, operators: frozenset[str]) -> None:
+        self.chat = chat
+        self.store = chat.store
+        self.operators = operators
+        self.bans: dict[str, Record] = {}
+        self._networks: dict[str, Network] = {}
+        chat.controls.update({KICK: self._on_kick, BAN: self._on_ban, MUTE: self._on_mute, TOPIC: self._on_topic})
+
+    async def load(self) -> None:
+        """Read bans, mutes and topics from the store into this node's memory."""
+        for key, record in (await self.store.records(BAN)).items():
+            self._apply_ban(key, record)
+        for key, record in (await self.store.records(MUTE)).items():
+            scope, _, nick = key.partition(" ")
+            self._apply_mute(scope, nick, record)
+        for key, record in (await self.store.records(TOPIC)).items():
+            self._apply_topic(key, record)
+
+    # checks used by others
+
+    def is_operator(self, account: str, record: Record) -> bool:
+        return account in self.operators or bool(record.get("operator"))
+
+    def refusal(self, ip: str) -> str | None:
+        """The line refusing a connection from `ip`, or None when it is welcome."""
+        for key, network in self._networks.items():
+            record = self.bans[key]
+            if _active(record.get("until")) and address_in(ip, network):
+                return replies.CONNECTION_BANNED.format(reason=_reason(record.get("reason", "")))
+        return None
+
+    def check_login(self, user: User, raw_nick: str) -> None:
+        """Refuse a banned nick, and any nick change by a muted user."""
+        try:
+            key = nick_key(check_nick(raw_nick))
+        except NameError_:
+            return  # the login itself explains what is wrong with the nick
+        record = self.bans.get(f"nick:{key}")
+        if record is not None and _active(record.get("until")):
+            raise ChatError(replies.NICK_BANNED.format(nick=raw_nick, reason=_reason(record.get("reason", ""))))
+        if user.key is not None and user.key != key and self._muted_anywhere(user.key):
+            raise ChatError(replies.MUTED_NO_NICK_CHANGE)
+
+    def _muted_anywhere(self, key: str) -> bool:
+        now = time.time()
+        return any(until > now for (_, nick), until in self.chat.mutes.items() if nick == key)
+
+    # operator commands
+
+    def require_operator(self, user: User, command: str) -> None:
+        if not user.operator:
+            raise ChatError(replies.NOT_OPERATOR.format(command=command))
+
+    async def kick(self, user: User, raw_nick: str, reason: str) -> None:
+        self.require_operator(user, "kick")
+        nick, key = await self._online(raw_nick)
+        _log_action(user, "kick", nick, reason=reason)
+        user.send(replies.KICK_DONE.format(nick=nick, reason=_reason(reason)))
+        self.store.publish(
+            disconnect_event(
+                f"nick:{key}",
+                replies.KICKED.format(by=user.nick, reason=_reason(reason)),
+                replies.KICK_QUIT.format(by=user.nick, reason=_reason(reason)),
+            )
+        )
+
+    async def ban(self, user: User, raw_target: str, rest: list[str]) -> None:
+        """`ban TARGET [DURATION] [REASON]`: `rest` is what follows the target."""
+        self.require_operator(user, "ban")
+        target = ban_target(raw_target)
+        duration = parse_duration(rest[0]) if rest else None
+        reason = " ".join(rest[1:] if duration is not None else rest)
+        record = {"shown": target.shown, "by": user.nick, "reason": reason, "until": _until(duration)}
+        await self.store.put_record(BAN, target.key, record)
+        _log_action(user, "ban", target.shown, reason=reason, duration=duration)
+        user.send(
+            replies.BAN_DONE.format(target=target.shown, duration=format_duration(duration), reason=_reason(reason))
+        )
+        self.store.publish(events.control(BAN, target.key, record=record))
+
+    async def unban(self, user: User, raw_target: str) -> None:
+        self.require_operator(user, "unban")
+        target = ban_target(raw_target)
+        if target.key not in self.bans:
+            raise ChatError(replies.NOT_BANNED.format(target=target.shown))
+        await self.store.put_record(BAN, target.key, None)
+        _log_action(user, "unban", target.shown)
+        user.send(replies.UNBAN_DONE.format(target=target.shown))
+        self.store.publish(events.control(BAN, target.key, record=None))
+
+    def list_bans(self, user: User) -> str:
+        self.require_operator(user, "bans")
+        listed = [_describe_ban(record) for record in self.bans.values() if _active(record.get("until"))]
+        return replies.BANS.format(bans="; ".join(sorted(listed))) if listed else replies.NO_BANS
+
+    async def mute(self, user: User, raw_nick: str, options: list[str]) -> None:
+        """`mute NICK [DURATION] [#ROOM|*]`: `options` is what follows the nick."""
+        self.require_operator(user, "mute")
+        nick, key = _nick(raw_nick)
+        duration, raw_scope = _mute_options(options)
+        scope, where = self._scope(user, raw_scope)
+        record = {"nick": nick, "by": user.nick, "until": _until(duration)}
+        await self.store.put_record(MUTE, f"{scope} {key}", record)
+        _log_action(user, "mute", nick, scope=scope, duration=duration)
+        user.send(replies.MUTE_DONE.format(nick=nick, scope=where, duration=format_duration(duration)))
+        self.store.publish(events.control(MUTE, key, scope=scope, where=where, record=record))
+
+    async def unmute(self, user: User, raw_nick: str, raw_scope: str | None) -> None:
+        self.require_operator(user, "unmute")
+        nick, key = _nick(raw_nick)
+        scope, where = self._scope(user, raw_scope)
+        if self.chat.mutes.get((scope, key), 0.0) <= time.time():
+            raise ChatError(replies.NOT_MUTED.format(nick=nick, scope=where))
+        await self.store.put_record(MUTE, f"{scope} {key}", None)
+        _log_action(user, "unmute", nick, scope=scope)
+        user.send(replies.UNMUTE_DONE.format(nick=nick, scope=where))
+        self.store.publish(events.control(MUTE, key, scope=scope, where=where, record=None))
+
+    async def topic(self, user: User, text: str | None) -> None:
+        room = user.current
+        if room is None:
+            raise ChatError(replies.NO_ROOM)
+        if text is None:
+            current = self.chat.topics.get(room.key)
+            if current is None:
+                user.send(replies.NO_TOPIC.format(room=room.name))
+            else:
+                user.send(replies.TOPIC_IS.format(room=room.name, topic=current[0], nick=current[1]))
+            return
+        self.require_operator(user, "topic")
+        record = None if text == CLEAR_TOPIC else {"topic": text, "by": user.nick}
+        await self.store.put_record(TOPIC, room.key, record)
+        _log_action(user, "topic", f"#{room.name}", topic=text)
+        self.store.publish(events.control(TOPIC, room.key, record=record))
+        notice = (
+            replies.TOPIC_CLEARED.format(nick=user.nick, room=room.name)
+            if record is None
+            else replies.TOPIC_SET.format(nick=user.nick, room=room.name, topic=text)
+        )
+        self.store.publish(events.notice(notice, rooms=(room.key,)))
+
+    async def _online(self, raw_nick: str) -> tuple[str, str]:
+        nick, key = _nick(raw_nick)
+        local = self.chat.nicks.get(key)
+        if local is not None:
+            return local.nick, key
+        if not await self.store.remote_nick(key):
+            raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
+        return nick, key
+
+    @staticmethod
+    def _scope(user: User, raw: str | None) -> tuple[str, str]:
+        """(room key or "*", how to say it): the given room, `*`, else the current room."""
+        if raw == EVERYWHERE or (raw is None and user.current is None):
+            return EVERYWHERE, "on this server"
+        if raw is None:
+            assert user.current is not None
+            return user.current.key, f"in #{user.current.name}"
+        name = check_room_or_error(raw)
+        return room_key(name), f"in #{name}"
+
+    # control events, on every node
+
+    def _on_kick(self, event: Event) -> None:
+        args = events.control_args(event)
+        for user in self._matching(event.target):
+            if connection_of(user) == args.get("spare"):
+                continue
+            user.send(args["notice"])
+            user.hangup(args["reason"])
+
+    def _on_ban(self, event: Event) -> None:
+        record = events.control_args(event)["record"]
+        self._apply_ban(event.target, record)
+        if record is None:
+            return
+        notice = replies.BANNED_NOTICE.format(by=record["by"], reason=_reason(record["reason"]))
+        reason = replies.BAN_QUIT.format(by=record["by"], reason=_reason(record["reason"]))
+        for user in self._matching(event.target):
+            user.send(notice)
+            user.hangup(reason)
+
+    def _on_mute(self, event: Event) -> None:
+        args = events.control_args(event)
+        record = args["record"]
+        self._apply_mute(args["scope"], event.target, record)
+        user = self.chat.nicks.get(event.target)
+        if user is None:
+            return
+        if record is None:
+            user.send(replies.UNMUTED_NOTICE.format(scope=args["where"]))
+        else:
+            until = record["until"]
+            duration = format_duration(None if until is None else until - time.time())
+            user.send(replies.MUTED_NOTICE.format(scope=args["where"], by=record["by"], duration=duration))
+
+    def _on_topic(self, event: Event) -> None:
+        self._apply_topic(event.target, events.control_args(event)["record"])
+
+    def _apply_ban(self, key: str, record: Record | None) -> None:
+        self.bans.pop(key, None)
+        self._networks.pop(key, None)
+        if record is None or not _active(record.get("until")):
+            return
+        self.bans[key] = record
+        if key.startswith("ip:"):
+            self._networks[key] = ip_network(key[3:], strict=False)
+
+    def _apply_mute(self, scope: str, key: str, record: Record | None) -> None:
+        if record is None:
+            self.chat.mutes.pop((scope, key), None)
+            return
+        until = record.get("until")
+        self.chat.mutes[(scope, key)] = math.inf if until is None else float(until)
+
+    def _apply_topic(self, room: str, record: Record | None) -> None:
+        if record is None:
+            self.chat.topics.pop(room, None)
+        else:
+            self.chat.topics[room] = (record["topic"], record["by"])
+
+    def _matching(self, target: str) -> list[User]:
+        """This node's users a kick or ban target names; an address ban spares operators."""
+        kind, _, value = target.partition(":")
+        if kind == "nick":
+            user = self.chat.nicks.get(value)
+            return [user] if user is not None else []
+        network = ip_network(value, strict=False)
+        return [user for user in self.chat.users if not user.operator and address_in(user.ip, network)]
+
+
+def _describe_ban(record: Record) -> str:
+    until = record.get("until")
+    left = "permanent" if until is None else f"{span(until - time.time())} left"
+    return f"{record['shown']} ({left}, by {record['by']}{_reason(record.get('reason', ''))})"
+
+
+def _mute_options(options: list[str]) -> tuple[float | None, str | None]:
+    duration: float | None = None
+    scope: str | None = None
+    for option in options:
+        if option == EVERYWHERE or option.startswith("#"):
+            scope = option
+        elif (seconds := parse_duration(option)) is not None:
+            duration = seconds
+        else:
+            raise ChatError(replies.BAD_DURATION.format(text=option))
+    return duration, scope
+
+
+def disconnect_event(target: str, notice: str, reason: str, spare: User | None = None) -> Event:
+    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`),
+    except `spare`: by the time a node handles the event, `spare` may hold the nick."""
+    return events.control(KICK, target, notice=notice, reason=reason, spare=connection_of(spare) if spare else "")
+
+
+def connection_of(user: User) -> str:
+    """A name for one connection that no other node's connection shares at the same time."""
+    return f"{user.conn_id}@{user.peer}"
+
+
+def _nick(raw: str) -> tuple[str, str]:
+    nick = check_nick_or_error(raw)
+    return nick, nick_key(nick)
+
+
+def _log_action(user: User, action: str, target: str, **fields: Any) -> None:
+    log.info(
+        "moderation",
+        action=action,
+        target=target,
+        by=user.nick,
+        by_account=user.account,
+        conn_id=user.conn_id,
+        peer=user.peer,
+        **fields,
+    )

@@ -1,0 +1,91 @@
+"""A user's personal state (away, ignores, display settings, activity) and how lines are
+rendered for one user who asked for personal formatting. Pure: no chat state, no sockets.
+
+Personal formatting costs a line its shared encoding, so the room manager asks `personal`
+before it gives a user a copy of their own; everyone else shares the common bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from telchat import replies
+from telchat.names import nick_key
+
+# The only escape sequences the server ever sends: user text never contains ESC (sanitize).
+BOLD = "\x1b[1m"
+RESET = "\x1b[0m"
+BELL = "\x07"
+
+SETTINGS = ("timestamps", "bell", "highlight")
+
+_WORD = re.compile(r"[\w-]+")
+
+
+@dataclass(slots=True)
+class Profile:
+    away: str | None = None
+    ignored: set[str] = field(default_factory=set)
+    timestamps: bool = False
+    bell: bool = False
+    highlight: bool = True
+    connected: float = field(default_factory=time.time)
+    active: float = field(default_factory=time.monotonic)
+
+    @property
+    def personal(self) -> bool:
+        """Whether lines to this user may differ from everyone else's copy of them."""
+        return self.timestamps or bool(self.ignored)
+
+    def settings(self) -> dict[str, bool]:
+        return {name: bool(getattr(self, name)) for name in SETTINGS}
+
+    def change(self, name: str, value: bool) -> None:
+        if name not in SETTINGS:
+            raise KeyError(name)
+        setattr(self, name, value)
+
+    def touch(self) -> None:
+        self.active = time.monotonic()
+
+    def idle(self) -> float:
+        return time.monotonic() - self.active
+
+    def ignores(self, nick: str) -> bool:
+        return bool(self.ignored) and nick_key(nick) in self.ignored
+
+    def render(self, text: str, ts: float | None = None) -> str:
+        """`text` as this user sees it: with a timestamp when they asked for one."""
+        return stamp(text, ts) if self.timestamps else text
+
+    def mentioned(self, text: str) -> str:
+        """A line that names this user: bold, and with the bell if they want it."""
+        return f"{BOLD}{text}{RESET}{BELL if self.bell else ''}"
+
+
+def stamp(text: str, ts: float | None = None, now: float | None = None) -> str:
+    """`HH:MM text`, or `YYYY-MM-DD HH:MM text` for a moment before today (server time)."""
+    today = time.localtime(now)
+    moment = time.localtime(ts) if ts is not None else today
+    fmt = "%H:%M" if moment[:3] >= today[:3] else "%Y-%m-%d %H:%M"
+    return f"{time.strftime(fmt, moment)} {text}"
+
+
+def mention_keys(text: str) -> set[str]:
+    """The nick keys of the words in `text` (`bob:`, `@Bob` and `BOB` all name bob)."""
+    # For ASCII text, nick_key is plain lower-casing: skip its Unicode work on the hot path.
+    words = _WORD.findall(text.lower() if text.isascii() else nick_key(text))
+    return {word.strip("-") for word in words} | set(words)
+
+
+def who_entry(nick: str, profile: Profile) -> str:
+    """How a user appears in `who`."""
+    return f"{nick} (away)" if profile.away is not None else nick
+
+
+def away_notice(nick: str, profile: Profile) -> str:
+    if profile.away:
+        return replies.AWAY_MESSAGE.format(nick=nick, message=profile.away)
+    return replies.AWAY.format(nick=nick)

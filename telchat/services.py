@@ -1,0 +1,32 @@
+"""The services a command may use beside the chat itself, built once per server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from telchat.accounts import Accounts, Hasher
+from telchat.config import Config
+from telchat.moderation import Moderation
+from telchat.names import nick_key
+from telchat.rooms import Chat
+from telchat.social import Social
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    accounts: Accounts
+    moderation: Moderation
+    social: Social
+
+
+def operator_keys(operators: str) -> frozenset[str]:
+    return frozenset(nick_key(nick.strip()) for nick in operators.split(",") if nick.strip())
+
+
+def make_services(chat: Chat, config: Config) -> Services:
+    hasher = Hasher(
+        config.argon2_time_cost, config.argon2_memory_kib, config.argon2_parallelism, config.hash_concurrency
+    )
+    moderation = Moderation(chat, operator_keys(config.operators))
+    accounts = Accounts(chat, moderation, hasher, config.login_failures)
+    return Services(accounts, moderation, Social(chat, accounts))

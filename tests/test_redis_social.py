@@ -1,0 +1,84 @@
+"""Accounts, moderation and social features across two telchat processes sharing Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import test_redis
+from tests.clients import RawClient
+from tests.procs import ServerProcess
+from tests.redis_server import RedisServer
+from tests.test_accounts import CHEAP_HASHES
+from tests.test_redis import login
+
+clients = test_redis.clients  # the fixture, shared
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    redis = RedisServer(tmp_path)
+    procs = [ServerProcess(f"--store={redis.url}", "--operators=boss", *CHEAP_HASHES) for _ in range(2)]
+    yield procs
+    for proc in procs:
+        proc.kill()
+    redis.stop()
+
+
+async def register(client: RawClient, nick: str, password: str) -> None:
+    await client.send(f"register {password}")
+    await client.read_until(f"*** Nick {nick} is now registered")
+
+
+async def test_accounts_are_shared(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    frank = await login(clients, nodes[0], "frank")
+    await register(frank, "frank", "s3cret-pw")
+    other = await RawClient.connect(nodes[1].port)
+    clients.append(other)
+    await other.send("login frank")
+    await other.read_until("*** Password for frank")
+    await other.send("s3cret-pw")
+    # The old connection on the other node is the ghost: it goes, the nick moves.
+    await other.read_until("*** User change nick anonymous --> frank", timeout=5)
+    assert b"*** frank logged in from another connection" in await frank.wait_closed()
+
+
+async def test_moderation_reaches_every_node(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    boss = await login(clients, nodes[0], "boss", "room")
+    await register(boss, "boss", "boss-password")
+    bob = await login(clients, nodes[1], "bob", "room")
+    cid = await login(clients, nodes[1], "cid", "room")
+    await boss.send("/topic Shared topic")
+    assert (await bob.read_until("*** boss set the topic"))[-1] == "*** boss set the topic of #room: Shared topic"
+    await boss.send("/mute bob 10m")
+    assert (await bob.read_until("*** You were muted"))[-1] == "*** You were muted in #room by boss for 10m"
+    await bob.send("hello?")
+    await bob.expect("*** You are muted in #room")
+    await boss.send("/kick bob enough")
+    assert b"*** You were kicked by boss: enough" in await bob.wait_closed()
+    assert (await cid.read_until("*** User bob quit"))[-1] == "*** User bob quit (kicked by boss: enough)"
+    await boss.send("/ban cid 1h")
+    assert b"*** You are banned from this server by boss" in await cid.wait_closed()
+    again = await RawClient.connect(nodes[1].port)
+    clients.append(again)
+    await again.send("login cid")
+    await again.expect("*** Nick cid is banned")
+    dan = await login(clients, nodes[1], "dan")
+    lines = await dan.join("room", "dan")
+    assert "*** Topic of #room: Shared topic (set by boss)" in lines
+
+
+async def test_whois_and_away_across_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    ann = await login(clients, nodes[0], "ann")
+    bob = await login(clients, nodes[1], "bob", "kitchen")
+    await bob.send("/away on a call")
+    await bob.read_until("*** You are marked as away")
+    await ann.drain()
+    await ann.send("whois bob")
+    lines = await ann.read_until("*** bob is away")
+    assert lines[0] == "*** bob is in #kitchen"
+    assert lines[-1] == "*** bob is away: on a call"
+    await ann.send("/msg bob ping")
+    await ann.expect("-> *bob*> ping", "*** bob is away: on a call")
