@@ -25,6 +25,7 @@ from telchat.protocol import (
 from telchat.rooms import Chat
 from telchat.session import Session
 from telchat.store import HistoryStore, MemoryStore
+from telchat.telnetguard import Guards
 
 log = get_logger("telchat.app")
 
@@ -36,6 +37,7 @@ class App:
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
+        self.guards = Guards(config)
         self._server: telnetlib3.Server | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -50,7 +52,7 @@ class App:
         self._server = await telnetlib3.create_server(
             host=self.config.host,
             port=self.config.port,
-            protocol_factory=ChatTelnetServer,
+            protocol_factory=ChatTelnetServer.guarded(self.guards),
             shell=make_shell(self._run_session),
             encoding="utf8",
             # 'strict' (telnetlib3's default) kills the session on one bad byte either way.
@@ -76,6 +78,7 @@ class App:
             conn_id=protocol.conn_id,
             peer=peer_of(transport),
             charset=charset,
+            gate=protocol.guard.gate if protocol.guard is not None else None,
         )
         self.sessions[session] = transport
         task = asyncio.current_task()

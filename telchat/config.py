@@ -29,6 +29,15 @@ class Config:
     sendq_bytes: int = 131072
     connect_maxwait: float = 0.25
     shutdown_grace: float = 2.0
+    flood_burst: int = 5
+    flood_rate: float = 2.0
+    max_connections: int = 10000
+    max_conns_per_ip: int = 10
+    conn_rate_per_ip: float = 1.0
+    conn_burst_per_ip: int = 20
+    limit_loopback: bool = False
+    max_subneg_bytes: int = 8192
+    telnet_rate: int = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,23 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
     return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _BOOLEANS:
+        raise argparse.ArgumentTypeError(f"must be yes or no, got {text!r}")
+    return _BOOLEANS[word]
+
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
 def _seconds(text: str) -> float:
@@ -115,6 +141,19 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for telnet negotiation before greeting a client",
     ),
     Option("shutdown_grace", _seconds, "seconds to flush goodbyes on SIGTERM/SIGINT"),
+    Option("flood_burst", _positive_int, "lines a client may send at once before fakelag delays them"),
+    Option("flood_rate", _rate, "lines per second a client may send past the burst (0: no flood control)"),
+    Option("max_connections", _positive_int, "connections the server accepts at once"),
+    Option("max_conns_per_ip", _non_negative_int, "connections at once from one address (0: no limit)"),
+    Option("conn_rate_per_ip", _rate, "new connections per second from one address, past the burst (0: no limit)"),
+    Option("conn_burst_per_ip", _positive_int, "new connections from one address at once before the rate applies"),
+    Option("limit_loopback", _boolean, "apply the per-address limits to loopback clients too (yes/no)"),
+    Option("max_subneg_bytes", _positive_int, "telnet subnegotiation bytes buffered before disconnecting"),
+    Option(
+        "telnet_rate",
+        _non_negative_int,
+        "bytes per second of telnet commands processed per client; excess waits (0: no limit)",
+    ),
 )
 
 

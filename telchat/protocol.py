@@ -11,7 +11,7 @@ import asyncio
 import codecs
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import telnetlib3
@@ -19,6 +19,7 @@ from telnetlib3.fingerprinting import _is_maybe_mud
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
 
 from telchat.logs import get_logger
+from telchat.telnetguard import ConnectionGuard, Guards
 
 log = get_logger("telchat.protocol")
 
@@ -37,17 +38,44 @@ class ChunkReader(TelnetReaderUnicode):
 
 class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
+    #: The server's connection limits, set on a per-server subclass by `guarded`.
+    guards: Guards | None = None
+    guard: ConnectionGuard | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, **kwargs)
 
+    @classmethod
+    def guarded(cls, guards: Guards) -> type[ChatTelnetServer]:
+        # telnetlib3 wants a class to instantiate, so the limits ride on a subclass.
+        return type(cls.__name__, (cls,), {"guards": guards})
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         self.conn_id = next(_conn_ids)
+        if self.guards is not None:
+            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport))
+            if self.guard is None:
+                # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
+                self._closing = True
+                return
+        super().connection_made(transport)
         assert self.writer is not None
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
+        if self.guard is not None:
+            self.guard.start()
         log.info("connect", conn_id=self.conn_id, peer=peer_of(transport))
+
+    def data_received(self, data: bytes) -> None:
+        if self.guard is None:
+            super().data_received(data)
+        else:
+            self.guard.received(data, super().data_received)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.guard is not None:
+            self.guard.closed()
+        super().connection_lost(exc)
 
 
 def peer_of(transport: asyncio.BaseTransport | None) -> str:

@@ -11,7 +11,8 @@ from telchat.config import Config
 from telchat.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
 
-TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5)
+# No fakelag: scripted clients type faster than people; test_flood.py turns it back on.
+TEST_CONFIG = Config(host="127.0.0.1", port=0, connect_maxwait=0.25, shutdown_grace=0.5, flood_rate=0)
 
 
 @pytest.fixture(scope="session", autouse=True)

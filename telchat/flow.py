@@ -1,0 +1,84 @@
+"""Read flow control for one connection: stop reading while anything says so.
+
+Several parts of the server may want a connection's reading paused at once (fakelag while
+a line waits its turn, telnetlib3's reader when its buffer is full, the telnet guard when
+commands come too fast). Each holds the gate under its own name; the socket is read again
+only when no hold is left. While nothing is read the kernel's buffers fill and the sender
+blocks: backpressure instead of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+
+class ReadGate:
+    __slots__ = ("_closed", "_holds", "_on_resume", "_transport", "cut")
+
+    def __init__(self, transport: asyncio.ReadTransport, on_resume: Callable[[], None] | None = None) -> None:
+        self._transport = transport
+        self._on_resume = on_resume
+        self._holds: set[str] = set()
+        self._closed = asyncio.Event()
+        #: Why the connection layer cut this connection (a limit kind), if it did.
+        self.cut: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._holds)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def hold(self, name: str) -> None:
+        if not self._holds and not self.closed:
+            self._transport.pause_reading()
+        self._holds.add(name)
+
+    def release(self, name: str) -> None:
+        if name not in self._holds:
+            return
+        self._holds.discard(name)
+        if self._holds or self.closed:
+            return
+        self._transport.resume_reading()
+        if self._on_resume is not None:
+            asyncio.get_running_loop().call_soon(self._on_resume)
+
+    def close(self) -> None:
+        """The connection is gone: wake every sleeper."""
+        self._holds.clear()
+        self._closed.set()
+
+    async def sleep(self, seconds: float, name: str) -> bool:
+        """Sleep with reading held; return False, early, if the connection closes meanwhile."""
+        self.hold(name)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), seconds)
+        finally:
+            self.release(name)
+        return not self.closed
+
+    def handle(self, name: str) -> Handle:
+        """A stand-in transport for code that pauses and resumes reading by itself."""
+        return Handle(self, name)
+
+
+class Handle:
+    """What telnetlib3's reader takes for its transport: its pauses become one named hold."""
+
+    __slots__ = ("_gate", "_name")
+
+    def __init__(self, gate: ReadGate, name: str) -> None:
+        self._gate = gate
+        self._name = name
+
+    def pause_reading(self) -> None:
+        self._gate.hold(self._name)
+
+    def resume_reading(self) -> None:
+        self._gate.release(self._name)
