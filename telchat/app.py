@@ -25,7 +25,7 @@ from telchat.protocol import (
 from telchat.rooms import Chat
 from telchat.session import Session
 from telchat.store import HistoryStore, MemoryStore
-from telchat.telnetguard import Guards
+from telchat.telnetguard import Guards, keep_no_closed_clients
 
 log = get_logger("telchat.app")
 
@@ -62,6 +62,7 @@ class App:
             connect_maxwait=self.config.connect_maxwait,
             timeout=0,
         )
+        keep_no_closed_clients(self._server)
         log.info("listening", host=self.config.host, port=self.port)
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:

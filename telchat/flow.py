@@ -5,13 +5,20 @@ a line waits its turn, telnetlib3's reader when its buffer is full, the telnet g
 commands come too fast). Each holds the gate under its own name; the socket is read again
 only when no hold is left. While nothing is read the kernel's buffers fill and the sender
 blocks: backpressure instead of memory.
+
+A paused socket reports no EOF, so a sleeper asks the kernel directly whether the peer has
+hung up: a flooder that leaves must not go on speaking its backlog for hours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 from collections.abc import Callable
+
+# Peer hung up, reset, or (Linux) shut down its sending side: seen without reading a byte.
+_HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
 class ReadGate:
@@ -54,14 +61,26 @@ class ReadGate:
         self._closed.set()
 
     async def sleep(self, seconds: float, name: str) -> bool:
-        """Sleep with reading held; return False, early, if the connection closes meanwhile."""
+        """Sleep with reading held; False (early, if need be) when the peer is gone."""
+        if self.peer_gone():
+            return False
         self.hold(name)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), seconds)
         finally:
             self.release(name)
-        return not self.closed
+        return not self.peer_gone()
+
+    def peer_gone(self) -> bool:
+        if self.closed:
+            return True
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), _HANGUP)
+        return bool(poller.poll(0))
 
     def handle(self, name: str) -> Handle:
         """A stand-in transport for code that pauses and resumes reading by itself."""

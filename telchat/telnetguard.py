@@ -21,8 +21,8 @@ from telchat.flood import Fakelag
 from telchat.flow import ReadGate
 
 IAC = 0xFF
-# Input holding telnet commands is handed to telnetlib3 this much at a time, so a limit is
-# overshot by at most one piece; plain text goes through whole.
+# Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per
+# loop turn), so a limit is overshot by at most one piece; plain text goes through whole.
 PIECE = 4096
 # The telnet byte budget holds this many seconds' worth at `telnet_rate`.
 TELNET_BURST_SECONDS = 4
@@ -106,7 +106,7 @@ class ConnectionGuard:
             process(piece)
             if self._over_limit():
                 return
-            if costly and self._budget is not None:
+            if costly:
                 self._charge(len(piece))
 
     def _next_piece(self, in_command: bool) -> bytes:
@@ -150,10 +150,30 @@ class ConnectionGuard:
         asyncio.get_running_loop().call_later(CLOSE_GRACE, self._transport.abort)
 
     def _charge(self, cost: int) -> None:
-        assert self._budget is not None
-        delay, begins = self._budget.take(cost)
+        loop = asyncio.get_running_loop()
+        delay, begins = self._budget.take(cost) if self._budget is not None else (0.0, False)
         if begins:
             limits.hit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
         if delay > 0:
             self.gate.hold("telnet")
-            self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")
+            self._timer = loop.call_later(delay, self.gate.release, "telnet")
+        elif self._pending:
+            # One piece of telnet commands per loop turn: everyone else gets a turn in between.
+            self.gate.hold("turn")
+            loop.call_soon(self.gate.release, "turn")
+
+
+class _Discard:
+    """A queue that keeps nothing."""
+
+    def put_nowait(self, item: object) -> None:
+        return None
+
+
+def keep_no_closed_clients(server: Any) -> None:
+    """Stop telnetlib3 keeping the last 1000 negotiated connections for `wait_for_client`.
+
+    We never call it, so every closed connection there would live on with whatever its
+    reader still buffered: up to hundreds of MiB that an attacker can choose to fill.
+    """
+    server._new_client = _Discard()
