@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 Clock = Callable[[], float]
 
+# A wait this short is float rounding in the refill, not a sender ahead of its rate.
+_NEGLIGIBLE = 1e-9
+
 
 class TokenBucket:
     __slots__ = ("_burst", "_clock", "_level", "_rate", "_stamp")
@@ -35,12 +38,16 @@ class TokenBucket:
         """Take `cost` tokens, into debt if need be; return the seconds the taker must wait."""
         self._refill()
         self._level -= cost
-        return max(0.0, -self._level / self._rate)
+        return self._wait(-self._level)
 
     def wait_time(self, cost: float = 1.0) -> float:
         """Seconds until `cost` tokens are there, without taking any."""
         self._refill()
-        return max(0.0, (cost - self._level) / self._rate)
+        return self._wait(cost - self._level)
+
+    def _wait(self, shortfall: float) -> float:
+        seconds = shortfall / self._rate
+        return seconds if seconds > _NEGLIGIBLE else 0.0
 
     @property
     def full(self) -> bool:
