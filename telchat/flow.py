@@ -6,8 +6,9 @@ commands come too fast). Each holds the gate under its own name; the socket is r
 only when no hold is left. While nothing is read the kernel's buffers fill and the sender
 blocks: backpressure instead of memory.
 
-A paused socket reports no EOF, so a sleeper asks the kernel directly whether the peer has
-hung up: a flooder that leaves must not go on speaking its backlog for hours.
+A paused socket reports no EOF, so whoever holds input back asks the kernel directly whether
+the peer has hung up: a flooder that leaves takes its unprocessed excess with it, instead of
+going on speaking its backlog for hours.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
 class ReadGate:
-    __slots__ = ("_closed", "_holds", "_on_resume", "_transport", "cut")
+    __slots__ = ("_closed", "_holds", "_on_release", "_transport", "cut")
 
-    def __init__(self, transport: asyncio.ReadTransport, on_resume: Callable[[], None] | None = None) -> None:
+    def __init__(self, transport: asyncio.ReadTransport, on_release: Callable[[], None] | None = None) -> None:
         self._transport = transport
-        self._on_resume = on_resume
+        # Called soon after any hold is released, paused or not: its owner may have input waiting.
+        self._on_release = on_release
         self._holds: set[str] = set()
         self._closed = asyncio.Event()
         #: Why the connection layer cut this connection (a limit kind), if it did.
@@ -35,6 +37,10 @@ class ReadGate:
     @property
     def paused(self) -> bool:
         return bool(self._holds)
+
+    def held(self, besides: str) -> bool:
+        """Is reading held for any reason other than `besides`?"""
+        return any(name != besides for name in self._holds)
 
     @property
     def closed(self) -> bool:
@@ -49,11 +55,12 @@ class ReadGate:
         if name not in self._holds:
             return
         self._holds.discard(name)
-        if self._holds or self.closed:
+        if self.closed:
             return
-        self._transport.resume_reading()
-        if self._on_resume is not None:
-            asyncio.get_running_loop().call_soon(self._on_resume)
+        if not self._holds:
+            self._transport.resume_reading()
+        if self._on_release is not None:
+            asyncio.get_running_loop().call_soon(self._on_release)
 
     def close(self) -> None:
         """The connection is gone: wake every sleeper."""

@@ -30,6 +30,8 @@ TELNET_BURST_SECONDS = 4
 CLOSE_GRACE = 1.0
 
 Process = Callable[[bytes], None]
+# The gate hold for "input received but not yet handed on".
+PENDING = "pending"
 
 
 class Guards:
@@ -74,7 +76,8 @@ class ConnectionGuard:
         self._offset = 0
         self._process: Process | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.gate = ReadGate(transport, on_resume=self._work)
+        self._scheduled = False
+        self.gate = ReadGate(transport, on_release=self._schedule)
 
     def start(self) -> None:
         """telnetlib3 is set up: let its reader pause us when its buffer is full."""
@@ -97,9 +100,29 @@ class ConnectionGuard:
             self._release()
             self._release = None
 
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._scheduled = False
+        if self._pending and self.gate.peer_gone():
+            # Input waits here only while this client is held back; its excess leaves with it.
+            self._pending = b""
+            self._transport.abort()
+            return
+        self._work()
+
     def _work(self) -> None:
+        """Hand pending input to telnetlib3 while nothing holds reading, one costly piece a turn.
+
+        While input is pending the socket is not read: what waits here is one receive's worth.
+        """
         process = self._process
-        while process is not None and self._pending and not (self.gate.paused or self.gate.closed or self.gate.cut):
+        while (
+            process is not None and self._pending and not (self.gate.held(PENDING) or self.gate.closed or self.gate.cut)
+        ):
             costly = self._protocol.writer.is_oob
             piece = self._next_piece(costly)
             costly = costly or IAC in piece
@@ -108,6 +131,14 @@ class ConnectionGuard:
                 return
             if costly:
                 self._charge(len(piece))
+                if self._pending:
+                    # Everyone else gets a turn before the next piece of telnet commands.
+                    self._schedule()
+                    break
+        if self._pending:
+            self.gate.hold(PENDING)
+        else:
+            self.gate.release(PENDING)
 
     def _next_piece(self, in_command: bool) -> bytes:
         data, start = self._pending, self._offset
@@ -150,17 +181,14 @@ class ConnectionGuard:
         asyncio.get_running_loop().call_later(CLOSE_GRACE, self._transport.abort)
 
     def _charge(self, cost: int) -> None:
-        loop = asyncio.get_running_loop()
-        delay, begins = self._budget.take(cost) if self._budget is not None else (0.0, False)
+        if self._budget is None:
+            return
+        delay, begins = self._budget.take(cost)
         if begins:
             limits.hit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
         if delay > 0:
             self.gate.hold("telnet")
-            self._timer = loop.call_later(delay, self.gate.release, "telnet")
-        elif self._pending:
-            # One piece of telnet commands per loop turn: everyone else gets a turn in between.
-            self.gate.hold("turn")
-            loop.call_soon(self.gate.release, "turn")
+            self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")
 
 
 class _Discard:

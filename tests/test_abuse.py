@@ -13,12 +13,14 @@ import pytest
 import telchat.commands
 from telchat.app import App
 from telchat.counters import COUNTERS
+from tests.attack import Attacker
 from tests.clients import LineClient, RawClient, TelnetClient
 from tests.conftest import Connect, with_config
 from tests.health import Memory, assert_healthy, session_of
 from tests.test_commands import user
 
 MiB = 1 << 20
+GOODBYE = b"*** have a nice day ***\r\n"
 
 ATTACKS = [
     # CSI: clear screen, colours, alternate screen, cursor moves, queries the terminal answers
@@ -203,14 +205,12 @@ async def test_ten_mib_without_newline(connect: Connect, port: int, app: App) ->
     bob = await user(connect, "bob", "room")
     payload = b"A" * (10 * MiB)
     with Memory() as memory:
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"login eve\r\njoin room\r\n")
+        eve = Attacker.joined(port, "eve")
         await bob.read_until("*** User eve joined room #room")
-        with pytest.raises(OSError):
-            # The server hangs up after 8 KiB; the rest can never be sent.
-            await asyncio.to_thread(sock.sendall, payload)
+        said = await eve.send_and_read_all(payload)  # the server hangs up after 8 KiB
+        assert said.endswith(b"*** Input of over 8192 bytes without a newline; disconnecting.\r\n" + GOODBYE)
         assert await bob.read_line() == "*** User eve quit (input overflow)"
-        sock.close()
+        await eve.reset()
         assert memory.peak < 2 * MiB
         await assert_healthy(app, bob)
         assert memory.grown < MiB // 2
@@ -272,21 +272,17 @@ async def test_connect_and_vanish_storm(connect: Connect, port: int, app: App) -
 async def test_reset_mid_line_and_mid_negotiation(connect: Connect, port: int, app: App) -> None:
     bob = await user(connect, "bob", "room")
     for payload in (b"\xff\xfa\x18", b"login x\r\njoin room\r\nhalf a li", b"\xff"):
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(payload)
+        ghost = Attacker(port)
+        ghost.sock.sendall(payload)
         await asyncio.sleep(0.05)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.close()
+        await ghost.reset()
     await assert_healthy(app, bob)
 
 
 @pytest.mark.parametrize("config", [with_config(sendq_bytes=32768)])
 async def test_reader_that_never_reads_is_cut_at_its_sendq(connect: Connect, port: int, app: App) -> None:
     before = COUNTERS.value("limits", kind="sendq")
-    sloth = socket.socket()
-    sloth.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sloth.connect(("127.0.0.1", port))
-    sloth.sendall(b"login sloth\r\njoin busy\r\n")
+    sloth = Attacker.joined(port, "sloth", "busy", rcvbuf=4096)
     bob = await user(connect, "bob", "busy")
     # A slow link: without this, loopback's kernel buffers soak up megabytes first.
     transport = app.sessions[await session_of(app, "sloth")]
@@ -309,7 +305,7 @@ async def test_reader_that_never_reads_is_cut_at_its_sendq(connect: Connect, por
             assert said == [f"#busy:t{n}> {i} {payload}" for i in range(200)]
     assert COUNTERS.value("limits", kind="sendq") == before + 1
     assert COUNTERS.value("disconnects", reason="sendq") >= 1
-    sloth.close()
+    await sloth.reset()
     await assert_healthy(app, bob, *talkers)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from hypothesis import given
@@ -13,6 +12,7 @@ from telchat import replies
 from telchat.app import App
 from telchat.counters import COUNTERS
 from telchat.flood import Fakelag, TokenBucket
+from tests.attack import Attacker
 from tests.clients import RawClient
 from tests.conftest import Connect, with_config
 from tests.health import Memory, assert_healthy, session_of, settled
@@ -131,20 +131,15 @@ async def test_flooder_gets_backpressure_and_memory_stays_bounded(connect: Conne
     bob = await user(connect, "bob", "room")
     flood = b"spam spam spam spam\r\n" * (8 * MiB // 21)
     with Memory() as memory:
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        sock.sendall(b"login eve\r\njoin room\r\n")
+        eve = Attacker.joined(port, "eve")
         await bob.read_until("*** User eve joined room #room")
-        sending = asyncio.create_task(asyncio.to_thread(sock.sendall, flood))
+        sending = eve.flood(flood)
         await asyncio.sleep(1.5)
         assert not sending.done()  # the kernel pushes back on her: the server is not reading
         assert memory.peak < 3 * MiB
         assert (await bob.read_line()).startswith("#room:eve> spam")
-        # She hangs up with megabytes still unsaid: her backlog goes with her.
-        sock.shutdown(socket.SHUT_RDWR)
-        with pytest.raises(OSError):
-            await sending
-        sock.close()
+        # She vanishes with megabytes still unsaid: her backlog goes with her.
+        await eve.reset()
         lines = await bob.read_until("*** User eve quit")
         assert len(lines) < 10
         await assert_healthy(app, bob)
