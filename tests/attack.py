@@ -39,6 +39,18 @@ class Attacker:
         await asyncio.to_thread(self._send, data)
         return await asyncio.to_thread(self._read_all)
 
+    async def read_until(self, marker: bytes) -> bytes:
+        return await asyncio.to_thread(self._read_until, marker)
+
+    def _read_until(self, marker: bytes) -> bytes:
+        received = b""
+        while marker not in received:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"closed before {marker!r}; got {received!r}")
+            received += chunk
+        return received
+
     def _read_all(self) -> bytes:
         received = b""
         with contextlib.suppress(OSError):
