@@ -258,15 +258,19 @@ async def flooder(run: Run, n: int) -> None:
 
 
 async def slow_reader(run: Run, n: int) -> None:
-    """Joins a busy room and never reads; when cut off, comes back as someone new."""
+    """Lurks in every room and never reads; when cut off, comes back as someone new."""
     generation = 0
     while run.running:
         generation += 1
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # An Ethernet-sized segment, as over a real link: with loopback's 64 KiB segments the
+        # server's kernel would buffer megabytes for it before the server's own queue grew.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1400)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (HOST, run.port))
-        sock.send(f"login slow{n}x{generation}\r\njoin {run.room(n)}\r\n".encode())
+        joins = "".join(f"join {run.room(room)}\r\n" for room in range(run.args.rooms))
+        sock.send(f"login slow{n}x{generation}\r\n{joins}".encode())
         run.tally.events["slow reader joined"] += 1
         if await cut_off(run, sock):
             run.tally.events["slow reader cut off"] += 1
