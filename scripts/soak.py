@@ -183,6 +183,9 @@ class Run:
     tally: Tally = field(default_factory=Tally)
     members: dict[str, list[str]] = field(default_factory=dict)
     listeners: list[asyncio.Task[None]] = field(default_factory=list)
+    said: dict[str, int] = field(default_factory=dict)  # normal user -> last line number sent
+    heard: dict[str, int] = field(default_factory=dict)  # normal user -> last own line heard back
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def running(self) -> bool:
@@ -200,7 +203,7 @@ async def normal_user(run: Run, n: int) -> Client:
     await client.send(f"join {room}")
     await client.until(f"*** User {nick} joined room #{room}")
     run.members.setdefault(room, []).append(nick)
-    run.listeners.append(asyncio.create_task(listen(run, client)))
+    run.listeners.append(asyncio.create_task(listen(run, client, str(n))))
     return client
 
 
@@ -213,12 +216,13 @@ async def chat(run: Run, n: int, client: Client) -> None:
         if not run.running:
             return
         seq += 1
+        run.said[str(n)] = seq
         run.tally.sent["normal"] += 1
         run.tally.expected += len(run.members[run.room(n)])
         await client.send(f"m{n}-{seq} " + "z" * rng.randint(10, 300))
 
 
-async def listen(run: Run, client: Client) -> None:
+async def listen(run: Run, client: Client, me: str) -> None:
     last: dict[str, int] = {}
     while (line := await client.line()) is not None:
         if unsafe(line):
@@ -231,6 +235,16 @@ async def listen(run: Run, client: Client) -> None:
         if int(seq) <= last.get(sender, 0):
             run.tally.out_of_order += 1
         last[sender] = int(seq)
+        if sender == me:
+            run.heard[me] = int(seq)
+            run.progress.set()
+
+
+async def all_heard(run: Run) -> None:
+    """Until every normal user has heard its own last line: the same turn delivers it to all."""
+    while any(run.heard.get(sender, 0) < seq for sender, seq in run.said.items()):
+        run.progress.clear()
+        await run.progress.wait()
 
 
 async def flooder(run: Run, n: int) -> None:
@@ -392,7 +406,9 @@ async def soak(server: Server, args: argparse.Namespace) -> tuple[Run, Samples]:
     others += [asyncio.create_task(disconnector(run, n)) for n in range(args.disconnectors)]
     others.append(asyncio.create_task(sample_server(server, run, samples, started)))
     await asyncio.gather(*others, *users)
-    await asyncio.sleep(args.settle)  # for the last lines to arrive
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_heard(run), args.settle)
+    await asyncio.sleep(0.2)
     for listener in run.listeners:
         listener.cancel()
     for client in clients:
@@ -472,9 +488,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--flooders", type=int, default=4)
     parser.add_argument("--slow-readers", type=int, default=4)
     parser.add_argument("--disconnectors", type=int, default=6)
-    parser.add_argument("--pace", type=float, default=1.5, help="mean seconds between a normal user's lines")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=1.5,
+        help="mean seconds between a normal user's lines; keep it well above 1/flood-rate, or fakelag holds them back",
+    )
     parser.add_argument("--max-messages", type=int, default=1_000_000, help="stop after this many normal lines")
-    parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait for the last deliveries")
+    parser.add_argument("--settle", type=float, default=10.0, help="at most this long for the last deliveries")
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS/fd samples")
     parser.add_argument("--json", type=Path, help="also write the summary here, as JSON")
     args = parser.parse_args(ours)

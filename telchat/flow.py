@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
+import socket
+import struct
 from collections.abc import Callable
 
 # Peer hung up, reset, or (Linux) shut down its sending side: seen without reading a byte.
@@ -25,7 +27,7 @@ _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 class ReadGate:
     __slots__ = ("_closed", "_holds", "_on_release", "_transport", "cut")
 
-    def __init__(self, transport: asyncio.ReadTransport, on_release: Callable[[], None] | None = None) -> None:
+    def __init__(self, transport: asyncio.Transport, on_release: Callable[[], None] | None = None) -> None:
         self._transport = transport
         # Called soon after any hold is released, paused or not: its owner may have input waiting.
         self._on_release = on_release
@@ -88,6 +90,15 @@ class ReadGate:
         poller = select.poll()
         poller.register(sock.fileno(), _HANGUP)
         return bool(poller.poll(0))
+
+    def drop(self) -> None:
+        """Close now, discarding what is queued, in the kernel too: a reset, not a FIN that
+        would wait (for minutes) behind output the peer is not reading."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()
 
     def handle(self, name: str) -> Handle:
         """A stand-in transport for code that pauses and resumes reading by itself."""

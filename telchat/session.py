@@ -136,7 +136,10 @@ class Session:
         user = self.user
         limits.hit("sendq", conn_id=user.conn_id, peer=user.peer, nick=user.nick, bytes=self._config.sendq_bytes)
         self.chat.disconnect(self.user, replies.SENDQ_EXCEEDED)
-        self._close()
+        if self._gate is not None:
+            self._gate.drop()
+        else:
+            self._close()
 
     def finish(self, reason: str) -> None:
         """The connection is gone (or going): clean up and log why. Idempotent."""

@@ -110,7 +110,7 @@ class ConnectionGuard:
         if self._pending and self.gate.peer_gone():
             # Input waits here only while this client is held back; its excess leaves with it.
             self._pending = b""
-            self._transport.abort()
+            self.gate.drop()
             return
         self._work()
 
@@ -174,11 +174,13 @@ class ConnectionGuard:
             sendq=self._transport.get_write_buffer_size(),
         )
         if notice is None:
-            self._transport.abort()
+            self.gate.drop()
             return
         self._transport.write(notice.encode() + b"\r\n")
         self._transport.close()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, self._transport.abort)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, self.gate.drop)
 
     def _charge(self, cost: int) -> None:
         if self._budget is None:

@@ -90,6 +90,14 @@ def assert_inert(data: bytes) -> None:
         assert category != "Cf" or ch == "\u200d", f"{ch!r} in {text!r}"
 
 
+async def room_with(connect: Connect, *nicks: str) -> list[LineClient]:
+    """Users in #room, in this order, with everything so far read."""
+    clients = [await user(connect, nick, "room") for nick in nicks]
+    for client in clients:
+        await client.drain(0.05)
+    return clients
+
+
 async def received(client: LineClient, until: str) -> bytes:
     lines = await client.read_until(until)
     return "".join(line + "\r\n" for line in lines).encode()
@@ -179,9 +187,7 @@ async def test_invisible_letters_make_no_nick_or_room(connect: Connect, filler: 
 
 
 async def test_invalid_utf8_and_0xff_bytes(connect: Connect, app: App) -> None:
-    bob = await user(connect, "bob", "room")
-    eve = await user(connect, "eve", "room")
-    await bob.drain()
+    bob, eve = await room_with(connect, "bob", "eve")
     junk = [
         b"\xc3\x28 bad pair",
         b"\xed\xa0\x80 surrogate",
@@ -227,9 +233,7 @@ async def test_lines_byte_at_a_time(connect: Connect, app: App, kind: str) -> No
 
 
 async def test_thousand_lines_in_one_write(connect: Connect, app: App) -> None:
-    bob = await user(connect, "bob", "room")
-    ann = await user(connect, "ann", "room")
-    await bob.drain()
+    bob, ann = await room_with(connect, "bob", "ann")
     await ann.send_bytes(b"".join(b"line %d\r\n" % i for i in range(1000)))
     lines = await bob.read_until("#room:ann> line 999")
     assert lines == [f"#room:ann> line {i}" for i in range(1000)]
@@ -312,9 +316,7 @@ async def test_reader_that_never_reads_is_cut_at_its_sendq(connect: Connect, por
 async def test_an_exception_in_a_command_touches_nobody_else(
     connect: Connect, app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bob = await user(connect, "bob", "room")
-    eve = await user(connect, "eve", "room")
-    await bob.drain()
+    bob, eve = await room_with(connect, "bob", "eve")
     real = telchat.commands.execute
 
     async def flaky(ctx: telchat.commands.Context, line: str) -> None:
@@ -334,9 +336,7 @@ async def test_an_exception_in_a_command_touches_nobody_else(
 async def test_an_exception_outside_commands_ends_only_that_session(
     connect: Connect, app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bob = await user(connect, "bob", "room")
-    eve = await user(connect, "eve", "room")
-    await bob.drain()
+    bob, eve = await room_with(connect, "bob", "eve")
     real = telchat.session.sanitize
 
     def broken(text: str) -> str:
@@ -362,11 +362,7 @@ class ExplodingSink:
 
 
 async def test_a_failing_recipient_does_not_cost_the_others_their_lines(connect: Connect, app: App) -> None:
-    bob = await user(connect, "bob", "room")
-    eve = await user(connect, "eve", "room")
-    ann = await user(connect, "ann", "room")
-    for client in (bob, eve, ann):
-        await client.drain()
+    bob, eve, ann = await room_with(connect, "bob", "eve", "ann")
     # Flushed in join order: bob before the broken eve, ann after her.
     (await session_of(app, "eve")).user.outbox._sink = ExplodingSink()
     for i in range(3):

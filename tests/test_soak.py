@@ -17,7 +17,7 @@ def test_short_soak_loses_nothing(tmp_path: Path) -> None:
             sys.executable,
             "scripts/soak.py",
             *("--seconds", "5", "--users", "6", "--rooms", "2", "--flooders", "1"),
-            *("--slow-readers", "1", "--disconnectors", "3", "--pace", "0.5"),
+            *("--slow-readers", "1", "--disconnectors", "3", "--pace", "0.7"),
             *("--sample-every", "1", "--settle", "2", "--json", str(out)),
             "--",
             "--sendq-bytes=16384",
