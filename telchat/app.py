@@ -28,6 +28,7 @@ from telchat.services import make_services
 from telchat.session import Session
 from telchat.store import Store
 from telchat.store_url import make_store
+from telchat.telnetguard import Guards
 from telchat.terminal import Terminal
 from telchat.tls import server_context
 
@@ -42,6 +43,7 @@ class App:
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
+        self.guards = Guards(config)
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self.status = ServerStatus(self.chat, config.server_name)
@@ -71,7 +73,7 @@ class App:
         log.info("listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers)
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait)
+        factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards)
         return await asyncio.get_running_loop().create_server(
             factory, self.config.host, port, ssl=tls, reuse_port=self.config.workers > 1 or None
         )
@@ -101,6 +103,7 @@ class App:
             charset=charset,
             services=self.services,
             hide_input=terminal.hide_input,
+            gate=protocol.guard.gate if protocol.guard is not None else None,
         )
         self.sessions[session] = transport
         task = asyncio.current_task()

@@ -7,6 +7,7 @@ defaults and the `Config` fields all come from that table, so they cannot drift 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -44,6 +45,15 @@ class Config:
     argon2_parallelism: int = 1
     hash_concurrency: int = 2
     login_failures: int = 3
+    flood_burst: int = 5
+    flood_rate: float = 2.0
+    max_connections: int = 10000
+    max_conns_per_ip: int = 10
+    conn_rate_per_ip: float = 1.0
+    conn_burst_per_ip: int = 20
+    limit_loopback: bool = False
+    max_subneg_bytes: int = 8192
+    telnet_rate: int = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +77,7 @@ def _number(name: str, convert: Callable[[str], float], low: float, high: float 
 
     def parse(text: str) -> Any:
         value = convert(text)
-        if value < low or (high is not None and value > high):
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
             limit = f"{low}-{high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
         return value
@@ -81,6 +91,17 @@ lines = _number("lines", int, 0)
 port = _number("port", int, 0, 65535)
 seconds = _number("seconds", float, 0)
 argon2_memory = _number("argon2_memory", int, 8)
+rate = _number("rate", float, 0)
+
+
+def boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _BOOLEANS:
+        raise argparse.ArgumentTypeError(f"must be yes or no, got {text!r}")
+    return _BOOLEANS[word]
+
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -146,6 +167,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("argon2_parallelism", count, "argon2id lanes per password hash"),
     Option("hash_concurrency", count, "password hashes computed at once, in worker threads"),
     Option("login_failures", count, "failed logins allowed per minute, per address and per nick"),
+    Option("flood_burst", count, "lines a client may send at once before fakelag delays them"),
+    Option("flood_rate", rate, "lines per second a client may send past the burst (0: no flood control)"),
+    Option("max_connections", count, "connections the server accepts at once"),
+    Option("max_conns_per_ip", lines, "connections at once from one address (0: no limit)"),
+    Option("conn_rate_per_ip", rate, "new connections per second from one address, past the burst (0: no limit)"),
+    Option("conn_burst_per_ip", count, "new connections from one address at once before the rate applies"),
+    Option("limit_loopback", boolean, "apply the per-address limits to loopback clients too (yes/no)"),
+    Option("max_subneg_bytes", count, "telnet subnegotiation bytes buffered before disconnecting"),
+    Option(
+        "telnet_rate",
+        lines,
+        "bytes per second of telnet commands processed per client; excess waits (0: no limit)",
+    ),
 )
 
 

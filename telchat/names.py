@@ -40,6 +40,11 @@ _CONFUSABLES = str.maketrans(
 )  # fmt: skip
 
 
+# Letters that render as blank space (Hangul fillers): a nick or room made of them, or
+# padded with them, looks like nothing or like someone else's.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0")
+
+
 class NameError_(ValueError):
     """A nick or room name that breaks the rules; the message is shown to the user."""
 
@@ -52,6 +57,14 @@ def _is_ascii_digit(ch: str) -> bool:
     return "0" <= ch <= "9"
 
 
+def _is_visible_letter(ch: str) -> bool:
+    return ch.isalpha() and ch not in _INVISIBLE
+
+
+def _is_room_char(ch: str) -> bool:
+    return _is_visible_letter(ch) or _is_ascii_digit(ch) or ch in "_-."
+
+
 def nick_key(nick: str) -> str:
     """The identity of a nick: case- and lookalike-insensitive."""
     return unicodedata.normalize("NFKC", nick).casefold().translate(_CONFUSABLES)
@@ -60,12 +73,12 @@ def nick_key(nick: str) -> str:
 def check_nick(raw: str) -> str:
     """Return the nick as it will be shown, or raise NameError_ with the reason."""
     nick = unicodedata.normalize("NFKC", raw)
-    if not 1 <= len(nick) <= MAX_NICK or not nick[0].isalpha():
+    if not 1 <= len(nick) <= MAX_NICK or not _is_visible_letter(nick[0]):
         raise NameError_(f"Invalid nick {raw!r}: {NICK_RULE}")
     scripts = {_script(ch) for ch in nick if ch.isalpha()}
     if len(scripts) > 1:
         raise NameError_(f"Invalid nick {raw!r}: letters must all be of one script")
-    if not all(ch.isalpha() or _is_ascii_digit(ch) or ch in "_-" for ch in nick):
+    if not all(_is_visible_letter(ch) or _is_ascii_digit(ch) or ch in "_-" for ch in nick):
         raise NameError_(f"Invalid nick {raw!r}: {NICK_RULE}")
     if nick_key(nick) in RESERVED:
         raise NameError_(f"Nick {nick} is reserved")
@@ -75,7 +88,7 @@ def check_nick(raw: str) -> str:
 def check_room(raw: str) -> str:
     """Return the room name without its leading '#', or raise NameError_."""
     name = unicodedata.normalize("NFKC", raw.removeprefix("#"))
-    if not 1 <= len(name) <= MAX_ROOM or not all(ch.isalpha() or _is_ascii_digit(ch) or ch in "_-." for ch in name):
+    if not 1 <= len(name) <= MAX_ROOM or not all(_is_room_char(ch) for ch in name):
         raise NameError_(f"Invalid room name {raw!r}: {ROOM_RULE}")
     return name
 

@@ -14,6 +14,10 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from telchat.logs import get_logger
+
+log = get_logger("telchat.outbox")
+
 CRLF = "\r\n"
 
 
@@ -56,7 +60,12 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for outbox in dirty:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception:
+                # One recipient's failure must not cost everyone after it their lines.
+                log.exception("flush_failed")
+                outbox.close()
 
 
 class Outbox:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import telnetlib3
@@ -21,6 +21,7 @@ from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, 
 from telchat import charsets
 from telchat.liveness import enable_keepalive
 from telchat.logs import get_logger
+from telchat.telnetguard import ConnectionGuard, Guards
 
 log = get_logger("telchat.protocol")
 
@@ -42,17 +43,28 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     passthrough = False
     _late_checked = False
     on_resize: Callable[[int], None] | None = None
+    #: The server's connection limits (set by `protocol_factory`), and this connection's.
+    guards: Guards | None = None
+    guard: ConnectionGuard | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         self.conn_id = next(_conn_ids)
+        if self.guards is not None:
+            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport))
+            if self.guard is None:
+                # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
+                self._closing = True
+                return
+        super().connection_made(transport)
         assert self.writer is not None
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
         enable_keepalive(transport)
+        if self.guard is not None:
+            self.guard.start()
         log.info("connect", conn_id=self.conn_id, peer=peer_of(transport))
 
     def begin_advanced_negotiation(self) -> None:
@@ -63,6 +75,12 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
             self.writer.iac(WILL, option)
 
     def data_received(self, data: bytes) -> None:
+        if self.guard is None:
+            self._receive(data)
+        else:
+            self.guard.received(data, self._receive)
+
+    def _receive(self, data: bytes) -> None:
         if self.passthrough:
             if self._late_checked or not _late_negotiation(data):
                 self._late_checked = True
@@ -71,6 +89,11 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 return
             self.passthrough = False
         super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.guard is not None:
+            self.guard.closed()
+        super().connection_lost(exc)
 
     def on_request_charset(self) -> list[str]:
         return ["UTF-8", "CP1251", "KOI8-R", "ISO-8859-1"]
@@ -86,15 +109,18 @@ def _late_negotiation(data: bytes) -> bool:
     return len(data) >= 3 and data[0] == IAC[0] and data[1] in (DO[0], DONT[0], WILL[0], WONT[0])
 
 
-def protocol_factory(shell: Shell, connect_maxwait: float) -> Callable[[], ChatTelnetServer]:
+def protocol_factory(
+    shell: Shell, connect_maxwait: float, guards: Guards | None = None
+) -> Callable[[], ChatTelnetServer]:
     """telnetlib3's server protocol, configured for a chat server rather than its defaults.
 
     The listener itself is asyncio's: telnetlib3.create_server cannot set SO_REUSEPORT
-    (--workers), and its Server wrapper rescans every client on each accept.
+    (--workers), and its Server wrapper rescans every client on each accept and keeps the
+    last 1000 closed connections (with whatever their readers buffered) alive.
     """
 
     def factory() -> ChatTelnetServer:
-        return ChatTelnetServer(
+        protocol = ChatTelnetServer(
             shell=shell,
             encoding="utf8",
             # 'strict' (telnetlib3's default) kills the session on one bad byte either way.
@@ -104,6 +130,8 @@ def protocol_factory(shell: Shell, connect_maxwait: float) -> Callable[[], ChatT
             connect_maxwait=connect_maxwait,
             timeout=0,  # no idle kick: lurkers are welcome
         )
+        protocol.guards = guards
+        return protocol
 
     return factory
 
@@ -141,9 +169,11 @@ def negotiated_charset(protocol: telnetlib3.TelnetServer) -> str:
 
 
 def client_class(protocol: telnetlib3.TelnetServer) -> str:
-    if not protocol.negotiation_should_advance():
-        return "raw"
     writer = protocol.writer
+    # Raw: never answered a single option. A client that refuses everything (WONT/DONT)
+    # still speaks telnet, doubles its 0xFF bytes, and must be parsed as telnet.
+    if writer is None or not (writer.remote_option or writer.local_option):
+        return "raw"
     if writer is not None and (_is_maybe_mud(writer) or _accepted_mud_option(writer)):
         return "mud"
     return "telnet"

@@ -21,7 +21,8 @@ _ZWJ = "\u200d"
 
 
 def _is_emoji(ch: str) -> bool:
-    return unicodedata.category(ch) == "So" or ch == "\ufe0f"
+    # Emoji are So; a sequence may also end in VS16 or a skin-tone modifier (Sk) before a ZWJ.
+    return unicodedata.category(ch) == "So" or ch == "\ufe0f" or "\U0001f3fb" <= ch <= "\U0001f3ff"
 
 
 def _keep(text: str, i: int) -> str:

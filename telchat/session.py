@@ -6,15 +6,19 @@ everything the session says goes through its user's Outbox.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
 
-from telchat import commands, replies
+from telchat import commands, limits, replies
 from telchat.accounts import Answer
 from telchat.config import Config
+from telchat.counters import COUNTERS
+from telchat.flood import Fakelag
+from telchat.flow import ReadGate
 from telchat.lines import LineSplitter, Overflow, Oversize
 from telchat.logs import get_logger
 from telchat.outbox import Flusher, Outbox, Sink
@@ -23,6 +27,10 @@ from telchat.sanitize import sanitize
 from telchat.services import Services
 
 log = get_logger("telchat.session")
+
+# Input is split into lines this much at a time, so that a chunk of thousands of tiny lines
+# waiting out fakelag is held as bytes, not as thousands of line objects.
+FEED_SLICE = 4096
 
 
 class Framer(Protocol):
@@ -46,6 +54,7 @@ class Session:
         charset: str = "utf-8",
         services: Services,
         hide_input: Callable[[bool], None] = lambda hidden: None,
+        gate: ReadGate | None = None,
     ) -> None:
         self.chat = chat
         self.services = services
@@ -61,6 +70,10 @@ class Session:
         self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
         self.user.hangup = self._kicked
         self.reason: str | None = None
+        self._gate = gate
+        self._fakelag = Fakelag(config.flood_burst, config.flood_rate) if config.flood_rate else None
+        # The connection closed while a line waited out fakelag: the rest of its input is dropped.
+        self._gone = False
         self.bytes_in = 0
         self._started = time.monotonic()
 
@@ -78,22 +91,47 @@ class Session:
     async def feed(self, data: bytes) -> None:
         """Handle a chunk of input; on return, `closing` says whether to stop reading."""
         self.bytes_in += len(data)
+        for start in range(0, len(data), FEED_SLICE):
+            if self.closing or self._gone:
+                return
+            await self._feed_slice(data[start : start + FEED_SLICE])
+
+    async def _feed_slice(self, data: bytes) -> None:
         try:
             lines = self._splitter.feed(data)
         except Overflow as exc:
             # The lines completed before the overflow are lost with it: this client is abusive.
-            log.warning("limit", kind="unterminated_input", bytes=exc.args[0])
+            limits.hit("unterminated_input", bytes=exc.args[0])
             self.user.send(replies.INPUT_OVERFLOW.format(limit=self._config.max_unterminated_bytes))
             self.quit("input overflow", reason="readq")
             return
         for line in lines:
-            if self.closing:
+            if self.closing or self._gone:
+                return
+            if not await self._pace():
+                self._gone = True
                 return
             await self._handle(line)
 
+    async def _pace(self) -> bool:
+        """Fakelag: wait for this line's turn. False if the connection went away meanwhile."""
+        if self._fakelag is None:
+            return True
+        delay, begins = self._fakelag.take()
+        if begins:
+            rate = f"{self._config.flood_rate:g}"
+            limits.hit("flood", nick=self.user.nick, burst=self._config.flood_burst, rate=rate)
+            self.user.send(replies.SLOWED_DOWN.format(rate=rate))
+        if delay <= 0:
+            return True
+        if self._gate is None:
+            await asyncio.sleep(delay)
+            return True
+        return await self._gate.sleep(delay, "flood")
+
     async def _handle(self, line: bytes | str | Oversize) -> None:
         if isinstance(line, Oversize):
-            log.info("limit", kind="line_length", bytes=line.length)
+            limits.hit("line_length", level="info", bytes=line.length)
             self.user.send(replies.LINE_TOO_LONG.format(length=line.length, limit=self._config.max_line_bytes))
             return
         text = sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
@@ -147,15 +185,18 @@ class Session:
             return
         self.reason = "sendq"
         user = self.user
-        log.warning(
-            "limit", kind="sendq", conn_id=user.conn_id, peer=user.peer, nick=user.nick, bytes=self._config.sendq_bytes
-        )
+        limits.hit("sendq", conn_id=user.conn_id, peer=user.peer, nick=user.nick, bytes=self._config.sendq_bytes)
         self.chat.disconnect(self.user, replies.SENDQ_EXCEEDED)
-        self._abort()  # its queue is the problem: drop it, do not wait for it
+        if self._gate is not None:
+            self._gate.drop()
+        else:
+            self._abort()  # its queue is the problem: drop it, do not wait for it
 
     def finish(self, reason: str) -> None:
         """The connection is gone (or going): clean up and log why. Idempotent."""
-        self.reason = self.reason or reason
+        cut = self._gate.cut if self._gate is not None else None
+        self.reason = self.reason or cut or reason
+        COUNTERS.inc("disconnects", reason=self.reason)
         self.chat.disconnect(self.user, "connection closed" if reason in ("eof", "error") else self.reason)
         log.info(
             "disconnect",

@@ -14,6 +14,7 @@ from telchat.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
 
 # Cheap password hashes keep account tests fast; the cost options are what production tunes.
+# No fakelag: scripted clients type faster than people; test_flood.py turns it back on.
 TEST_CONFIG = Config(
     host="127.0.0.1",
     port=0,
@@ -22,6 +23,7 @@ TEST_CONFIG = Config(
     store="memory://",
     argon2_time_cost=1,
     argon2_memory_kib=8,
+    flood_rate=0,
 )
 
 

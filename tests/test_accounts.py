@@ -14,7 +14,7 @@ from telchat.accounts import ACCOUNT, Answer, Hasher
 from telchat.app import App
 from telchat.outbox import Flusher, Outbox
 from telchat.rooms import ChatError, User
-from tests.clients import WILL, RawClient, TelnetClient
+from tests.clients import RawClient, TelnetClient
 from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess
 from tests.test_commands import user
@@ -231,15 +231,21 @@ async def test_prompt_turns_telnet_echo_off_and_back_on(connect: Connect) -> Non
     assert not client.writer.remote_option.enabled(ECHO), "no WONT ECHO after the password"
 
 
-async def test_raw_clients_get_no_telnet_bytes_for_the_prompt(connect: Connect) -> None:
+async def test_raw_clients_get_no_telnet_bytes_for_the_prompt(connect: Connect, port: int) -> None:
     await registered(connect, "frank", "s3cret-pw")
-    raw = await connect()
-    assert isinstance(raw, RawClient)
-    await raw.send("login frank")
-    await raw.expect(PROMPT.format(nick="frank"))
-    await raw.send("s3cret-pw")
-    await raw.read_until("*** User change nick anonymous --> frank")
-    assert (WILL, ECHO[0]) not in raw.commands
+    # Raw as nc is: it never answers negotiation, so the server never sends it telnet again.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        greeting = await asyncio.wait_for(reader.readuntil(b"\r\n"), 3)
+        assert greeting.endswith(b"*** Welcome to telchat. Type help for commands.\r\n")
+        writer.write(b"login frank\r\n")
+        prompt = await asyncio.wait_for(reader.readuntil(b"\r\n"), 3)
+        assert prompt == (PROMPT.format(nick="frank") + "\r\n").encode()
+        writer.write(b"s3cret-pw\r\n")
+        done = await asyncio.wait_for(reader.readuntil(b"anonymous --> frank\r\n"), 3)
+        assert b"\xff" not in prompt + done
+    finally:
+        writer.close()
 
 
 async def test_no_log_line_holds_a_password() -> None:

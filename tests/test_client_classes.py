@@ -267,7 +267,7 @@ async def test_keepalive_on_every_socket(app: App, connect: Connect) -> None:
 async def test_negotiated_event_names_class_term_size_charset() -> None:
     server = ServerProcess()
     try:
-        raw = await RawClient.connect(server.port)
+        raw = await NcClient.connect(server.port)  # never answers negotiation: raw
         tel = await TermClient.connect(server.port)
         mudc = await MudClient.connect(server.port)
         events = {
@@ -280,8 +280,9 @@ async def test_negotiated_event_names_class_term_size_charset() -> None:
         assert events["telnet"]["charset"] == "utf-8"
         assert events["mud"]["mode"] == "line"
         assert events["raw"]["mode"] == "line"
-        for client in (raw, tel, mudc):
+        for client in (tel, mudc):
             await client.close()
+        raw.close()
     finally:
         server.kill()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -78,3 +80,47 @@ def test_any_chunking_gives_same_lines(lines: list[bytes], cuts: list[int], eol:
     assert got == want
     assert splitter.pending == 0
     assert all(isinstance(x, Oversize) or len(x) <= 30 for x in got)
+
+
+def reference(data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole stream split at once: complete lines, and the unterminated tail."""
+    *lines, tail = re.split(rb"\r\n|\r\x00|\r|\n", data)
+    return lines, tail
+
+
+MAX_LINE, MAX_UNTERMINATED = 16, 48
+stream = st.lists(
+    st.one_of(
+        st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\x00", b"\x00", b"\xff"]),
+        st.binary(max_size=70),
+    ),
+    max_size=25,
+).map(b"".join)
+
+
+@given(data=stream, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=40))
+def test_any_stream_any_chunking_matches_splitting_it_whole(data: bytes, cuts: list[int]) -> None:
+    """No line over the limit, no byte lost or invented, wherever the reads happen to split."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    splitter = LineSplitter(MAX_LINE, MAX_UNTERMINATED)
+    got: list[bytes | Oversize] = []
+    overflowed = False
+    try:
+        for chunk in chunks:
+            got.extend(splitter.feed(chunk))
+    except Overflow:
+        overflowed = True
+    lines, tail = reference(data)
+    want = [line if len(line) <= MAX_LINE else Oversize(len(line)) for line in lines]
+    assert all(isinstance(x, Oversize) or len(x) <= MAX_LINE for x in got)
+    if any(len(line) > MAX_UNTERMINATED for line in lines) or len(tail) > MAX_UNTERMINATED:
+        # Stopped at the first line too long to wait for; what came before it is intact.
+        assert overflowed
+        assert got == want[: len(got)]
+    else:
+        assert not overflowed
+        assert got == want
+        assert splitter.pending == len(tail)
+        if len(tail) <= MAX_LINE:
+            assert splitter._buf == tail

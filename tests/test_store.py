@@ -104,7 +104,8 @@ async def _collect(client: RawClient) -> list[str]:
 
 async def test_everything_seen_survives_sigkill(tmp_path: Path) -> None:
     store = f"--store=sqlite:///{tmp_path / 'crash.db'}"
-    server = ServerProcess(store)
+    # Scripted talkers type faster than people: no fakelag, this test is about durability.
+    server = ServerProcess(store, "--flood-rate=0")
     clients = []
     for nick in ("a", "b", "c"):
         client = await RawClient.connect(server.port)

@@ -1,0 +1,21 @@
+"""Reporting a limit that fired: one structured `limit` event and one counter, always both.
+
+Kinds (docs/RELIABILITY.md describes each): line_length, unterminated_input, flood, sendq,
+subnegotiation, telnet_flood, compression, max_connections, conns_per_ip, conn_rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telchat.counters import COUNTERS
+from telchat.logs import get_logger
+
+log = get_logger("telchat.limits")
+
+LIMITS_COUNTER = "limits"
+
+
+def hit(kind: str, *, level: str = "warning", **fields: Any) -> None:
+    COUNTERS.inc(LIMITS_COUNTER, kind=kind)
+    getattr(log, level)("limit", kind=kind, **fields)

@@ -1,0 +1,209 @@
+"""Limits below the line layer: who may connect, and what a connection's telnet stream may cost.
+
+telnetlib3 buffers a subnegotiation up to 1 MiB, one deque entry per byte; interprets every
+byte of a telnet command in Python; answers some commands (DO of an unknown option,
+TIMING-MARK) byte for byte without looking at the send queue; and inflates MCCP3 input
+without any bound. So input reaches it in pieces, and between pieces the guard checks the
+subnegotiation size, the send queue and MCCP3, and charges pieces that hold telnet commands
+to a byte budget: past it, reading pauses (the same fakelag lines get, for telnet traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from telchat import limits
+from telchat.admission import Admission, address_of
+from telchat.config import Config
+from telchat.flood import Fakelag
+from telchat.flow import ReadGate
+
+IAC = 0xFF
+# Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per
+# loop turn), so a limit is overshot by at most one piece; plain text goes through whole.
+PIECE = 4096
+# The telnet byte budget holds this many seconds' worth at `telnet_rate`.
+TELNET_BURST_SECONDS = 4
+# A client cut off with a notice gets this long to read it before the socket is dropped.
+CLOSE_GRACE = 1.0
+
+Process = Callable[[bytes], None]
+# The gate hold for "input received but not yet handed on".
+PENDING = "pending"
+
+
+class Guards:
+    """The connection-level limits of one server."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self.admission = Admission(
+            max_connections=config.max_connections,
+            max_per_address=config.max_conns_per_ip,
+            rate_per_address=config.conn_rate_per_ip,
+            burst_per_address=config.conn_burst_per_ip,
+            limit_loopback=config.limit_loopback,
+        )
+
+    def admit(self, protocol: Any, transport: asyncio.Transport, peer: str) -> ConnectionGuard | None:
+        """Guard an accepted connection, or refuse it with one line and close it (None)."""
+        name = transport.get_extra_info("peername")
+        address = address_of(str(name[0]) if name else peer)
+        refusal = self.admission.admit(address)
+        if refusal is None:
+            return ConnectionGuard(protocol, transport, self._config, peer, lambda: self.admission.release(address))
+        limits.hit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
+        transport.write(refusal.message.encode() + b"\r\n")
+        transport.close()
+        return None
+
+
+class ConnectionGuard:
+    def __init__(
+        self, protocol: Any, transport: asyncio.Transport, config: Config, peer: str, release: Callable[[], None]
+    ) -> None:
+        self._protocol = protocol
+        self._transport = transport
+        self._peer = peer
+        self._release: Callable[[], None] | None = release
+        self._max_subneg = config.max_subneg_bytes
+        self._sendq = config.sendq_bytes
+        rate = config.telnet_rate
+        self._budget = Fakelag(TELNET_BURST_SECONDS * rate, rate) if rate else None
+        self._pending = b""
+        self._offset = 0
+        self._process: Process | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = False
+        self.gate = ReadGate(transport, on_release=self._schedule)
+
+    def start(self) -> None:
+        """telnetlib3 is set up: let its reader pause us when its buffer is full."""
+        self._protocol.reader.set_transport(self.gate.handle("backlog"))
+
+    def received(self, data: bytes, process: Process) -> None:
+        self._process = process
+        if self.gate.closed or self.gate.cut:
+            return
+        self._pending = self._pending[self._offset :] + data if self._pending else data
+        self._offset = 0
+        self._work()
+
+    def closed(self) -> None:
+        self.gate.close()
+        self._pending = b""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._scheduled = False
+        if self._pending and self.gate.peer_gone():
+            # Input waits here only while this client is held back; its excess leaves with it.
+            self._pending = b""
+            self.gate.drop()
+            return
+        self._work()
+
+    def _work(self) -> None:
+        """Hand pending input to telnetlib3 while nothing holds reading, one costly piece a turn.
+
+        While input is pending the socket is not read: what waits here is one receive's worth.
+        """
+        process = self._process
+        while (
+            process is not None and self._pending and not (self.gate.held(PENDING) or self.gate.closed or self.gate.cut)
+        ):
+            costly = self._protocol.writer.is_oob
+            piece = self._next_piece(costly)
+            costly = costly or IAC in piece
+            process(piece)
+            if self._over_limit():
+                return
+            if costly:
+                self._charge(len(piece))
+                if self._pending:
+                    # Everyone else gets a turn before the next piece of telnet commands.
+                    self._schedule()
+                    break
+        if self._pending:
+            self.gate.hold(PENDING)
+        else:
+            self.gate.release(PENDING)
+
+    def _next_piece(self, in_command: bool) -> bytes:
+        data, start = self._pending, self._offset
+        end = len(data)
+        if end - start > PIECE and (in_command or data.find(IAC, start) >= 0):
+            end = start + PIECE
+        if end == len(data):
+            self._pending, self._offset = b"", 0
+        else:
+            self._offset = end
+        return data[start:end] if start or end < len(data) else data
+
+    def _over_limit(self) -> bool:
+        sb_bytes = len(self._protocol.writer._sb_buffer)
+        if sb_bytes > self._max_subneg:
+            self._cut("subnegotiation", f"*** Telnet subnegotiation over {self._max_subneg} bytes; disconnecting.")
+        elif getattr(self._protocol, "_mccp3_decompressor", None) is not None:
+            self._cut("compression", "*** Compressed input (MCCP3) is not supported; disconnecting.")
+        elif self._transport.get_write_buffer_size() > self._sendq:
+            self._cut("sendq", None)
+        else:
+            return False
+        return True
+
+    def _cut(self, kind: str, notice: str | None) -> None:
+        self.gate.cut = kind
+        self._pending = b""
+        limits.hit(
+            kind,
+            conn_id=self._protocol.conn_id,
+            peer=self._peer,
+            subneg_bytes=len(self._protocol.writer._sb_buffer),
+            sendq=self._transport.get_write_buffer_size(),
+        )
+        if notice is None:
+            self.gate.drop()
+            return
+        self._transport.write(notice.encode() + b"\r\n")
+        self._transport.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, self.gate.drop)
+
+    def _charge(self, cost: int) -> None:
+        if self._budget is None:
+            return
+        delay, begins = self._budget.take(cost)
+        if begins:
+            limits.hit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
+        if delay > 0:
+            self.gate.hold("telnet")
+            self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")
+
+
+class _Discard:
+    """A queue that keeps nothing."""
+
+    def put_nowait(self, item: object) -> None:
+        return None
+
+
+def keep_no_closed_clients(server: Any) -> None:
+    """Stop telnetlib3 keeping the last 1000 negotiated connections for `wait_for_client`.
+
+    We never call it, so every closed connection there would live on with whatever its
+    reader still buffered: up to hundreds of MiB that an attacker can choose to fill.
+    """
+    server._new_client = _Discard()
