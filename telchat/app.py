@@ -10,6 +10,7 @@ from asyncio import Transport
 from telchat import replies
 from telchat.config import Config
 from telchat.logs import get_logger
+from telchat.metrics import MetricsServer
 from telchat.mssp import ServerStatus
 from telchat.outbox import Flusher, encode_line
 from telchat.protocol import (
@@ -39,7 +40,10 @@ class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
-        self.chat = Chat(self.store, config.history_replay, config.announce_nicks)
+        self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages)
+        self.metrics = MetricsServer(self, self.accepting)
+        self.metrics_port: int | None = None
+        self._classes: dict[Session, str] = {}
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
@@ -71,6 +75,8 @@ class App:
             self._tls_server = await self._listen(config.tls_port, tls)
         self.status.port, self.status.tls_port = self.port, self.tls_port
         log.info("listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers)
+        if config.metrics_port is not None:
+            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port)
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
         factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards)
@@ -106,6 +112,7 @@ class App:
             gate=protocol.guard.gate if protocol.guard is not None else None,
         )
         self.sessions[session] = transport
+        self._classes[session] = terminal.client_class
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -120,15 +127,28 @@ class App:
         finally:
             terminal.detach()
             self.sessions.pop(session, None)
+            self._classes.pop(session, None)
             session.finish(reason)
             if not transport.is_closing():
                 transport.close()
+
+    def accepting(self) -> bool:
+        return self._server is not None and self._server.is_serving() and not self._stopping
+
+    def session_classes(self) -> list[str]:
+        return list(self._classes.values())
+
+    def live_bytes(self) -> tuple[int, int]:
+        """Bytes in and out of the connections still open."""
+        sessions = list(self.sessions)
+        return sum(s.bytes_in for s in sessions), sum(s.user.outbox.bytes_out for s in sessions)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye to everyone, flush, close. Safe to call twice."""
         if self._stopping:
             return
         self._stopping = True
+        self.metrics.close()
         started = time.monotonic()
         for server in (self._server, self._tls_server):
             if server is not None:

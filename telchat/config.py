@@ -54,6 +54,9 @@ class Config:
     limit_loopback: bool = False
     max_subneg_bytes: int = 8192
     telnet_rate: int = 16384
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    log_messages: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,9 @@ OPTIONS: tuple[Option, ...] = (
         lines,
         "bytes per second of telnet commands processed per client; excess waits (0: no limit)",
     ),
+    Option("metrics_port", port, "HTTP port for Prometheus /metrics and /healthz; unset: no metrics listener"),
+    Option("metrics_host", str, "address the metrics listener binds to"),
+    Option("log_messages", boolean, "put chat text in message log events (yes/no; --no-log-messages)"),
 )
 
 
@@ -199,6 +205,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     defaults = Config()
     for option in OPTIONS:
+        # A yes/no option may also stand alone (--log-messages) or be negated (--no-log-messages).
+        switch = {"nargs": "?", "const": True} if option.kind is boolean else {}
         parser.add_argument(
             option.flag,
             dest=option.name,
@@ -206,7 +214,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             choices=option.choices,
             default=_env_default(option, getattr(defaults, option.name), env),
             help=f"{option.help} [env {option.env}]",
+            **switch,  # type: ignore[arg-type]
         )
+        if option.kind is boolean:
+            parser.add_argument("--no-" + option.flag[2:], dest=option.name, action="store_false", help="")
     parser.add_argument("--version", action="version", version=f"telchat {__version__}")
     return parser
 

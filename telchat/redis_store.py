@@ -23,6 +23,7 @@ import itertools
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ from telchat import events as ev
 from telchat import replies
 from telchat.events import EntryId, Event
 from telchat.logs import get_logger
+from telchat.stats import STATS
 from telchat.store import Deliver, Record, Store, StoreError, decode_record, encode_record
 
 log = get_logger("telchat.redis")
@@ -221,14 +223,17 @@ class RedisStore(Store):
             self._wake.clear()
             while self._queue and not self._closing:
                 batch = self._queue[:500]
+                started = perf_counter()
                 try:
                     await self._send(batch)
                 except (RedisError, OSError) as exc:
+                    STATS.store_errors += 1
                     log.warning("store_error", store="redis", error=str(exc), pending=len(self._queue))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
                     continue
                 delay = RETRY_MIN
+                STATS.store_commit_seconds.observe(perf_counter() - started)
                 del self._queue[: len(batch)]
             self._idle.set()
 

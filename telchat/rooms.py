@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 from telchat import events, listeners, replies
@@ -20,6 +21,7 @@ from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.outbox import Outbox, fan_out
 from telchat.profile import Profile, away_notice, mention_keys, who_entry
+from telchat.stats import STATS
 from telchat.store import Store, last_id
 
 log = get_logger("telchat.rooms")
@@ -122,8 +124,11 @@ def check_room_or_error(raw: str) -> str:
 
 
 class Chat:
-    def __init__(self, store: Store, history_replay: int = 20, announce_nicks: str = "all") -> None:
+    def __init__(
+        self, store: Store, history_replay: int = 20, announce_nicks: str = "all", log_messages: bool = True
+    ) -> None:
         self.store = store
+        self.log_messages = log_messages
         self.history_replay = history_replay
         self.announce_nicks = announce_nicks
         self.users: dict[User, None] = {}
@@ -305,7 +310,8 @@ class Chat:
 
     def say(self, user: User, text: str, kind: str = SAY) -> None:
         room = self._speaking_room(user)
-        _log("message", user, room=room.name, kind=kind, text=text)
+        STATS.messages += 1
+        _log("message", user, room=room.name, kind=kind, **self._text(text))
         self.store.publish(events.message(kind, room.key, room.name, user.nick, text))
 
     def emote(self, user: User, text: str) -> None:
@@ -319,11 +325,16 @@ class Chat:
         if target is None and not await self.store.remote_nick(key):
             raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
         shown = target.nick if target is not None else raw_nick
-        _log("private_message", user, to=shown, text=text)
+        STATS.private_messages += 1
+        _log("private_message", user, to=shown, **self._text(text))
         line = replies.PRIVATE_OUT.format(nick=shown, text=text)
         user.send(line)
         listeners.channel_text((user,), f"tell {shown}", user.nick, line)
         self.store.publish(events.private(user.nick, key, text))
+
+    def _text(self, text: str) -> dict[str, str]:
+        """The chat text for a log event, unless the operator keeps chat text out of logs."""
+        return {"text": text} if self.log_messages else {}
 
     def _speaking_room(self, user: User) -> Room:
         self._require_login(user)
@@ -362,8 +373,10 @@ class Chat:
         if event.in_history:
             room = self.rooms.get(event.room)
             if room is not None:
+                started = perf_counter()
                 line = self._format(room, event)
                 self._deliver_room(room, event, line)
+                STATS.fanout_seconds.observe(perf_counter() - started)
                 if room.listeners:
                     listeners.channel_text(tuple(room.listeners), room.name, event.nick, line)
         elif event.kind == events.PRIVATE:
@@ -381,6 +394,7 @@ class Chat:
             return
         line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
         target.send(line)
+        STATS.deliveries += 1
         listeners.channel_text((target,), f"tell {event.nick}", event.nick, line)
         if target.profile.away is not None:
             # Published, not sent: the sender may be connected to another node.
@@ -428,7 +442,7 @@ class Chat:
         personal = self._personal(room, event)
         if personal:
             recipients = self._send_personal(recipients, personal, event, text)
-        fan_out(text, recipients)
+        STATS.deliveries += fan_out(text, recipients)
 
     def _personal(self, room: Room, event: Event) -> dict[User, bool]:
         """Members whose copy of this message is their own -> whether it names them."""
@@ -449,6 +463,7 @@ class Chat:
                 common.append(user)
             elif not user.profile.ignores(event.nick):
                 user.send(user.profile.mentioned(text) if mentioned else text, event.ts)
+                STATS.deliveries += 1
         return common
 
     # queries (this node's view, plus what the store knows of other nodes)

@@ -25,6 +25,7 @@ from telchat.outbox import Flusher, Outbox, Sink
 from telchat.rooms import Chat, User
 from telchat.sanitize import sanitize
 from telchat.services import Services
+from telchat.stats import STATS
 
 log = get_logger("telchat.session")
 
@@ -197,6 +198,8 @@ class Session:
         cut = self._gate.cut if self._gate is not None else None
         self.reason = self.reason or cut or reason
         COUNTERS.inc("disconnects", reason=self.reason)
+        STATS.bytes_in_closed += self.bytes_in
+        STATS.bytes_out_closed += self.user.outbox.bytes_out
         self.chat.disconnect(self.user, "connection closed" if reason in ("eof", "error") else self.reason)
         log.info(
             "disconnect",

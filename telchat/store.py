@@ -14,12 +14,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from time import perf_counter
 from typing import Any
 
 import orjson
 
 from telchat.events import EntryId, Event
 from telchat.logs import get_logger
+from telchat.stats import STATS
 
 log = get_logger("telchat.store")
 
@@ -159,15 +161,18 @@ class LocalStore(Store):
         events, self._pending = self._pending, []
         if not events:
             return
+        started = perf_counter()
         try:
             committed = self._commit(events)
         except StoreError as exc:
+            STATS.store_errors += 1
             # Nothing of the batch was delivered; keep it, in order, and try again soon.
             self._pending[:0] = events
             log.error("store_error", error=str(exc), pending=len(self._pending))
             self._scheduled = True
             asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
             return
+        STATS.store_commit_seconds.observe(perf_counter() - started)
         for event in committed:
             self._deliver_one(event)
         if self._flushed is not None and not self._pending:

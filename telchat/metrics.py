@@ -1,0 +1,143 @@
+"""`--metrics-port`: Prometheus `/metrics` and `/healthz` over a tiny asyncio HTTP server.
+
+Nothing here runs per message: the chat path only bumps plain integers (telchat/stats.py,
+telchat/counters.py), and this module reads them, and the server's state, when scraped.
+No label names a nick, an address or a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from telchat.counters import COUNTERS
+from telchat.logs import get_logger
+from telchat.stats import STATS, Histogram
+from telchat.store import StoreError
+
+if TYPE_CHECKING:
+    from telchat.app import App
+
+log = get_logger("telchat.metrics")
+
+HEALTH_TIMEOUT = 2.0
+MAX_REQUEST = 8192
+
+
+class ChatCollector:
+    """Reads the app at scrape time; registered with its own CollectorRegistry."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def describe(self) -> list[Metric]:
+        # Declared empty so that registering does not collect (the app may not run yet).
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._gauges()
+        yield from self._counters()
+        yield _histogram(
+            "telchat_fanout_seconds", "Time to fan one room message out to its members", STATS.fanout_seconds
+        )
+        yield _histogram(
+            "telchat_store_commit_seconds", "Time of one store commit (a batch)", STATS.store_commit_seconds
+        )
+
+    def _gauges(self) -> Iterator[Metric]:
+        app = self._app
+        connections = GaugeMetricFamily("telchat_connections", "Open sessions", labels=["client_class"])
+        for client_class, count in sorted(Counter(app.session_classes()).items()):
+            connections.add_metric([client_class], count)
+        yield connections
+        yield GaugeMetricFamily("telchat_sessions_logged_in", "Sessions with a nick", value=len(app.chat.nicks))
+        yield GaugeMetricFamily("telchat_rooms", "Rooms with members on this node", value=len(app.chat.rooms))
+
+    def _counters(self) -> Iterator[Metric]:
+        live_in, live_out = self._app.live_bytes()
+        for name, doc, value in (
+            ("telchat_messages", "Room messages said on this node", STATS.messages),
+            ("telchat_private_messages", "Private messages sent from this node", STATS.private_messages),
+            ("telchat_deliveries", "Message lines delivered to users of this node", STATS.deliveries),
+            ("telchat_bytes_in", "Bytes received from clients", STATS.bytes_in_closed + live_in),
+            ("telchat_bytes_out", "Bytes sent to clients", STATS.bytes_out_closed + live_out),
+            ("telchat_store_errors", "Failed store operations", STATS.store_errors),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield _labelled("telchat_disconnects", "Connections ended, by reason", "disconnects", "reason")
+        yield _labelled("telchat_limit_hits", "Limits that fired, by kind", "limits", "kind")
+
+
+def _labelled(name: str, doc: str, counter: str, label: str) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for (key, labels), value in sorted(COUNTERS.items()):
+        if key == counter:
+            family.add_metric([dict(labels).get(label, "")], value)
+    return family
+
+
+def _histogram(name: str, doc: str, histogram: Histogram) -> Metric:
+    return HistogramMetricFamily(name, doc, buckets=histogram.cumulative(), sum_value=histogram.total)
+
+
+class MetricsServer:
+    def __init__(self, app: App, healthy: Callable[[], bool]) -> None:
+        self._app = app
+        self._healthy = healthy
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._registry.register(ChatCollector(app))
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        bound = int(self._server.sockets[0].getsockname()[1])
+        log.info("metrics_listening", host=host, port=bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEALTH_TIMEOUT)
+            status, body, kind = await self._respond(head[:MAX_REQUEST])
+            writer.write(
+                f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, head: bytes) -> tuple[str, bytes, str]:
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method != b"GET":
+            return "405 Method Not Allowed", b"GET only\n", "text/plain"
+        if path == b"/metrics":
+            return "200 OK", generate_latest(self._registry), "text/plain; version=0.0.4; charset=utf-8"
+        if path == b"/healthz":
+            problem = await self._problem()
+            if problem is None:
+                return "200 OK", b"ok\n", "text/plain"
+            return "503 Service Unavailable", problem.encode() + b"\n", "text/plain"
+        return "404 Not Found", b"try /metrics or /healthz\n", "text/plain"
+
+    async def _problem(self) -> str | None:
+        """Why the node is unhealthy, or None: the listener must accept and the store answer."""
+        if not self._healthy():
+            return "listener not accepting"
+        try:
+            await asyncio.wait_for(self._app.store.check(), HEALTH_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            return f"store not answering: {exc}"
+        return None
