@@ -14,7 +14,7 @@ from telchat.app import App
 from telchat.config import Config, parse_config
 from telchat.logs import configure_logging, get_logger
 from telchat.store import StoreError
-from telchat.store_url import make_store
+from telchat.store_url import make_store, masked
 from telchat.workers import supervise
 
 EXIT_OK = 0
@@ -30,12 +30,12 @@ async def serve(config: Config) -> int:
         app = App(config)
         await app.start()
     except StoreError as exc:
-        log.error("start_failed", error=str(exc), store=config.store)
+        log.error("start_failed", error=str(exc), store=masked(config.store))
         print(f"telchat: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     except OSError as exc:
-        log.error("start_failed", error=str(exc), host=config.host, port=config.port)
-        print(f"telchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        log.error("start_failed", error=str(exc), host=config.host, port=config.port, metrics_port=config.metrics_port)
+        print(f"telchat: cannot listen: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -192,7 +192,9 @@ OPTIONS: tuple[Option, ...] = (
 def _env_default(option: Option, default: Any, environ: Mapping[str, str]) -> Any:
     """The raw environment string, if set: argparse converts and checks a string default
     exactly like a flag's value (and only when the flag is not given)."""
-    return environ.get(option.env, default)
+    raw = environ.get(option.env)
+    # An empty value means "not set": the only way to unset an option the image sets.
+    return default if raw is None or (raw == "" and default is None) else raw
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

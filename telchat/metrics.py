@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from telchat.counters import COUNTERS
@@ -91,6 +91,8 @@ class MetricsServer:
         self._healthy = healthy
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(ChatCollector(app))
+        # Open file descriptors, memory, CPU and start time of this process.
+        ProcessCollector(registry=self._registry)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:

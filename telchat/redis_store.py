@@ -37,6 +37,7 @@ from telchat.events import EntryId, Event
 from telchat.logs import get_logger
 from telchat.stats import STATS
 from telchat.store import Deliver, Record, Store, StoreError, decode_record, encode_record
+from telchat.store_url import masked
 
 log = get_logger("telchat.redis")
 
@@ -111,6 +112,7 @@ def _decode(data: str, entry_id: EntryId) -> Event:
 class RedisStore(Store):
     def __init__(self, url: str, keep: int = 1000, node_ttl: float = 15.0) -> None:
         self.url = url
+        self.shown_url = masked(url)
         self._keep = keep
         self.node = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.node_ttl = node_ttl
@@ -137,7 +139,7 @@ class RedisStore(Store):
     async def open(self, deliver: Deliver) -> None:
         parts = urlsplit(self.url)
         if not parts.hostname:
-            raise StoreError(f"bad Redis URL {self.url!r}: use redis://HOST:PORT/DB")
+            raise StoreError(f"bad Redis URL {self.shown_url!r}: use redis://HOST:PORT/DB")
         self._deliver = deliver
         self._redis = aioredis.Redis.from_url(
             self.url, socket_connect_timeout=3, health_check_interval=10, decode_responses=True
@@ -147,7 +149,7 @@ class RedisStore(Store):
             last = await self._redis.xrevrange(_key("bus"), count=1)
         except (RedisError, OSError) as exc:
             await self._redis.aclose()
-            raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise StoreError(f"cannot reach Redis at {self.shown_url}: {exc}") from exc
         self._last_bus_id = last[0][0] if last else "0-0"
         await self._heartbeat_once()
         self._tasks = [
@@ -156,7 +158,7 @@ class RedisStore(Store):
             asyncio.create_task(self._every(self.node_ttl / 3, self._heartbeat_once), name="redis-heartbeat"),
             asyncio.create_task(self._every(self.node_ttl / 3, self._janitor_once), name="redis-janitor"),
         ]
-        log.info("redis_open", node=self.node, url=self.url, bus_id=self._last_bus_id)
+        log.info("redis_open", node=self.node, url=self.shown_url, bus_id=self._last_bus_id)
 
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -11,6 +11,7 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -35,7 +36,7 @@ def supervise(config: Config, run: Callable[[Config], int]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    workers = [_spawn(ctx, run, config) for _ in range(config.workers)]
+    workers = [_spawn(ctx, run, _worker_config(config, i)) for i in range(config.workers)]
     restarts: list[float] = []
     while not stopping:
         time.sleep(0.2)
@@ -49,9 +50,16 @@ def supervise(config: Config, run: Callable[[Config], int]) -> int:
                 log.error("workers_failing", restarts=len(restarts), window=RESTART_WINDOW)
                 _stop_all(workers)
                 return 1
-            workers[i] = _spawn(ctx, run, config)
+            workers[i] = _spawn(ctx, run, _worker_config(config, i))
     _stop_all(workers)
     return 0
+
+
+def _worker_config(config: Config, index: int) -> Config:
+    """Worker `index` serves metrics on --metrics-port + index: one port per process's numbers."""
+    if config.metrics_port is None:
+        return config
+    return replace(config, metrics_port=config.metrics_port + index)
 
 
 def _spawn(ctx: multiprocessing.context.ForkContext, run: Callable[[Config], int], config: Config) -> BaseProcess:

@@ -71,7 +71,8 @@ def test_port_in_use_exits_2() -> None:
             timeout=20,
         )
     assert result.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "telchat: cannot listen:" in result.stderr
+    assert f"('127.0.0.1', {port})" in result.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
