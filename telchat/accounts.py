@@ -17,7 +17,7 @@ from typing import Protocol
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from telchat import replies
+from telchat import limits, replies
 from telchat.logs import get_logger
 from telchat.moderation import Moderation, disconnect_event
 from telchat.names import nick_key
@@ -161,7 +161,7 @@ class Accounts:
         counters = (f"login:ip:{user.ip}", f"login:nick:{key}")
         for counter in counters:
             if await self.store.failures(counter, FAILURE_WINDOW) >= self.max_failures:
-                log.warning("limit", kind="login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
+                limits.hit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
                 raise ChatError(replies.TOO_MANY_FAILURES)
         record = await self.store.get_record(ACCOUNT, key)
         if record is None:

@@ -7,7 +7,7 @@ import ssl
 import time
 from asyncio import Transport
 
-from telchat import replies
+from telchat import limits, replies
 from telchat.config import Config
 from telchat.logs import get_logger
 from telchat.metrics import MetricsServer
@@ -91,7 +91,7 @@ class App:
         peer = peer_of(transport)
         refusal = self.services.moderation.refusal(host_of(peer))
         if refusal is not None:
-            log.warning("limit", kind="banned_address")
+            limits.hit("banned_address", conn_id=protocol.conn_id, peer=peer)
             transport.write(encode_line(refusal, charset))
             transport.close()
             return

@@ -94,6 +94,7 @@ lines = _number("lines", int, 0)
 port = _number("port", int, 0, 65535)
 seconds = _number("seconds", float, 0)
 argon2_memory = _number("argon2_memory", int, 8)
+ttl = _number("ttl", float, 1)
 rate = _number("rate", float, 0)
 
 
@@ -150,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("store", str, "history store: sqlite:///PATH, memory:// or redis://HOST:PORT/DB"),
     Option(
         "node_ttl",
-        seconds,
+        ttl,
         "Redis store: seconds without a heartbeat before a node's users are removed by the others",
     ),
     Option("workers", count, "processes sharing the port (SO_REUSEPORT); more than 1 needs a Redis store"),

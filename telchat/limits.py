@@ -1,7 +1,8 @@
 """Reporting a limit that fired: one structured `limit` event and one counter, always both.
 
 Kinds (docs/RELIABILITY.md describes each): line_length, unterminated_input, flood, sendq,
-subnegotiation, telnet_flood, compression, max_connections, conns_per_ip, conn_rate.
+subnegotiation, telnet_flood, compression, max_connections, conns_per_ip, conn_rate;
+docs/OPERATIONS.md adds login_failures and banned_address (accounts and moderation).
 """
 
 from __future__ import annotations

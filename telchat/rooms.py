@@ -378,7 +378,8 @@ class Chat:
                 self._deliver_room(room, event, line)
                 STATS.fanout_seconds.observe(perf_counter() - started)
                 if room.listeners:
-                    listeners.channel_text(tuple(room.listeners), room.name, event.nick, line)
+                    hearing = tuple(u for u in room.listeners if not u.profile.ignores(event.nick))
+                    listeners.channel_text(hearing, room.name, event.nick, line)
         elif event.kind == events.PRIVATE:
             self._deliver_private(event)
         elif event.kind == events.NOTICE:

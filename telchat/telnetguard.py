@@ -191,19 +191,3 @@ class ConnectionGuard:
         if delay > 0:
             self.gate.hold("telnet")
             self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")
-
-
-class _Discard:
-    """A queue that keeps nothing."""
-
-    def put_nowait(self, item: object) -> None:
-        return None
-
-
-def keep_no_closed_clients(server: Any) -> None:
-    """Stop telnetlib3 keeping the last 1000 negotiated connections for `wait_for_client`.
-
-    We never call it, so every closed connection there would live on with whatever its
-    reader still buffered: up to hundreds of MiB that an attacker can choose to fill.
-    """
-    server._new_client = _Discard()

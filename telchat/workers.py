@@ -57,7 +57,7 @@ def supervise(config: Config, run: Callable[[Config], int]) -> int:
 
 def _worker_config(config: Config, index: int) -> Config:
     """Worker `index` serves metrics on --metrics-port + index: one port per process's numbers."""
-    if config.metrics_port is None:
+    if not config.metrics_port:  # off, or 0 (a free port each)
         return config
     return replace(config, metrics_port=config.metrics_port + index)
 
