@@ -539,7 +539,10 @@ async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: 
 
 
 async def run_one(target: Target, scenario: Scenario, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
-    server = Server(target, logdir)
+    # A directory of its own per run: a store file (telchat's default SQLite) left by an
+    # earlier run would replay its history to this run's joiners, as old sequence numbers.
+    rundir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-{target.name}-", dir=logdir))
+    server = Server(target, rundir)
     if args.profile and target.name in args.profile_servers:
         server.profile = Path(args.profile) / f"{scenario.name}-{target.name}.txt"
     rec = Recorder()

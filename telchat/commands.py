@@ -353,7 +353,14 @@ def parse(line: str) -> Parsed:
 
 async def execute(ctx: Context, parsed: Parsed) -> None:
     """Run one parsed line; a refused request becomes one `*** ` line to its sender."""
-    await run(ctx, _dispatch(ctx, parsed))
+    if not isinstance(parsed, Say):
+        await run(ctx, _dispatch(ctx, parsed))
+        return
+    # Most lines are plain messages, which never wait: said without a command's coroutines.
+    try:
+        ctx.chat.say(ctx.user, parsed.text)
+    except ChatError as exc:
+        ctx.user.send(str(exc))
 
 
 async def run(ctx: Context, action: Awaitable[None]) -> None:
@@ -364,12 +371,9 @@ async def run(ctx: Context, action: Awaitable[None]) -> None:
         ctx.user.send(str(exc))
 
 
-async def _dispatch(ctx: Context, parsed: Parsed) -> None:
-    if isinstance(parsed, Say):
-        ctx.chat.say(ctx.user, parsed.text)
-    elif isinstance(parsed, Unknown):
+async def _dispatch(ctx: Context, parsed: Invocation | Unknown) -> None:
+    if isinstance(parsed, Unknown):
         raise ChatError(replies.UNKNOWN_COMMAND.format(name=parsed.name))
-    elif parsed.args is None:
+    if parsed.args is None:
         raise ChatError(replies.USAGE.format(usage=parsed.command.usage))
-    else:
-        await parsed.command.handler(ctx, parsed.args)
+    await parsed.command.handler(ctx, parsed.args)

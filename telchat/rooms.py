@@ -19,7 +19,7 @@ from telchat.events import EMOTE, NO_ID, SAY, EntryId, Event
 from telchat.listeners import ChatEvents
 from telchat.logs import get_logger
 from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
-from telchat.outbox import Outbox, fan_out
+from telchat.outbox import Broadcast, Outbox, fan_out
 from telchat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.stats import STATS
 from telchat.store import Store, last_id
@@ -83,6 +83,8 @@ class Room:
     since: dict[User, EntryId] = field(default_factory=dict)
     # Members with an events sink (see listeners.py).
     listeners: dict[User, None] = field(default_factory=dict)
+    # Lines to all members; reset whenever `members` changes.
+    output: Broadcast = field(default_factory=Broadcast)
 
     @property
     def empty(self) -> bool:
@@ -257,6 +259,7 @@ class Chat:
             if entry_id == NO_ID or entry_id > seen:
                 user.send(text)
         room.members[user] = None
+        room.output.reset()
         if user.events is not None:
             room.listeners[user] = None
         room.since[user] = seen
@@ -288,6 +291,7 @@ class Chat:
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
+        room.output.reset()
         room.listeners.pop(user, None)
         room.since.pop(user, None)
         _log("leave", user, room=room.name)
@@ -435,15 +439,23 @@ class Chat:
         for held in room.pending.values():
             held.append((entry_id, text))
         recipients: Iterable[User] = room.members
-        if room.since:
-            recipients = [u for u in room.members if entry_id > room.since.get(u, NO_ID)]
+        since = room.since
+        if since:
+            recipients = [u for u in room.members if entry_id > since.get(u, NO_ID)]
             # Ids only grow: once past a member's history, no older message can follow.
-            for user in [u for u, seen in room.since.items() if entry_id > seen]:
-                del room.since[user]
+            for user in [u for u, seen in since.items() if entry_id > seen]:
+                del since[user]
         personal = self._personal(room, event)
         if personal:
             recipients = self._send_personal(recipients, personal, event, text)
-        STATS.deliveries += fan_out(text, recipients)
+        if recipients is room.members and not room.listeners:
+            # Everyone gets the common copy and nothing else: the room's shared batches.
+            room.output.send(text, recipients)
+            STATS.deliveries += len(room.members)
+        else:
+            # Some get their own copy, or none, or (listeners) more: one push each.
+            room.output.reset()
+            STATS.deliveries += fan_out(text, recipients)
 
     def _personal(self, room: Room, event: Event) -> dict[User, bool]:
         """Members whose copy of this message is their own -> whether it names them."""

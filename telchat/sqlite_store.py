@@ -9,7 +9,6 @@ need synchronous=FULL). Only after the commit are the batch's events delivered.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 
 from telchat.events import Event
@@ -104,7 +103,7 @@ class SqliteStore(LocalStore):
         row = (event.room, event.room_name, event.nick, event.kind, event.text, event.ts)
         row_id = db.execute(INSERT, row).lastrowid
         self._since_trim[event.room] = self._since_trim.get(event.room, 0) + 1
-        return replace(event, id=(row_id or 0, 0))
+        return event.with_id((row_id or 0, 0))
 
     def _trim_due(self) -> None:
         db = self._connection()

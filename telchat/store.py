@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
@@ -243,7 +242,7 @@ class MemoryStore(LocalStore):
 
     def _append(self, event: Event) -> Event:
         self._seq += 1
-        event = replace(event, id=(self._seq, 0))
+        event = event.with_id((self._seq, 0))
         lines = self._rooms.get(event.room)
         if lines is None:
             lines = self._rooms[event.room] = deque(maxlen=self._keep)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from telchat.outbox import Flusher, Outbox, encode_line
+from telchat.outbox import Broadcast, Flusher, Outbox, encode_line
 from telchat.rooms import Chat, ChatError, User
 from telchat.store import MemoryStore
 
@@ -128,3 +128,91 @@ async def test_disconnect_leaves_no_ghosts() -> None:
     chat.disconnect(b, "gone")
     assert chat.rooms == {}
     assert chat.users == {}
+
+
+def received(sink: FakeSink) -> list[str]:
+    return b"".join(sink.writes).decode().splitlines()
+
+
+async def room_of(
+    chat: Chat, flusher: Flusher, count: int, charsets: list[str] | None = None
+) -> list[tuple[User, FakeSink]]:
+    """`count` users u0.. in #room, everything so far flushed and forgotten."""
+    users = [make_user(i, flusher, charset) for i, charset in enumerate(charsets or ["utf-8"] * count)]
+    for i, (user, _) in enumerate(users):
+        chat.connect(user)
+        await chat.set_nick(user, f"u{i}")
+        await chat.join(user, "room")
+    # Past everyone's history (Room.since): from here on, room lines take the shared batches.
+    chat.say(users[0][0], "hello")
+    flusher.flush()
+    for _, sink in users:
+        sink.writes.clear()
+    return users
+
+
+async def test_other_output_mid_turn_keeps_each_members_order() -> None:
+    flusher = Flusher()
+    chat = await open_chat()
+    users = await room_of(chat, flusher, 3)
+    chat.say(users[0][0], "one")
+    await chat.private(users[0][0], "u1", "psst")
+    chat.say(users[0][0], "two")
+    users[2][0].send("*** just for u2")
+    chat.say(users[0][0], "three")
+    flusher.flush()
+    said = ["#room:u0> one", "#room:u0> two", "#room:u0> three"]
+    assert received(users[0][1]) == [said[0], "-> *u1*> psst", *said[1:]]
+    assert received(users[1][1]) == [said[0], "*u0*> psst", *said[1:]]
+    assert received(users[2][1]) == [*said[:2], "*** just for u2", said[2]]
+    assert all(len(sink.writes) == 1 for _, sink in users)
+
+
+async def test_membership_changes_mid_turn() -> None:
+    flusher = Flusher()
+    chat = await open_chat()
+    users = await room_of(chat, flusher, 3)
+    late, late_sink = make_user(9, flusher)
+    chat.connect(late)
+    await chat.set_nick(late, "late")
+    flusher.flush()
+    for sink in (late_sink, *(sink for _, sink in users)):
+        sink.writes.clear()
+    chat.say(users[0][0], "before")
+    await chat.join(late, "room")
+    chat.say(users[0][0], "after join")
+    chat.leave(users[1][0], None)
+    chat.say(users[0][0], "after leave")
+    flusher.flush()
+    joined, left = "*** User late joined room #room", "*** User u1 left room #room"
+    lines = ["#room:u0> before", joined, "#room:u0> after join", left, "#room:u0> after leave"]
+    assert received(users[0][1]) == received(users[2][1]) == lines
+    assert received(users[1][1]) == [*lines[:3], left]
+    assert received(late_sink) == ["*** #room history", "#room:u0> hello", *lines]
+
+
+async def test_flushing_one_member_mid_turn_loses_nothing() -> None:
+    flusher = Flusher()
+    chat = await open_chat()
+    users = await room_of(chat, flusher, 3, ["utf-8", "cp1251", "utf-8"])
+    chat.say(users[0][0], "one")
+    users[2][0].outbox.flush()
+    chat.say(users[0][0], "два")
+    flusher.flush()
+    for user, sink in users:
+        lines = b"".join(sink.writes).decode(user.charset).splitlines()
+        assert lines == ["#room:u0> one", "#room:u0> два"]
+    assert len(users[2][1].writes) == 2
+
+
+async def test_broadcast_follows_membership_after_reset() -> None:
+    flusher = Flusher()
+    (a, sink_a), (b, sink_b), (c, sink_c) = (make_user(i, flusher) for i in range(3))
+    out = Broadcast()
+    out.send("1", [a, b])
+    out.send("2", [a, b])
+    out.reset()
+    out.send("3", [a, c])
+    flusher.flush()
+    assert (received(sink_a), received(sink_b), received(sink_c)) == (["1", "2", "3"], ["1", "2"], ["3"])
+    assert sink_a.writes == [b"1\r\n2\r\n3\r\n"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from telchat.app import App
+from telchat.events import Event
 from telchat.store import StoreError
 from telchat.store_url import make_store
 from tests.clients import RawClient
@@ -141,3 +142,10 @@ async def test_everything_seen_survives_sigkill(tmp_path: Path) -> None:
         assert not missing, f"seen but not in history: {missing[:3]}"
         order = [position[line] for line in lines]
         assert order == sorted(order), "history order differs from delivery order"
+
+
+def test_with_id_keeps_every_field() -> None:
+    # with_id lists the fields positionally: a new or reordered field must not slip.
+    event = Event("notice", "text", "r", "R", "nick", ("a", "b"), "t", True, 12.5, (1, 2))
+    assert event.with_id((7, 0)) == replace(event, id=(7, 0))
+    assert [f.name for f in fields(Event)][-1] == "id"
