@@ -87,9 +87,10 @@ class SqliteStore(LocalStore):
 
     def _commit(self, events: list[Event]) -> list[Event]:
         db = self._connection()
+        history = [event for event in events if event.in_history]
         try:
             db.execute("BEGIN")
-            out = [self._insert(db, event) if event.in_history else event for event in events]
+            first = self._insert(db, history)
             self._trim_due()
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -97,13 +98,19 @@ class SqliteStore(LocalStore):
                 db.execute("ROLLBACK")
             # The trim counters may have moved; a later trim simply comes a little early.
             raise StoreError(f"SQLite commit failed: {exc}") from exc
-        return out
+        ids = iter(range(first, first + len(history)))
+        return [event.with_id((next(ids), 0)) if event.in_history else event for event in events]
 
-    def _insert(self, db: sqlite3.Connection, event: Event) -> Event:
-        row = (event.room, event.room_name, event.nick, event.kind, event.text, event.ts)
-        row_id = db.execute(INSERT, row).lastrowid
-        self._since_trim[event.room] = self._since_trim.get(event.room, 0) + 1
-        return event.with_id((row_id or 0, 0))
+    def _insert(self, db: sqlite3.Connection, history: list[Event]) -> int:
+        """Insert the batch's messages in one executemany; return the first one's id."""
+        if not history:
+            return 0
+        db.executemany(INSERT, [(e.room, e.room_name, e.nick, e.kind, e.text, e.ts) for e in history])
+        (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+        for event in history:
+            self._since_trim[event.room] = self._since_trim.get(event.room, 0) + 1
+        # One connection, one transaction, AUTOINCREMENT: a batch's ids are consecutive.
+        return int(last) - len(history) + 1
 
     def _trim_due(self) -> None:
         db = self._connection()
