@@ -44,6 +44,7 @@ class Config:
     argon2_parallelism: int = 1
     hash_concurrency: int = 2
     login_failures: int = 3
+    loop: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("argon2_parallelism", count, "argon2id lanes per password hash"),
     Option("hash_concurrency", count, "password hashes computed at once, in worker threads"),
     Option("login_failures", count, "failed logins allowed per minute, per address and per nick"),
+    Option(
+        "loop",
+        str,
+        "event loop: uvloop (faster), asyncio, or auto (uvloop when it is installed)",
+        ("auto", "asyncio", "uvloop"),
+    ),
 )
 
 
