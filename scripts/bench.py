@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import importlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -729,7 +730,12 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
 
 async def run_scenario(scenario: Scenario, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     makers = {"telchat": telchat_target, "reference": reference_target}
-    extra = {"telchat": args.server_arg, "reference": args.ref_arg}
+    # Both servers on the same loop (the generator too): --server-arg/--ref-arg come later and win.
+    loop = [f"--loop={args.loop}"]
+    extra = {
+        "telchat": [*(loop if "--loop" in telchat_options() else []), *args.server_arg],
+        "reference": [*loop, *args.ref_arg],
+    }
     entry: dict[str, Any] = {
         "scenario": scenario.name,
         "title": scenario.title,
@@ -798,6 +804,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for telchat (repeatable)")
     parser.add_argument("--ref-arg", action="append", default=[], help="extra argument for the reference server")
     parser.add_argument("--servers", default="telchat,reference", type=lambda s: s.split(","))
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of both servers and of the generator (auto: uvloop when installed)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run each server N times, report the quietest run")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator to cores")
     parser.add_argument("--sources", type=int, default=4, help="loopback source addresses to connect from")
@@ -834,6 +846,7 @@ def log_dir(keep: str | None) -> Iterator[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.loop = resolve_loop(args.loop)
     args.pin = args.pin and pin_generator()
     to_stdout = args.json == "-"
 
@@ -841,8 +854,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = report(entry) if "scenario" in entry else f"!! {entry['error']}"
         print(text + "\n", file=sys.stderr if to_stdout else sys.stdout, flush=True)
 
+    print(f"event loop: {args.loop} (both servers and the generator)\n", file=sys.stderr if to_stdout else sys.stdout)
+    runner: Callable[[Coroutine[Any, Any, list[Any]]], list[Any]] = asyncio.run
+    if args.loop == "uvloop":
+        runner = importlib.import_module("uvloop").run
     with log_dir(args.keep_logs) as logdir:
-        entries = asyncio.run(run_all(args, logdir, emit))
+        entries = runner(run_all(args, logdir, emit))
     document = {"machine": machine(args), "scenarios": entries}
     if args.json:
         text = json.dumps(document, indent=2)
@@ -853,8 +870,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all("error" not in e for e in entries) else 1
 
 
+def resolve_loop(name: str) -> str:
+    """`auto`: uvloop when it can be imported, as telchat's own --loop auto does."""
+    if name != "auto":
+        return name
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 def machine(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        "loop": args.loop,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "pinned": args.pin,

@@ -23,6 +23,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
+from typing import cast
 
 GREETING = b"*** Welcome to telchat. Type help for commands."
 MARK = b"> ~"
@@ -100,8 +101,8 @@ class Client(asyncio.Protocol):
     # connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         self.rec.clients.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -19,6 +19,7 @@ import importlib
 import json
 import sys
 from collections import deque
+from typing import cast
 
 GREETING = b"*** Welcome to telchat. Type help for commands.\r\n"
 LOGIN_FIRST = b"*** Please login first: login <nick>\r\n"
@@ -89,8 +90,8 @@ class Conn(asyncio.Protocol):
         self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         self.chat.conns[self] = None
         self.write(GREETING)
 

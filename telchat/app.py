@@ -74,7 +74,11 @@ class App:
         if tls is not None and config.tls_port is not None:
             self._tls_server = await self._listen(config.tls_port, tls)
         self.status.port, self.status.tls_port = self.port, self.tls_port
-        log.info("listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers)
+        # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        log.info(
+            "listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers, loop=loop
+        )
         if config.metrics_port is not None:
             self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port)
 

@@ -57,6 +57,7 @@ class Config:
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     log_messages: bool = True
+    loop: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +188,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_port", port, "HTTP port for Prometheus /metrics and /healthz; unset: no metrics listener"),
     Option("metrics_host", str, "address the metrics listener binds to"),
     Option("log_messages", boolean, "put chat text in message log events (yes/no; --no-log-messages)"),
+    Option(
+        "loop",
+        str,
+        "event loop: uvloop (faster), asyncio, or auto (uvloop when it is installed)",
+        ("auto", "asyncio", "uvloop"),
+    ),
 )
 
 

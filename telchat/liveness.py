@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 
 KEEPALIVE_IDLE = 60
@@ -70,7 +71,10 @@ class Watchdog:
 
     def _tick(self) -> None:
         idle = self._idle()
-        now = asyncio.get_running_loop().time()
+        # The clock `idle` is measured with (telnetlib3: datetime.now()), not loop.time():
+        # uvloop's is in milliseconds and read once per loop turn, so comparing the two can
+        # take an answer that came 1 ms after the ping for no answer at all.
+        now = time.time()
         if self._pinged_at is not None:
             if idle >= now - self._pinged_at:  # nothing at all since the ping
                 self._handle = None

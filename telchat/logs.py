@@ -237,7 +237,7 @@ def _route_stdlib(shared: list[Processor], console: bool, output: _Output, thres
         else structlog.processors.JSONRenderer(serializer=lambda e, **_: orjson.dumps(e, default=str).decode())
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.processors.format_exc_info],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _drop_color_message, final],
     )
     handler = _BytesHandler(output)

@@ -14,8 +14,10 @@ from typing import Any, cast
 
 import structlog
 import telnetlib3
+from telnetlib3 import slc
 from telnetlib3.fingerprinting import _is_maybe_mud
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
+from telnetlib3.stream_writer import TelnetWriterUnicode
 from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
 
 from telchat import charsets
@@ -37,6 +39,108 @@ class ChunkReader(TelnetReaderUnicode):
         return await TelnetReader.read(self, n)
 
 
+class _Handlers(dict[bytes, Callable[..., Any]]):
+    """One of a TelnetWriter's callback tables, without a bound method per entry.
+
+    telnetlib3 fills five such tables in every writer's __init__ with the writer's own
+    handle_* methods: 63 bound methods, some 8 KiB and 68 objects for the garbage collector
+    per connection, nearly all never called. This table stores only what is registered on
+    top of those; a lookup of a command nobody overrode binds the writer's own handler then.
+    Which handler that is, telnetlib3's __init__ itself says (see `LeanTelnetWriter`): the
+    first writer's registrations are learnt, per table, for all.
+    """
+
+    __slots__ = ("_defaults", "_writer")
+
+    def __init__(self, writer: LeanTelnetWriter, defaults: dict[bytes, str]) -> None:
+        super().__init__()
+        self._writer: LeanTelnetWriter | None = writer
+        self._defaults = defaults
+
+    def __setitem__(self, key: bytes, func: Callable[..., Any]) -> None:
+        writer = self._writer
+        name = getattr(func, "__name__", "")
+        if writer is not None and getattr(func, "__self__", None) is writer:
+            if getattr(writer, "initializing", False):
+                self._defaults.setdefault(key, name)
+            if self._defaults.get(key) == name:
+                self.pop(key, None)  # the writer's own handler: looked up when needed
+                return
+        super().__setitem__(key, func)
+
+    def __missing__(self, key: bytes) -> Callable[..., Any]:
+        name = self._defaults.get(key)
+        if name is None or self._writer is None:
+            raise KeyError(key)
+        handler: Callable[..., Any] = getattr(self._writer, name)
+        return handler
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (self._writer is not None and key in self._defaults)
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def clear(self) -> None:
+        # TelnetWriter.close() clears its tables to break reference cycles: forget the writer.
+        super().clear()
+        self._writer = None
+
+
+class _HandlersAttribute:
+    """Makes a writer's `_iac_callback` (and the like) a `_Handlers`, from its __init__ on."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_lean" + name
+        # command -> handler name, the same for every writer: learnt from the first one.
+        self._defaults: dict[bytes, str] = {}
+
+    def __get__(self, writer: Any, owner: type | None = None) -> Any:
+        return self if writer is None else getattr(writer, self._slot)
+
+    def __set__(self, writer: Any, value: dict[bytes, Callable[..., Any]]) -> None:
+        table = _Handlers(writer, self._defaults)
+        for key, func in value.items():
+            table[key] = func
+        setattr(writer, self._slot, table)
+
+
+class LeanTelnetWriter(TelnetWriterUnicode):
+    """telnetlib3's writer, with a fraction of its per-connection memory and objects.
+
+    Its callback tables hold no bound methods (`_Handlers`), and its SLC table (30 entries,
+    a dozen objects made for each connection) exists only once something looks at it: a
+    line-mode chat server negotiates no LINEMODE, so normally never.
+    """
+
+    initializing = False
+    _iac_callback = _HandlersAttribute()
+    _slc_callback = _HandlersAttribute()
+    _ext_callback = _HandlersAttribute()
+    _ext_send_callback = _HandlersAttribute()
+    _ext_offer_callback = _HandlersAttribute()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.initializing = True
+        super().__init__(*args, **kwargs)
+        self.initializing = False
+
+    @property
+    def slctab(self) -> dict[bytes, Any]:
+        table: dict[bytes, Any] | None = self.__dict__.get("_lean_slctab")
+        if table is None:
+            table = self.__dict__["_lean_slctab"] = slc.generate_slctab(self.default_slc_tab)
+        return table
+
+    @slctab.setter
+    def slctab(self, table: dict[bytes, Any]) -> None:
+        # __init__ sets the default table: drop it, it is made again when first read.
+        self.__dict__["_lean_slctab"] = None if self.initializing else table
+
+
 class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
     # Set for clients that never spoke telnet: their bytes (0xFF included) are all text.
@@ -48,7 +152,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     guard: ConnectionGuard | None = None
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(reader_factory_encoding=ChunkReader, **kwargs)
+        super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn_id = next(_conn_ids)
@@ -89,6 +193,14 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 return
             self.passthrough = False
         super().data_received(data)
+
+    def _check_negotiation_timer(self) -> None:
+        # Under uvloop the check that begin_negotiation queued can still run after
+        # connection_lost cancelled it (and the waiter); telnetlib3 would then raise
+        # InvalidStateError setting the cancelled waiter. Nothing is left to decide.
+        if self._waiter_connected.done():
+            return
+        super()._check_negotiation_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.guard is not None:

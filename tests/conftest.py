@@ -27,6 +27,17 @@ TEST_CONFIG = Config(
 )
 
 
+if os.environ.get("TELCHAT_TEST_LOOP") == "uvloop":
+    # In-process tests run on asyncio's loop; TELCHAT_TEST_LOOP=uvloop runs them on uvloop.
+    # (Server processes started by tests use --loop auto, so uvloop, which requirements.txt
+    # installs.) tests/test_real_clients.py and test_telnet_prompt.py hang there: uvloop's
+    # subprocesses leave their output pipes to the tmux server that `new-session` starts.
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_logs() -> None:
     # In-process servers log at info (so every log call runs) into the void; log content is

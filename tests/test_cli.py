@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from telchat.cli import LoopUnavailable, loop_runner
 from telchat.config import OPTIONS, Config, parse_config
 from tests.clients import RawClient, TelnetClient
 from tests.procs import ROOT, ServerProcess
@@ -120,3 +121,31 @@ async def test_seed_run_command_works() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_loop_option_serves(loop: str) -> None:
+    server = ServerProcess(f"--loop={loop}")
+    try:
+        assert server.wait_event("listening")["loop"] == loop
+        client = await RawClient.connect(server.port)
+        await client.login("bob")
+        await client.close()
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def test_default_loop_is_uvloop_when_installed() -> None:
+    server = ServerProcess()
+    try:
+        assert server.wait_event("listening")["loop"] == "uvloop"
+    finally:
+        server.kill()
+
+
+def test_loop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
+    assert loop_runner("auto") is asyncio.run
+    with pytest.raises(LoopUnavailable, match="uvloop is not installed"):
+        loop_runner("uvloop")

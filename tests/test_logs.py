@@ -63,6 +63,18 @@ def test_exception_is_rendered(stream: Stream) -> None:
     assert "ValueError: boom" in record["exception"]
 
 
+def test_a_library_exception_has_its_traceback(stream: Stream) -> None:
+    """asyncio reports a failing callback through stdlib logging with exc_info: the
+    operator needs the traceback as text, not the exception's repr."""
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        logging.getLogger("asyncio").error("Exception in callback", exc_info=exc)
+    (record,) = stream.records()
+    assert record["logger"] == "asyncio" and "exc_info" not in record
+    assert "Traceback" in record["exception"] and "ValueError: boom" in record["exception"]
+
+
 async def test_one_write_per_loop_turn_in_order(stream: Stream) -> None:
     log = get_logger("t")
     flushes = stream.flushes
