@@ -47,6 +47,7 @@ class App:
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
+        self.store.commit_before(self._flusher)
         self.guards = Guards(config)
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None

@@ -45,24 +45,45 @@ def encode_text(text: str, charset: str) -> bytes:
 
 
 class Flusher:
-    """Writes every Outbox that got data during this loop turn, once, at the turn's end."""
+    """Writes every Outbox that got data during this loop turn, once, at the turn's end.
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    Hooks given to `before_flush` run first in the same callback: a store commits there,
+    so the lines it then delivers are written at once, not one loop turn later (a turn
+    more in the pipeline means smaller batches under load, and more latency)."""
+
+    __slots__ = ("_before", "_dirty", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
         self._dirty: list[Outbox] = []
+        self._before: list[Callable[[], None]] = []
         self._scheduled = False
 
-    def mark(self, outbox: Outbox) -> None:
-        self._dirty.append(outbox)
+    def before_flush(self, hook: Callable[[], None]) -> None:
+        self._before.append(hook)
+
+    def schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self.flush)
 
+    def mark(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self.schedule()
+
     def flush(self) -> None:
+        # Reset first: what the hooks publish in turn (an away notice answering a message)
+        # needs a flush of its own, next turn; what they deliver is written below.
         self._scheduled = False
+        try:
+            for hook in self._before:
+                hook()
+        finally:
+            self._write()
+
+    def _write(self) -> None:
         dirty, self._dirty = self._dirty, []
         for outbox in dirty:
             try:

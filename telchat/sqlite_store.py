@@ -8,23 +8,35 @@ need synchronous=FULL). Only after the commit are the batch's events delivered.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
+
+import orjson
 
 from telchat.events import Event
 from telchat.store import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
 
+# History is kept in chunks: the lines of one room committed in one transaction are one
+# row, a JSON array of [id, nick, kind, text, ts]. A busy room's turn of 40 lines is then one
+# INSERT and a page or two of WAL, not 40 rows and 40 index entries: this is what keeps the
+# store's cost per line small next to fanning the line out. Ids are global and increasing;
+# a chunk is keyed by its first line's id. The `messages` view shows one row per line for
+# people who query the file with the sqlite3 tool.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS chunks (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
     room TEXT NOT NULL,
     room_name TEXT NOT NULL,
-    nick TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    text TEXT NOT NULL,
-    ts REAL NOT NULL
+    count INTEGER NOT NULL,
+    lines TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id);
+CREATE INDEX IF NOT EXISTS chunks_room_first ON chunks (room, first);
+CREATE VIEW IF NOT EXISTS messages AS
+    SELECT line.value ->> 0 AS id, chunks.room, chunks.room_name, line.value ->> 1 AS nick,
+           line.value ->> 2 AS kind, line.value ->> 3 AS text, line.value ->> 4 AS ts
+    FROM chunks, json_each(chunks.lines) AS line;
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -32,16 +44,29 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, key)
 );
 """
-INSERT = "INSERT INTO messages (room, room_name, nick, kind, text, ts) VALUES (?, ?, ?, ?, ?, ?)"
-RECENT = "SELECT id, room, room_name, nick, kind, text, ts FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?"
+INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
+RECENT = "SELECT room_name, lines FROM chunks WHERE room = ? ORDER BY first DESC"
+LAST_ID = "SELECT last FROM chunks ORDER BY first DESC LIMIT 1"
+# The oldest chunk still needed for the newest `keep` lines, and how many lines the room
+# has from it on.
+BOUNDARY = (
+    "SELECT first, total FROM (SELECT first, sum(count) OVER (ORDER BY first DESC) AS total "
+    "FROM chunks WHERE room = :room) WHERE total >= :keep LIMIT 1"
+)
+DELETE_BEFORE = "DELETE FROM chunks WHERE room = :room AND first < :first"
+GET_LINES = "SELECT lines FROM chunks WHERE first = ?"
+SET_LINES = "UPDATE chunks SET lines = ?, count = ? WHERE first = ?"
 GET_RECORD = "SELECT value FROM records WHERE kind = ? AND key = ?"
 PUT_RECORD = "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)"
 DELETE_RECORD = "DELETE FROM records WHERE kind = ? AND key = ?"
 ALL_RECORDS = "SELECT key, value FROM records WHERE kind = ?"
-TRIM = (
-    "DELETE FROM messages WHERE room = :room AND id <= "
-    "(SELECT id FROM messages WHERE room = :room ORDER BY id DESC LIMIT 1 OFFSET :keep)"
-)
+# Version 1 kept a row per line in a `messages` table; opening such a file converts it.
+SCHEMA_VERSION = 2
+OLD_MESSAGES = "SELECT id, room, room_name, nick, kind, text, ts FROM messages ORDER BY room, id"
+
+Line = tuple[int, str, str, str, float]
+# A row of `chunks`: first id, last id, room key, room name, line count, the lines as JSON.
+Chunk = tuple[int, int, str, str, int, str]
 
 
 class SqliteStore(LocalStore):
@@ -53,6 +78,7 @@ class SqliteStore(LocalStore):
         self._trim_every = max(1, keep // 10)
         self._since_trim: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
+        self._last_id = 0
 
     async def open(self, deliver: Deliver) -> None:
         await super().open(deliver)
@@ -63,10 +89,12 @@ class SqliteStore(LocalStore):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=2000")
-            db.executescript(SCHEMA)
+            _upgrade(db)
+            (row,) = db.execute(LAST_ID).fetchall() or [(0,)]
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._db = db
+        self._last_id = int(row[0])
 
     async def close(self) -> None:
         await super().close()
@@ -87,45 +115,61 @@ class SqliteStore(LocalStore):
 
     def _commit(self, events: list[Event]) -> list[Event]:
         db = self._connection()
-        history = [event for event in events if event.in_history]
+        committed, chunks, last = self._number(events)
         try:
             db.execute("BEGIN")
-            first = self._insert(db, history)
-            self._trim_due()
+            db.executemany(INSERT, chunks)
+            self._trim_due(db)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             # The trim counters may have moved; a later trim simply comes a little early.
             raise StoreError(f"SQLite commit failed: {exc}") from exc
-        ids = iter(range(first, first + len(history)))
-        return [event.with_id((next(ids), 0)) if event.in_history else event for event in events]
+        self._last_id = last
+        return committed
 
-    def _insert(self, db: sqlite3.Connection, history: list[Event]) -> int:
-        """Insert the batch's messages in one executemany; return the first one's id."""
-        if not history:
-            return 0
-        db.executemany(INSERT, [(e.room, e.room_name, e.nick, e.kind, e.text, e.ts) for e in history])
-        (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
-        for event in history:
-            self._since_trim[event.room] = self._since_trim.get(event.room, 0) + 1
-        # One connection, one transaction, AUTOINCREMENT: a batch's ids are consecutive.
-        return int(last) - len(history) + 1
+    def _number(self, events: list[Event]) -> tuple[list[Event], list[Chunk], int]:
+        """The events with the ids they get if the commit succeeds, the batch's chunk rows
+        (one per room), and the last id given."""
+        committed: list[Event] = []
+        lines: dict[tuple[str, str], list[Line]] = {}
+        last = self._last_id
+        for event in events:
+            if not event.in_history:
+                committed.append(event)
+                continue
+            last += 1
+            committed.append(event.with_id((last, 0)))
+            room = lines.get((event.room, event.room_name))
+            if room is None:
+                room = lines[event.room, event.room_name] = []
+            room.append((last, event.nick, event.kind, event.text, event.ts))
+        for (room_key, _), room_lines in lines.items():
+            self._since_trim[room_key] = self._since_trim.get(room_key, 0) + len(room_lines)
+        return committed, [_chunk(room, name, room_lines) for (room, name), room_lines in lines.items()], last
 
-    def _trim_due(self) -> None:
-        db = self._connection()
+    def _trim_due(self, db: sqlite3.Connection) -> None:
         for room, count in list(self._since_trim.items()):
             if count >= self._trim_every:
-                db.execute(TRIM, {"room": room, "keep": self._keep})
+                _trim(db, room, self._keep)
                 del self._since_trim[room]
 
     async def recent(self, room: str, limit: int) -> list[Event]:
         if limit <= 0:
             return []
-        rows = self._connection().execute(RECENT, (room, limit)).fetchall()
+        found: list[list[tuple[str, Line]]] = []
+        total = 0
+        for name, lines in self._connection().execute(RECENT, (room,)):
+            chunk = orjson.loads(lines)
+            found.append([(name, line) for line in chunk[-(limit - total) :]])
+            total += len(found[-1])
+            if total >= limit:
+                break
         return [
-            Event(kind, text, room=key, room_name=name, nick=nick, ts=ts, id=(row_id, 0))
-            for row_id, key, name, nick, kind, text, ts in reversed(rows)
+            Event(kind, text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
+            for chunk in reversed(found)
+            for name, (line_id, nick, kind, text, ts) in chunk
         ]
 
     # Records are written outside the per-turn batch: autocommit, so durable on return.
@@ -148,3 +192,52 @@ class SqliteStore(LocalStore):
             return self._connection().execute(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite record access failed: {exc}") from exc
+
+
+def _trim(db: sqlite3.Connection, room: str, keep: int) -> None:
+    """Keep the newest `keep` lines of `room`: drop older chunks, and the older lines of
+    the chunk that straddles the boundary."""
+    boundary = db.execute(BOUNDARY, {"room": room, "keep": keep}).fetchone()
+    if boundary is None:
+        return
+    first, total = boundary
+    db.execute(DELETE_BEFORE, {"room": room, "first": first})
+    if total > keep:
+        (lines,) = db.execute(GET_LINES, (first,)).fetchone()
+        kept = orjson.loads(lines)[total - keep :]
+        db.execute(SET_LINES, (orjson.dumps(kept).decode(), len(kept), first))
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Create the schema, converting a version 1 file (a row per line) in one transaction."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN")
+    try:
+        old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone()
+        rows = db.execute(OLD_MESSAGES).fetchall() if old else []
+        if old:
+            db.execute("DROP TABLE messages")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.executemany(INSERT, _old_chunks(rows))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _old_chunks(rows: list[tuple[int, str, str, str, str, str, float]]) -> list[Chunk]:
+    """Version 1 rows, ordered by room and id, as chunks of up to 100 lines."""
+    chunks = []
+    for (room, room_name), group in itertools.groupby(rows, key=lambda row: (row[1], row[2])):
+        lines = [(row_id, nick, kind, text, ts) for row_id, _, _, nick, kind, text, ts in group]
+        chunks += [_chunk(room, room_name, lines[start : start + 100]) for start in range(0, len(lines), 100)]
+    return chunks
+
+
+def _chunk(room: str, room_name: str, lines: list[Line]) -> Chunk:
+    return (lines[0][0], lines[-1][0], room, room_name, len(lines), orjson.dumps(lines).decode())

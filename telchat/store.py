@@ -20,6 +20,7 @@ import orjson
 
 from telchat.events import EntryId, Event
 from telchat.logs import get_logger
+from telchat.outbox import Flusher
 from telchat.stats import STATS
 
 log = get_logger("telchat.store")
@@ -61,6 +62,9 @@ class Store(abc.ABC):
 
     async def check(self) -> None:  # noqa: B027 - local stores have nothing to check
         """Raise StoreError when the store does not answer."""
+
+    def commit_before(self, flusher: Flusher) -> None:  # noqa: B027 - only batching stores use it
+        """Commit this turn's batch in `flusher`'s end-of-turn callback, before it writes."""
 
     # Records: small JSON-able documents by kind and key (accounts, bans, mutes, topics).
 
@@ -139,6 +143,8 @@ class LocalStore(Store):
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
         self._scheduled = False
+        self._turn: Flusher | None = None
+        self._retry: asyncio.TimerHandle | None = None
         self._flushed: asyncio.Future[None] | None = None
         # Failure times per key, oldest first; in memory, as nothing else shares them.
         self._failures: dict[str, deque[float]] = {}
@@ -147,16 +153,31 @@ class LocalStore(Store):
         self._deliver = deliver
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         self._flush()
+
+    def commit_before(self, flusher: Flusher) -> None:
+        # Committed in the output flush's own callback: delivered and written in one go.
+        self._turn = flusher
+        flusher.before_flush(self._turn_end)
 
     def publish(self, event: Event) -> None:
         self._pending.append(event)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            if self._turn is not None:
+                self._turn.schedule()
+            else:
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _turn_end(self) -> None:
+        if self._scheduled and self._retry is None:
+            self._flush()
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._retry = None
         events, self._pending = self._pending, []
         if not events:
             return
@@ -169,7 +190,7 @@ class LocalStore(Store):
             self._pending[:0] = events
             log.error("store_error", error=str(exc), pending=len(self._pending))
             self._scheduled = True
-            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
+            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
             return
         STATS.store_commit_seconds.observe(perf_counter() - started)
         for event in committed:

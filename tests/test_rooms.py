@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from telchat.events import message
 from telchat.outbox import Broadcast, Flusher, Outbox, encode_line
 from telchat.rooms import Chat, ChatError, User
+from telchat.sqlite_store import SqliteStore
 from telchat.store import MemoryStore
 
 
@@ -52,6 +55,45 @@ async def test_one_write_per_member_per_loop_turn() -> None:
     for _, sink in users:
         assert len(sink.writes) == 1
         assert sink.writes[0] == b"".join(encode_line(f"#room:u0> line {n}", "utf-8") for n in range(10))
+
+
+async def test_a_batching_store_commits_and_writes_in_one_turn(tmp_path: Path) -> None:
+    """With SQLite, a turn's lines are committed in the flusher's callback and written in
+    that same callback; events published while delivering still get their own commit."""
+    flusher = Flusher()
+    store = SqliteStore(str(tmp_path / "t.db"))
+    chat = Chat(store)
+    store.commit_before(flusher)
+    await store.open(chat.deliver)
+    try:
+        users = [make_user(i, flusher) for i in range(2)]
+        for i, (user, _) in enumerate(users):
+            chat.connect(user)
+            await chat.set_nick(user, f"u{i}")
+            await chat.join(user, "room")
+        await store.settled()
+        flusher.flush()
+        sinks = [sink for _, sink in users]
+        for sink in sinks:
+            sink.writes.clear()
+        for n in range(3):
+            chat.say(users[0][0], f"line {n}")
+        assert not any(sink.writes for sink in sinks)
+        await asyncio.sleep(0)  # one turn: commit, deliver and write
+        expected = b"".join(encode_line(f"#room:u0> line {n}", "utf-8") for n in range(3))
+        assert [sink.writes for sink in sinks] == [[expected], [expected]]
+
+        def answer() -> None:  # like an away notice, published while delivering
+            if len(sinks[1].writes) == 1:
+                store.publish(message("say", "room", "room", "u1", "answer"))
+
+        flusher.before_flush(answer)
+        chat.say(users[0][0], "question")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert sinks[1].writes[1:] == [encode_line(f"#room:{line}", "utf-8") for line in ("u0> question", "u1> answer")]
+    finally:
+        await store.close()
 
 
 async def test_encoded_once_per_charset() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from telchat.app import App
-from telchat.events import Event
+from telchat.events import Event, message
+from telchat.sqlite_store import SqliteStore
 from telchat.store import StoreError
 from telchat.store_url import make_store
 from tests.clients import RawClient
@@ -149,3 +150,65 @@ def test_with_id_keeps_every_field() -> None:
     event = Event("notice", "text", "r", "R", "nick", ("a", "b"), "t", True, 12.5, (1, 2))
     assert event.with_id((7, 0)) == replace(event, id=(7, 0))
     assert [f.name for f in fields(Event)][-1] == "id"
+
+
+V1_SCHEMA = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, room TEXT NOT NULL, room_name TEXT NOT NULL,
+    nick TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL
+);
+CREATE INDEX messages_room_id ON messages (room, id);
+CREATE TABLE records (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key));
+"""
+
+
+async def test_a_version_1_database_is_converted(tmp_path: Path) -> None:
+    """Files written before history was kept in chunks (a row per line) open with their
+    history, records and ids intact, and new lines continue after the old ids."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+        rows = [(f"r{i % 2}", f"R{i % 2}", "bob", "say", f"old {i}", 1.0 + i) for i in range(250)]
+        db.executemany("INSERT INTO messages (room, room_name, nick, kind, text, ts) VALUES (?,?,?,?,?,?)", rows)
+        db.execute("INSERT INTO records VALUES ('account', 'bob', '{\"hash\": \"x\"}')")
+    store = SqliteStore(str(path), keep=1000)
+    delivered: list[Event] = []
+    await store.open(delivered.append)
+    try:
+        old = await store.recent("r1", 1000)
+        assert [e.text for e in old] == [f"old {i}" for i in range(1, 250, 2)]
+        assert [e.id for e in old] == [(i + 1, 0) for i in range(1, 250, 2)]
+        assert old[0].room_name == "R1" and old[0].ts == 2.0
+        assert await store.get_record("account", "bob") == {"hash": "x"}
+        store.publish(message("say", "r1", "R1", "ann", "new"))
+        await store.settled()
+        assert delivered[-1].id == (251, 0)
+        assert [e.text for e in await store.recent("r1", 2)] == ["old 249", "new"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("SELECT count(*) FROM messages WHERE room = 'r0'").fetchone() == (125,)
+        assert db.execute("SELECT id, nick, text FROM messages ORDER BY id DESC LIMIT 1").fetchone() == (
+            251,
+            "ann",
+            "new",
+        )
+
+
+async def test_recent_and_trim_across_chunks(tmp_path: Path) -> None:
+    """Lines committed in one turn share a row; `recent` and the trim cut inside rows."""
+    store = SqliteStore(str(tmp_path / "c.db"), keep=25)
+    await store.open(lambda event: None)
+    try:
+        for turn in range(8):
+            for i in range(7):
+                store.publish(message("say", "r", "r", "bob", f"t{turn} l{i}"))
+            store.publish(message("say", "other", "other", "ann", f"other {turn}"))
+            await store.settled()
+        texts = [f"t{turn} l{i}" for turn in range(8) for i in range(7)]
+        assert [e.text for e in await store.recent("r", 10)] == texts[-10:]
+        assert [e.text for e in await store.recent("r", 1000)] == texts[-25:]
+        assert [e.text for e in await store.recent("other", 3)] == ["other 5", "other 6", "other 7"]
+    finally:
+        await store.close()
