@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -53,11 +54,13 @@ class Server:
     """`python server.py` on an ephemeral loopback port, its JSON log tallied as it comes."""
 
     def __init__(self, extra: list[str]) -> None:
+        # Its own working directory: the default store starts empty, and the checkout stays clean.
+        self.home = tempfile.TemporaryDirectory(prefix="telchat-soak-")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "server.py"), "--host", HOST, "--port", "0", "--log-format", "json", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=ROOT,
+            cwd=self.home.name,
         )
         self.stderr: list[str] = []
         self.disconnects: Counter[str] = Counter()

@@ -14,25 +14,31 @@ from pathlib import Path
 
 import orjson
 
+from telchat.checkpoint import Checkpointer
 from telchat.events import Event
+from telchat.logs import get_logger
+from telchat.stats import STATS
 from telchat.store import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
+
+log = get_logger("telchat.sqlite_store")
 
 # History is kept in chunks: the lines of one room committed in one transaction are one
 # row, a JSON array of [id, nick, kind, text, ts]. A busy room's turn of 40 lines is then one
 # INSERT and a page or two of WAL, not 40 rows and 40 index entries: this is what keeps the
 # store's cost per line small next to fanning the line out. Ids are global and increasing;
-# a chunk is keyed by its first line's id. The `messages` view shows one row per line for
-# people who query the file with the sqlite3 tool.
+# a chunk is keyed by its room and its first line's id, WITHOUT ROWID: one b-tree, so a
+# commit and the trim of the room's oldest chunk usually touch the same page or two. The
+# `messages` view shows one row per line for people who query the file with sqlite3.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
-    first INTEGER PRIMARY KEY,
-    last INTEGER NOT NULL,
     room TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
     room_name TEXT NOT NULL,
     count INTEGER NOT NULL,
-    lines TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chunks_room_first ON chunks (room, first);
+    lines TEXT NOT NULL,
+    PRIMARY KEY (room, first)
+) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS messages AS
     SELECT line.value ->> 0 AS id, chunks.room, chunks.room_name, line.value ->> 1 AS nick,
            line.value ->> 2 AS kind, line.value ->> 3 AS text, line.value ->> 4 AS ts
@@ -46,16 +52,13 @@ CREATE TABLE IF NOT EXISTS records (
 """
 INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
 RECENT = "SELECT room_name, lines FROM chunks WHERE room = ? ORDER BY first DESC"
-LAST_ID = "SELECT last FROM chunks ORDER BY first DESC LIMIT 1"
-# The oldest chunk still needed for the newest `keep` lines, and how many lines the room
-# has from it on.
-BOUNDARY = (
-    "SELECT first, total FROM (SELECT first, sum(count) OVER (ORDER BY first DESC) AS total "
-    "FROM chunks WHERE room = :room) WHERE total >= :keep LIMIT 1"
-)
-DELETE_BEFORE = "DELETE FROM chunks WHERE room = :room AND first < :first"
-GET_LINES = "SELECT lines FROM chunks WHERE first = ?"
-SET_LINES = "UPDATE chunks SET lines = ?, count = ? WHERE first = ?"
+# A scan, once at start-up: rooms are not ordered by their ids.
+LAST_ID = "SELECT coalesce(max(last), 0) FROM chunks"
+ROOM_LINES = "SELECT coalesce(sum(count), 0) FROM chunks WHERE room = ?"
+OLDEST = "SELECT first, count FROM chunks WHERE room = ? ORDER BY first"
+DELETE_UPTO = "DELETE FROM chunks WHERE room = ? AND first <= ?"
+GET_LINES = "SELECT lines FROM chunks WHERE room = ? AND first = ?"
+SET_LINES = "UPDATE chunks SET lines = ?, count = ? WHERE room = ? AND first = ?"
 GET_RECORD = "SELECT value FROM records WHERE kind = ? AND key = ?"
 PUT_RECORD = "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)"
 DELETE_RECORD = "DELETE FROM records WHERE kind = ? AND key = ?"
@@ -74,10 +77,12 @@ class SqliteStore(LocalStore):
         super().__init__()
         self.path = path
         self._keep = keep
-        # Trim a room once it has grown by a tenth: amortised, never far over `keep`.
-        self._trim_every = max(1, keep // 10)
-        self._since_trim: dict[str, int] = {}
+        # Whole chunks past `keep` go at every commit (usually one row: no burst of
+        # deletes); the oldest kept chunk is cut down once `slack` of its lines are over.
+        self._slack = max(1, keep // 10)
+        self._lines: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
         self._last_id = 0
 
     async def open(self, deliver: Deliver) -> None:
@@ -90,15 +95,22 @@ class SqliteStore(LocalStore):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=2000")
             _upgrade(db)
-            (row,) = db.execute(LAST_ID).fetchall() or [(0,)]
+            (last,) = db.execute(LAST_ID).fetchone()
+            if self.path != ":memory:":
+                db.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = Checkpointer(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._db = db
-        self._last_id = int(row[0])
+        self._last_id = int(last)
 
     async def close(self) -> None:
         await super().close()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._db is not None:
+            # The last connection to close checkpoints the WAL and removes it.
             self._db.close()
             self._db = None
 
@@ -118,16 +130,28 @@ class SqliteStore(LocalStore):
         committed, chunks, last = self._number(events)
         try:
             db.execute("BEGIN")
+            stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
             db.executemany(INSERT, chunks)
-            self._trim_due(db)
+            lines = {room: self._trim(db, room, count) for room, count in stored.items()}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            # The trim counters may have moved; a later trim simply comes a little early.
             raise StoreError(f"SQLite commit failed: {exc}") from exc
         self._last_id = last
+        self._lines.update(lines)
+        if self._checkpointer is not None and self._checkpointer.committed():
+            self._restart_wal(db)
         return committed
+
+    @staticmethod
+    def _restart_wal(db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:
+            # Committed already: nothing is lost, the WAL stays long until a later attempt.
+            STATS.store_errors += 1
+            log.error("store_error", error=f"SQLite checkpoint failed: {exc}", pending=0)
 
     def _number(self, events: list[Event]) -> tuple[list[Event], list[Chunk], int]:
         """The events with the ids they get if the commit succeeds, the batch's chunk rows
@@ -145,17 +169,39 @@ class SqliteStore(LocalStore):
             if room is None:
                 room = lines[event.room, event.room_name] = []
             room.append((last, event.nick, event.kind, event.text, event.ts))
-        for (room_key, _), room_lines in lines.items():
-            self._since_trim[room_key] = self._since_trim.get(room_key, 0) + len(room_lines)
         return committed, [_chunk(room, name, room_lines) for (room, name), room_lines in lines.items()], last
 
-    def _trim_due(self, db: sqlite3.Connection) -> None:
-        for room, count in list(self._since_trim.items()):
-            if count >= self._trim_every:
-                _trim(db, room, self._keep)
-                del self._since_trim[room]
+    def _stored(self, db: sqlite3.Connection, room: str) -> int:
+        """Lines of `room` in the file: counted once per process, then kept up to date."""
+        stored = self._lines.get(room)
+        if stored is None:
+            (stored,) = db.execute(ROOM_LINES, (room,)).fetchone()
+        return int(stored)
+
+    def _trim(self, db: sqlite3.Connection, room: str, stored: int) -> int:
+        """Drop `room`'s chunks that lie wholly past its newest `keep` lines; cut the oldest
+        kept one once `slack` of its lines are past. Return the lines left."""
+        over = stored - self._keep
+        if over <= 0:
+            return stored
+        dropped = straddling = None
+        for first, count in db.execute(OLDEST, (room,)):
+            if count > over:
+                straddling = first
+                break
+            dropped, over, stored = first, over - count, stored - count
+        if dropped is not None:
+            db.execute(DELETE_UPTO, (room, dropped))
+        if straddling is not None and over >= self._slack:
+            (lines,) = db.execute(GET_LINES, (room, straddling)).fetchone()
+            kept = orjson.loads(lines)[over:]
+            db.execute(SET_LINES, (orjson.dumps(kept).decode(), len(kept), room, straddling))
+            stored -= over
+        return stored
 
     async def recent(self, room: str, limit: int) -> list[Event]:
+        # The oldest kept chunk may still hold up to `slack` lines past `keep`.
+        limit = min(limit, self._keep)
         if limit <= 0:
             return []
         found: list[list[tuple[str, Line]]] = []
@@ -192,20 +238,6 @@ class SqliteStore(LocalStore):
             return self._connection().execute(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite record access failed: {exc}") from exc
-
-
-def _trim(db: sqlite3.Connection, room: str, keep: int) -> None:
-    """Keep the newest `keep` lines of `room`: drop older chunks, and the older lines of
-    the chunk that straddles the boundary."""
-    boundary = db.execute(BOUNDARY, {"room": room, "keep": keep}).fetchone()
-    if boundary is None:
-        return
-    first, total = boundary
-    db.execute(DELETE_BEFORE, {"room": room, "first": first})
-    if total > keep:
-        (lines,) = db.execute(GET_LINES, (first,)).fetchone()
-        kept = orjson.loads(lines)[total - keep :]
-        db.execute(SET_LINES, (orjson.dumps(kept).decode(), len(kept), first))
 
 
 def _upgrade(db: sqlite3.Connection) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # A working directory of its own: the default store, sqlite:///telchat.db, is then
+        # this server's alone, not a file every test (and xdist worker) would share.
+        self.home = tempfile.mkdtemp(prefix="telchat-test-")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -35,7 +40,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
-            cwd=ROOT,
+            cwd=self.home,
         )
         self.events: list[dict[str, Any]] = []
         self._lines: queue.Queue[bytes] = queue.Queue()
@@ -86,10 +91,17 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def run_server(*args: str) -> subprocess.CompletedProcess[str]:
     """`python server.py ARGS` to completion: for start-up failures and --help."""
-    return subprocess.run(
-        [sys.executable, "server.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=20, check=False
-    )
+    with tempfile.TemporaryDirectory(prefix="telchat-test-") as home:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), *args],
+            cwd=home,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
