@@ -261,6 +261,9 @@ def telchat_target(scenario: Scenario, extra: Sequence[str]) -> Target:
         argv.append("--flood-rate=0")
     if "--announce-nicks" in options:
         argv.append(f"--announce-nicks={scenario.announce_nicks}")
+    # The sessions held plus the probes that connect while they are: over the default 10 000.
+    if "--max-connections" in options:
+        argv.append(f"--max-connections={max(10_000, 2 * (scenario.clients + scenario.probes))}")
     return Target("telchat", (*argv, *extra))
 
 
