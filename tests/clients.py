@@ -296,3 +296,24 @@ class MudClient(OptionClient):
             if loop.time() > deadline:
                 raise TimeoutError(f"no GMCP {package}; got {self.gmcp}")
             await self._fill(0.05)
+
+
+async def logged_session(port: int, room: str) -> RawClient:
+    """Two users doing what produces each everyday log event: logins, a join, a message, a
+    private message, an overlong line, a leave, and ann's quit. Returns bob, still connected."""
+    bob = await RawClient.connect(port)
+    ann = await RawClient.connect(port)
+    await bob.login("bob")
+    await ann.login("ann")
+    await bob.join(room, "bob")
+    await bob.send("hello")
+    await bob.read_until(f"#{room}:bob> hello")
+    await bob.send("/msg ann psst")
+    await ann.read_until("*bob*> psst")
+    await bob.send("x" * 2000)
+    await bob.read_until("*** Line too long")
+    await bob.send("left")
+    await bob.read_until("*** User bob left")
+    await ann.send("quit")
+    await ann.wait_closed()
+    return bob

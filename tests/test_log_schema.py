@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.clients import RawClient
+from tests.clients import logged_session
 from tests.procs import ROOT, ServerProcess
 
 LEVELS = {"debug", "info", "warning", "error"}
@@ -35,21 +35,7 @@ async def test_every_logged_event_is_documented_with_its_fields() -> None:
     assert {"connect", "negotiated", "nick", "join", "message", "disconnect", "shutdown"} <= schema.keys()
     server = ServerProcess("--store=memory://", "--flood-rate=0", "--metrics-port=0", "--metrics-host=127.0.0.1")
     try:
-        bob = await RawClient.connect(server.port)
-        ann = await RawClient.connect(server.port)
-        await bob.login("bob")
-        await ann.login("ann")
-        await bob.join("r", "bob")
-        await bob.send("hello")
-        await bob.read_until("#r:bob> hello")
-        await bob.send("/msg ann psst")
-        await ann.read_until("*bob*> psst")
-        await bob.send("x" * 2000)
-        await bob.read_until("*** Line too long")
-        await bob.send("left")
-        await bob.read_until("*** User bob left")
-        await ann.send("quit")
-        await ann.wait_closed()
+        bob = await logged_session(server.port, "r")
         assert server.stop() == 0
         await bob.close()
     finally:

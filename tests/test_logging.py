@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clients import RawClient
+from tests.clients import logged_session
 from tests.procs import ServerProcess
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -35,21 +35,7 @@ def server() -> Iterator[ServerProcess]:
 
 
 async def test_every_event_is_json_with_fields(server: ServerProcess) -> None:
-    bob = await RawClient.connect(server.port)
-    ann = await RawClient.connect(server.port)
-    await bob.login("bob")
-    await ann.login("ann")
-    await bob.join("one", "bob")
-    await bob.send("hello")
-    await bob.read_until("#one:bob> hello")
-    await bob.send("/msg ann psst")
-    await ann.read_until("*bob*> psst")
-    await bob.send("x" * 2000)
-    await bob.read_until("*** Line too long")
-    await bob.send("left")
-    await bob.read_until("*** User bob left")
-    await ann.send("quit")
-    await ann.wait_closed()
+    bob = await logged_session(server.port, "one")
     await asyncio.sleep(0.2)
     assert server.stop() == 0
     await bob.close()
