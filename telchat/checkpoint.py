@@ -8,32 +8,40 @@ own connection (PASSIVE: it never waits for, or blocks, the writer; sqlite3 rele
 GIL while SQLite works).
 
 A passive checkpoint cannot restart the WAL while commits keep arriving, so under a
-sustained load the WAL would only grow. When it passes `limit` frames, `committed` tells
-the writer to run one RESTART checkpoint itself, between two transactions: what is left to
-copy is only what came since the thread's last pass.
+sustained load the WAL would only grow. The writer watches the WAL file's size itself, so
+the bound holds however late the thread runs: the writer's connection has
+`journal_size_limit` set to the same limit, which cuts the file back to it whenever the WAL
+restarts, so a file past the limit means a WAL that has grown past it since. Then
+`committed` tells the writer to run one RESTART checkpoint, between two transactions: what
+is left to copy is only what came since the thread's last pass.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
 CHECKPOINT_EVERY = 200
-WAL_LIMIT_FRAMES = 8192
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
 
 
 class Checkpointer:
-    def __init__(self, path: str, every: int = CHECKPOINT_EVERY, limit: int = WAL_LIMIT_FRAMES) -> None:
+    def __init__(self, path: str, every: int = CHECKPOINT_EVERY, limit: int = WAL_LIMIT_BYTES) -> None:
         self._path = path
+        self._wal = f"{path}-wal"
         self._every = every
         self._limit = limit
         self._commits = 0
-        # Frames in the WAL at the thread's last pass; read by the writer (an int: no lock).
-        self._wal_frames = 0
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="telchat-checkpoint", daemon=True)
         self._thread.start()
+
+    def configure(self, writer: sqlite3.Connection) -> None:
+        """Hand checkpoints over from the writer's connection to this thread."""
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute(f"PRAGMA journal_size_limit={self._limit}")
 
     def committed(self) -> bool:
         """Count one commit; True when the writer should now run a RESTART checkpoint."""
@@ -41,8 +49,7 @@ class Checkpointer:
         if self._commits < self._every:
             return False
         self._commits = 0
-        if self._wal_frames > self._limit:
-            self._wal_frames = 0
+        if self._wal_size() > self._limit:
             return True
         self._wake.set()
         return False
@@ -51,6 +58,12 @@ class Checkpointer:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=10)
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self._wal).st_size
+        except OSError:
+            return 0
 
     def _run(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -64,11 +77,11 @@ class Checkpointer:
         finally:
             db.close()
 
-    def _pass(self, db: sqlite3.Connection) -> None:
+    @staticmethod
+    def _pass(db: sqlite3.Connection) -> None:
         try:
-            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:
             # Busy or failing: the next pass tries again; a failing disk shows in the
             # writer's own commits (store_error), which is where it matters.
             return
-        self._wal_frames = int(frames)

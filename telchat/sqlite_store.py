@@ -97,8 +97,8 @@ class SqliteStore(LocalStore):
             _upgrade(db)
             (last,) = db.execute(LAST_ID).fetchone()
             if self.path != ":memory:":
-                db.execute("PRAGMA wal_autocheckpoint=0")
                 self._checkpointer = Checkpointer(self.path)
+                self._checkpointer.configure(db)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._db = db
