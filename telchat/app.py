@@ -126,7 +126,7 @@ class App:
         try:
             terminal.attach(session)
             session.start()
-            reason = await pump(reader, session.feed, lambda: session.closing)
+            reason = await pump(reader, session)
         except Exception:
             log.exception("session_failed")
         finally:

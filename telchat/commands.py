@@ -356,7 +356,11 @@ async def execute(ctx: Context, parsed: Parsed) -> None:
     if not isinstance(parsed, Say):
         await run(ctx, _dispatch(ctx, parsed))
         return
-    # Most lines are plain messages, which never wait: said without a command's coroutines.
+    say(ctx, parsed)
+
+
+def say(ctx: Context, parsed: Say) -> None:
+    """A plain message: it never waits, so it needs none of a command's coroutines."""
     try:
         ctx.chat.say(ctx.user, parsed.text)
     except ChatError as exc:

@@ -64,6 +64,10 @@ class Fakelag:
         self._bucket = TokenBucket(burst, rate, clock)
         self.slowed = False
 
+    def ready(self) -> bool:
+        """Whether a line taken now would not wait."""
+        return self._bucket.wait_time() <= 0
+
     def take(self, cost: float = 1.0) -> tuple[float, bool]:
         """This line's delay in seconds, and whether it begins a slowdown."""
         if self.slowed and self._bucket.full:

@@ -44,7 +44,7 @@ class Watchdog:
     def __init__(
         self,
         idle: Callable[[], float],
-        ping: Callable[[], None],
+        ping: Callable[[], object],
         expire: Callable[[], None],
         ping_after: float,
         answer_within: float,

@@ -29,7 +29,8 @@ CRLF = "\r\n"
 class Sink(Protocol):
     """Where an Outbox's bytes go: a transport, in production."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> int:
+        """Write `data`; return the bytes still buffered, not yet taken by the socket."""
 
     def buffered(self) -> int: ...
 
@@ -175,9 +176,8 @@ class Outbox:
             chunks = self._chunks
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
-        self._sink.write(data)
         self.bytes_out += len(data)
-        if self._sink.buffered() > self._limit:
+        if self._sink.write(data) > self._limit:
             self._overflow()
 
     def close(self) -> None:

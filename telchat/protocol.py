@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 import telnetlib3
@@ -33,9 +33,37 @@ _conn_ids = itertools.count(1)
 
 
 class ChunkReader(TelnetReaderUnicode):
-    """telnetlib3's reader, plus raw-chunk reads: we split and decode lines ourselves."""
+    """telnetlib3's reader, plus raw-chunk reads: we split and decode lines ourselves.
 
-    async def read_chunk(self, n: int = READ_CHUNK) -> bytes:
+    While `take` is set, in-band bytes that arrive with nothing buffered are offered to it
+    first, in data_received: a chat line is then handled as it arrives, not a loop turn
+    later in the reading task (behind whatever else that turn runs). What `take` refuses
+    is buffered for `read_chunk` as usual; `nudge` wakes the reading task for what `take`
+    accepted but left for it.
+    """
+
+    take: Callable[[bytes, Callable[[], None]], bool] | None = None
+    _nudged = False
+
+    def feed_data(self, data: bytes) -> None:
+        take = self.take
+        if take is not None and data and not self._buffer and not self._eof and take(data, self.nudge):
+            return
+        super().feed_data(data)
+
+    def nudge(self) -> None:
+        self._nudged = True
+        self._wakeup_waiter()
+
+    async def read_chunk(self, n: int = READ_CHUNK) -> bytes | None:
+        """Up to `n` bytes; b"" at EOF; None when nudged."""
+        while not (self._nudged or self._buffer or self._eof):
+            if self._exception is not None:
+                raise self._exception
+            await self._wait_for_data("read_chunk")
+        if self._nudged:
+            self._nudged = False
+            return None
         return await TelnetReader.read(self, n)
 
 
@@ -117,6 +145,8 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     """
 
     initializing = False
+    #: Called after any option's state changes (the Terminal caches what it depends on).
+    on_option_change: Callable[[], None] | None = None
     _iac_callback = _HandlersAttribute()
     _slc_callback = _HandlersAttribute()
     _ext_callback = _HandlersAttribute()
@@ -127,6 +157,11 @@ class LeanTelnetWriter(TelnetWriterUnicode):
         self.initializing = True
         super().__init__(*args, **kwargs)
         self.initializing = False
+
+    def _check_waiters(self) -> None:
+        super()._check_waiters()
+        if self.on_option_change is not None:
+            self.on_option_change()
 
     @property
     def slctab(self) -> dict[bytes, Any]:
@@ -265,9 +300,11 @@ class TransportSink:
     def __init__(self, transport: asyncio.WriteTransport) -> None:
         self._transport = transport
 
-    def write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
+    def write(self, data: bytes) -> int:
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(data)
+        return transport.get_write_buffer_size()
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
@@ -339,15 +376,39 @@ def make_shell(run: SessionRunner) -> Shell:
     return shell
 
 
-async def pump(reader: ChunkReader, feed: Callable[[bytes], Awaitable[None]], stop: Callable[[], bool]) -> str:
-    """Read chunks into `feed` until EOF, a connection error, or `stop()`; return why it ended."""
+class Input(Protocol):
+    """What reads a connection's in-band bytes: the Session."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def take(self, data: bytes, nudge: Callable[[], None]) -> bool:
+        """Handle `data` now, in data_received, or return False to have it read later;
+        `nudge` wakes the pump for lines it accepted but left to `catch_up`."""
+
+    async def feed(self, data: bytes) -> None:
+        """Handle `data`, read by the pump; may wait."""
+
+    async def catch_up(self) -> None:
+        """Handle what `take` accepted but left for the pump."""
+
+
+async def pump(reader: ChunkReader, session: Input) -> str:
+    """Read chunks into `session` until EOF, a connection error, or it closes; return why
+    it ended. The session takes what it can as it arrives, in data_received, meanwhile."""
+    reader.take = session.take
     try:
-        while not stop():
+        while not session.closing:
             data = await reader.read_chunk()
-            if not data:
+            if data is None:
+                await session.catch_up()
+            elif not data:
                 return "eof"
-            await feed(data)
+            else:
+                await session.feed(data)
     except (ConnectionError, OSError) as exc:
         log.info("connection_error", error=repr(exc))
         return "error"
+    finally:
+        reader.take = None
     return "closed"

@@ -1,7 +1,14 @@
 """One connected person: bytes in, lines out, through the command layer. No telnet here.
 
-The protocol layer feeds raw bytes to `Session.feed` and ends the session with `finish`;
-everything the session says goes through its user's Outbox.
+The protocol layer offers raw bytes to `Session.take` as they arrive and feeds what that
+refuses to `Session.feed` from the connection's reading task (`protocol.pump`); it ends the
+session with `finish`. Everything the session says goes through its user's Outbox.
+
+Most lines are plain messages, which never wait for anything: `take` handles them in
+data_received, so that a message is committed and delivered at the end of the loop turn it
+arrived in. A line that must wait (a command, an answer to a prompt, a line held back by
+fakelag, and everything after it) goes to the reading task, in order: `take` refuses input
+while that task has anything in hand.
 """
 
 from __future__ import annotations
@@ -75,6 +82,10 @@ class Session:
         self._fakelag = Fakelag(config.flood_burst, config.flood_rate) if config.flood_rate else None
         # The connection closed while a line waited out fakelag: the rest of its input is dropped.
         self._gone = False
+        # The reading task is handling input: `take` must leave newer input to it.
+        self._reading = False
+        # What `take` left for the reading task: lines, or the Overflow or failure that ended them.
+        self._backlog: Sequence[bytes | str | Oversize] | Exception | None = None
         self.bytes_in = 0
         self._started = time.monotonic()
 
@@ -89,23 +100,68 @@ class Session:
         self.chat.connect(self.user)
         self.user.send(replies.WELCOME)
 
+    def take(self, data: bytes, nudge: Callable[[], None]) -> bool:
+        """Handle a chunk of input now, as it arrives, unless the reading task has input in
+        hand (then False: it reads this after). Lines that must wait are left to that task,
+        which `nudge` wakes."""
+        if self._reading or self._backlog is not None or self.closing or self._gone or len(data) > FEED_SLICE:
+            return False
+        self.bytes_in += len(data)
+        try:
+            lines = self._splitter.feed(data)
+            for at, line in enumerate(lines):
+                if self.closing:
+                    break
+                if not self._say_now(line):
+                    self._backlog = lines[at:]
+                    break
+        except Exception as exc:
+            # Raised again in the reading task, which ends the session as for its own.
+            self._backlog = exc
+        if self._backlog is not None:
+            nudge()
+        return True
+
+    async def catch_up(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        self._reading = True
+        try:
+            if isinstance(backlog, Overflow):
+                self._overflowed(backlog)
+            elif isinstance(backlog, Exception):
+                raise backlog
+            elif backlog is not None:
+                await self._lines(backlog)
+        finally:
+            self._reading = False
+
     async def feed(self, data: bytes) -> None:
         """Handle a chunk of input; on return, `closing` says whether to stop reading."""
         self.bytes_in += len(data)
-        for start in range(0, len(data), FEED_SLICE):
-            if self.closing or self._gone:
-                return
-            await self._feed_slice(data[start : start + FEED_SLICE])
+        self._reading = True
+        try:
+            for start in range(0, len(data), FEED_SLICE):
+                if self.closing or self._gone:
+                    return
+                await self._feed_slice(data[start : start + FEED_SLICE])
+        finally:
+            self._reading = False
 
     async def _feed_slice(self, data: bytes) -> None:
         try:
             lines = self._splitter.feed(data)
         except Overflow as exc:
-            # The lines completed before the overflow are lost with it: this client is abusive.
-            limits.hit("unterminated_input", bytes=exc.args[0])
-            self.user.send(replies.INPUT_OVERFLOW.format(limit=self._config.max_unterminated_bytes))
-            self.quit("input overflow", reason="readq")
+            self._overflowed(exc)
             return
+        await self._lines(lines)
+
+    def _overflowed(self, exc: Overflow) -> None:
+        # The lines completed before the overflow are lost with it: this client is abusive.
+        limits.hit("unterminated_input", bytes=exc.args[0])
+        self.user.send(replies.INPUT_OVERFLOW.format(limit=self._config.max_unterminated_bytes))
+        self.quit("input overflow", reason="readq")
+
+    async def _lines(self, lines: Sequence[bytes | str | Oversize]) -> None:
         for line in lines:
             if self.closing or self._gone:
                 return
@@ -113,6 +169,27 @@ class Session:
                 self._gone = True
                 return
             await self._handle(line)
+
+    def _say_now(self, line: bytes | str | Oversize) -> bool:
+        """Handle `line` here and now if it is a plain message (or blank) and nothing makes
+        it wait; False, with nothing done, if it must go through `_pace` and `_handle`."""
+        fakelag = self._fakelag
+        if isinstance(line, Oversize) or self._secret is not None or (fakelag is not None and not fakelag.ready()):
+            return False
+        text = self._text(line)
+        parsed = commands.parse(text) if text else None
+        if parsed is not None and not isinstance(parsed, commands.Say):
+            return False
+        if fakelag is not None:
+            fakelag.take()  # no wait: it was ready
+        self.user.profile.touch()
+        if parsed is None or (self.intercept is not None and self.intercept(text)):
+            return True
+        try:
+            commands.say(self, parsed)
+        except Exception:
+            self._failed()
+        return True
 
     async def _pace(self) -> bool:
         """Fakelag: wait for this line's turn. False if the connection went away meanwhile."""
@@ -135,7 +212,7 @@ class Session:
             limits.hit("line_length", level="info", bytes=line.length)
             self.user.send(replies.LINE_TOO_LONG.format(length=line.length, limit=self._config.max_line_bytes))
             return
-        text = sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
+        text = self._text(line)
         self.user.profile.touch()
         secret, self._secret = self._secret, None
         if secret is not None:
@@ -157,9 +234,16 @@ class Session:
             if self.user.nick != nick:
                 structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
-            # One bad line must never end the session or touch anyone else's.
-            log.exception("command_failed")
-            self.user.send(replies.INTERNAL_ERROR)
+            self._failed()
+
+    def _text(self, line: bytes | str) -> str:
+        return sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
+
+    def _failed(self) -> None:
+        # One bad line must never end the session or touch anyone else's. Explicit identity:
+        # `take` runs in data_received, outside the session task's context variables.
+        log.exception("command_failed", conn_id=self.user.conn_id, peer=self.user.peer, nick=self.user.nick)
+        self.user.send(replies.INTERNAL_ERROR)
 
     def ask_secret(self, prompt: str, answer: Answer) -> None:
         """Hand the next line to `answer` instead of the command layer, input hidden."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from telnetlib3.telopt import CMD_EOR, DO, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL
 
@@ -27,7 +27,7 @@ from telchat.lines import Oversize
 from telchat.liveness import Watchdog
 from telchat.outbox import Sink, encode_text
 from telchat.probes import LineProbes
-from telchat.protocol import ChatTelnetServer, client_class, input_hider
+from telchat.protocol import ChatTelnetServer, LeanTelnetWriter, client_class, input_hider
 from telchat.session import Session
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
@@ -37,7 +37,7 @@ NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
 class Terminal:
     def __init__(self, protocol: ChatTelnetServer, config: Config, status: mssp.ServerStatus) -> None:
         self._protocol = protocol
-        self._writer: Any = protocol.writer
+        self._writer = cast(LeanTelnetWriter, protocol.writer)
         self._config = config
         self._status = status
         self.client_class = client_class(protocol)
@@ -54,6 +54,13 @@ class Terminal:
         self._decoder_charset = ""
         self._watchdog: Watchdog | None = None
         self._hide_line_mode = input_hider(protocol)
+        # A line-mode telnet client's output needs nothing but the end-of-output mark: the
+        # common case, written without looking at anything else.
+        self._plain = self._editor is None and self.client_class != "raw"
+        # Depends on negotiated options only: kept up to date as they change, not looked up
+        # at every write.
+        self._mark = self._end_of_output()
+        self._writer.on_option_change = self._options_changed
 
     @property
     def mode(self) -> str:
@@ -65,8 +72,11 @@ class Terminal:
         self._inner = inner
         return self
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         assert self._inner is not None and self._session is not None
+        mark = self._mark
+        if self._plain:
+            return self._inner.write(data + mark if mark else data)
         editor = self._editor
         if self._protocol.passthrough:
             if self._session.user.charset != "utf-8":
@@ -74,8 +84,7 @@ class Terminal:
                 data = data.replace(b"\xff\xff", b"\xff")
         elif editor is not None and editor.text and self.echoing and not editor.secret:
             data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
-        mark = self._end_of_output()
-        self._inner.write(data + mark if mark else data)
+        return self._inner.write(data + mark if mark else data)
 
     def buffered(self) -> int:
         assert self._inner is not None
@@ -85,6 +94,9 @@ class Terminal:
     def echoing(self) -> bool:
         """Whether the client let us echo (it answered DO ECHO to our WILL ECHO)."""
         return bool(self._writer.local_option.enabled(ECHO))
+
+    def _options_changed(self) -> None:
+        self._mark = self._end_of_output()
 
     def _end_of_output(self) -> bytes:
         if self.client_class == "raw":
@@ -183,6 +195,7 @@ class Terminal:
             sink = gmcp.start(session.chat, user)
 
     def detach(self) -> None:
+        self._writer.on_option_change = None
         if self._watchdog is not None:
             self._watchdog.stop()
         self._protocol.on_resize = None

@@ -169,8 +169,8 @@ class Asker:
 
 
 class _NullSink:
-    def write(self, data: bytes) -> None:
-        return None
+    def write(self, data: bytes) -> int:
+        return 0
 
     def buffered(self) -> int:
         return 0

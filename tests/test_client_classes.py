@@ -11,6 +11,7 @@ import pytest
 from telchat.app import App
 from telchat.probes import NOT_HTTP
 from tests.clients import (
+    DONT,
     ECHO,
     EOR,
     EOR_OPT,
@@ -293,13 +294,18 @@ class PlainMudClient(MudClient):
     ACCEPT_WILL = MudClient.ACCEPT_WILL - {EOR_OPT}
 
 
+async def _marks_after_output(client: MudClient) -> set[int]:
+    """The end-of-output marks (EOR, GA) that came with the answer to a command."""
+    client.commands.clear()
+    await client.send("who")
+    await client.expect("*** Users online: nobody logged in (+1 anonymous)")
+    return {cmd for cmd, _ in client.commands if cmd in (EOR, GA)}
+
+
 async def test_mud_client_without_eor_gets_go_ahead(port: int) -> None:
     client = await PlainMudClient.connect(port)
     try:
-        await client.send("who")
-        await client.expect("*** Users online: nobody logged in (+1 anonymous)")
-        assert (GA, 0) in client.commands
-        assert (EOR, 0) not in client.commands
+        assert await _marks_after_output(client) == {GA}
     finally:
         await client.close()
 
@@ -316,3 +322,14 @@ async def test_window_resize_redraws_the_input_line(port: int) -> None:
         assert term.buffer == b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
     finally:
         await term.close()
+
+
+async def test_mud_client_that_turns_eor_off_gets_go_ahead_from_then_on(port: int) -> None:
+    """The end-of-output mark follows the options as they change after the connection starts."""
+    client = await MudClient.connect(port)
+    try:
+        assert await _marks_after_output(client) == {EOR}
+        await client.send_bytes(bytes([IAC, DONT, EOR_OPT]))
+        assert await _marks_after_output(client) == {GA}
+    finally:
+        await client.close()

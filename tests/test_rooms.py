@@ -18,8 +18,9 @@ class FakeSink:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         self.writes.append(data)
+        return self.buffered()
 
     def buffered(self) -> int:
         return 0
