@@ -7,13 +7,21 @@ import ssl
 import time
 from asyncio import Transport
 
-from telchat import limits, replies
+from telchat.chat.outbox import Flusher, encode_line
+from telchat.chat.rooms import Chat, host_of
+from telchat.clients.mssp import ServerStatus
+from telchat.clients.terminal import Terminal
 from telchat.config import Config
-from telchat.logs import get_logger
-from telchat.metrics import MetricsServer
-from telchat.mssp import ServerStatus
-from telchat.outbox import Flusher, encode_line
-from telchat.protocol import (
+from telchat.features.services import make_services
+from telchat.obs import limits
+from telchat.obs.logs import get_logger
+from telchat.obs.metrics import MetricsServer
+from telchat.rules import replies
+from telchat.session.session import Session
+from telchat.store.base import Store
+from telchat.store.url import make_store
+from telchat.telnet.guard import Guards
+from telchat.telnet.protocol import (
     ChatTelnetServer,
     ChunkReader,
     TransportSink,
@@ -24,16 +32,9 @@ from telchat.protocol import (
     protocol_factory,
     pump,
 )
-from telchat.rooms import Chat, host_of
-from telchat.services import make_services
-from telchat.session import Session
-from telchat.store import Store
-from telchat.store_url import make_store
-from telchat.telnetguard import Guards
-from telchat.terminal import Terminal
-from telchat.tls import server_context
+from telchat.telnet.tls import server_context
 
-log = get_logger("telchat.app")
+log = get_logger(__name__)
 
 
 class App:

@@ -14,9 +14,9 @@ import structlog
 
 from telchat.app import App
 from telchat.config import Config, parse_config
-from telchat.logs import configure_logging, get_logger
-from telchat.store import StoreError
-from telchat.store_url import make_store, masked
+from telchat.obs.logs import configure_logging, get_logger
+from telchat.store.base import StoreError
+from telchat.store.url import make_store, masked
 from telchat.workers import supervise
 
 EXIT_OK = 0
@@ -33,7 +33,7 @@ GC_THRESHOLDS = (2000, 20, 100)
 
 
 async def serve(config: Config) -> int:
-    log = get_logger("telchat.cli")
+    log = get_logger(__name__)
     if config.workers > 1:
         # Every worker counts conn_id from 1: the pid tells their log lines apart.
         structlog.contextvars.bind_contextvars(worker=os.getpid())

@@ -16,9 +16,9 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from telchat.config import Config
-from telchat.logs import get_logger
+from telchat.obs.logs import get_logger
 
-log = get_logger("telchat.workers")
+log = get_logger(__name__)
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0

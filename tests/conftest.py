@@ -10,7 +10,7 @@ import pytest
 
 from telchat.app import App
 from telchat.config import Config
-from telchat.logs import configure_logging
+from telchat.obs.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
 
 # Cheap password hashes keep account tests fast; the cost options are what production tunes.

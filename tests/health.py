@@ -13,8 +13,8 @@ import itertools
 import tracemalloc
 
 from telchat.app import App
-from telchat.protocol import ChatTelnetServer
-from telchat.session import Session
+from telchat.session.session import Session
+from telchat.telnet.protocol import ChatTelnetServer
 from tests.clients import LineClient, RawClient
 
 _probes = itertools.count(1)

@@ -10,9 +10,9 @@ import unicodedata
 
 import pytest
 
-import telchat.commands
+import telchat.session.commands
 from telchat.app import App
-from telchat.counters import COUNTERS
+from telchat.obs.counters import COUNTERS
 from tests.attack import Attacker
 from tests.clients import LineClient, RawClient, TelnetClient
 from tests.conftest import Connect, with_config
@@ -317,15 +317,15 @@ async def test_an_exception_in_a_command_touches_nobody_else(
     connect: Connect, app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bob, eve = await room_with(connect, "bob", "eve")
-    real = telchat.commands.say
+    real = telchat.session.commands.say
 
     # Plain messages go through `say`, whether handled as they arrive or by the reading task.
-    def flaky(ctx: telchat.commands.Context, parsed: telchat.commands.Say) -> None:
+    def flaky(ctx: telchat.session.commands.Context, parsed: telchat.session.commands.Say) -> None:
         if "boom" in parsed.text:
             raise RuntimeError("bug")
         real(ctx, parsed)
 
-    monkeypatch.setattr(telchat.commands, "say", flaky)
+    monkeypatch.setattr(telchat.session.commands, "say", flaky)
     await eve.send("boom")
     await eve.expect("*** Internal error; your line was not processed. Please try again.")
     await eve.send("fine")
@@ -338,14 +338,14 @@ async def test_an_exception_outside_commands_ends_only_that_session(
     connect: Connect, app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bob, eve = await room_with(connect, "bob", "eve")
-    real = telchat.session.sanitize
+    real = telchat.session.session.sanitize
 
     def broken(text: str) -> str:
         if "crash" in text:
             raise RuntimeError("bug")
         return real(text)
 
-    monkeypatch.setattr(telchat.session, "sanitize", broken)
+    monkeypatch.setattr(telchat.session.session, "sanitize", broken)
     await eve.send("crash")
     assert await bob.read_line() == "*** User eve quit (connection closed)"
     await eve.wait_closed()

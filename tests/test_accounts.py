@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from telnetlib3.telopt import ECHO
 
-from telchat.accounts import ACCOUNT, Answer, Hasher
 from telchat.app import App
-from telchat.outbox import Flusher, Outbox
-from telchat.rooms import ChatError, User
+from telchat.chat.outbox import Flusher, Outbox
+from telchat.chat.rooms import ChatError, User
+from telchat.features.accounts import ACCOUNT, Answer, Hasher
 from tests.clients import RawClient, TelnetClient
 from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telchat.admission import Address, Admission, address_of
 from telchat.app import App
-from telchat.counters import COUNTERS
+from telchat.obs.counters import COUNTERS
+from telchat.telnet.admission import Address, Admission, address_of
 from tests.clients import RawClient
 from tests.conftest import Connect, with_config
 from tests.health import assert_healthy, settled

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from telchat.checkpoint import Checkpointer
-from telchat.events import message
-from telchat.sqlite_store import SqliteStore
+from telchat.store.checkpoint import Checkpointer
+from telchat.store.events import message
+from telchat.store.sqlite import SqliteStore
 
 
 async def _open(path: Path, every: int, limit: int) -> SqliteStore:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from telchat.app import App
-from telchat.probes import NOT_HTTP
+from telchat.clients.probes import NOT_HTTP
 from tests.clients import (
     DONT,
     ECHO,

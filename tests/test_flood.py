@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telchat import replies
 from telchat.app import App
-from telchat.counters import COUNTERS
-from telchat.flood import Fakelag, TokenBucket
+from telchat.obs.counters import COUNTERS
+from telchat.rules import replies
+from telchat.rules.flood import Fakelag, TokenBucket
 from tests.attack import Attacker
 from tests.clients import RawClient
 from tests.conftest import Connect, with_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from telchat.config import Config, parse_config
-from telchat.counters import Counters
+from telchat.obs.counters import Counters
 
 
 def test_defaults_match_the_product_brief() -> None:

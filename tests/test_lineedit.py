@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telchat.lineedit import BELL, CLEAR_LINE, LineEditor
+from telchat.rules.lineedit import BELL, CLEAR_LINE, LineEditor
 
 LEFT, RIGHT, UP, DOWN = "\x1b[D", "\x1b[C", "\x1b[A", "\x1b[B"
 HOME, END, DELETE = "\x1b[H", "\x1b[F", "\x1b[3~"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telchat.lines import LineSplitter, Overflow, Oversize
+from telchat.rules.lines import LineSplitter, Overflow, Oversize
 
 
 def feed_all(splitter: LineSplitter, *chunks: bytes) -> list[bytes | Oversize]:

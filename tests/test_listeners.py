@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from telchat.listeners import Players
-from telchat.outbox import Flusher
+from telchat.chat.observers import Players
+from telchat.chat.outbox import Flusher
 from tests.test_rooms import make_user, open_chat
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
-from telchat.logs import configure_logging, get_logger
+from telchat.obs.logs import configure_logging, get_logger
 from tests.test_logging import ISO_UTC
 
 

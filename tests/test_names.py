@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telchat.names import NameError_, check_nick, check_room, nick_key
+from telchat.rules.names import NameError_, check_nick, check_room, nick_key
 
 INVISIBLE_OR_FORMAT = set(
     "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069"

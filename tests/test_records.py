@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from telchat.store import FAILURE_SWEEP_AT, MemoryStore, Store
-from telchat.store_url import make_store
+from telchat.store.base import FAILURE_SWEEP_AT, MemoryStore, Store
+from telchat.store.url import make_store
 from tests.redis_server import RedisServer
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from telchat.events import message
-from telchat.outbox import Broadcast, Flusher, Outbox, encode_line
-from telchat.rooms import Chat, ChatError, User
-from telchat.sqlite_store import SqliteStore
-from telchat.store import MemoryStore
+from telchat.chat.outbox import Broadcast, Flusher, Outbox, encode_line
+from telchat.chat.rooms import Chat, ChatError, User
+from telchat.store.base import MemoryStore
+from telchat.store.events import message
+from telchat.store.sqlite import SqliteStore
 
 
 class FakeSink:

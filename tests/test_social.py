@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from telchat import events
 from telchat.app import App
+from telchat.chat.outbox import Flusher
 from telchat.config import Config
-from telchat.events import SAY
-from telchat.outbox import Flusher
+from telchat.store import events
+from telchat.store.events import SAY
 from tests.clients import LineClient
 from tests.conftest import Connect
 from tests.test_accounts import registered

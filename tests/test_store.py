@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from telchat.app import App
-from telchat.events import Event, message
-from telchat.sqlite_store import SqliteStore
-from telchat.store import StoreError
-from telchat.store_url import make_store
+from telchat.store.base import StoreError
+from telchat.store.events import Event, message
+from telchat.store.sqlite import SqliteStore
+from telchat.store.url import make_store
 from tests.clients import RawClient
 from tests.conftest import TEST_CONFIG
 from tests.procs import ServerProcess, run_server

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from telchat.app import App
-from telchat.counters import COUNTERS
+from telchat.obs.counters import COUNTERS
 from tests.attack import Attacker
 from tests.clients import DO, IAC, SB, SE, WILL, RawClient
 from tests.conftest import Connect, with_config

@@ -31,15 +31,15 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from telchat import events as ev
-from telchat import replies
-from telchat.events import EntryId, Event
-from telchat.logs import get_logger
-from telchat.stats import STATS
-from telchat.store import Deliver, Record, Store, StoreError, decode_record, encode_record
-from telchat.store_url import masked
+from telchat.obs.logs import get_logger
+from telchat.obs.stats import STATS
+from telchat.rules import replies
+from telchat.store import events as ev
+from telchat.store.base import Deliver, Record, Store, StoreError, decode_record, encode_record
+from telchat.store.events import EntryId, Event
+from telchat.store.url import masked
 
-log = get_logger("telchat.redis")
+log = get_logger(__name__)
 
 PREFIX = "telchat:"
 BUS_MAXLEN = 100_000

@@ -12,13 +12,14 @@ from typing import Any
 import orjson
 from telnetlib3.telopt import GMCP, IAC, SB, SE
 
-from telchat import __version__, listeners
-from telchat.listeners import Players
-from telchat.logs import get_logger
-from telchat.outbox import Outbox
-from telchat.rooms import Chat, User
+from telchat import __version__
+from telchat.chat import observers as listeners
+from telchat.chat.observers import Players
+from telchat.chat.outbox import Outbox
+from telchat.chat.rooms import Chat, User
+from telchat.obs.logs import get_logger
 
-log = get_logger("telchat.gmcp")
+log = get_logger(__name__)
 
 
 def frame(package: str, data: Any = None) -> bytes:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 
-from telchat import charsets, events, replies
-from telchat.accounts import Accounts
-from telchat.events import Event
-from telchat.moderation import span
-from telchat.names import nick_key
-from telchat.profile import SETTINGS, away_notice
-from telchat.rooms import Chat, ChatError, User, check_nick_or_error
+from telchat.chat.profile import SETTINGS, away_notice
+from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
+from telchat.features.accounts import Accounts
+from telchat.features.moderation import span
+from telchat.rules import charsets, replies
+from telchat.rules.names import nick_key
+from telchat.store import events
+from telchat.store.events import Event
 
 WHOIS = "whois"
 MAX_IGNORED = 100

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import orjson
 
-from telchat.checkpoint import Checkpointer
-from telchat.events import Event
-from telchat.logs import get_logger
-from telchat.stats import STATS
-from telchat.store import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
+from telchat.obs.logs import get_logger
+from telchat.obs.stats import STATS
+from telchat.store.base import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
+from telchat.store.checkpoint import Checkpointer
+from telchat.store.events import Event
 
-log = get_logger("telchat.sqlite_store")
+log = get_logger(__name__)
 
 # History is kept in chunks: the lines of one room committed in one transaction are one
 # row, a JSON array of [id, nick, kind, text, ts]. A busy room's turn of 40 lines is then one

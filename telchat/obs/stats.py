@@ -1,8 +1,8 @@
 """Hot-path statistics: plain integers and fixed-bucket histograms, no locks, no labels.
 
-The chat path adds to these with one attribute increment; telchat/metrics.py turns them
+The chat path adds to these with one attribute increment; telchat/obs/metrics.py turns them
 into Prometheus metrics only when someone scrapes. (Labelled event counts, such as limits
-by kind and disconnects by reason, live in telchat/counters.py.)
+by kind and disconnects by reason, live in telchat/obs/counters.py.)
 """
 
 from __future__ import annotations

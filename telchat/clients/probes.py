@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from telchat import mssp
-from telchat.rooms import User
+from telchat.chat.rooms import User
+from telchat.clients import mssp
 
 HTTP_REQUEST = re.compile(r"(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) \S+ HTTP/\d(?:\.\d)?")
 NOT_HTTP = "*** This is a telnet chat server, not a web server: connect with a telnet client (telnet HOST PORT)."

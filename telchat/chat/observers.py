@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from telchat.rooms import Room, User
+    from telchat.chat.rooms import Room, User
 
 Players = list[tuple[str, list[str]]]
 

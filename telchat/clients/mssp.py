@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from telnetlib3.telopt import IAC, MSSP, SB, SE
 
 from telchat import __version__
-from telchat.rooms import Chat
+from telchat.chat.rooms import Chat
 
 STARTED = int(time.time())
 MSSP_VAR = b"\x01"

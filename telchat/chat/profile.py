@@ -11,8 +11,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from telchat import replies
-from telchat.names import nick_key
+from telchat.rules import replies
+from telchat.rules.names import nick_key
 
 # The only escape sequences the server ever sends: user text never contains ESC (sanitize).
 BOLD = "\x1b[1m"

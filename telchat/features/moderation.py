@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
-from telchat import events, replies
-from telchat.events import Event
-from telchat.logs import get_logger
-from telchat.names import NameError_, check_nick, nick_key, room_key
-from telchat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
-from telchat.store import Record
+from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
+from telchat.obs.logs import get_logger
+from telchat.rules import replies
+from telchat.rules.names import NameError_, check_nick, nick_key, room_key
+from telchat.store import events
+from telchat.store.base import Record
+from telchat.store.events import Event
 
-log = get_logger("telchat.moderation")
+log = get_logger(__name__)
 
 # Record kinds in the store, and the control events that announce their changes.
 BAN = "ban"

@@ -20,12 +20,12 @@ from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
 from telnetlib3.stream_writer import TelnetWriterUnicode
 from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
 
-from telchat import charsets
-from telchat.liveness import enable_keepalive
-from telchat.logs import get_logger
-from telchat.telnetguard import ConnectionGuard, Guards
+from telchat.obs.logs import get_logger
+from telchat.rules import charsets
+from telchat.telnet.guard import ConnectionGuard, Guards
+from telchat.telnet.liveness import enable_keepalive
 
-log = get_logger("telchat.protocol")
+log = get_logger(__name__)
 
 READ_CHUNK = 65536
 

@@ -20,15 +20,15 @@ from typing import Any, cast
 
 from telnetlib3.telopt import CMD_EOR, DO, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL
 
-from telchat import gmcp, mssp
+from telchat.chat.outbox import Sink, encode_text
+from telchat.clients import gmcp, mssp
+from telchat.clients.probes import LineProbes
 from telchat.config import Config
-from telchat.lineedit import CLEAR_LINE, LineEditor
-from telchat.lines import Oversize
-from telchat.liveness import Watchdog
-from telchat.outbox import Sink, encode_text
-from telchat.probes import LineProbes
-from telchat.protocol import ChatTelnetServer, LeanTelnetWriter, client_class, input_hider
-from telchat.session import Session
+from telchat.rules.lineedit import CLEAR_LINE, LineEditor
+from telchat.rules.lines import Oversize
+from telchat.session.session import Session
+from telchat.telnet.liveness import Watchdog
+from telchat.telnet.protocol import ChatTelnetServer, LeanTelnetWriter, client_class, input_hider
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
 NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})

@@ -17,15 +17,16 @@ from typing import Protocol
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from telchat import limits, replies
-from telchat.logs import get_logger
-from telchat.moderation import Moderation, disconnect_event
-from telchat.names import nick_key
-from telchat.profile import SETTINGS
-from telchat.rooms import Chat, ChatError, User, check_nick_or_error
-from telchat.store import Record
+from telchat.chat.profile import SETTINGS
+from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
+from telchat.features.moderation import Moderation, disconnect_event
+from telchat.obs import limits
+from telchat.obs.logs import get_logger
+from telchat.rules import replies
+from telchat.rules.names import nick_key
+from telchat.store.base import Record
 
-log = get_logger("telchat.accounts")
+log = get_logger(__name__)
 
 ACCOUNT = "account"
 FAILURE_WINDOW = 60.0

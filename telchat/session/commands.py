@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telchat import replies
-from telchat.accounts import Answer
-from telchat.rooms import Chat, ChatError, User
-from telchat.services import Services
+from telchat.chat.rooms import Chat, ChatError, User
+from telchat.features.accounts import Answer
+from telchat.features.services import Services
+from telchat.rules import replies
 
 
 class Context(Protocol):

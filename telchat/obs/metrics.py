@@ -1,7 +1,7 @@
 """`--metrics-port`: Prometheus `/metrics` and `/healthz` over a tiny asyncio HTTP server.
 
-Nothing here runs per message: the chat path only bumps plain integers (telchat/stats.py,
-telchat/counters.py), and this module reads them, and the server's state, when scraped.
+Nothing here runs per message: the chat path only bumps plain integers (telchat/obs/stats.py,
+telchat/obs/counters.py), and this module reads them, and the server's state, when scraped.
 No label names a nick, an address or a room.
 """
 
@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from telchat.counters import COUNTERS
-from telchat.logs import get_logger
-from telchat.stats import STATS, Histogram
-from telchat.store import StoreError
+from telchat.obs.counters import COUNTERS
+from telchat.obs.logs import get_logger
+from telchat.obs.stats import STATS, Histogram
+from telchat.store.base import StoreError
 
 if TYPE_CHECKING:
     from telchat.app import App
 
-log = get_logger("telchat.metrics")
+log = get_logger(__name__)
 
 HEALTH_TIMEOUT = 2.0
 MAX_REQUEST = 8192

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from telchat.counters import COUNTERS
-from telchat.logs import get_logger
+from telchat.obs.counters import COUNTERS
+from telchat.obs.logs import get_logger
 
-log = get_logger("telchat.limits")
+log = get_logger(__name__)
 
 LIMITS_COUNTER = "limits"
 

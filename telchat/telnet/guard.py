@@ -14,11 +14,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from telchat import limits
-from telchat.admission import Admission, address_of
 from telchat.config import Config
-from telchat.flood import Fakelag
-from telchat.flow import ReadGate
+from telchat.obs import limits
+from telchat.rules.flood import Fakelag
+from telchat.telnet.admission import Admission, address_of
+from telchat.telnet.gate import ReadGate
 
 IAC = 0xFF
 # Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per

@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-from telchat import events, listeners, replies
-from telchat.events import EMOTE, NO_ID, SAY, EntryId, Event
-from telchat.listeners import ChatEvents
-from telchat.logs import get_logger
-from telchat.names import NameError_, check_nick, check_room, nick_key, room_key
-from telchat.outbox import Broadcast, Outbox, fan_out
-from telchat.profile import Profile, away_notice, mention_keys, who_entry
-from telchat.stats import STATS
-from telchat.store import Store, last_id
+from telchat.chat import observers as listeners
+from telchat.chat.observers import ChatEvents
+from telchat.chat.outbox import Broadcast, Outbox, fan_out
+from telchat.chat.profile import Profile, away_notice, mention_keys, who_entry
+from telchat.obs.logs import get_logger
+from telchat.obs.stats import STATS
+from telchat.rules import replies
+from telchat.rules.names import NameError_, check_nick, check_room, nick_key, room_key
+from telchat.store import events
+from telchat.store.base import Store, last_id
+from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event
 
-log = get_logger("telchat.rooms")
+log = get_logger(__name__)
 
 
 class ChatError(Exception):

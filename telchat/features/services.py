@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from telchat.accounts import Accounts, Hasher
+from telchat.chat.rooms import Chat
 from telchat.config import Config
-from telchat.moderation import Moderation
-from telchat.names import nick_key
-from telchat.rooms import Chat
-from telchat.social import Social
+from telchat.features.accounts import Accounts, Hasher
+from telchat.features.moderation import Moderation
+from telchat.features.social import Social
+from telchat.rules.names import nick_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,12 +18,12 @@ from typing import Any
 
 import orjson
 
-from telchat.events import EntryId, Event
-from telchat.logs import get_logger
-from telchat.outbox import Flusher
-from telchat.stats import STATS
+from telchat.chat.outbox import Flusher
+from telchat.obs.logs import get_logger
+from telchat.obs.stats import STATS
+from telchat.store.events import EntryId, Event
 
-log = get_logger("telchat.store")
+log = get_logger(__name__)
 
 Deliver = Callable[[Event], None]
 Record = dict[str, Any]

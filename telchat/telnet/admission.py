@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from telchat.flood import Clock, TokenBucket
+from telchat.rules.flood import Clock, TokenBucket
 
 # Rate buckets of idle addresses are dropped in sweeps; a sweep runs when the table has
 # doubled since the last one, so each admission pays O(1) on average.

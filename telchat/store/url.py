@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from telchat.sqlite_store import SqliteStore
-from telchat.store import MemoryStore, Store, StoreError
+from telchat.store.base import MemoryStore, Store, StoreError
+from telchat.store.sqlite import SqliteStore
 
 SCHEMES = ("memory://", "sqlite:///PATH", "redis://HOST:PORT/DB")
 
@@ -19,7 +19,7 @@ def make_store(url: str, keep: int, node_ttl: float = 15.0) -> Store:
         # sqlite:///telchat.db is relative to the working directory; sqlite:////data/x.db absolute.
         return SqliteStore(parts.path[1:], keep)
     if parts.scheme == "redis":
-        from telchat.redis_store import RedisStore
+        from telchat.store.redis import RedisStore
 
         return RedisStore(url, keep, node_ttl)
     raise StoreError(f"unsupported store URL {url!r}; use one of: {', '.join(SCHEMES)}")

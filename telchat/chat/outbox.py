@@ -19,9 +19,9 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from telchat.logs import get_logger
+from telchat.obs.logs import get_logger
 
-log = get_logger("telchat.outbox")
+log = get_logger(__name__)
 
 CRLF = "\r\n"
 

@@ -20,21 +20,23 @@ from typing import Protocol
 
 import structlog
 
-from telchat import commands, limits, replies
-from telchat.accounts import Answer
+from telchat.chat.outbox import Flusher, Outbox, Sink
+from telchat.chat.rooms import Chat, User
 from telchat.config import Config
-from telchat.counters import COUNTERS
-from telchat.flood import Fakelag
-from telchat.flow import ReadGate
-from telchat.lines import LineSplitter, Overflow, Oversize
-from telchat.logs import get_logger
-from telchat.outbox import Flusher, Outbox, Sink
-from telchat.rooms import Chat, User
-from telchat.sanitize import sanitize
-from telchat.services import Services
-from telchat.stats import STATS
+from telchat.features.accounts import Answer
+from telchat.features.services import Services
+from telchat.obs import limits
+from telchat.obs.counters import COUNTERS
+from telchat.obs.logs import get_logger
+from telchat.obs.stats import STATS
+from telchat.rules import replies
+from telchat.rules.flood import Fakelag
+from telchat.rules.lines import LineSplitter, Overflow, Oversize
+from telchat.rules.sanitize import sanitize
+from telchat.session import commands
+from telchat.telnet.gate import ReadGate
 
-log = get_logger("telchat.session")
+log = get_logger(__name__)
 
 # Input is split into lines this much at a time, so that a chunk of thousands of tiny lines
 # waiting out fakelag is held as bytes, not as thousands of line objects.
