@@ -14,11 +14,12 @@ from telchat.clients.terminal import Terminal
 from telchat.config import Config
 from telchat.features.services import make_services
 from telchat.obs import limits
+from telchat.obs.limits import EndReason
 from telchat.obs.logs import get_logger
 from telchat.obs.metrics import MetricsServer
 from telchat.rules import replies
 from telchat.session.session import Session
-from telchat.store.base import Store
+from telchat.store.base import Store, StoreError
 from telchat.store.url import make_store
 from telchat.telnet.guard import Guards
 from telchat.telnet.protocol import (
@@ -36,13 +37,15 @@ from telchat.telnet.tls import server_context
 
 log = get_logger(__name__)
 
+HEALTH_TIMEOUT = 2.0
+
 
 class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages)
-        self.metrics = MetricsServer(self, self.accepting)
+        self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
         self._classes: dict[Session, str] = {}
         self.services = make_services(self.chat, config)
@@ -123,7 +126,7 @@ class App:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        reason = "error"
+        reason: EndReason = "error"
         try:
             terminal.attach(session)
             session.start()
@@ -145,9 +148,24 @@ class App:
         return list(self._classes.values())
 
     def live_bytes(self) -> tuple[int, int]:
-        """Bytes in and out of the connections still open."""
         sessions = list(self.sessions)
         return sum(s.bytes_in for s in sessions), sum(s.user.outbox.bytes_out for s in sessions)
+
+    def logged_in(self) -> int:
+        return len(self.chat.nicks)
+
+    def room_count(self) -> int:
+        return len(self.chat.rooms)
+
+    async def problem(self) -> str | None:
+        """Why the node is unhealthy, or None: the listener must accept and the store answer."""
+        if not self.accepting():
+            return "listener not accepting"
+        try:
+            await asyncio.wait_for(self.store.check(), HEALTH_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            return f"store not answering: {exc}"
+        return None
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye to everyone, flush, close. Safe to call twice."""

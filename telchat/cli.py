@@ -15,8 +15,8 @@ import structlog
 from telchat.app import App
 from telchat.config import Config, parse_config
 from telchat.obs.logs import configure_logging, get_logger
-from telchat.store.base import StoreError
-from telchat.store.url import make_store, masked
+from telchat.store.base import StoreError, masked
+from telchat.store.url import make_store
 from telchat.workers import supervise
 
 EXIT_OK = 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from telchat.app import App
 from telchat.obs.counters import COUNTERS
 from telchat.rules import replies
-from telchat.rules.flood import Fakelag, TokenBucket
+from telchat.rules.flood import PASTE_GAP, PASTE_LINES, Fakelag, PasteMeter, TokenBucket
 from tests.attack import Attacker
 from tests.clients import RawClient
 from tests.conftest import Connect, with_config
@@ -99,7 +99,8 @@ async def test_flood_is_delayed_not_dropped_and_others_are_unaffected(connect: C
     await eve.send_bytes(b"".join(b"spam %d\r\n" % i for i in range(40)))
     eve_session = await session_of(app, "eve")
     await asyncio.sleep(0.3)
-    assert eve_session._gate is not None and eve_session._gate.paused  # it stopped reading her
+    # Her excess waits in her session (typing would still be echoed), within the input limit.
+    assert 0 < eve_session._waiting_bytes < app.config.max_unterminated_bytes
     for i in range(3):
         await bob.send(f"bob {i}")
         await ann.send(f"ann {i}")
@@ -119,10 +120,11 @@ async def test_flood_is_delayed_not_dropped_and_others_are_unaffected(connect: C
 @pytest.mark.parametrize("config", [with_config(flood_burst=2, flood_rate=20)])
 async def test_commands_count_too(connect: Connect, app: App) -> None:
     eve = await connect()
-    await eve.send_bytes(b"who\r\n" * 6)
-    lines = await eve.drain(0.6)
+    # One packet is a paste: its first PASTE_LINES lines cost one token, the rest one each.
+    await eve.send_bytes(b"who\r\n" * (PASTE_LINES + 5))
+    lines = await eve.drain(0.8)
     assert lines.count(SLOWED) == 1
-    assert sum(line.startswith("*** Users online") for line in lines) == 6
+    assert sum(line.startswith("*** Users online") for line in lines) == PASTE_LINES + 5
     await assert_healthy(app, eve)
 
 
@@ -141,7 +143,8 @@ async def test_flooder_gets_backpressure_and_memory_stays_bounded(connect: Conne
         # She vanishes with megabytes still unsaid: her backlog goes with her.
         await eve.reset()
         lines = await bob.read_until("*** User eve quit")
-        assert len(lines) < 10
+        # What got through is her burst, her first paste's PASTE_LINES counted as one line.
+        assert len(lines) < 10 + PASTE_LINES
         await assert_healthy(app, bob)
         assert memory.grown < MiB // 2
 
@@ -157,7 +160,7 @@ async def test_a_backlog_ends_when_its_sender_hangs_up(connect: Connect, app: Ap
     # Half-closed: she still reads, so her lines would go on arriving; a paused socket shows no EOF.
     eve.writer.write_eof()
     lines = await bob.read_until("*** User eve quit")
-    assert len(lines) < 10
+    assert len(lines) < 10 + PASTE_LINES  # her burst, her first paste's lines counted as one
     await eve.close()
     await assert_healthy(app, bob)
 
@@ -178,10 +181,21 @@ async def test_input_limits_hold_while_delayed(connect: Connect, app: App) -> No
 async def test_shutdown_does_not_wait_for_a_backlog(connect: Connect, app: App) -> None:
     eve = await connect()
     await eve.send_bytes(b"login eve\r\njoin room\r\n" + b"spam\r\n" * 50)
-    await eve.expect("*** User change nick anonymous --> eve", replies.SLOWED_DOWN.format(rate="0.5"))
+    await eve.expect("*** User change nick anonymous --> eve")
+    await eve.read_until(replies.SLOWED_DOWN.format(rate="0.5"))  # after her paste's first lines
     loop = asyncio.get_running_loop()
     started = loop.time()
     await app.stop()
     assert loop.time() - started < 4
     assert b"*** have a nice day ***" in await eve.wait_closed()
     await settled(app, 0)
+
+
+def test_a_paste_is_one_message_up_to_its_cap() -> None:
+    clock = FakeClock()
+    meter = PasteMeter(clock)
+    clock.now = 10.0
+    paste = [meter.cost() for _ in range(PASTE_LINES + 3)]
+    assert paste == [1.0] + [0.0] * (PASTE_LINES - 1) + [1.0] * 3
+    clock.now += PASTE_GAP  # a pause: the next line begins a new paste
+    assert [meter.cost(), meter.cost()] == [1.0, 0.0]

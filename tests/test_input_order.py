@@ -8,9 +8,12 @@ import asyncio
 import pytest
 
 from telchat.app import App
+from telchat.rules.flood import PASTE_LINES
+from tests.clients import TermClient
 from tests.conftest import Connect, with_config
 from tests.health import assert_healthy
 from tests.test_abuse import room_with
+from tests.test_commands import user
 
 
 async def test_messages_and_commands_in_one_packet_keep_their_order(connect: Connect, app: App) -> None:
@@ -41,3 +44,31 @@ async def test_a_message_typed_while_a_command_waits_comes_after_it(connect: Con
     await eve.expect("*** Nick eve is now registered to you; next time type login eve <password>", "#room:eve> hello")
     await bob.expect("#room:eve> hello")
     await assert_healthy(app, bob, eve)
+
+
+@pytest.mark.parametrize("config", [with_config(flood_burst=1, flood_rate=1)])
+async def test_typing_is_echoed_while_a_paste_is_paced(port: int, connect: Connect, app: App) -> None:
+    """Fakelag paces committed lines only: what a character-mode user types next is echoed at
+    once, while the lines they pasted still wait their turn."""
+    bob = await user(connect, "bob", "room")
+    term = await TermClient.connect(port)
+    try:
+        await term.send("login term")
+        await term.read_until("login term")  # the echo, cleared, then the notice
+        await term.send("join room")
+        await term.read_until("*** User term joined room #room")
+        await bob.drain()
+        paste = [f"pasted {i}" for i in range(PASTE_LINES + 4)]
+        await term.send_bytes(b"".join(line.encode() + b"\r\n" for line in paste))
+        await bob.read_until(f"#room:term> {paste[PASTE_LINES - 1]}")  # the paste's first lines: one token
+        await term.drain(0.2)
+        term.buffer = b""
+        await term.send_bytes(b"typing")
+        await term._fill(2)
+        assert term.buffer.endswith(b"typing")
+        # The echo came while the rest of the paste still waited.
+        assert f"#room:term> {paste[-1]}" not in await bob.drain(0.1)
+        assert (await bob.read_until(f"#room:term> {paste[-1]}"))[-1] == f"#room:term> {paste[-1]}"
+    finally:
+        await term.close()
+    await assert_healthy(app, bob)

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import time
 
+from telchat.rules.flood import PASTE_LINES
 from tests.attack import Attacker
 from tests.clients import IAC, SB, RawClient
 from tests.procs import ServerProcess
@@ -27,7 +28,7 @@ async def test_every_limit_is_a_logged_event_with_its_kind() -> None:
         await bob.login("bob")
         await bob.send("x" * 2000)
         await bob.read_until("*** Line too long")
-        await bob.send_bytes(b"who\r\n" * 5)
+        await bob.send_bytes(b"who\r\n" * (PASTE_LINES + 5))  # a paste: past its first lines
         await bob.read_until("*** You are sending faster")
         eve = Attacker.joined(server.port, "eve")
         await eve.read_until(b"*** User eve joined room #room\r\n")

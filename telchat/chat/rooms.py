@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-from telchat.chat import observers as listeners
-from telchat.chat.observers import ChatEvents
+from telchat.chat.observers import ChatEvents, Players
 from telchat.chat.outbox import Broadcast, Outbox, fan_out
 from telchat.chat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.obs.logs import get_logger
@@ -83,7 +82,7 @@ class Room:
     # A new member's last history id; deliveries of older messages (a store that
     # delivers later than it answers history) are not shown to them twice.
     since: dict[User, EntryId] = field(default_factory=dict)
-    # Members with an events sink (see listeners.py).
+    # Members with an events sink (see observers.py).
     listeners: dict[User, None] = field(default_factory=dict)
     # Lines to all members; reset whenever `members` changes.
     output: Broadcast = field(default_factory=Broadcast)
@@ -171,15 +170,15 @@ class Chat:
         self.store.offline(user.member_id, rooms)
         if rooms:
             self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
-        listeners.players_changed(left)
+        _players_changed(left)
 
     def attach_events(self, user: User, sink: ChatEvents) -> None:
         """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
         user.events = sink
         for room in user.rooms.values():
             room.listeners[user] = None
-        listeners.channels_changed(user)
-        sink.players(listeners.players_of(user))
+        _channels_changed(user)
+        sink.players(players_of(user))
 
     def refresh(self, user: User) -> None:
         """Call after `user.profile` changed: keeps the set of users with personal formatting."""
@@ -215,7 +214,7 @@ class Chat:
         _log("nick", user, old=old, new=nick)
         self.store.renamed(user.member_id, nick, tuple(user.rooms))
         self.store.publish(self._nick_notice(user, replies.NICK_CHANGE.format(old=old, new=nick)))
-        listeners.players_changed(user.rooms.values())
+        _players_changed(user.rooms.values())
 
     def _nick_notice(self, user: User, text: str) -> Event:
         if self.announce_nicks == "all":
@@ -231,7 +230,7 @@ class Chat:
         if room is not None and key in user.rooms:
             user.current = room
             user.send(replies.SWITCHED.format(room=room.name))
-            listeners.channels_changed(user)
+            _channels_changed(user)
             return
         if room is None:
             name = await self.store.room_name(key, name)
@@ -270,7 +269,7 @@ class Chat:
         _log("join", user, room=room.name)
         self.store.joined(room.key, room.name, user.member_id, user.nick)
         self.store.publish(events.notice(replies.JOINED.format(nick=user.nick, room=room.name), rooms=(room.key,)))
-        listeners.membership_changed(user, room)
+        _membership_changed(user, room)
 
     def _drop_pending(self, room: Room, user: User) -> None:
         room.pending.pop(user, None)
@@ -289,7 +288,7 @@ class Chat:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
                 user.send(replies.SWITCHED.format(room=user.current.name))
-        listeners.membership_changed(user, room)
+        _membership_changed(user, room)
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
@@ -335,7 +334,7 @@ class Chat:
         _log("private_message", user, to=shown, **self._text(text))
         line = replies.PRIVATE_OUT.format(nick=shown, text=text)
         user.send(line)
-        listeners.channel_text((user,), f"tell {shown}", user.nick, line)
+        _channel_text((user,), f"tell {shown}", user.nick, line)
         self.store.publish(events.private(user.nick, key, text))
 
     def _text(self, text: str) -> dict[str, str]:
@@ -385,7 +384,7 @@ class Chat:
                 STATS.fanout_seconds.observe(perf_counter() - started)
                 if room.listeners:
                     hearing = tuple(u for u in room.listeners if not u.profile.ignores(event.nick))
-                    listeners.channel_text(hearing, room.name, event.nick, line)
+                    _channel_text(hearing, room.name, event.nick, line)
         elif event.kind == events.PRIVATE:
             self._deliver_private(event)
         elif event.kind == events.NOTICE:
@@ -402,7 +401,7 @@ class Chat:
         line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
         target.send(line)
         STATS.deliveries += 1
-        listeners.channel_text((target,), f"tell {event.nick}", event.nick, line)
+        _channel_text((target,), f"tell {event.nick}", event.nick, line)
         if target.profile.away is not None:
             # Published, not sent: the sender may be connected to another node.
             self.store.publish(events.notice(away_notice(target.nick, target.profile), target=nick_key(event.nick)))
@@ -529,3 +528,47 @@ class Chat:
     def broadcast_local(self, text: str) -> None:
         """Tell every user connected to this node, now (shutdown)."""
         self._fan_out(text, self.users)
+
+
+# Observers: what a user's events sink (observers.ChatEvents) hears.
+
+
+def rooms_of(user: User) -> list[str]:
+    current = user.current
+    names = [room.name for room in user.rooms.values() if room is not current]
+    return [current.name, *names] if current is not None else names
+
+
+def players_of(user: User) -> Players:
+    shared: dict[User, list[str]] = {}
+    for room in user.rooms.values():
+        for member in room.members:
+            if member.logged_in:
+                shared.setdefault(member, []).append(room.name)
+    return sorted(((member.nick, rooms) for member, rooms in shared.items()), key=lambda p: p[0].casefold())
+
+
+def _channels_changed(user: User) -> None:
+    if user.events is not None:
+        user.events.channels(rooms_of(user))
+
+
+def _membership_changed(user: User, room: Room) -> None:
+    """`user` joined or left `room`: its rooms changed, and so did who shares a room with whom."""
+    _channels_changed(user)
+    _players_changed((room,), also=user)
+
+
+def _players_changed(rooms: Iterable[Room], also: User | None = None) -> None:
+    listeners: dict[User, None] = {also: None} if also is not None else {}
+    for room in rooms:
+        listeners.update(room.listeners)
+    for listener in listeners:
+        if listener.events is not None:
+            listener.events.players(players_of(listener))
+
+
+def _channel_text(listeners: Iterable[User], channel: str, talker: str, text: str) -> None:
+    for listener in listeners:
+        if listener.events is not None:
+            listener.events.channel_text(channel, talker, text)

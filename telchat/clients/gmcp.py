@@ -13,10 +13,9 @@ import orjson
 from telnetlib3.telopt import GMCP, IAC, SB, SE
 
 from telchat import __version__
-from telchat.chat import observers as listeners
 from telchat.chat.observers import Players
 from telchat.chat.outbox import Outbox
-from telchat.chat.rooms import Chat, User
+from telchat.chat.rooms import Chat, User, players_of
 from telchat.obs.logs import get_logger
 
 log = get_logger(__name__)
@@ -28,7 +27,7 @@ def frame(package: str, data: Any = None) -> bytes:
 
 
 class GmcpEvents:
-    """A user's events sink (listeners.ChatEvents) that speaks GMCP."""
+    """A user's events sink (observers.ChatEvents) that speaks GMCP."""
 
     __slots__ = ("_outbox",)
 
@@ -60,7 +59,7 @@ def receive(sink: GmcpEvents, user: User, package: str, data: Any) -> None:
     """Answer what a client asks for over GMCP; anything else is only logged."""
     name = package.lower()
     if name == "comm.channel.players":
-        sink.players(listeners.players_of(user))
+        sink.players(players_of(user))
     elif name == "core.ping":
         sink.send("Core.Ping")
     elif name == "core.hello" and isinstance(data, dict):

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from telchat.chat.rooms import User
 from telchat.clients import mssp
+from telchat.obs.limits import EndReason
 
 HTTP_REQUEST = re.compile(r"(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) \S+ HTTP/\d(?:\.\d)?")
 NOT_HTTP = "*** This is a telnet chat server, not a web server: connect with a telnet client (telnet HOST PORT)."
@@ -15,7 +16,7 @@ NOT_HTTP = "*** This is a telnet chat server, not a web server: connect with a t
 class Prober(Protocol):
     user: User
 
-    def quit(self, message: str, reason: str = "quit", farewell: str | None = ...) -> None: ...
+    def quit(self, message: str, reason: EndReason = "quit", farewell: str | None = ...) -> None: ...
 
 
 class LineProbes:

@@ -7,7 +7,7 @@ docs/OPERATIONS.md adds login_failures and banned_address (accounts and moderati
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from telchat.obs.counters import COUNTERS
 from telchat.obs.logs import get_logger
@@ -16,7 +16,28 @@ log = get_logger(__name__)
 
 LIMITS_COUNTER = "limits"
 
+LimitKind = Literal[
+    "line_length",
+    "unterminated_input",
+    "flood",
+    "sendq",
+    "subnegotiation",
+    "telnet_flood",
+    "compression",
+    "max_connections",
+    "conns_per_ip",
+    "conn_rate",
+    "login_failures",
+    "banned_address",
+]
 
-def hit(kind: str, *, level: str = "warning", **fields: Any) -> None:
+# Why a connection ended: the `reason` of its `disconnect` event and counter. The reading
+# loop's own ends (eof, error, closed), the session's, and the limit that cut it, if one did.
+EndReason = Literal[
+    "eof", "error", "closed", "quit", "kicked", "readq", "sendq", "ping_timeout", "http", "shutdown", LimitKind
+]
+
+
+def hit(kind: LimitKind, *, level: str = "warning", **fields: Any) -> None:
     COUNTERS.inc(LIMITS_COUNTER, kind=kind)
     getattr(log, level)("limit", kind=kind, **fields)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -18,21 +18,33 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from telchat.obs.counters import COUNTERS
 from telchat.obs.logs import get_logger
 from telchat.obs.stats import STATS, Histogram
-from telchat.store.base import StoreError
-
-if TYPE_CHECKING:
-    from telchat.app import App
 
 log = get_logger(__name__)
 
-HEALTH_TIMEOUT = 2.0
+REQUEST_TIMEOUT = 2.0
 MAX_REQUEST = 8192
 
 
-class ChatCollector:
-    """Reads the app at scrape time; registered with its own CollectorRegistry."""
+class Scraped(Protocol):
+    """What the endpoint reads of the server it reports on (the App), at scrape time."""
 
-    def __init__(self, app: App) -> None:
+    def session_classes(self) -> list[str]: ...
+
+    def live_bytes(self) -> tuple[int, int]:
+        """Bytes in and out of the connections still open."""
+
+    def logged_in(self) -> int: ...
+
+    def room_count(self) -> int: ...
+
+    async def problem(self) -> str | None:
+        """Why the node is unhealthy, or None."""
+
+
+class ChatCollector:
+    """Reads the server at scrape time; registered with its own CollectorRegistry."""
+
+    def __init__(self, app: Scraped) -> None:
         self._app = app
 
     def describe(self) -> list[Metric]:
@@ -55,8 +67,8 @@ class ChatCollector:
         for client_class, count in sorted(Counter(app.session_classes()).items()):
             connections.add_metric([client_class], count)
         yield connections
-        yield GaugeMetricFamily("telchat_sessions_logged_in", "Sessions with a nick", value=len(app.chat.nicks))
-        yield GaugeMetricFamily("telchat_rooms", "Rooms with members on this node", value=len(app.chat.rooms))
+        yield GaugeMetricFamily("telchat_sessions_logged_in", "Sessions with a nick", value=app.logged_in())
+        yield GaugeMetricFamily("telchat_rooms", "Rooms with members on this node", value=app.room_count())
 
     def _counters(self) -> Iterator[Metric]:
         live_in, live_out = self._app.live_bytes()
@@ -86,9 +98,8 @@ def _histogram(name: str, doc: str, histogram: Histogram) -> Metric:
 
 
 class MetricsServer:
-    def __init__(self, app: App, healthy: Callable[[], bool]) -> None:
+    def __init__(self, app: Scraped) -> None:
         self._app = app
-        self._healthy = healthy
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(ChatCollector(app))
         # Open file descriptors, memory, CPU and start time of this process.
@@ -107,7 +118,7 @@ class MetricsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEALTH_TIMEOUT)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             status, body, kind = await self._respond(head[:MAX_REQUEST])
             writer.write(
                 f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
@@ -128,18 +139,8 @@ class MetricsServer:
         if path == b"/metrics":
             return "200 OK", generate_latest(self._registry), "text/plain; version=0.0.4; charset=utf-8"
         if path == b"/healthz":
-            problem = await self._problem()
+            problem = await self._app.problem()
             if problem is None:
                 return "200 OK", b"ok\n", "text/plain"
             return "503 Service Unavailable", problem.encode() + b"\n", "text/plain"
         return "404 Not Found", b"try /metrics or /healthz\n", "text/plain"
-
-    async def _problem(self) -> str | None:
-        """Why the node is unhealthy, or None: the listener must accept and the store answer."""
-        if not self._healthy():
-            return "listener not accepting"
-        try:
-            await asyncio.wait_for(self._app.store.check(), HEALTH_TIMEOUT)
-        except (StoreError, TimeoutError) as exc:
-            return f"store not answering: {exc}"
-        return None

@@ -4,6 +4,11 @@ A token bucket holds `burst` lines and refills at `rate` per second. Taking a to
 empty bucket is allowed and runs it into debt; the debt, divided by the rate, is how long
 that line waits. A slowdown lasts until the bucket is full again, so a sender is told once
 per slowdown however many lines it delays.
+
+A paste is one message, not a flood: a line that arrives within `PASTE_GAP` seconds of the
+one before it is part of the same paste, and a paste's first `PASTE_LINES` lines cost one
+token together; its lines past that cost one each. Each line is still relayed as its own
+message.
 """
 
 from __future__ import annotations
@@ -13,8 +18,28 @@ from collections.abc import Callable
 
 Clock = Callable[[], float]
 
+PASTE_GAP = 0.05
+PASTE_LINES = 10
+
 # A wait this short is float rounding in the refill, not a sender ahead of its rate.
 _NEGLIGIBLE = 1e-9
+
+
+class PasteMeter:
+    """The flood cost of each arriving line, pastes counted as one message."""
+
+    __slots__ = ("_clock", "_last", "_run")
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._last = -PASTE_GAP
+        self._run = 0
+
+    def cost(self) -> float:
+        now = self._clock()
+        pasted, self._last = now - self._last < PASTE_GAP, now
+        self._run = self._run + 1 if pasted else 1
+        return 0.0 if pasted and self._run <= PASTE_LINES else 1.0
 
 
 class TokenBucket:
@@ -64,9 +89,9 @@ class Fakelag:
         self._bucket = TokenBucket(burst, rate, clock)
         self.slowed = False
 
-    def ready(self) -> bool:
-        """Whether a line taken now would not wait."""
-        return self._bucket.wait_time() <= 0
+    def ready(self, cost: float = 1.0) -> bool:
+        """Whether a line of this cost taken now would not wait."""
+        return self._bucket.wait_time(cost) <= 0
 
     def take(self, cost: float = 1.0) -> tuple[float, bool]:
         """This line's delay in seconds, and whether it begins a slowdown."""

@@ -4,19 +4,24 @@ The protocol layer offers raw bytes to `Session.take` as they arrive and feeds w
 refuses to `Session.feed` from the connection's reading task (`protocol.pump`); it ends the
 session with `finish`. Everything the session says goes through its user's Outbox.
 
-Most lines are plain messages, which never wait for anything: `take` handles them in
-data_received, so that a message is committed and delivered at the end of the loop turn it
-arrived in. A line that must wait (a command, an answer to a prompt, a line held back by
-fakelag, and everything after it) goes to the reading task, in order: `take` refuses input
-while that task has anything in hand.
+A line takes one path whichever way it came in: the framer cuts it, `_decide` says what it
+is (the one place where a line becomes a command, so a check before dispatch is written
+once), and it runs at once if nothing makes it wait (`_now`: a plain message, committed and
+delivered at the end of the loop turn it arrived in), else in the reading task, in order
+(`_run`: a command, the answer to a prompt, a line fakelag holds back, and every line after
+it). Input keeps being framed while lines wait, so a character-mode user's typing is echoed
+even while pasted lines are paced; only when the lines waiting pass the unterminated-input
+limit does reading stop (backpressure), and the sender's kernel buffers fill instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -27,14 +32,14 @@ from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.obs import limits
 from telchat.obs.counters import COUNTERS
+from telchat.obs.limits import EndReason, LimitKind
 from telchat.obs.logs import get_logger
 from telchat.obs.stats import STATS
 from telchat.rules import replies
-from telchat.rules.flood import Fakelag
+from telchat.rules.flood import Fakelag, PasteMeter
 from telchat.rules.lines import LineSplitter, Overflow, Oversize
 from telchat.rules.sanitize import sanitize
 from telchat.session import commands
-from telchat.telnet.gate import ReadGate
 
 log = get_logger(__name__)
 
@@ -42,11 +47,52 @@ log = get_logger(__name__)
 # waiting out fakelag is held as bytes, not as thousands of line objects.
 FEED_SLICE = 4096
 
+Cut = bytes | str | Oversize
+
 
 class Framer(Protocol):
     """Turns input bytes into lines: LineSplitter, or a terminal's line editor (terminal.py)."""
 
-    def feed(self, data: bytes) -> Sequence[bytes | str | Oversize]: ...
+    def feed(self, data: bytes) -> Sequence[Cut]: ...
+
+
+class Gate(Protocol):
+    """A connection's read gate as the session uses it (telchat/telnet/gate.py's ReadGate)."""
+
+    @property
+    def cut(self) -> LimitKind | None:
+        """Why the connection layer cut the connection (a limit kind), if it did."""
+
+    async def sleep(self, seconds: float, hold: Literal["flood"] | None) -> bool:
+        """Sleep, with reading held under the name `hold` (None: not held); False (early,
+        if need be) when the peer is gone."""
+
+    def drop(self) -> None:
+        """Reset the connection, discarding what is queued, in the kernel too."""
+
+
+@dataclass(slots=True, frozen=True)
+class Reply:
+    """The line that answers a prompt (a password), for the `Answer` that asked."""
+
+    answer: Answer
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class TooLong:
+    length: int
+
+
+# What a line is, once decided: nothing to do (None), a parsed command or message, a reply.
+Decision = commands.Parsed | Reply | TooLong | None
+
+
+@dataclass(slots=True, frozen=True)
+class Decided:
+    """A line decided (and paced) in data_received that must still run in the reading task."""
+
+    decision: Decision
 
 
 class Session:
@@ -64,7 +110,7 @@ class Session:
         charset: str = "utf-8",
         services: Services,
         hide_input: Callable[[bool], None] = lambda hidden: None,
-        gate: ReadGate | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.chat = chat
         self.services = services
@@ -79,15 +125,20 @@ class Session:
         self.intercept: Callable[[str], bool] | None = None
         self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
         self.user.hangup = self._kicked
-        self.reason: str | None = None
+        self.reason: EndReason | None = None
         self._gate = gate
         self._fakelag = Fakelag(config.flood_burst, config.flood_rate) if config.flood_rate else None
+        # Lines cut but not yet run, in order, each with its flood cost (a Decided one is paced).
+        self._waiting: deque[tuple[Cut | Decided, float]] = deque()
+        self._waiting_bytes = 0
+        self._paste = PasteMeter()
+        # The reading task is running a line: newer lines wait behind it.
+        self._busy = False
         # The connection closed while a line waited out fakelag: the rest of its input is dropped.
         self._gone = False
-        # The reading task is handling input: `take` must leave newer input to it.
-        self._reading = False
-        # What `take` left for the reading task: lines, or the Overflow or failure that ended them.
-        self._backlog: Sequence[bytes | str | Oversize] | Exception | None = None
+        # A failure in data_received, raised again in the reading task to end the session there.
+        self._failure: Exception | None = None
+        self._finished = False
         self.bytes_in = 0
         self._started = time.monotonic()
 
@@ -102,137 +153,161 @@ class Session:
         self.chat.connect(self.user)
         self.user.send(replies.WELCOME)
 
+    # Input: both ways in end in `_cut`.
+
     def take(self, data: bytes, nudge: Callable[[], None]) -> bool:
-        """Handle a chunk of input now, as it arrives, unless the reading task has input in
-        hand (then False: it reads this after). Lines that must wait are left to that task,
-        which `nudge` wakes."""
-        if self._reading or self._backlog is not None or self.closing or self._gone or len(data) > FEED_SLICE:
+        """Handle a chunk of input now, in data_received; False leaves it to the reading task
+        (a large chunk, or too many lines waiting already). `nudge` wakes that task for the
+        lines that must wait."""
+        if self.closing or self._gone or self._failure is not None or len(data) > FEED_SLICE:
             return False
-        self.bytes_in += len(data)
+        if self._waiting_bytes >= self._config.max_unterminated_bytes:
+            return False
         try:
-            lines = self._splitter.feed(data)
-            for at, line in enumerate(lines):
-                if self.closing:
-                    break
-                if not self._say_now(line):
-                    self._backlog = lines[at:]
-                    break
+            self._cut(data)
         except Exception as exc:
-            # Raised again in the reading task, which ends the session as for its own.
-            self._backlog = exc
-        if self._backlog is not None:
+            self._failure = exc
+        if self._waiting or self._failure is not None:
             nudge()
         return True
 
-    async def catch_up(self) -> None:
-        backlog, self._backlog = self._backlog, None
-        self._reading = True
-        try:
-            if isinstance(backlog, Overflow):
-                self._overflowed(backlog)
-            elif isinstance(backlog, Exception):
-                raise backlog
-            elif backlog is not None:
-                await self._lines(backlog)
-        finally:
-            self._reading = False
-
     async def feed(self, data: bytes) -> None:
         """Handle a chunk of input; on return, `closing` says whether to stop reading."""
-        self.bytes_in += len(data)
-        self._reading = True
-        try:
-            for start in range(0, len(data), FEED_SLICE):
-                if self.closing or self._gone:
-                    return
-                await self._feed_slice(data[start : start + FEED_SLICE])
-        finally:
-            self._reading = False
+        for start in range(0, len(data), FEED_SLICE):
+            if self.closing or self._gone:
+                return
+            self._cut(data[start : start + FEED_SLICE])
+            await self.catch_up()
 
-    async def _feed_slice(self, data: bytes) -> None:
+    async def catch_up(self) -> None:
+        """Run the lines waiting, in order, pacing those not paced yet."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._waiting and not (self.closing or self._gone):
+                item, cost = self._waiting.popleft()
+                self._waiting_bytes -= _size(item)
+                if isinstance(item, Decided):
+                    await self._run(item.decision)
+                elif await self._pace(cost):
+                    await self._run(self._decide(item))
+                else:
+                    self._gone = True
+            if self._gone:
+                self._waiting.clear()
+                self._waiting_bytes = 0
+        finally:
+            self._busy = False
+
+    def _cut(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         try:
             lines = self._splitter.feed(data)
         except Overflow as exc:
             self._overflowed(exc)
             return
-        await self._lines(lines)
+        for line in lines:
+            if self.closing:
+                return
+            cost = self._paste.cost()
+            if self._waiting or self._busy or not self._ready(cost):
+                self._wait(line, cost)
+                continue
+            decision = self._decide(line)
+            if not self._now(decision):
+                self._wait(Decided(decision), 0.0)
+
+    def _wait(self, item: Cut | Decided, cost: float) -> None:
+        self._waiting.append((item, cost))
+        self._waiting_bytes += _size(item)
 
     def _overflowed(self, exc: Overflow) -> None:
         # The lines completed before the overflow are lost with it: this client is abusive.
-        limits.hit("unterminated_input", bytes=exc.args[0])
+        self._limit("unterminated_input", bytes=exc.args[0])
         self.user.send(replies.INPUT_OVERFLOW.format(limit=self._config.max_unterminated_bytes))
         self.quit("input overflow", reason="readq")
 
-    async def _lines(self, lines: Sequence[bytes | str | Oversize]) -> None:
-        for line in lines:
-            if self.closing or self._gone:
-                return
-            if not await self._pace():
-                self._gone = True
-                return
-            await self._handle(line)
+    # Pacing.
 
-    def _say_now(self, line: bytes | str | Oversize) -> bool:
-        """Handle `line` here and now if it is a plain message (or blank) and nothing makes
-        it wait; False, with nothing done, if it must go through `_pace` and `_handle`."""
+    def _ready(self, cost: float) -> bool:
+        """Take this line's flood cost now if it needs no wait; False (nothing taken) if it does."""
         fakelag = self._fakelag
-        if isinstance(line, Oversize) or self._secret is not None or (fakelag is not None and not fakelag.ready()):
-            return False
-        text = self._text(line)
-        parsed = commands.parse(text) if text else None
-        if parsed is not None and not isinstance(parsed, commands.Say):
-            return False
-        if fakelag is not None:
-            fakelag.take()  # no wait: it was ready
-        self.user.profile.touch()
-        if parsed is None or (self.intercept is not None and self.intercept(text)):
+        if fakelag is None:
             return True
-        try:
-            commands.say(self, parsed)
-        except Exception:
-            self._failed()
+        if not fakelag.ready(cost):
+            return False
+        fakelag.take(cost)
         return True
 
-    async def _pace(self) -> bool:
+    async def _pace(self, cost: float) -> bool:
         """Fakelag: wait for this line's turn. False if the connection went away meanwhile."""
         if self._fakelag is None:
             return True
-        delay, begins = self._fakelag.take()
+        delay, begins = self._fakelag.take(cost)
         if begins:
             rate = f"{self._config.flood_rate:g}"
-            limits.hit("flood", nick=self.user.nick, burst=self._config.flood_burst, rate=rate)
+            self._limit("flood", burst=self._config.flood_burst, rate=rate)
             self.user.send(replies.SLOWED_DOWN.format(rate=rate))
         if delay <= 0:
             return True
         if self._gate is None:
             await asyncio.sleep(delay)
             return True
-        return await self._gate.sleep(delay, "flood")
+        # Reading goes on (typing is echoed) until the lines waiting reach the input limit.
+        full = self._waiting_bytes >= self._config.max_unterminated_bytes
+        return await self._gate.sleep(delay, "flood" if full else None)
 
-    async def _handle(self, line: bytes | str | Oversize) -> None:
+    # The one path: decide what a line is, then run it now or in the reading task.
+
+    def _decide(self, line: Cut) -> Decision:
+        """What `line` is. Every line passes here exactly once, in order, just before it runs."""
         if isinstance(line, Oversize):
-            limits.hit("line_length", level="info", bytes=line.length)
-            self.user.send(replies.LINE_TOO_LONG.format(length=line.length, limit=self._config.max_line_bytes))
-            return
+            return TooLong(line.length)
         text = self._text(line)
         self.user.profile.touch()
         secret, self._secret = self._secret, None
         if secret is not None:
             self._hide_input(False)
-        elif not text or (self.intercept is not None and self.intercept(text)):
+            return Reply(secret, text)
+        if not text or (self.intercept is not None and self.intercept(text)):
+            return None
+        return commands.parse(text)
+
+    def _now(self, decision: Decision) -> bool:
+        """Run `decision` if it needs no wait; False, with nothing done, if it does."""
+        if decision is None:
+            return True
+        if isinstance(decision, TooLong):
+            self._limit("line_length", level="info", bytes=decision.length)
+            limit = self._config.max_line_bytes
+            self.user.send(replies.LINE_TOO_LONG.format(length=decision.length, limit=limit))
+            return True
+        if not isinstance(decision, commands.Say):
+            return False
+        try:
+            commands.say(self, decision)
+        except Exception:
+            self._failed()
+        return True
+
+    async def _run(self, decision: Decision) -> None:
+        if self._now(decision):
             return
         nick = self.user.nick
         try:
-            if secret is not None:
-                await commands.run(self, secret(text))
+            if isinstance(decision, Reply):
+                await commands.run(self, decision.answer(decision.text))
             else:
-                parsed = commands.parse(text)
-                if not isinstance(parsed, commands.Say):
-                    # A command answers its user directly: first let what earlier lines published
-                    # come back (a store may deliver a turn, or a Redis round trip, later), so the
-                    # answer cannot overtake it. Plain messages only publish, and need no wait.
-                    await self.chat.store.settled()
-                await commands.execute(self, parsed)
+                assert decision is not None and not isinstance(decision, TooLong)
+                # A command answers its user directly: first let what earlier lines published
+                # come back (a store may deliver a turn, or a Redis round trip, later), so the
+                # answer cannot overtake it. Plain messages only publish, and need no wait.
+                await self.chat.store.settled()
+                await commands.execute(self, decision)
             if self.user.nick != nick:
                 structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
@@ -240,6 +315,11 @@ class Session:
 
     def _text(self, line: bytes | str) -> str:
         return sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
+
+    def _limit(self, kind: LimitKind, **fields: Any) -> None:
+        # Explicit identity: this may run in data_received, outside the session task's context.
+        user = self.user
+        limits.hit(kind, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
     def _failed(self) -> None:
         # One bad line must never end the session or touch anyone else's. Explicit identity:
@@ -256,7 +336,7 @@ class Session:
     def _kicked(self, message: str) -> None:
         self.quit(message, reason="kicked")
 
-    def quit(self, message: str, reason: str = "quit", farewell: str | None = replies.GOODBYE) -> None:
+    def quit(self, message: str, reason: EndReason = "quit", farewell: str | None = replies.GOODBYE) -> None:
         """End this session at the user's (or a limit's) request."""
         if self.closing:
             return
@@ -271,16 +351,18 @@ class Session:
         if self.closing:
             return
         self.reason = "sendq"
-        user = self.user
-        limits.hit("sendq", conn_id=user.conn_id, peer=user.peer, nick=user.nick, bytes=self._config.sendq_bytes)
+        self._limit("sendq", bytes=self._config.sendq_bytes)
         self.chat.disconnect(self.user, replies.SENDQ_EXCEEDED)
         if self._gate is not None:
             self._gate.drop()
         else:
             self._abort()  # its queue is the problem: drop it, do not wait for it
 
-    def finish(self, reason: str) -> None:
-        """The connection is gone (or going): clean up and log why. Idempotent."""
+    def finish(self, reason: EndReason) -> None:
+        """The connection is gone (or going): clean up, count and log why, once."""
+        if self._finished:
+            return
+        self._finished = True
         cut = self._gate.cut if self._gate is not None else None
         self.reason = self.reason or cut or reason
         COUNTERS.inc("disconnects", reason=self.reason)
@@ -297,3 +379,7 @@ class Session:
             bytes_in=self.bytes_in,
             bytes_out=self.user.outbox.bytes_out,
         )
+
+
+def _size(item: Cut | Decided) -> int:
+    return len(item) if isinstance(item, bytes | str) else 0

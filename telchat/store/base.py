@@ -14,16 +14,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
-from telchat.chat.outbox import Flusher
 from telchat.obs.logs import get_logger
 from telchat.obs.stats import STATS
 from telchat.store.events import EntryId, Event
 
 log = get_logger(__name__)
+
+
+class Turn(Protocol):
+    """The end of an event-loop turn, as a store sees it: the output Flusher (chat/outbox.py)."""
+
+    def before_flush(self, hook: Callable[[], None]) -> None:
+        """Run `hook` at the turn's end, before that turn's output is written."""
+
+    def schedule(self) -> None:
+        """Make sure this turn has an end: hooks run, then output is written."""
+
 
 Deliver = Callable[[Event], None]
 Record = dict[str, Any]
@@ -63,7 +74,7 @@ class Store(abc.ABC):
     async def check(self) -> None:  # noqa: B027 - local stores have nothing to check
         """Raise StoreError when the store does not answer."""
 
-    def commit_before(self, flusher: Flusher) -> None:  # noqa: B027 - only batching stores use it
+    def commit_before(self, flusher: Turn) -> None:  # noqa: B027 - only batching stores use it
         """Commit this turn's batch in `flusher`'s end-of-turn callback, before it writes."""
 
     # Records: small JSON-able documents by kind and key (accounts, bans, mutes, topics).
@@ -143,7 +154,7 @@ class LocalStore(Store):
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
         self._scheduled = False
-        self._turn: Flusher | None = None
+        self._turn: Turn | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._flushed: asyncio.Future[None] | None = None
         # Failure times per key, oldest first; in memory, as nothing else shares them.
@@ -157,7 +168,7 @@ class LocalStore(Store):
             self._retry.cancel()
         self._flush()
 
-    def commit_before(self, flusher: Flusher) -> None:
+    def commit_before(self, flusher: Turn) -> None:
         # Committed in the output flush's own callback: delivered and written in one go.
         self._turn = flusher
         flusher.before_flush(self._turn_end)
@@ -309,3 +320,11 @@ def _expire(times: deque[float], cutoff: float) -> None:
 
 def last_id(events: list[Event]) -> EntryId:
     return events[-1].id if events else (0, 0)
+
+
+def masked(url: str) -> str:
+    """`url` with its password hidden: URLs end up in logs and on stderr."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()

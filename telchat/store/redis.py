@@ -35,9 +35,8 @@ from telchat.obs.logs import get_logger
 from telchat.obs.stats import STATS
 from telchat.rules import replies
 from telchat.store import events as ev
-from telchat.store.base import Deliver, Record, Store, StoreError, decode_record, encode_record
+from telchat.store.base import Deliver, Record, Store, StoreError, decode_record, encode_record, masked
 from telchat.store.events import EntryId, Event
-from telchat.store.url import masked
 
 log = get_logger(__name__)
 

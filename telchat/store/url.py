@@ -23,11 +23,3 @@ def make_store(url: str, keep: int, node_ttl: float = 15.0) -> Store:
 
         return RedisStore(url, keep, node_ttl)
     raise StoreError(f"unsupported store URL {url!r}; use one of: {', '.join(SCHEMES)}")
-
-
-def masked(url: str) -> str:
-    """`url` with its password hidden: URLs end up in logs and on stderr."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()

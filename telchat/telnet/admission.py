@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from telchat.obs.limits import LimitKind
 from telchat.rules.flood import Clock, TokenBucket
 
 # Rate buckets of idle addresses are dropped in sweeps; a sweep runs when the table has
@@ -22,7 +23,7 @@ _MIN_SWEEP = 1024
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    kind: str
+    kind: LimitKind
     #: The one line the refused client is sent before the connection closes.
     message: str
 

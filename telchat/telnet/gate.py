@@ -19,9 +19,18 @@ import select
 import socket
 import struct
 from collections.abc import Callable
+from typing import Literal
+
+from telchat.obs.limits import LimitKind
 
 # Peer hung up, reset, or (Linux) shut down its sending side: seen without reading a byte.
 _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+# Who holds reading: fakelag (a line waits its turn with the input limit reached), telnetlib3's
+# reader ("backlog": its buffer is full), and the telnet guard ("pending": input not yet
+# handed on; "telnet": commands come faster than --telnet-rate).
+Hold = Literal["flood", "backlog", "pending", "telnet"]
 
 
 class ReadGate:
@@ -31,16 +40,16 @@ class ReadGate:
         self._transport = transport
         # Called soon after any hold is released, paused or not: its owner may have input waiting.
         self._on_release = on_release
-        self._holds: set[str] = set()
+        self._holds: set[Hold] = set()
         self._closed = asyncio.Event()
-        #: Why the connection layer cut this connection (a limit kind), if it did.
-        self.cut: str | None = None
+        #: Why the connection layer cut this connection, if it did.
+        self.cut: LimitKind | None = None
 
     @property
     def paused(self) -> bool:
         return bool(self._holds)
 
-    def held(self, besides: str) -> bool:
+    def held(self, besides: Hold) -> bool:
         """Is reading held for any reason other than `besides`?"""
         return any(name != besides for name in self._holds)
 
@@ -48,12 +57,12 @@ class ReadGate:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def hold(self, name: str) -> None:
+    def hold(self, name: Hold) -> None:
         if not self._holds and not self.closed:
             self._transport.pause_reading()
         self._holds.add(name)
 
-    def release(self, name: str) -> None:
+    def release(self, name: Hold) -> None:
         if name not in self._holds:
             return
         self._holds.discard(name)
@@ -69,16 +78,19 @@ class ReadGate:
         self._holds.clear()
         self._closed.set()
 
-    async def sleep(self, seconds: float, name: str) -> bool:
-        """Sleep with reading held; False (early, if need be) when the peer is gone."""
+    async def sleep(self, seconds: float, hold: Hold | None) -> bool:
+        """Sleep, with reading held under `hold` unless it is None; False (early, if need be)
+        when the peer is gone."""
         if self.peer_gone():
             return False
-        self.hold(name)
+        if hold is not None:
+            self.hold(hold)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), seconds)
         finally:
-            self.release(name)
+            if hold is not None:
+                self.release(hold)
         return not self.peer_gone()
 
     def peer_gone(self) -> bool:
@@ -100,7 +112,7 @@ class ReadGate:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.abort()
 
-    def handle(self, name: str) -> Handle:
+    def handle(self, name: Hold) -> Handle:
         """A stand-in transport for code that pauses and resumes reading by itself."""
         return Handle(self, name)
 
@@ -110,7 +122,7 @@ class Handle:
 
     __slots__ = ("_gate", "_name")
 
-    def __init__(self, gate: ReadGate, name: str) -> None:
+    def __init__(self, gate: ReadGate, name: Hold) -> None:
         self._gate = gate
         self._name = name
 

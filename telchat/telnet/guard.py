@@ -16,9 +16,10 @@ from typing import Any
 
 from telchat.config import Config
 from telchat.obs import limits
+from telchat.obs.limits import LimitKind
 from telchat.rules.flood import Fakelag
 from telchat.telnet.admission import Admission, address_of
-from telchat.telnet.gate import ReadGate
+from telchat.telnet.gate import Hold, ReadGate
 
 IAC = 0xFF
 # Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per
@@ -31,7 +32,7 @@ CLOSE_GRACE = 1.0
 
 Process = Callable[[bytes], None]
 # The gate hold for "input received but not yet handed on".
-PENDING = "pending"
+PENDING: Hold = "pending"
 
 
 class Guards:
@@ -163,7 +164,7 @@ class ConnectionGuard:
             return False
         return True
 
-    def _cut(self, kind: str, notice: str | None) -> None:
+    def _cut(self, kind: LimitKind, notice: str | None) -> None:
         self.gate.cut = kind
         self._pending = b""
         limits.hit(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import structlog
 import telnetlib3
@@ -393,7 +393,7 @@ class Input(Protocol):
         """Handle what `take` accepted but left for the pump."""
 
 
-async def pump(reader: ChunkReader, session: Input) -> str:
+async def pump(reader: ChunkReader, session: Input) -> Literal["eof", "error", "closed"]:
     """Read chunks into `session` until EOF, a connection error, or it closes; return why
     it ended. The session takes what it can as it arrives, in data_received, meanwhile."""
     reader.take = session.take
