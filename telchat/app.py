@@ -13,10 +13,10 @@ from telchat.clients.mssp import ServerStatus
 from telchat.clients.terminal import Terminal
 from telchat.config import Config
 from telchat.features.services import make_services
-from telchat.obs import limits
 from telchat.obs.limits import EndReason
 from telchat.obs.logs import get_logger
 from telchat.obs.metrics import MetricsServer
+from telchat.obs.telemetry import Telemetry
 from telchat.rules import replies
 from telchat.session.session import Session
 from telchat.store.base import Store, StoreError
@@ -43,8 +43,10 @@ HEALTH_TIMEOUT = 2.0
 class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
+        self.telemetry = Telemetry()
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
-        self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages)
+        self.store.stats = self.telemetry.stats
+        self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages, self.telemetry)
         self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
         self._classes: dict[Session, str] = {}
@@ -52,7 +54,7 @@ class App:
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
         self.store.commit_before(self._flusher)
-        self.guards = Guards(config)
+        self.guards = Guards(config, self.telemetry)
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self.status = ServerStatus(self.chat, config.server_name)
@@ -100,7 +102,7 @@ class App:
         peer = peer_of(transport)
         refusal = self.services.moderation.refusal(host_of(peer))
         if refusal is not None:
-            limits.hit("banned_address", conn_id=protocol.conn_id, peer=peer)
+            self.telemetry.limit("banned_address", conn_id=protocol.conn_id, peer=peer)
             transport.write(encode_line(refusal, charset))
             transport.close()
             return

@@ -12,7 +12,6 @@ import pytest
 
 import telchat.session.commands
 from telchat.app import App
-from telchat.obs.counters import COUNTERS
 from tests.attack import Attacker
 from tests.clients import LineClient, RawClient, TelnetClient
 from tests.conftest import Connect, with_config
@@ -285,7 +284,7 @@ async def test_reset_mid_line_and_mid_negotiation(connect: Connect, port: int, a
 
 @pytest.mark.parametrize("config", [with_config(sendq_bytes=32768)])
 async def test_reader_that_never_reads_is_cut_at_its_sendq(connect: Connect, port: int, app: App) -> None:
-    before = COUNTERS.value("limits", kind="sendq")
+    before = app.telemetry.counters.value("limits", kind="sendq")
     sloth = Attacker.joined(port, "sloth", "busy", rcvbuf=4096)
     bob = await user(connect, "bob", "busy")
     # A slow link: without this, loopback's kernel buffers soak up megabytes first.
@@ -307,8 +306,8 @@ async def test_reader_that_never_reads_is_cut_at_its_sendq(connect: Connect, por
         for n in range(3):
             said = [line for line in got if line.startswith(f"#busy:t{n}> ")]
             assert said == [f"#busy:t{n}> {i} {payload}" for i in range(200)]
-    assert COUNTERS.value("limits", kind="sendq") == before + 1
-    assert COUNTERS.value("disconnects", reason="sendq") >= 1
+    assert app.telemetry.counters.value("limits", kind="sendq") == before + 1
+    assert app.telemetry.counters.value("disconnects", reason="sendq") >= 1
     await sloth.reset()
     await assert_healthy(app, bob, *talkers)
 

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telchat.app import App
-from telchat.obs.counters import COUNTERS
 from telchat.telnet.admission import Address, Admission, address_of
 from tests.clients import RawClient
 from tests.conftest import Connect, with_config
@@ -135,12 +134,12 @@ async def read_all(port: int) -> tuple[bytes, RawClient]:
 
 @pytest.mark.parametrize("config", [with_config(limit_loopback=True, conn_burst_per_ip=100)])
 async def test_fifty_connections_from_one_address(connect: Connect, app: App) -> None:
-    before = COUNTERS.value("limits", kind="conns_per_ip")
+    before = app.telemetry.counters.value("limits", kind="conns_per_ip")
     admitted = [await connect() for _ in range(10)]
     refused = await asyncio.gather(*(read_all(app.port) for _ in range(40)))
     # One line saying why, then the close: not a single telnet negotiation byte before it.
     assert [data for data, _ in refused] == [PER_IP.encode()] * 40
-    assert COUNTERS.value("limits", kind="conns_per_ip") == before + 40
+    assert app.telemetry.counters.value("limits", kind="conns_per_ip") == before + 40
     for _, client in refused:
         await client.close()
     await admitted[0].close()

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telchat.app import App
-from telchat.obs.counters import COUNTERS
 from telchat.rules import replies
 from telchat.rules.flood import PASTE_GAP, PASTE_LINES, Fakelag, PasteMeter, TokenBucket
 from tests.attack import Attacker
@@ -89,7 +88,7 @@ def test_a_sender_within_the_rate_is_never_delayed(burst: int, rate: float, coun
 
 @pytest.mark.parametrize("config", [with_config(flood_burst=5, flood_rate=20)])
 async def test_flood_is_delayed_not_dropped_and_others_are_unaffected(connect: Connect, app: App) -> None:
-    before = COUNTERS.value("limits", kind="flood")
+    before = app.telemetry.counters.value("limits", kind="flood")
     bob = await user(connect, "bob", "room")
     ann = await user(connect, "ann", "room")
     eve = await user(connect, "eve", "room")
@@ -113,7 +112,7 @@ async def test_flood_is_delayed_not_dropped_and_others_are_unaffected(connect: C
     eve_lines = await read_through(eve, {flood[-1]})
     assert eve_lines.count(SLOWED) == 1
     assert [line for line in eve_lines if line.startswith("#room:eve>")] == flood
-    assert COUNTERS.value("limits", kind="flood") == before + 1
+    assert app.telemetry.counters.value("limits", kind="flood") == before + 1
     await assert_healthy(app, bob, ann, eve)
 
 

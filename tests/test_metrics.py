@@ -141,3 +141,16 @@ async def test_no_log_messages_keeps_chat_text_out_of_logs() -> None:
         assert not any("private remark" in str(e) or "whispered" in str(e) for e in server.events)
     finally:
         server.kill()
+
+
+async def test_two_servers_in_one_process_count_only_their_own(app: App, connect: Connect) -> None:
+    async with running(TEST_CONFIG) as other:
+        bob = await user(connect, "bob", "room")
+        await bob.send("hello")
+        await bob.read_until("#room:bob> hello")
+        await bob.send("x" * (app.config.max_line_bytes + 1))
+        await bob.read_until("*** Line too long")
+        assert app.telemetry.stats.messages == 1
+        assert app.telemetry.counters.value("limits", kind="line_length") == 1
+        assert other.telemetry.stats.messages == 0
+        assert other.telemetry.counters.value("limits", kind="line_length") == 0

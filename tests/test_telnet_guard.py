@@ -9,7 +9,6 @@ import zlib
 import pytest
 
 from telchat.app import App
-from telchat.obs.counters import COUNTERS
 from tests.attack import Attacker
 from tests.clients import DO, IAC, SB, SE, WILL, RawClient
 from tests.conftest import Connect, with_config
@@ -30,7 +29,7 @@ async def raw_user(app: App, nick: str) -> RawClient:
 
 
 async def test_subnegotiation_is_capped(connect: Connect, app: App) -> None:
-    before = COUNTERS.value("limits", kind="subnegotiation")
+    before = app.telemetry.counters.value("limits", kind="subnegotiation")
     bob = await user(connect, "bob", "room")
     eve = Attacker.joined(app.port, "eve")
     await bob.read_until("*** User eve joined")
@@ -41,8 +40,8 @@ async def test_subnegotiation_is_capped(connect: Connect, app: App) -> None:
         assert rest.endswith(b"*** Telnet subnegotiation over 8192 bytes; disconnecting.\r\n")
         assert await bob.read_line() == "*** User eve quit (connection closed)"
         assert memory.peak < MiB
-    assert COUNTERS.value("limits", kind="subnegotiation") == before + 1
-    assert COUNTERS.value("disconnects", reason="subnegotiation") >= 1
+    assert app.telemetry.counters.value("limits", kind="subnegotiation") == before + 1
+    assert app.telemetry.counters.value("disconnects", reason="subnegotiation") >= 1
     await assert_healthy(app, bob)
 
 
@@ -72,7 +71,7 @@ async def test_unterminated_subnegotiation_under_the_cap_harms_nobody(connect: C
     ids=["nop", "will", "naws"],
 )
 async def test_iac_floods_are_slowed_and_others_talk_on(connect: Connect, app: App, flood: bytes) -> None:
-    before = COUNTERS.value("limits", kind="telnet_flood")
+    before = app.telemetry.counters.value("limits", kind="telnet_flood")
     bob = await user(connect, "bob", "room")
     ann = await user(connect, "ann", "room")
     eve = Attacker.joined(app.port, "eve")
@@ -88,7 +87,7 @@ async def test_iac_floods_are_slowed_and_others_talk_on(connect: Connect, app: A
         assert eve_session._gate is not None and eve_session._gate.paused
         assert memory.peak < 2 * MiB
     del eve_session  # it would keep her connection's objects alive for the count below
-    assert COUNTERS.value("limits", kind="telnet_flood") == before + 1
+    assert app.telemetry.counters.value("limits", kind="telnet_flood") == before + 1
     await eve.reset()
     await assert_healthy(app, bob, ann)
 
@@ -125,7 +124,7 @@ async def test_amplified_replies_to_a_non_reader_hit_the_sendq(connect: Connect,
 
 
 async def test_compressed_input_is_refused_not_inflated(connect: Connect, app: App) -> None:
-    before = COUNTERS.value("limits", kind="compression")
+    before = app.telemetry.counters.value("limits", kind="compression")
     bob = await user(connect, "bob", "room")
     eve = Attacker.joined(app.port, "eve")
     await bob.read_until("*** User eve joined")
@@ -138,7 +137,7 @@ async def test_compressed_input_is_refused_not_inflated(connect: Connect, app: A
         assert rest.endswith(b"*** Compressed input (MCCP3) is not supported; disconnecting.\r\n")
         assert memory.peak < 4 * MiB
     assert await bob.read_line() == "*** User eve quit (connection closed)"
-    assert COUNTERS.value("limits", kind="compression") == before + 1
+    assert app.telemetry.counters.value("limits", kind="compression") == before + 1
     await assert_healthy(app, bob)
 
 

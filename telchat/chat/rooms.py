@@ -18,7 +18,7 @@ from telchat.chat.observers import ChatEvents, Players
 from telchat.chat.outbox import Broadcast, Outbox, fan_out
 from telchat.chat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS
+from telchat.obs.telemetry import Telemetry
 from telchat.rules import replies
 from telchat.rules.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.store import events
@@ -128,9 +128,16 @@ def check_room_or_error(raw: str) -> str:
 
 class Chat:
     def __init__(
-        self, store: Store, history_replay: int = 20, announce_nicks: str = "all", log_messages: bool = True
+        self,
+        store: Store,
+        history_replay: int = 20,
+        announce_nicks: str = "all",
+        log_messages: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry or Telemetry()
+        self.stats = self.telemetry.stats
         self.log_messages = log_messages
         self.history_replay = history_replay
         self.announce_nicks = announce_nicks
@@ -315,7 +322,7 @@ class Chat:
 
     def say(self, user: User, text: str, kind: str = SAY) -> None:
         room = self._speaking_room(user)
-        STATS.messages += 1
+        self.stats.messages += 1
         _log("message", user, room=room.name, kind=kind, **self._text(text))
         self.store.publish(events.message(kind, room.key, room.name, user.nick, text))
 
@@ -330,7 +337,7 @@ class Chat:
         if target is None and not await self.store.remote_nick(key):
             raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
         shown = target.nick if target is not None else raw_nick
-        STATS.private_messages += 1
+        self.stats.private_messages += 1
         _log("private_message", user, to=shown, **self._text(text))
         line = replies.PRIVATE_OUT.format(nick=shown, text=text)
         user.send(line)
@@ -381,7 +388,7 @@ class Chat:
                 started = perf_counter()
                 line = self._format(room, event)
                 self._deliver_room(room, event, line)
-                STATS.fanout_seconds.observe(perf_counter() - started)
+                self.stats.fanout_seconds.observe(perf_counter() - started)
                 if room.listeners:
                     hearing = tuple(u for u in room.listeners if not u.profile.ignores(event.nick))
                     _channel_text(hearing, room.name, event.nick, line)
@@ -400,7 +407,7 @@ class Chat:
             return
         line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
         target.send(line)
-        STATS.deliveries += 1
+        self.stats.deliveries += 1
         _channel_text((target,), f"tell {event.nick}", event.nick, line)
         if target.profile.away is not None:
             # Published, not sent: the sender may be connected to another node.
@@ -452,11 +459,11 @@ class Chat:
         if recipients is room.members and not room.listeners:
             # Everyone gets the common copy and nothing else: the room's shared batches.
             room.output.send(text, recipients)
-            STATS.deliveries += len(room.members)
+            self.stats.deliveries += len(room.members)
         else:
             # Some get their own copy, or none, or (listeners) more: one push each.
             room.output.reset()
-            STATS.deliveries += fan_out(text, recipients)
+            self.stats.deliveries += fan_out(text, recipients)
 
     def _personal(self, room: Room, event: Event) -> dict[User, bool]:
         """Members whose copy of this message is their own -> whether it names them."""
@@ -467,8 +474,9 @@ class Chat:
                 personal[user] = True
         return personal
 
-    @staticmethod
-    def _send_personal(recipients: Iterable[User], personal: dict[User, bool], event: Event, text: str) -> list[User]:
+    def _send_personal(
+        self, recipients: Iterable[User], personal: dict[User, bool], event: Event, text: str
+    ) -> list[User]:
         """Send the personal copies; return the recipients who share the common one."""
         common: list[User] = []
         for user in recipients:
@@ -477,7 +485,7 @@ class Chat:
                 common.append(user)
             elif not user.profile.ignores(event.nick):
                 user.send(user.profile.mentioned(text) if mentioned else text, event.ts)
-                STATS.deliveries += 1
+                self.stats.deliveries += 1
         return common
 
     # queries (this node's view, plus what the store knows of other nodes)

@@ -7,14 +7,13 @@ Sent as telnet option 70 to clients that accept it, and as plain text lines in r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telnetlib3.telopt import IAC, MSSP, SB, SE
 
 from telchat import __version__
 from telchat.chat.rooms import Chat
 
-STARTED = int(time.time())
 MSSP_VAR = b"\x01"
 MSSP_VAL = b"\x02"
 REQUEST = "MSSP-REQUEST"
@@ -56,12 +55,13 @@ class ServerStatus:
     name: str
     port: int = 0
     tls_port: int | None = None
+    started: int = field(default_factory=lambda: int(time.time()))
 
     def variables(self) -> dict[str, str]:
         values = {
             "NAME": self.name,
             "PLAYERS": str(len(self.chat.nicks)),
-            "UPTIME": str(STARTED),
+            "UPTIME": str(self.started),
             "PORT": str(self.port),
             "ROOMS": str(len(self.chat.rooms)),
             **_STATIC,

@@ -20,7 +20,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from telchat.chat.profile import SETTINGS
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
 from telchat.features.moderation import Moderation, disconnect_event
-from telchat.obs import limits
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.rules.names import nick_key
@@ -162,7 +161,7 @@ class Accounts:
         counters = (f"login:ip:{user.ip}", f"login:nick:{key}")
         for counter in counters:
             if await self.store.failures(counter, FAILURE_WINDOW) >= self.max_failures:
-                limits.hit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
+                self.chat.telemetry.limit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
                 raise ChatError(replies.TOO_MANY_FAILURES)
         record = await self.store.get_record(ACCOUNT, key)
         if record is None:

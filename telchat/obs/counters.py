@@ -1,6 +1,7 @@
 """In-process event counters (limits hit, disconnect reasons) for the metrics endpoint.
 
-Dependency-free on purpose: any module may count, and an exporter only needs to iterate.
+Dependency-free on purpose: an exporter only needs to iterate. Each App owns its own
+(telchat/obs/telemetry.py).
 A counter is a name plus labels; its key is `(name, ((label, value), ...))` with the
 labels sorted, which maps directly onto Prometheus' `name{label="value"}`.
 """
@@ -40,6 +41,3 @@ class Counters(Mapping[Key, int]):
 
     def __len__(self) -> int:
         return len(self._values)
-
-
-COUNTERS = Counters()

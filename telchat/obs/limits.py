@@ -1,4 +1,4 @@
-"""Reporting a limit that fired: one structured `limit` event and one counter, always both.
+"""The kinds of limit that fire, and the reasons a connection ends (Telemetry.limit reports them).
 
 Kinds (docs/RELIABILITY.md describes each): line_length, unterminated_input, flood, sendq,
 subnegotiation, telnet_flood, compression, max_connections, conns_per_ip, conn_rate;
@@ -7,12 +7,7 @@ docs/OPERATIONS.md adds login_failures and banned_address (accounts and moderati
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from telchat.obs.counters import COUNTERS
-from telchat.obs.logs import get_logger
-
-log = get_logger(__name__)
+from typing import Literal
 
 LIMITS_COUNTER = "limits"
 
@@ -36,8 +31,3 @@ LimitKind = Literal[
 EndReason = Literal[
     "eof", "error", "closed", "quit", "kicked", "readq", "sendq", "ping_timeout", "http", "shutdown", LimitKind
 ]
-
-
-def hit(kind: LimitKind, *, level: str = "warning", **fields: Any) -> None:
-    COUNTERS.inc(LIMITS_COUNTER, kind=kind)
-    getattr(log, level)("limit", kind=kind, **fields)

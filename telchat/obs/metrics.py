@@ -15,9 +15,10 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from telchat.obs.counters import COUNTERS
+from telchat.obs.counters import Counters
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS, Histogram
+from telchat.obs.stats import Histogram
+from telchat.obs.telemetry import Telemetry
 
 log = get_logger(__name__)
 
@@ -27,6 +28,8 @@ MAX_REQUEST = 8192
 
 class Scraped(Protocol):
     """What the endpoint reads of the server it reports on (the App), at scrape time."""
+
+    telemetry: Telemetry
 
     def session_classes(self) -> list[str]: ...
 
@@ -52,13 +55,14 @@ class ChatCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        stats = self._app.telemetry.stats
         yield from self._gauges()
         yield from self._counters()
         yield _histogram(
-            "telchat_fanout_seconds", "Time to fan one room message out to its members", STATS.fanout_seconds
+            "telchat_fanout_seconds", "Time to fan one room message out to its members", stats.fanout_seconds
         )
         yield _histogram(
-            "telchat_store_commit_seconds", "Time of one store commit (a batch)", STATS.store_commit_seconds
+            "telchat_store_commit_seconds", "Time of one store commit (a batch)", stats.store_commit_seconds
         )
 
     def _gauges(self) -> Iterator[Metric]:
@@ -72,22 +76,23 @@ class ChatCollector:
 
     def _counters(self) -> Iterator[Metric]:
         live_in, live_out = self._app.live_bytes()
+        stats, counters = self._app.telemetry.stats, self._app.telemetry.counters
         for name, doc, value in (
-            ("telchat_messages", "Room messages said on this node", STATS.messages),
-            ("telchat_private_messages", "Private messages sent from this node", STATS.private_messages),
-            ("telchat_deliveries", "Message lines delivered to users of this node", STATS.deliveries),
-            ("telchat_bytes_in", "Bytes received from clients", STATS.bytes_in_closed + live_in),
-            ("telchat_bytes_out", "Bytes sent to clients", STATS.bytes_out_closed + live_out),
-            ("telchat_store_errors", "Failed store operations", STATS.store_errors),
+            ("telchat_messages", "Room messages said on this node", stats.messages),
+            ("telchat_private_messages", "Private messages sent from this node", stats.private_messages),
+            ("telchat_deliveries", "Message lines delivered to users of this node", stats.deliveries),
+            ("telchat_bytes_in", "Bytes received from clients", stats.bytes_in_closed + live_in),
+            ("telchat_bytes_out", "Bytes sent to clients", stats.bytes_out_closed + live_out),
+            ("telchat_store_errors", "Failed store operations", stats.store_errors),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        yield _labelled("telchat_disconnects", "Connections ended, by reason", "disconnects", "reason")
-        yield _labelled("telchat_limit_hits", "Limits that fired, by kind", "limits", "kind")
+        yield _labelled(counters, "telchat_disconnects", "Connections ended, by reason", "disconnects", "reason")
+        yield _labelled(counters, "telchat_limit_hits", "Limits that fired, by kind", "limits", "kind")
 
 
-def _labelled(name: str, doc: str, counter: str, label: str) -> Metric:
+def _labelled(counters: Counters, name: str, doc: str, counter: str, label: str) -> Metric:
     family = CounterMetricFamily(name, doc, labels=[label])
-    for (key, labels), value in sorted(COUNTERS.items()):
+    for (key, labels), value in sorted(counters.items()):
         if key == counter:
             family.add_metric([dict(labels).get(label, "")], value)
     return family

@@ -45,6 +45,3 @@ class Stats:
     store_errors: int = 0
     fanout_seconds: Histogram = field(default_factory=Histogram)
     store_commit_seconds: Histogram = field(default_factory=Histogram)
-
-
-STATS = Stats()

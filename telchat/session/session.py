@@ -30,11 +30,8 @@ from telchat.chat.rooms import Chat, User
 from telchat.config import Config
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
-from telchat.obs import limits
-from telchat.obs.counters import COUNTERS
 from telchat.obs.limits import EndReason, LimitKind
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS
 from telchat.rules import replies
 from telchat.rules.flood import Fakelag, PasteMeter
 from telchat.rules.lines import LineSplitter, Overflow, Oversize
@@ -319,7 +316,7 @@ class Session:
     def _limit(self, kind: LimitKind, **fields: Any) -> None:
         # Explicit identity: this may run in data_received, outside the session task's context.
         user = self.user
-        limits.hit(kind, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
+        self.chat.telemetry.limit(kind, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
     def _failed(self) -> None:
         # One bad line must never end the session or touch anyone else's. Explicit identity:
@@ -365,9 +362,10 @@ class Session:
         self._finished = True
         cut = self._gate.cut if self._gate is not None else None
         self.reason = self.reason or cut or reason
-        COUNTERS.inc("disconnects", reason=self.reason)
-        STATS.bytes_in_closed += self.bytes_in
-        STATS.bytes_out_closed += self.user.outbox.bytes_out
+        telemetry = self.chat.telemetry
+        telemetry.counters.inc("disconnects", reason=self.reason)
+        telemetry.stats.bytes_in_closed += self.bytes_in
+        telemetry.stats.bytes_out_closed += self.user.outbox.bytes_out
         self.chat.disconnect(self.user, "connection closed" if reason in ("eof", "error") else self.reason)
         log.info(
             "disconnect",

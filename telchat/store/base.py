@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS
+from telchat.obs.stats import Stats
 from telchat.store.events import EntryId, Event
 
 log = get_logger(__name__)
@@ -48,6 +48,10 @@ class StoreError(Exception):
 
 
 class Store(abc.ABC):
+    def __init__(self) -> None:
+        #: The hot-path statistics this store counts into; the App hands over its own.
+        self.stats = Stats()
+
     @abc.abstractmethod
     async def open(self, deliver: Deliver) -> None:
         """Connect; raise StoreError when the store cannot be used."""
@@ -151,6 +155,7 @@ class LocalStore(Store):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
         self._scheduled = False
@@ -196,14 +201,14 @@ class LocalStore(Store):
         try:
             committed = self._commit(events)
         except StoreError as exc:
-            STATS.store_errors += 1
+            self.stats.store_errors += 1
             # Nothing of the batch was delivered; keep it, in order, and try again soon.
             self._pending[:0] = events
             log.error("store_error", error=str(exc), pending=len(self._pending))
             self._scheduled = True
             self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
             return
-        STATS.store_commit_seconds.observe(perf_counter() - started)
+        self.stats.store_commit_seconds.observe(perf_counter() - started)
         for event in committed:
             self._deliver_one(event)
         if self._flushed is not None and not self._pending:

@@ -32,7 +32,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS
 from telchat.rules import replies
 from telchat.store import events as ev
 from telchat.store.base import Deliver, Record, Store, StoreError, decode_record, encode_record, masked
@@ -110,6 +109,7 @@ def _decode(data: str, entry_id: EntryId) -> Event:
 
 class RedisStore(Store):
     def __init__(self, url: str, keep: int = 1000, node_ttl: float = 15.0) -> None:
+        super().__init__()
         self.url = url
         self.shown_url = masked(url)
         self._keep = keep
@@ -228,13 +228,13 @@ class RedisStore(Store):
                 try:
                     await self._send(batch)
                 except (RedisError, OSError) as exc:
-                    STATS.store_errors += 1
+                    self.stats.store_errors += 1
                     log.warning("store_error", store="redis", error=str(exc), pending=len(self._queue))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
                     continue
                 delay = RETRY_MIN
-                STATS.store_commit_seconds.observe(perf_counter() - started)
+                self.stats.store_commit_seconds.observe(perf_counter() - started)
                 del self._queue[: len(batch)]
             self._idle.set()
 

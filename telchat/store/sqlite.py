@@ -15,7 +15,6 @@ from pathlib import Path
 import orjson
 
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS
 from telchat.store.base import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
 from telchat.store.checkpoint import Checkpointer
 from telchat.store.events import Event
@@ -144,13 +143,12 @@ class SqliteStore(LocalStore):
             self._restart_wal(db)
         return committed
 
-    @staticmethod
-    def _restart_wal(db: sqlite3.Connection) -> None:
+    def _restart_wal(self, db: sqlite3.Connection) -> None:
         try:
             db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error as exc:
             # Committed already: nothing is lost, the WAL stays long until a later attempt.
-            STATS.store_errors += 1
+            self.stats.store_errors += 1
             log.error("store_error", error=f"SQLite checkpoint failed: {exc}", pending=0)
 
     def _number(self, events: list[Event]) -> tuple[list[Event], list[Chunk], int]:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from telchat.config import Config
-from telchat.obs import limits
 from telchat.obs.limits import LimitKind
+from telchat.obs.telemetry import Telemetry
 from telchat.rules.flood import Fakelag
 from telchat.telnet.admission import Admission, address_of
 from telchat.telnet.gate import Hold, ReadGate
@@ -38,8 +38,9 @@ PENDING: Hold = "pending"
 class Guards:
     """The connection-level limits of one server."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, telemetry: Telemetry) -> None:
         self._config = config
+        self.telemetry = telemetry
         self.admission = Admission(
             max_connections=config.max_connections,
             max_per_address=config.max_conns_per_ip,
@@ -54,8 +55,15 @@ class Guards:
         address = address_of(str(name[0]) if name else peer)
         refusal = self.admission.admit(address)
         if refusal is None:
-            return ConnectionGuard(protocol, transport, self._config, peer, lambda: self.admission.release(address))
-        limits.hit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
+            return ConnectionGuard(
+                protocol,
+                transport,
+                self._config,
+                peer,
+                lambda: self.admission.release(address),
+                telemetry=self.telemetry,
+            )
+        self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
         transport.write(refusal.message.encode() + b"\r\n")
         transport.close()
         return None
@@ -63,9 +71,17 @@ class Guards:
 
 class ConnectionGuard:
     def __init__(
-        self, protocol: Any, transport: asyncio.Transport, config: Config, peer: str, release: Callable[[], None]
+        self,
+        protocol: Any,
+        transport: asyncio.Transport,
+        config: Config,
+        peer: str,
+        release: Callable[[], None],
+        *,
+        telemetry: Telemetry,
     ) -> None:
         self._protocol = protocol
+        self._telemetry = telemetry
         self._transport = transport
         self._peer = peer
         self._release: Callable[[], None] | None = release
@@ -167,7 +183,7 @@ class ConnectionGuard:
     def _cut(self, kind: LimitKind, notice: str | None) -> None:
         self.gate.cut = kind
         self._pending = b""
-        limits.hit(
+        self._telemetry.limit(
             kind,
             conn_id=self._protocol.conn_id,
             peer=self._peer,
@@ -188,7 +204,7 @@ class ConnectionGuard:
             return
         delay, begins = self._budget.take(cost)
         if begins:
-            limits.hit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
+            self._telemetry.limit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
         if delay > 0:
             self.gate.hold("telnet")
             self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")

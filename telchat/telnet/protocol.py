@@ -8,7 +8,6 @@ between the socket and it, and makes sure every way a connection can end reaches
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol, cast
 
@@ -28,8 +27,6 @@ from telchat.telnet.liveness import enable_keepalive
 log = get_logger(__name__)
 
 READ_CHUNK = 65536
-
-_conn_ids = itertools.count(1)
 
 
 class ChunkReader(TelnetReaderUnicode):
@@ -190,8 +187,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn_id = next(_conn_ids)
         if self.guards is not None:
+            self.conn_id = self.guards.telemetry.next_conn_id()
             self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport))
             if self.guard is None:
                 # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
