@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import unicodedata
 from typing import Any
 
 import telnetlib3
@@ -317,3 +318,23 @@ async def logged_session(port: int, room: str) -> RawClient:
     await ann.send("quit")
     await ann.wait_closed()
     return bob
+
+
+async def read_through(client: LineClient, lasts: set[str], timeout: float = 20) -> list[str]:
+    """Lines up to and including the last of `lasts` to arrive."""
+    lines: list[str] = []
+    missing = set(lasts)
+    while missing:
+        lines.append(await client.read_line(timeout))
+        missing.discard(lines[-1])
+    return lines
+
+
+def assert_inert(data: bytes) -> None:
+    """`data` (what a client received) holds text and CRLFs, nothing a terminal acts on."""
+    text = data.decode("utf-8")
+    assert "\r" not in text.replace("\r\n", "") and "\n" not in text.replace("\r\n", "")
+    for ch in text.replace("\r\n", ""):
+        category = unicodedata.category(ch)
+        assert category not in ("Cc", "Cs", "Zl", "Zp", "Co"), f"{ch!r} in {text!r}"
+        assert category != "Cf" or ch == "\u200d", f"{ch!r} in {text!r}"

@@ -98,3 +98,20 @@ async def running(config: Config) -> AsyncIterator[App]:
         yield server
     finally:
         await server.stop()
+
+
+async def user(connect: Connect, nick: str, room: str | None = None) -> LineClient:
+    """A client logged in as `nick`, in `room` if given."""
+    client = await connect()
+    await client.login(nick)
+    if room:
+        await client.join(room, nick)
+    return client
+
+
+async def room_with(connect: Connect, *nicks: str) -> list[LineClient]:
+    """Users in #room, in this order, with everything so far read."""
+    clients = [await user(connect, nick, "room") for nick in nicks]
+    for client in clients:
+        await client.drain(0.05)
+    return clients

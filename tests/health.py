@@ -65,7 +65,7 @@ async def assert_healthy(app: App, *survivors: LineClient, room: str = "health")
         assert live(ChatTelnetServer) == len(survivors) + 1
         assert live(Session) == len(survivors) + 1
         for session in app.sessions:
-            assert session._splitter.pending <= app.config.max_unterminated_bytes
+            assert session.held_input <= app.config.max_unterminated_bytes
     finally:
         await probe.close()
     await settled(app, len(survivors))

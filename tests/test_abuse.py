@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import unicodedata
 
 import pytest
 
 import telchat.session.commands
 from telchat.app import App
 from tests.attack import Attacker
-from tests.clients import LineClient, RawClient, TelnetClient
-from tests.conftest import Connect, with_config
+from tests.clients import LineClient, RawClient, TelnetClient, assert_inert, read_through
+from tests.conftest import Connect, room_with, user, with_config
 from tests.health import Memory, assert_healthy, session_of
-from tests.test_commands import user
 
 MiB = 1 << 20
 GOODBYE = b"*** have a nice day ***\r\n"
@@ -67,34 +65,6 @@ ATTACKS = [
     b"\x1b[",
     b"\x1b]52;c;ZXZp",
 ]
-
-
-async def read_through(client: LineClient, lasts: set[str], timeout: float = 20) -> list[str]:
-    """Lines up to and including the last of `lasts` to arrive."""
-    lines: list[str] = []
-    missing = set(lasts)
-    while missing:
-        lines.append(await client.read_line(timeout))
-        missing.discard(lines[-1])
-    return lines
-
-
-def assert_inert(data: bytes) -> None:
-    """`data` (what a client received) holds text and CRLFs, nothing a terminal acts on."""
-    text = data.decode("utf-8")
-    assert "\r" not in text.replace("\r\n", "") and "\n" not in text.replace("\r\n", "")
-    for ch in text.replace("\r\n", ""):
-        category = unicodedata.category(ch)
-        assert category not in ("Cc", "Cs", "Zl", "Zp", "Co"), f"{ch!r} in {text!r}"
-        assert category != "Cf" or ch == "\u200d", f"{ch!r} in {text!r}"
-
-
-async def room_with(connect: Connect, *nicks: str) -> list[LineClient]:
-    """Users in #room, in this order, with everything so far read."""
-    clients = [await user(connect, nick, "room") for nick in nicks]
-    for client in clients:
-        await client.drain(0.05)
-    return clients
 
 
 async def received(client: LineClient, until: str) -> bytes:

@@ -15,9 +15,8 @@ from telchat.chat.outbox import Flusher, Outbox
 from telchat.chat.rooms import ChatError, User
 from telchat.features.accounts import ACCOUNT, Answer, Hasher
 from tests.clients import RawClient, TelnetClient
-from tests.conftest import TEST_CONFIG, Connect, running
+from tests.conftest import TEST_CONFIG, Connect, running, user
 from tests.procs import ServerProcess
-from tests.test_commands import user
 
 PROMPT = "*** Password for {nick} (typing is hidden; an empty line cancels):"
 CHEAP_HASHES = ("--argon2-time-cost=1", "--argon2-memory-kib=8")

@@ -26,9 +26,8 @@ from tests.clients import (
     TelnetClient,
     TermClient,
 )
-from tests.conftest import Connect
+from tests.conftest import Connect, user
 from tests.procs import ServerProcess
-from tests.test_commands import user
 
 WELCOME = b"*** Welcome to telchat. Type help for commands.\r\n"
 

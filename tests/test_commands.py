@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.clients import LineClient
-from tests.conftest import Connect
-
-
-async def user(connect: Connect, nick: str, room: str | None = None) -> LineClient:
-    client = await connect()
-    await client.login(nick)
-    if room:
-        await client.join(room, nick)
-    return client
+from tests.conftest import Connect, user
 
 
 async def test_speaking_needs_login(connect: Connect) -> None:

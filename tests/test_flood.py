@@ -12,11 +12,9 @@ from telchat.app import App
 from telchat.rules import replies
 from telchat.rules.flood import PASTE_GAP, PASTE_LINES, Fakelag, PasteMeter, TokenBucket
 from tests.attack import Attacker
-from tests.clients import RawClient
-from tests.conftest import Connect, with_config
+from tests.clients import RawClient, read_through
+from tests.conftest import Connect, user, with_config
 from tests.health import Memory, assert_healthy, session_of, settled
-from tests.test_abuse import read_through
-from tests.test_commands import user
 
 MiB = 1 << 20
 SLOWED = replies.SLOWED_DOWN.format(rate="20")

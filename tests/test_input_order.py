@@ -10,10 +10,8 @@ import pytest
 from telchat.app import App
 from telchat.rules.flood import PASTE_LINES
 from tests.clients import TermClient
-from tests.conftest import Connect, with_config
+from tests.conftest import Connect, room_with, user, with_config
 from tests.health import assert_healthy
-from tests.test_abuse import room_with
-from tests.test_commands import user
 
 
 async def test_messages_and_commands_in_one_packet_keep_their_order(connect: Connect, app: App) -> None:

@@ -10,8 +10,7 @@ import pytest
 
 from telchat.app import App
 from tests.clients import RawClient
-from tests.conftest import Connect, with_config
-from tests.test_commands import user
+from tests.conftest import Connect, user, with_config
 
 
 async def test_long_line_gets_notice_and_is_not_relayed(connect: Connect) -> None:

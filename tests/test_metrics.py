@@ -12,10 +12,9 @@ import pytest
 
 from telchat.app import App
 from tests.clients import RawClient
-from tests.conftest import TEST_CONFIG, Connect, running
+from tests.conftest import TEST_CONFIG, Connect, running, user
 from tests.procs import ServerProcess
 from tests.redis_server import RedisServer
-from tests.test_commands import user
 
 METRICS = replace(TEST_CONFIG, metrics_port=0, metrics_host="127.0.0.1")
 SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")

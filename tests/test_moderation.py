@@ -10,10 +10,9 @@ import pytest
 
 from telchat.config import Config
 from tests.clients import LineClient, RawClient
-from tests.conftest import TEST_CONFIG, Connect, running
+from tests.conftest import TEST_CONFIG, Connect, running, user
 from tests.procs import ServerProcess
 from tests.test_accounts import CHEAP_HASHES, registered
-from tests.test_commands import user
 
 BANNED_ADDRESS = "*** Your address is banned from this server: go away"
 

@@ -9,8 +9,7 @@ import pytest
 from telnetlib3.telopt import ECHO
 
 from telchat.app import App
-from tests.conftest import Connect
-from tests.test_commands import user
+from tests.conftest import Connect, user
 from tests.tmux import Pane, require
 
 TELNET = "telnet"

@@ -16,9 +16,8 @@ from telchat.config import Config
 from telchat.store import events
 from telchat.store.events import SAY
 from tests.clients import LineClient
-from tests.conftest import Connect
+from tests.conftest import Connect, user
 from tests.test_accounts import registered
-from tests.test_commands import user
 from tests.test_rooms import make_user, open_chat
 
 CLOCK = r"\d\d:\d\d "

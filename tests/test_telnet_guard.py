@@ -10,11 +10,9 @@ import pytest
 
 from telchat.app import App
 from tests.attack import Attacker
-from tests.clients import DO, IAC, SB, SE, WILL, RawClient
-from tests.conftest import Connect, with_config
+from tests.clients import DO, IAC, SB, SE, WILL, RawClient, assert_inert
+from tests.conftest import Connect, user, with_config
 from tests.health import Memory, assert_healthy, session_of
-from tests.test_abuse import assert_inert
-from tests.test_commands import user
 
 MiB = 1 << 20
 NOP, TTYPE, MCCP3 = 241, 24, 87

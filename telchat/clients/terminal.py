@@ -124,6 +124,11 @@ class Terminal:
             self._echo(result.output)
         return [self._checked(line, charset) for line in result.lines]
 
+    @property
+    def pending(self) -> int:
+        """Characters typed into the current line, not yet committed."""
+        return len(self._editor.text) if self._editor is not None else 0
+
     def hide_input(self, hidden: bool) -> None:
         """Stop (or resume) showing what the user types: for a password prompt."""
         if self._editor is not None:

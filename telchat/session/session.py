@@ -52,6 +52,10 @@ class Framer(Protocol):
 
     def feed(self, data: bytes) -> Sequence[Cut]: ...
 
+    @property
+    def pending(self) -> int:
+        """Input held for a line not yet complete."""
+
 
 class Gate(Protocol):
     """A connection's read gate as the session uses it (telchat/telnet/gate.py's ReadGate)."""
@@ -142,6 +146,11 @@ class Session:
     @property
     def closing(self) -> bool:
         return self.reason is not None
+
+    @property
+    def held_input(self) -> int:
+        """Bytes (or characters) of input held: the line being typed, and the lines waiting."""
+        return self._splitter.pending + self._waiting_bytes
 
     def set_framer(self, framer: Framer) -> None:
         self._splitter = framer
