@@ -22,9 +22,9 @@ from telchat.session.session import Session
 from telchat.store.base import Store, StoreError
 from telchat.store.url import make_store
 from telchat.telnet.guard import Guards
+from telchat.telnet.internals import ChunkReader
 from telchat.telnet.protocol import (
     ChatTelnetServer,
-    ChunkReader,
     TransportSink,
     log_negotiation,
     make_shell,

@@ -9,7 +9,7 @@ import pytest
 from telnetlib3.stream_writer import TelnetWriterUnicode
 from telnetlib3.telopt import GMCP, NAWS, NOP, TM, TTYPE
 
-from telchat.telnet.protocol import LeanTelnetWriter
+from telchat.telnet.internals import LeanTelnetWriter
 
 TABLES = ("_iac_callback", "_slc_callback", "_ext_callback", "_ext_send_callback", "_ext_offer_callback")
 

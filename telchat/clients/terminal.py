@@ -27,8 +27,9 @@ from telchat.config import Config
 from telchat.rules.lineedit import CLEAR_LINE, LineEditor
 from telchat.rules.lines import Oversize
 from telchat.session.session import Session
+from telchat.telnet.internals import LeanTelnetWriter
 from telchat.telnet.liveness import Watchdog
-from telchat.telnet.protocol import ChatTelnetServer, LeanTelnetWriter, client_class, input_hider
+from telchat.telnet.protocol import ChatTelnetServer, client_class, input_hider
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
 NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})

@@ -1,0 +1,165 @@
+"""telnetlib3's private internals that telchat relies on, in one place.
+
+Checked against telnetlib3 5.0.1 (pinned in requirements.txt). Re-check every name here
+when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter`,
+`_wait_for_data`; `TelnetWriter`'s `_iac_callback`, `_slc_callback`, `_ext_callback`,
+`_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
+`default_slc_tab`; and `TelnetServer._check_negotiation_timer` and `_waiter_connected`
+(overridden in protocol.py). tests/test_lean_writer.py and the negotiation tests fail if
+one of them changes meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from telnetlib3 import slc
+from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
+from telnetlib3.stream_writer import TelnetWriterUnicode
+
+READ_CHUNK = 65536
+
+
+class ChunkReader(TelnetReaderUnicode):
+    """telnetlib3's reader, plus raw-chunk reads: we split and decode lines ourselves.
+
+    While `take` is set, in-band bytes that arrive with nothing buffered are offered to it
+    first, in data_received: a chat line is then handled as it arrives, not a loop turn
+    later in the reading task (behind whatever else that turn runs). What `take` refuses
+    is buffered for `read_chunk` as usual; `nudge` wakes the reading task for what `take`
+    accepted but left for it.
+    """
+
+    take: Callable[[bytes, Callable[[], None]], bool] | None = None
+    _nudged = False
+
+    def feed_data(self, data: bytes) -> None:
+        take = self.take
+        if take is not None and data and not self._buffer and not self._eof and take(data, self.nudge):
+            return
+        super().feed_data(data)
+
+    def nudge(self) -> None:
+        self._nudged = True
+        self._wakeup_waiter()
+
+    async def read_chunk(self, n: int = READ_CHUNK) -> bytes | None:
+        """Up to `n` bytes; b"" at EOF; None when nudged."""
+        while not (self._nudged or self._buffer or self._eof):
+            if self._exception is not None:
+                raise self._exception
+            await self._wait_for_data("read_chunk")
+        if self._nudged:
+            self._nudged = False
+            return None
+        return await TelnetReader.read(self, n)
+
+
+class _Handlers(dict[bytes, Callable[..., Any]]):
+    """One of a TelnetWriter's callback tables, without a bound method per entry.
+
+    telnetlib3 fills five such tables in every writer's __init__ with the writer's own
+    handle_* methods: 63 bound methods, some 8 KiB and 68 objects for the garbage collector
+    per connection, nearly all never called. This table stores only what is registered on
+    top of those; a lookup of a command nobody overrode binds the writer's own handler then.
+    Which handler that is, telnetlib3's __init__ itself says (see `LeanTelnetWriter`): the
+    first writer's registrations are learnt, per table, for all.
+    """
+
+    __slots__ = ("_defaults", "_writer")
+
+    def __init__(self, writer: LeanTelnetWriter, defaults: dict[bytes, str]) -> None:
+        super().__init__()
+        self._writer: LeanTelnetWriter | None = writer
+        self._defaults = defaults
+
+    def __setitem__(self, key: bytes, func: Callable[..., Any]) -> None:
+        writer = self._writer
+        name = getattr(func, "__name__", "")
+        if writer is not None and getattr(func, "__self__", None) is writer:
+            if getattr(writer, "initializing", False):
+                self._defaults.setdefault(key, name)
+            if self._defaults.get(key) == name:
+                self.pop(key, None)  # the writer's own handler: looked up when needed
+                return
+        super().__setitem__(key, func)
+
+    def __missing__(self, key: bytes) -> Callable[..., Any]:
+        name = self._defaults.get(key)
+        if name is None or self._writer is None:
+            raise KeyError(key)
+        handler: Callable[..., Any] = getattr(self._writer, name)
+        return handler
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (self._writer is not None and key in self._defaults)
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def clear(self) -> None:
+        # TelnetWriter.close() clears its tables to break reference cycles: forget the writer.
+        super().clear()
+        self._writer = None
+
+
+class _HandlersAttribute:
+    """Makes a writer's `_iac_callback` (and the like) a `_Handlers`, from its __init__ on."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_lean" + name
+        # command -> handler name, the same for every writer: learnt from the first one.
+        self._defaults: dict[bytes, str] = {}
+
+    def __get__(self, writer: Any, owner: type | None = None) -> Any:
+        return self if writer is None else getattr(writer, self._slot)
+
+    def __set__(self, writer: Any, value: dict[bytes, Callable[..., Any]]) -> None:
+        table = _Handlers(writer, self._defaults)
+        for key, func in value.items():
+            table[key] = func
+        setattr(writer, self._slot, table)
+
+
+class LeanTelnetWriter(TelnetWriterUnicode):
+    """telnetlib3's writer, with a fraction of its per-connection memory and objects.
+
+    Its callback tables hold no bound methods (`_Handlers`), and its SLC table (30 entries,
+    a dozen objects made for each connection) exists only once something looks at it: a
+    line-mode chat server negotiates no LINEMODE, so normally never.
+    """
+
+    initializing = False
+    #: Called after any option's state changes (the Terminal caches what it depends on).
+    on_option_change: Callable[[], None] | None = None
+    _iac_callback = _HandlersAttribute()
+    _slc_callback = _HandlersAttribute()
+    _ext_callback = _HandlersAttribute()
+    _ext_send_callback = _HandlersAttribute()
+    _ext_offer_callback = _HandlersAttribute()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.initializing = True
+        super().__init__(*args, **kwargs)
+        self.initializing = False
+
+    def _check_waiters(self) -> None:
+        super()._check_waiters()
+        if self.on_option_change is not None:
+            self.on_option_change()
+
+    @property
+    def slctab(self) -> dict[bytes, Any]:
+        table: dict[bytes, Any] | None = self.__dict__.get("_lean_slctab")
+        if table is None:
+            table = self.__dict__["_lean_slctab"] = slc.generate_slctab(self.default_slc_tab)
+        return table
+
+    @slctab.setter
+    def slctab(self, table: dict[bytes, Any]) -> None:
+        # __init__ sets the default table: drop it, it is made again when first read.
+        self.__dict__["_lean_slctab"] = None if self.initializing else table
