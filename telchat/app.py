@@ -25,6 +25,7 @@ from telchat.telnet.guard import Guards
 from telchat.telnet.internals import ChunkReader
 from telchat.telnet.protocol import (
     ChatTelnetServer,
+    ClientClass,
     TransportSink,
     log_negotiation,
     make_shell,
@@ -49,7 +50,7 @@ class App:
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages, self.telemetry)
         self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
-        self._classes: dict[Session, str] = {}
+        self._classes: dict[Session, ClientClass] = {}
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
@@ -146,7 +147,7 @@ class App:
     def accepting(self) -> bool:
         return self._server is not None and self._server.is_serving() and not self._stopping
 
-    def session_classes(self) -> list[str]:
+    def session_classes(self) -> list[ClientClass]:
         return list(self._classes.values())
 
     def live_bytes(self) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import pytest
 from telchat.app import App
 from tests.clients import RawClient
 from tests.conftest import TEST_CONFIG, Connect, running, user
+from tests.health import session_of, settled
 from tests.procs import ServerProcess
 from tests.redis_server import RedisServer
 
@@ -153,3 +154,14 @@ async def test_two_servers_in_one_process_count_only_their_own(app: App, connect
         assert app.telemetry.counters.value("limits", kind="line_length") == 1
         assert other.telemetry.stats.messages == 0
         assert other.telemetry.counters.value("limits", kind="line_length") == 0
+
+
+async def test_a_session_that_ends_twice_is_counted_once(app: App, connect: Connect) -> None:
+    bob = await user(connect, "bob", "room")
+    session = await session_of(app, "bob")
+    session.finish("eof")  # as a cut would, before the connection's own end calls it again
+    await bob.close()
+    await settled(app, 0)
+    counted = sum(v for (name, _), v in app.telemetry.counters.items() if name == "disconnects")
+    assert counted == 1
+    assert app.telemetry.stats.bytes_in_closed == session.bytes_in

@@ -23,7 +23,7 @@ from telchat.rules import replies
 from telchat.rules.names import NameError_, check_nick, check_room, nick_key, room_key
 from telchat.store import events
 from telchat.store.base import Store, last_id
-from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event
+from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event, MessageKind
 
 log = get_logger(__name__)
 
@@ -320,7 +320,7 @@ class Chat:
 
     # talking
 
-    def say(self, user: User, text: str, kind: str = SAY) -> None:
+    def say(self, user: User, text: str, kind: MessageKind = SAY) -> None:
         room = self._speaking_room(user)
         self.stats.messages += 1
         _log("message", user, room=room.name, kind=kind, **self._text(text))

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any
+from typing import Any, Final
 
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
 from telchat.obs.logs import get_logger
@@ -27,10 +27,10 @@ from telchat.store.events import Event
 log = get_logger(__name__)
 
 # Record kinds in the store, and the control events that announce their changes.
-BAN = "ban"
-MUTE = "mute"
-TOPIC = "topic"
-KICK = "kick"
+BAN: Final = "ban"
+MUTE: Final = "mute"
+TOPIC: Final = "topic"
+KICK: Final = "kick"
 
 EVERYWHERE = "*"
 CLEAR_TOPIC = "-"

@@ -7,6 +7,7 @@ on another node of a cluster is a control event: that user's node publishes the 
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from telchat.chat.profile import SETTINGS, away_notice
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
@@ -17,7 +18,7 @@ from telchat.rules.names import nick_key
 from telchat.store import events
 from telchat.store.events import Event
 
-WHOIS = "whois"
+WHOIS: Final = "whois"
 MAX_IGNORED = 100
 SWITCH = {"on": True, "off": False}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -31,7 +31,7 @@ class Scraped(Protocol):
 
     telemetry: Telemetry
 
-    def session_classes(self) -> list[str]: ...
+    def session_classes(self) -> Sequence[str]: ...
 
     def live_bytes(self) -> tuple[int, int]:
         """Bytes in and out of the connections still open."""

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import orjson
 
-SAY = "say"
-EMOTE = "emote"
-NOTICE = "notice"
-PRIVATE = "private"
+MessageKind = Literal["say", "emote"]
+# Instructions for every node; features/ register a handler for each in `Chat.controls`.
+ControlKind = Literal["kick", "ban", "mute", "topic", "whois"]
+Kind = Literal[MessageKind, "notice", "private", ControlKind]
+KINDS: frozenset[str] = frozenset(get_args(Kind))  # nested Literals are flattened
 
-HISTORY_KINDS = frozenset({SAY, EMOTE})
+SAY: Final = "say"
+EMOTE: Final = "emote"
+NOTICE: Final = "notice"
+PRIVATE: Final = "private"
+
+HISTORY_KINDS: frozenset[str] = frozenset({SAY, EMOTE})
 
 # Orders history entries within a room; (0, 0) means "not committed yet" / "before anything".
 EntryId = tuple[int, int]
@@ -26,7 +32,7 @@ NO_ID: EntryId = (0, 0)
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str
+    kind: Kind
     text: str
     room: str = ""
     room_name: str = ""
@@ -59,7 +65,7 @@ class Event:
         )
 
 
-def message(kind: str, room: str, room_name: str, nick: str, text: str) -> Event:
+def message(kind: MessageKind, room: str, room_name: str, nick: str, text: str) -> Event:
     return Event(kind, text, room=room, room_name=room_name, nick=nick)
 
 
@@ -71,11 +77,18 @@ def private(sender: str, target_key: str, text: str) -> Event:
     return Event(PRIVATE, text, nick=sender, target=target_key)
 
 
-def control(kind: str, target: str = "", **args: Any) -> Event:
+def control(kind: ControlKind, target: str = "", **args: Any) -> Event:
     """An instruction for every node rather than a line for users (kick, ban, mute, ...).
 
     Its arguments travel as JSON in `text`, so any store carries it unchanged."""
     return Event(kind, orjson.dumps(args).decode(), target=target)
+
+
+def kind_of(value: str) -> Kind:
+    """`value` as an event kind; ValueError for one this version does not know."""
+    if value not in KINDS:
+        raise ValueError(f"unknown event kind {value!r}")
+    return value  # type: ignore[return-value]  # checked against KINDS just above
 
 
 def control_args(event: Event) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def _encode(event: Event) -> bytes:
 def _decode(data: str, entry_id: EntryId) -> Event:
     d = orjson.loads(data)
     return Event(
-        d["k"],
+        ev.kind_of(d["k"]),
         d["x"],
         room=d["r"],
         room_name=d["rn"],

@@ -17,7 +17,7 @@ import orjson
 from telchat.obs.logs import get_logger
 from telchat.store.base import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
 from telchat.store.checkpoint import Checkpointer
-from telchat.store.events import Event
+from telchat.store.events import Event, kind_of
 
 log = get_logger(__name__)
 
@@ -211,7 +211,7 @@ class SqliteStore(LocalStore):
             if total >= limit:
                 break
         return [
-            Event(kind, text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
+            Event(kind_of(kind), text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
             for chunk in reversed(found)
             for name, (line_id, nick, kind, text, ts) in chunk
         ]

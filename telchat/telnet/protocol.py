@@ -166,7 +166,11 @@ def negotiated_charset(protocol: telnetlib3.TelnetServer) -> str:
     return charsets.from_lang(lang) or charsets.resolve(charset) or "utf-8"
 
 
-def client_class(protocol: telnetlib3.TelnetServer) -> str:
+# What a client is, decided once negotiation ends (clients/terminal.py treats each its way).
+ClientClass = Literal["raw", "telnet", "mud"]
+
+
+def client_class(protocol: telnetlib3.TelnetServer) -> ClientClass:
     writer = protocol.writer
     # Raw: never answered a single option. A client that refuses everything (WONT/DONT)
     # still speaks telnet, doubles its 0xFF bytes, and must be parsed as telnet.
@@ -194,7 +198,7 @@ def _accepted_mud_option(writer: Any) -> bool:
     return any(writer.local_option.enabled(option) for option in (GMCP, MSDP, MSSP))
 
 
-def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str, klass: str, mode: str) -> None:
+def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str, klass: ClientClass, mode: str) -> None:
     log.info(
         "negotiated",
         client_class=klass,
