@@ -15,6 +15,9 @@ need tmux tmux
 need telnet inetutils-telnet
 [ -x /usr/games/tt++ ] || APT_PACKAGES+=(tintin++)
 need openssl openssl
+# Headless Chromium and its driver: tests/test_web_browser.py loads the web door's page.
+need chromium chromium
+need chromedriver chromium-driver
 
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""

@@ -6,6 +6,7 @@ import asyncio
 import ssl
 import time
 from asyncio import Transport
+from collections.abc import Callable
 
 from telchat.chat.outbox import Flusher, encode_line
 from telchat.chat.rooms import Chat, host_of
@@ -26,6 +27,7 @@ from telchat.telnet.internals import ChunkReader
 from telchat.telnet.protocol import (
     ChatTelnetServer,
     ClientClass,
+    Door,
     TransportSink,
     log_negotiation,
     make_shell,
@@ -35,6 +37,7 @@ from telchat.telnet.protocol import (
     pump,
 )
 from telchat.telnet.tls import server_context
+from telchat.web.door import WebDoor
 
 log = get_logger(__name__)
 
@@ -50,7 +53,7 @@ class App:
         self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages, self.telemetry)
         self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
-        self._classes: dict[Session, ClientClass] = {}
+        self._classes: dict[Session, tuple[ClientClass, Door]] = {}
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
@@ -58,6 +61,8 @@ class App:
         self.guards = Guards(config, self.telemetry)
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
+        self.web: WebDoor | None = None
+        self.web_port: int | None = None
         self.status = ServerStatus(self.chat, config.server_name)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,18 +85,36 @@ class App:
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
         self._server = await self._listen(config.port)
         if tls is not None and config.tls_port is not None:
-            self._tls_server = await self._listen(config.tls_port, tls)
+            self._tls_server = await self._listen(config.tls_port, tls, "tls")
+        if config.web_port is not None:
+            await self._open_web(config.web_port)
         self.status.port, self.status.tls_port = self.port, self.tls_port
         # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info(
-            "listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers, loop=loop
+            "listening",
+            host=config.host,
+            port=self.port,
+            tls_port=self.tls_port,
+            web_port=self.web_port,
+            workers=config.workers,
+            loop=loop,
         )
         if config.metrics_port is not None:
             self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port)
 
-    async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards)
+    def _factory(self, door: Door) -> Callable[[], ChatTelnetServer]:
+        """Every door's connections: one telnet protocol, one session runner."""
+        return protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards, door)
+
+    async def _open_web(self, port: int) -> None:
+        config = self.config
+        tls = server_context(config.web_tls_cert, config.web_tls_key) if config.web_tls_cert else None
+        self.web = WebDoor(config, self._factory("web"), self.telemetry)
+        self.web_port = await self.web.start(config.host, port, tls, reuse_port=config.workers > 1)
+
+    async def _listen(self, port: int, tls: ssl.SSLContext | None = None, door: Door = "telnet") -> asyncio.Server:
+        factory = self._factory(door)
         return await asyncio.get_running_loop().create_server(
             factory, self.config.host, port, ssl=tls, reuse_port=self.config.workers > 1 or None
         )
@@ -124,7 +147,7 @@ class App:
             gate=protocol.guard.gate if protocol.guard is not None else None,
         )
         self.sessions[session] = transport
-        self._classes[session] = terminal.client_class
+        self._classes[session] = (terminal.client_class, protocol.door)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -147,7 +170,7 @@ class App:
     def accepting(self) -> bool:
         return self._server is not None and self._server.is_serving() and not self._stopping
 
-    def session_classes(self) -> list[ClientClass]:
+    def session_classes(self) -> list[tuple[ClientClass, Door]]:
         return list(self._classes.values())
 
     def live_bytes(self) -> tuple[int, int]:
@@ -180,6 +203,8 @@ class App:
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()  # the listener only: connections stay open for the goodbye
+        if self.web is not None:
+            self.web.stop_listening()
         self.chat.broadcast_local(replies.GOODBYE)
         self._flusher.flush()
         await self._drain(self.config.shutdown_grace)
@@ -187,6 +212,8 @@ class App:
             session.reason = session.reason or "shutdown"
             transport.close()
         await self._wait_sessions_ended(deadline=started + self.config.shutdown_grace + 1.0)
+        if self.web is not None:
+            await self.web.close()
         await self.store.close()
         log.info("shutdown", sessions=len(self.sessions), duration=round(time.monotonic() - started, 3))
 

@@ -7,6 +7,7 @@ defaults and the `Config` fields all come from that table, so they cannot drift 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,12 @@ class Config:
     metrics_host: str = "0.0.0.0"
     log_messages: bool = True
     loop: str = "auto"
+    web_port: int | None = None
+    web_origins: str = ""
+    web_trusted_proxies: str = ""
+    web_tls_cert: str = ""
+    web_tls_key: str = ""
+    web_max_frame_bytes: int = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,16 @@ def boolean(text: str) -> bool:
     if word not in _BOOLEANS:
         raise argparse.ArgumentTypeError(f"must be yes or no, got {text!r}")
     return _BOOLEANS[word]
+
+
+def networks(text: str) -> str:
+    """Comma-separated addresses or CIDR networks, checked here and parsed where used."""
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
@@ -194,6 +211,16 @@ OPTIONS: tuple[Option, ...] = (
         "event loop: uvloop (faster), asyncio, or auto (uvloop when it is installed)",
         ("auto", "asyncio", "uvloop"),
     ),
+    Option("web_port", port, "HTTP port for the web page (telnet over a WebSocket); unset: no web door"),
+    Option("web_origins", str, "comma-separated extra origins whose pages may open the WebSocket (https://host)"),
+    Option(
+        "web_trusted_proxies",
+        networks,
+        "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed",
+    ),
+    Option("web_tls_cert", str, "PEM certificate (chain) file: serve the web door over HTTPS"),
+    Option("web_tls_key", str, "PEM private key file for --web-tls-cert"),
+    Option("web_max_frame_bytes", count, "largest WebSocket message accepted from a browser, in bytes"),
 )
 
 
@@ -242,6 +269,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
     if namespace.tls_port is not None and not (namespace.tls_cert and namespace.tls_key):
         parser.error("--tls-port needs --tls-cert and --tls-key")
+    if bool(namespace.web_tls_cert) != bool(namespace.web_tls_key):
+        parser.error("--web-tls-cert and --web-tls-key go together")
     if namespace.argon2_memory_kib < 8 * namespace.argon2_parallelism:
         parser.error("--argon2-memory-kib must be at least 8 times --argon2-parallelism")
     return Config(**{f.name: getattr(namespace, f.name) for f in fields(Config)})

@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "telchat"
 
 # Top to bottom. `clients` sits above `telnet`: it adapts a negotiated telnet connection to a
 # Session, so it knows both; the telnet layer reaches the session only through its own ports.
-LAYERS = ("clients", "telnet", "session", "features", "chat", "store", ("rules", "obs"))
+# `web` and `ssh` are doors onto the telnet layer (they carry telnet, or speak it in-process).
+LAYERS = ("clients", ("web", "ssh"), "telnet", "session", "features", "chat", "store", ("rules", "obs"))
 ROOT_LEAVES = {"telchat", "telchat.config"}
 
 

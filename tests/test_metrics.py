@@ -66,7 +66,7 @@ async def test_one_message_to_three_members_counts_exactly(connect: Connect, app
     assert after["telchat_sessions_logged_in"] == 3
     assert after["telchat_rooms"] == 1
     # The test's clients refuse every option: telnet-speaking, in line mode.
-    assert after['telchat_connections{client_class="telnet"}'] == 3
+    assert after['telchat_connections{client_class="telnet",transport="telnet"}'] == 3
     assert delta(before, after, "telchat_fanout_seconds_count") == 1
 
 

@@ -2,7 +2,8 @@
 
 Kinds (docs/RELIABILITY.md describes each): line_length, unterminated_input, flood, sendq,
 subnegotiation, telnet_flood, compression, max_connections, conns_per_ip, conn_rate;
-docs/OPERATIONS.md adds login_failures and banned_address (accounts and moderation).
+docs/OPERATIONS.md adds login_failures and banned_address (accounts and moderation), and
+web_origin and web_frame (the web door, telchat/web/).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ LimitKind = Literal[
     "conn_rate",
     "login_failures",
     "banned_address",
+    "web_origin",
+    "web_frame",
 ]
 
 # Why a connection ended: the `reason` of its `disconnect` event and counter. The reading

@@ -31,7 +31,8 @@ class Scraped(Protocol):
 
     telemetry: Telemetry
 
-    def session_classes(self) -> Sequence[str]: ...
+    def session_classes(self) -> Sequence[tuple[str, str]]:
+        """Each open session's client class and the door it came in by (telnet, tls, web, ssh)."""
 
     def live_bytes(self) -> tuple[int, int]:
         """Bytes in and out of the connections still open."""
@@ -67,9 +68,9 @@ class ChatCollector:
 
     def _gauges(self) -> Iterator[Metric]:
         app = self._app
-        connections = GaugeMetricFamily("telchat_connections", "Open sessions", labels=["client_class"])
-        for client_class, count in sorted(Counter(app.session_classes()).items()):
-            connections.add_metric([client_class], count)
+        connections = GaugeMetricFamily("telchat_connections", "Open sessions", labels=["client_class", "transport"])
+        for (client_class, door), count in sorted(Counter(app.session_classes()).items()):
+            connections.add_metric([client_class, door], count)
         yield connections
         yield GaugeMetricFamily("telchat_sessions_logged_in", "Sessions with a nick", value=app.logged_in())
         yield GaugeMetricFamily("telchat_rooms", "Rooms with members on this node", value=app.room_count())

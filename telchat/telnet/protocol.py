@@ -24,6 +24,10 @@ from telchat.telnet.liveness import enable_keepalive
 
 log = get_logger(__name__)
 
+# The way a connection came in: the telnet listener, the TLS one, the web page's WebSocket
+# (telnet over it: telchat/web/), or SSH. Each reaches the same ChatTelnetServer.
+Door = Literal["telnet", "tls", "web", "ssh"]
+
 
 class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
@@ -34,6 +38,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     #: The server's connection limits (set by `protocol_factory`), and this connection's.
     guards: Guards | None = None
     guard: ConnectionGuard | None = None
+    #: Which door the connection came in by (set by `protocol_factory`).
+    door: Door = "telnet"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
@@ -53,7 +59,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         enable_keepalive(transport)
         if self.guard is not None:
             self.guard.start()
-        log.info("connect", conn_id=self.conn_id, peer=peer_of(transport))
+        log.info("connect", conn_id=self.conn_id, peer=peer_of(transport), transport=self.door)
 
     def begin_advanced_negotiation(self) -> None:
         super().begin_advanced_negotiation()
@@ -106,7 +112,7 @@ def _late_negotiation(data: bytes) -> bool:
 
 
 def protocol_factory(
-    shell: Shell, connect_maxwait: float, guards: Guards | None = None
+    shell: Shell, connect_maxwait: float, guards: Guards | None = None, door: Door = "telnet"
 ) -> Callable[[], ChatTelnetServer]:
     """telnetlib3's server protocol, configured for a chat server rather than its defaults.
 
@@ -127,6 +133,7 @@ def protocol_factory(
             timeout=0,  # no idle kick: lurkers are welcome
         )
         protocol.guards = guards
+        protocol.door = door
         return protocol
 
     return factory
@@ -223,7 +230,9 @@ def make_shell(run: SessionRunner) -> Shell:
         transport = writer.transport
         if protocol is None or transport is None:  # the client left during negotiation
             return
-        structlog.contextvars.bind_contextvars(conn_id=protocol.conn_id, peer=peer_of(transport))
+        structlog.contextvars.bind_contextvars(
+            conn_id=protocol.conn_id, peer=peer_of(transport), transport=protocol.door
+        )
         await run(reader, protocol, transport)
 
     return shell

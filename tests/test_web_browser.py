@@ -1,0 +1,128 @@
+"""The web door in a real browser: headless Chromium (Debian's) loads the page, and its
+person chats with a telnet user through the same server process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import RawClient
+from tests.procs import ServerProcess
+from tests.tmux import require
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CYRILLIC = "Привет, мир — ёжик съел 100 щей"
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    process = ServerProcess("--store=memory://", "--flood-rate=0", "--web-port=0")
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    require(CHROMIUM, CHROMEDRIVER)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-extensions",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1000,700",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_text(driver: object) -> str:
+    """What the terminal shows, as screen-reader mode puts it in the DOM."""
+    return str(
+        driver.execute_script(  # type: ignore[attr-defined]
+            "const tree = document.querySelector('.xterm-accessibility-tree');return tree ? tree.textContent : '';"
+        )
+    )
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def type_line(driver: object, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")  # type: ignore[attr-defined]
+    box.send_keys(text + Keys.ENTER)
+
+
+async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: object, tmp_path: Path) -> None:
+    web_port = server.wait_event("listening")["web_port"]
+    telnet = await RawClient.connect(server.port)
+    await telnet.login("telly")
+    await telnet.join("webroom", "telly")
+
+    def browse() -> None:
+        browser.get(f"http://127.0.0.1:{web_port}/")  # type: ignore[attr-defined]
+        wait_until(lambda: "Welcome to telchat" in page_text(browser), "the greeting")
+        type_line(browser, "login webby")
+        wait_until(lambda: "anonymous --> webby" in page_text(browser), "the login")
+        type_line(browser, "join webroom")
+        wait_until(lambda: "webby joined room #webroom" in page_text(browser), "the join")
+        type_line(browser, CYRILLIC)
+
+    await asyncio.to_thread(browse)
+    await telnet.read_until("*** User webby joined room #webroom")
+    # Byte for byte what a telnet user gets: UTF-8, CRLF, no echo or editing residue.
+    assert await telnet.read_line_bytes() == f"#webroom:webby> {CYRILLIC}\r\n".encode()
+
+    # The server's line editor serves the page, as it serves a telnet terminal: Up recalls.
+    await asyncio.to_thread(type_line, browser, "\ue013")  # Keys.UP
+    assert await telnet.read_line_bytes() == f"#webroom:webby> {CYRILLIC}\r\n".encode()
+
+    await telnet.send("здравствуй, браузер")
+    await asyncio.to_thread(
+        wait_until, lambda: "#webroom:telly> здравствуй, браузер" in page_text(browser), "the telnet user's reply"
+    )
+    screenshot = tmp_path / "web_door.png"
+    assert browser.save_screenshot(str(screenshot))  # type: ignore[attr-defined]
+    print(f"screenshot: {screenshot}")
+    await telnet.close()
+    negotiated = server.wait_for(lambda r: r["event"] == "negotiated" and r.get("transport") == "web", "web session")
+    connects = {record["conn_id"]: record for record in server.events if record["event"] == "connect"}
+    assert connects[negotiated["conn_id"]]["transport"] == "web"
+    assert connects[negotiated["conn_id"]]["peer"].startswith("127.0.0.1:")
+    # A character-mode xterm, sized by NAWS from the page's fitted terminal.
+    assert (negotiated["client_class"], negotiated["mode"], negotiated["term"]) == (
+        "telnet",
+        "character",
+        "xterm-256color",
+    )
+    assert negotiated["cols"] > 80
