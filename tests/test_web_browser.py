@@ -126,3 +126,6 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
         "xterm-256color",
     )
     assert negotiated["cols"] > 80
+    assert server.stop() == 0
+    ends = {record["nick"]: record["transport"] for record in server.events if record["event"] == "disconnect"}
+    assert ends == {"telly": "telnet", "webby": "web"}

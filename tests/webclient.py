@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 import aiohttp
 
@@ -45,11 +46,18 @@ class WebClient(RawClient):
     ws: aiohttp.ClientWebSocketResponse
 
     @classmethod
-    async def connect(cls, port: int, greet: bool = True, headers: dict[str, str] | None = None) -> WebClient:  # type: ignore[override]
+    async def connect(  # type: ignore[override]
+        cls, port: int, greet: bool = True, headers: dict[str, str] | None = None, tls: ssl.SSLContext | None = None
+    ) -> WebClient:
         session = aiohttp.ClientSession()
+        scheme = "https" if tls is not None else "http"
         try:
             ws = await session.ws_connect(
-                f"http://127.0.0.1:{port}/telnet", protocols=(SUBPROTOCOL,), headers=headers, max_msg_size=0
+                f"{scheme}://127.0.0.1:{port}/telnet",
+                protocols=(SUBPROTOCOL,),
+                headers=headers,
+                max_msg_size=0,
+                ssl=tls if tls is not None else True,
             )
         except BaseException:
             await session.close()
