@@ -41,13 +41,15 @@ ENV PATH=/opt/telchat/bin:$PATH \
     TELCHAT_STORE=sqlite:////data/telchat.db \
     TELCHAT_METRICS_HOST=0.0.0.0 \
     TELCHAT_METRICS_PORT=9100 \
-    TELCHAT_WEB_PORT=8080
+    TELCHAT_WEB_PORT=8080 \
+    TELCHAT_SSH_PORT=2022
 USER 10001:10001
 WORKDIR /data
 # Declared after the chown: a new named volume is seeded with this directory's owner.
 VOLUME ["/data"]
-# 8080: the web door (docs/FRONT_DOORS.md); `-e TELCHAT_WEB_PORT=` turns it off.
-EXPOSE 2323 8080 9100
+# 8080 and 2022: the web and SSH doors (docs/FRONT_DOORS.md); `-e TELCHAT_WEB_PORT=` and
+# `-e TELCHAT_SSH_PORT=` turn them off. The SSH host key is made in /data on the first start.
+EXPOSE 2323 2022 8080 9100
 # telchat handles SIGTERM: stops accepting, says goodbye, flushes the store, exits within 8 s
 # (Docker's default stop timeout is 10 s).
 STOPSIGNAL SIGTERM

@@ -7,6 +7,7 @@ import ssl
 import time
 from asyncio import Transport
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from telchat.chat.outbox import Flusher, encode_line
 from telchat.chat.rooms import Chat, host_of
@@ -39,6 +40,9 @@ from telchat.telnet.protocol import (
 from telchat.telnet.tls import server_context
 from telchat.web.door import WebDoor
 
+if TYPE_CHECKING:
+    from telchat.ssh.door import SshDoor
+
 log = get_logger(__name__)
 
 HEALTH_TIMEOUT = 2.0
@@ -63,6 +67,8 @@ class App:
         self._tls_server: asyncio.Server | None = None
         self.web: WebDoor | None = None
         self.web_port: int | None = None
+        self.ssh: SshDoor | None = None
+        self.ssh_port: int | None = None
         self.status = ServerStatus(self.chat, config.server_name)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -88,6 +94,8 @@ class App:
             self._tls_server = await self._listen(config.tls_port, tls, "tls")
         if config.web_port is not None:
             await self._open_web(config.web_port)
+        if config.ssh_port is not None:
+            await self._open_ssh(config.ssh_port)
         self.status.port, self.status.tls_port = self.port, self.tls_port
         # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
@@ -97,6 +105,7 @@ class App:
             port=self.port,
             tls_port=self.tls_port,
             web_port=self.web_port,
+            ssh_port=self.ssh_port,
             workers=config.workers,
             loop=loop,
         )
@@ -112,6 +121,13 @@ class App:
         tls = server_context(config.web_tls_cert, config.web_tls_key) if config.web_tls_cert else None
         self.web = WebDoor(config, self._factory("web"), self.telemetry)
         self.web_port = await self.web.start(config.host, port, tls, reuse_port=config.workers > 1)
+
+    async def _open_ssh(self, port: int) -> None:
+        # Imported only when used: asyncssh (and cryptography) cost time and memory at import.
+        from telchat.ssh.door import SshDoor
+
+        self.ssh = SshDoor(self.config, self._factory("ssh"), self.telemetry)
+        self.ssh_port = await self.ssh.start(self.config.host, port, reuse_port=self.config.workers > 1)
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None = None, door: Door = "telnet") -> asyncio.Server:
         factory = self._factory(door)
@@ -203,8 +219,9 @@ class App:
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()  # the listener only: connections stay open for the goodbye
-        if self.web is not None:
-            self.web.stop_listening()
+        for door in (self.web, self.ssh):
+            if door is not None:
+                door.stop_listening()
         self.chat.broadcast_local(replies.GOODBYE)
         self._flusher.flush()
         await self._drain(self.config.shutdown_grace)
@@ -212,8 +229,9 @@ class App:
             session.reason = session.reason or "shutdown"
             transport.close()
         await self._wait_sessions_ended(deadline=started + self.config.shutdown_grace + 1.0)
-        if self.web is not None:
-            await self.web.close()
+        for door in (self.web, self.ssh):
+            if door is not None:
+                await door.close()
         await self.store.close()
         log.info("shutdown", sessions=len(self.sessions), duration=round(time.monotonic() - started, 3))
 

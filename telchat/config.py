@@ -65,6 +65,8 @@ class Config:
     web_tls_cert: str = ""
     web_tls_key: str = ""
     web_max_frame_bytes: int = 16384
+    ssh_port: int | None = None
+    ssh_host_key: str = "ssh_host_ed25519_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("web_tls_cert", str, "PEM certificate (chain) file: serve the web door over HTTPS"),
     Option("web_tls_key", str, "PEM private key file for --web-tls-cert"),
     Option("web_max_frame_bytes", count, "largest WebSocket message accepted from a browser, in bytes"),
+    Option("ssh_port", port, "TCP port for SSH (ssh -p PORT nick@host); unset: no SSH door"),
+    Option("ssh_host_key", str, "the SSH host key file, made on the first start if missing"),
 )
 
 

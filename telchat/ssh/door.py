@@ -1,0 +1,277 @@
+"""`--ssh-port`: `ssh -p PORT nick@host` opens a chat session as that nick.
+
+asyncssh does SSH; each session channel drives a `ChatTelnetServer` from the telnet
+listener's own `protocol_factory`, through `SshTransport` and the in-process
+`TelnetShim`: admission, the telnet guard, negotiation, the client class and the
+character-mode line editor are the telnet listener's. The SSH user name is typed as
+`login <name>` for the user, so a registered nick asks its password as it does on telnet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+with warnings.catch_warnings():
+    # cryptography warns on import about DSA, which telchat neither offers nor accepts.
+    warnings.simplefilter("ignore")
+    import asyncssh
+
+from telchat.config import Config
+from telchat.obs.logs import get_logger
+from telchat.obs.telemetry import Telemetry
+from telchat.ssh.shim import TelnetShim
+from telchat.telnet.admission import address_of
+from telchat.telnet.guard import Guards
+from telchat.telnet.protocol import ChatTelnetServer
+
+log = get_logger(__name__)
+
+HOST_KEY_TYPE = "ssh-ed25519"
+# An SSH client has this long to authenticate (which needs no secret here) and open its session.
+LOGIN_TIMEOUT = 15.0
+# SSH keepalives find dead peers; the telnet layer's TIMING-MARK pings are answered by the shim.
+KEEPALIVE_INTERVAL = 60.0
+KEEPALIVE_COUNT_MAX = 3
+
+
+def host_key(path: Path) -> asyncssh.SSHKey:
+    """The server's host key: read from `path`, or made there (mode 0600) on the first start."""
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key(HOST_KEY_TYPE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker made it first
+        return asyncssh.read_private_key(str(path))
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(key.export_private_key())
+    log.info("ssh_host_key_created", path=str(path), fingerprint=key.get_fingerprint())
+    return key
+
+
+class SshDoor:
+    def __init__(self, config: Config, factory: Callable[[], ChatTelnetServer], telemetry: Telemetry) -> None:
+        self._config = config
+        self._factory = factory
+        self._telemetry = telemetry
+        # The chat's admission counts a session once it starts; before that, the SSH handshake
+        # (key exchange, the costly part) is limited by an admission of SSH connections alone,
+        # with the same limits, so a flood of handshakes never reaches the chat's.
+        self._admission = Guards(config, telemetry).admission
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self, host: str, port: int, reuse_port: bool) -> int:
+        key = host_key(Path(self._config.ssh_host_key))
+        self._server = await asyncssh.create_server(
+            lambda: ChatSshServer(self),
+            host,
+            port,
+            server_host_keys=[key],
+            encoding=None,
+            allow_pty=True,
+            x11_forwarding=False,
+            agent_forwarding=False,
+            login_timeout=LOGIN_TIMEOUT,
+            keepalive_interval=KEEPALIVE_INTERVAL,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            reuse_port=reuse_port or None,
+        )
+        bound = int(self._server.sockets[0].getsockname()[1])
+        log.info("ssh_listening", host=host, port=bound, fingerprint=key.get_fingerprint())
+        return bound
+
+    def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def admit(self, conn: asyncssh.SSHServerConnection) -> Callable[[], None] | None:
+        """Count an SSH connection in and return its release, or refuse it (None)."""
+        peer = conn.get_extra_info("peername") or ("-", 0)
+        address = address_of(str(peer[0]))
+        refusal = self._admission.admit(address)
+        if refusal is None:
+            return lambda: self._admission.release(address)
+        self._telemetry.limit(
+            refusal.kind, conn_id=self._telemetry.next_conn_id(), peer=f"{peer[0]}:{peer[1]}", transport="ssh"
+        )
+        return None
+
+    def open_connections(self) -> int:
+        return self._admission.total
+
+    def session(self, conn: asyncssh.SSHServerConnection) -> ChatSshSession:
+        return ChatSshSession(conn, self._factory)
+
+
+class ChatSshServer(asyncssh.SSHServer):
+    """One SSH connection: no authentication of its own, and one chat session at most."""
+
+    def __init__(self, door: SshDoor) -> None:
+        self._door = door
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._session: ChatSshSession | None = None
+        self._release: Callable[[], None] | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._release = self._door.admit(conn)
+        if self._release is None:
+            conn.abort()  # before the key exchange: there is no channel to say why on
+            return
+        self._conn = conn
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def begin_auth(self, username: str) -> bool:
+        # Any key, or none: the nick is claimed by `login`, which asks a registered nick's password.
+        return False
+
+    def session_requested(self) -> ChatSshSession | bool:
+        # A second channel on one connection would be a second session past the per-address
+        # admission, which counts connections: refused.
+        if self._session is not None or self._conn is None:
+            return False
+        self._session = self._door.session(self._conn)
+        return self._session
+
+
+class ChatSshSession(asyncssh.SSHServerSession[bytes]):
+    def __init__(self, conn: asyncssh.SSHServerConnection, factory: Callable[[], ChatTelnetServer]) -> None:
+        self._conn = conn
+        self._factory = factory
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._term = ""
+        self._size = (80, 24)
+        self._shim: TelnetShim | None = None
+        self._protocol: ChatTelnetServer | None = None
+        self._transport: SshTransport | None = None
+        self._replies: list[bytes] = []
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
+        self._term = term_type
+        self._size = (term_size[0] or 80, term_size[1] or 24)
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        assert self._chan is not None
+        self._shim = TelnetShim(self._term, *self._size, reply=self._reply, show=self._show)
+        self._transport = SshTransport(self._chan, self._conn, self._shim)
+        self._protocol = self._factory()
+        self._transport.set_protocol(self._protocol)
+        self._protocol.connection_made(self._transport)
+        nick = self._conn.get_extra_info("username") or ""
+        if nick and nick.isprintable() and not any(ch.isspace() for ch in nick):
+            self._input(f"login {nick}\r\n".encode())
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._shim is not None:
+            self._input(self._shim.from_user(data))
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._shim is not None:
+            self._shim.resize(width, height)
+
+    def eof_received(self) -> bool:
+        self._lost()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+        self._conn.close()
+
+    def _lost(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connection_lost(None)
+
+    def _input(self, data: bytes) -> None:
+        if self._protocol is not None and self._transport is not None and not self._transport.is_closing():
+            self._protocol.data_received(data)
+
+    def _show(self, text: bytes) -> None:
+        if self._chan is not None and not self._chan.is_closing():
+            self._chan.write(text)
+
+    def _reply(self, data: bytes) -> None:
+        # The shim answers while the server is still writing: deliver after that write returns.
+        if not self._replies:
+            asyncio.get_running_loop().call_soon(self._send_replies)
+        self._replies.append(data)
+
+    def _send_replies(self) -> None:
+        data, self._replies = b"".join(self._replies), []
+        self._input(data)
+
+
+class SshTransport(asyncio.Transport):
+    """What a ChatTelnetServer takes for its socket: the shim reads its telnet, the channel
+    carries the text, and reading pauses by pausing the channel."""
+
+    def __init__(
+        self, chan: asyncssh.SSHServerChannel[bytes], conn: asyncssh.SSHServerConnection, shim: TelnetShim
+    ) -> None:
+        super().__init__()
+        self._chan = chan
+        self._conn = conn
+        self._shim = shim
+        self._closing = False
+        self._protocol: asyncio.BaseProtocol | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._shim.from_server(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._chan.get_write_buffer_size())
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Send what is queued, then close the channel (and with it the connection)."""
+        if not self._closing:
+            self._closing = True
+            with contextlib.suppress(OSError):
+                self._chan.exit(0)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._conn.abort()
+
+    def pause_reading(self) -> None:
+        self._chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._chan.resume_reading()
+
+    def is_reading(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._conn.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol

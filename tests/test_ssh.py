@@ -1,0 +1,219 @@
+"""The SSH door with the real OpenSSH client in tmux, and asyncssh as a scripted client:
+a character-mode session as the SSH user name, chat with a telnet user, PTY resizes as
+NAWS, the host key made once and kept, one session per connection, and admission."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from telchat.app import App
+from telchat.config import Config
+from telchat.telnet.protocol import ChatTelnetServer
+from tests.conftest import TEST_CONFIG, Connect, room_with, running, user
+from tests.health import assert_healthy, session_of
+from tests.tmux import Pane, require
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # cryptography's DSA deprecation, on import
+    import asyncssh
+
+CYRILLIC = "здравствуй, телнет"
+
+
+def ssh_config(tmp_path: Path, **changes: object) -> Config:
+    return replace(TEST_CONFIG, ssh_port=0, ssh_host_key=str(tmp_path / "host_key"), **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    async with running(ssh_config(tmp_path)) as server:
+        yield server
+
+
+@pytest.fixture
+async def port(app: App) -> int:
+    return app.port
+
+
+def ssh_command(port: int, nick: str, tmp_path: Path) -> list[str]:
+    return [
+        "ssh", "-tt", "-F", "/dev/null", "-p", str(port),
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
+        f"{nick}@127.0.0.1",
+    ]  # fmt: skip
+
+
+def protocol_of(app: App, nick: str) -> ChatTelnetServer:
+    for session, transport in app.sessions.items():
+        if session.user.nick == nick:
+            protocol = transport.get_protocol()
+            assert isinstance(protocol, ChatTelnetServer)
+            return protocol
+    raise AssertionError(f"no session for {nick}")
+
+
+async def test_openssh_user_chats_with_a_telnet_user(app: App, connect: Connect, tmp_path: Path) -> None:
+    require("ssh", "tmux")
+    assert app.ssh_port is not None
+    ann = await user(connect, "ann", "talk")
+    pane = await Pane.start(ssh_command(app.ssh_port, "frank", tmp_path), width=100, height=30)
+    try:
+        await pane.wait_line("*** User change nick anonymous --> frank", timeout=10)
+        await pane.type("join talk")
+        await pane.keys("Enter")
+        await ann.read_until("*** User frank joined room #talk")
+        await pane.type("привет из ssh")
+        await pane.keys("Enter")
+        assert await ann.read_line_bytes() == "#talk:frank> привет из ssh\r\n".encode()
+        await ann.send(CYRILLIC)
+        await ann.read_until(f"#talk:ann> {CYRILLIC}")
+        await pane.wait_line(f"#talk:ann> {CYRILLIC}")
+
+        protocol = protocol_of(app, "frank")
+        # A PTY with a terminal type: character mode, as for a telnet terminal.
+        assert app.session_classes().count(("telnet", "ssh")) == 1
+        assert protocol.get_extra_info("TERM") not in ("", "unknown")
+        assert protocol.get_extra_info("cols") == 100
+        await pane.tmux("resize-window", "-x", "60", "-y", "20")
+        await _until(lambda: protocol.get_extra_info("cols") == 60, "NAWS after the resize")
+        assert protocol.get_extra_info("rows") == 20
+        # The server's line editor: Up recalls the last line.
+        await pane.keys("Up", "Enter")
+        assert await ann.read_line_bytes() == "#talk:frank> привет из ssh\r\n".encode()
+        await pane.type("quit")
+        await pane.keys("Enter")
+        await ann.read_until("*** User frank quit")
+    finally:
+        await pane.close()
+
+
+async def test_a_registered_nick_asks_its_password_over_ssh(app: App, connect: Connect, tmp_path: Path) -> None:
+    require("ssh", "tmux")
+    assert app.ssh_port is not None
+    owner = await user(connect, "boss")
+    await owner.send("register s3cret-pw")
+    await owner.read_until("*** Nick boss is now registered")
+    await owner.send("quit")
+    await owner.wait_closed()
+    pane = await Pane.start(ssh_command(app.ssh_port, "boss", tmp_path))
+    try:
+        await pane.wait_line("*** Password for boss (typing is hidden; an empty line cancels):", timeout=10)
+        await pane.type("s3cret-pw")
+        await pane.keys("Enter")
+        screen = await pane.wait_line("*** User change nick anonymous --> boss", timeout=10)
+        assert not any("s3cret" in line for line in screen)
+    finally:
+        await pane.close()
+
+
+async def test_the_host_key_is_made_once_and_kept(tmp_path: Path) -> None:
+    config = ssh_config(tmp_path)
+    key_path = Path(config.ssh_host_key)
+    fingerprints = []
+    for _ in range(2):
+        async with running(config) as app:
+            assert app.ssh_port is not None
+            async with asyncssh.connect(
+                "127.0.0.1", app.ssh_port, username="probe", known_hosts=None, client_keys=None
+            ) as conn:
+                fingerprints.append(conn.get_server_host_key().get_fingerprint())
+    assert fingerprints[0] == fingerprints[1]
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+
+
+async def test_a_second_session_on_one_connection_is_refused(app: App, connect: Connect) -> None:
+    assert app.ssh_port is not None
+    ann, bob = await room_with(connect, "ann", "bob")
+    async with asyncssh.connect(
+        "127.0.0.1", app.ssh_port, username="multi", known_hosts=None, client_keys=None
+    ) as conn:
+        first, _ = await conn.create_session(asyncssh.SSHClientSession, term_type="xterm", encoding=None)
+        await session_of(app, "multi")
+        for _ in range(5):
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.create_session(asyncssh.SSHClientSession, term_type="xterm", encoding=None)
+        first.close()
+    await assert_healthy(app, ann, bob)
+
+
+async def test_ssh_sessions_share_the_address_count_with_telnet(tmp_path: Path) -> None:
+    config = ssh_config(tmp_path, limit_loopback=True, conn_burst_per_ip=500)
+    async with running(config) as app:
+        assert app.ssh_port is not None
+        ann = await user(_connector(app.port), "ann", "room")
+        results = await asyncio.gather(*(_ssh(app.ssh_port, f"u{i}") for i in range(20)), return_exceptions=True)
+        conns = [result for result in results if not isinstance(result, BaseException)]
+        try:
+            firsts = await asyncio.gather(*(_first_line(process) for _, process in conns))
+        finally:
+            for conn, _ in conns:
+                conn.close()
+        # Ten SSH connections from the address get through the handshake, the rest are cut;
+        # of the ten sessions, the chat's admission (where ann holds a place) takes nine.
+        assert len(conns) == 10
+        assert all(isinstance(result, (OSError, asyncssh.Error)) for result in results if result not in conns)
+        assert firsts.count("*** Welcome to telchat. Type help for commands.") == 9
+        assert firsts.count("*** Too many connections from your address (limit 10). Please close one first.") == 1
+        await ann.send("still here")
+        await ann.read_until("#room:ann> still here")
+        await assert_healthy(app, ann)
+        await ann.close()
+
+
+async def test_a_flood_of_ssh_handshakes_is_cut_before_the_key_exchange(tmp_path: Path) -> None:
+    config = ssh_config(tmp_path, limit_loopback=True, conn_burst_per_ip=500)
+    async with running(config) as app:
+        assert app.ssh_port is not None
+        ann = await user(_connector(app.port), "ann", "room")
+        # Connections that open the socket and never speak SSH.
+        socks = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", app.ssh_port) for _ in range(40)))
+        banners = await asyncio.gather(*(reader.read(64) for reader, _ in socks))
+        assert sum(1 for banner in banners if banner.startswith(b"SSH-2.0-")) == 10
+        assert app.telemetry.counters.value("limits", kind="conns_per_ip") == 30
+        for _, writer in socks:
+            writer.close()
+        await ann.send("still here")
+        await ann.read_until("#room:ann> still here")
+        await _until(lambda: app.ssh is not None and app.ssh.open_connections() == 0, "the closes")
+        conn, process = await _ssh(app.ssh_port, "later")  # the places are free again
+        assert await _first_line(process) == "*** Welcome to telchat. Type help for commands."
+        conn.close()
+        await assert_healthy(app, ann)
+        await ann.close()
+
+
+def _connector(port: int) -> Connect:
+    from tests.clients import RawClient
+
+    async def connect(kind: str = "raw", greet: bool = True) -> RawClient:
+        return await RawClient.connect(port, greet=greet)
+
+    return connect
+
+
+async def _ssh(port: int, nick: str) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[bytes]]:
+    conn = await asyncssh.connect("127.0.0.1", port, username=nick, known_hosts=None, client_keys=None)
+    process = await conn.create_process(term_type="xterm", encoding=None)
+    return conn, process
+
+
+async def _first_line(process: asyncssh.SSHClientProcess[bytes]) -> str:
+    line = await asyncio.wait_for(process.stdout.readline(), 10)
+    return bytes(line).decode().rstrip("\r\n")
+
+
+async def _until(check: object, what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():  # type: ignore[operator]
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
