@@ -276,6 +276,12 @@ def telchat_target(scenario: Scenario, extra: Sequence[str]) -> Target:
     return Target("telchat", (*argv, *extra))
 
 
+def web_target(scenario: Scenario, extra: Sequence[str]) -> Target:
+    """telchat measured through its web door: every client is telnet over a WebSocket."""
+    telchat = telchat_target(scenario, extra)
+    return Target("telchat-web", (*telchat.argv, "--web-port=0"))
+
+
 def reference_target(scenario: Scenario, extra: Sequence[str]) -> Target:
     argv = [sys.executable, str(ROOT / "scripts" / "bench_reference.py"), "--host", HOST, "--port", "0"]
     return Target("reference", (*argv, f"--announce-nicks={scenario.announce_nicks}", *extra))
@@ -325,7 +331,7 @@ class Server:
             for line in self.log_path.read_bytes().splitlines():
                 event = json.loads(line) if line.startswith(b"{") else {}
                 if event.get("event") == "listening":
-                    return int(event["port"])
+                    return int(event["web_port" if self.target.name == "telchat-web" else "port"])
             await asyncio.sleep(0.02)
         raise ServerFailed(f"{self.target.name} exited before listening: {self.stderr_tail()}")
 
@@ -399,6 +405,7 @@ def dial(server: Server, scenario: Scenario, args: argparse.Namespace, concurren
         window=scenario.window,
         # The fixed part of a message text (`~S SEQ NANOSECONDS `) is about 30 bytes.
         pad=b"x" * max(1, scenario.text_bytes - 30),
+        websocket=server.target.name == "telchat-web",
     )
 
 
@@ -741,11 +748,12 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
 
 
 async def run_scenario(scenario: Scenario, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
-    makers = {"telchat": telchat_target, "reference": reference_target}
+    makers = {"telchat": telchat_target, "telchat-web": web_target, "reference": reference_target}
     # Both servers on the same loop (the generator too): --server-arg/--ref-arg come later and win.
     loop = [f"--loop={args.loop}"]
     extra = {
         "telchat": [*(loop if "--loop" in telchat_options() else []), *args.server_arg],
+        "telchat-web": [*(loop if "--loop" in telchat_options() else []), *args.server_arg],
         "reference": [*loop, *args.ref_arg],
     }
     entry: dict[str, Any] = {
@@ -815,7 +823,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout only)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for telchat (repeatable)")
     parser.add_argument("--ref-arg", action="append", default=[], help="extra argument for the reference server")
-    parser.add_argument("--servers", default="telchat,reference", type=lambda s: s.split(","))
+    parser.add_argument(
+        "--servers",
+        default="telchat,reference",
+        type=lambda s: s.split(","),
+        help="telchat, telchat-web (telchat through its web door: telnet over WebSockets), reference",
+    )
     parser.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
@@ -836,7 +849,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sizes.add_argument("--text-bytes", type=int)
     sizes.add_argument("--concurrency", type=int, help="connections set up at once")
     args = parser.parse_args(argv)
-    unknown = set(args.servers) - {"telchat", "reference"}
+    unknown = set(args.servers) - {"telchat", "telchat-web", "reference"}
     if unknown:
         parser.error(f"unknown servers: {sorted(unknown)}")
     if args.profile:

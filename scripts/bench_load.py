@@ -20,10 +20,12 @@ import asyncio
 import re
 import socket
 from array import array
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
-from typing import cast
+from typing import Any, cast
+
+import aiohttp
 
 GREETING = b"*** Welcome to telchat. Type help for commands."
 MARK = b"> ~"
@@ -258,10 +260,76 @@ class Dial:
     # Open loop: messages each sender keeps in flight; and the padding that sizes a message.
     window: int = 0
     pad: bytes = b""
+    # Through the web door instead: telnet over a WebSocket (telchat --web-port), as its page speaks it.
+    websocket: bool = False
+
+
+class WebSocketLink(asyncio.Transport):
+    """A Client's transport over an aiohttp WebSocket: each loop turn's writes go as one
+    binary message, each message received is handed to the Client as socket data would be."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, client: Client) -> None:
+        super().__init__()
+        self._session, self._ws, self._client = session, ws, client
+        self._out = bytearray()
+        self._closing = False
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._reader = self._spawn(self._read())
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += data
+
+    def _flush(self) -> None:
+        data, self._out = bytes(self._out), bytearray()
+        if not self._closing:
+            # aiohttp writes the frame in the task's first step: tasks keep the write order.
+            self._spawn(self._ws.send_bytes(data))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._ws:
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    self._client.data_received(message.data)
+        finally:
+            self._client.connection_lost(None)
+            await self._session.close()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def abort(self) -> None:
+        self._closing = True
+        self._spawn(self._ws.close())
+
+    close = abort
+
+
+async def connect_websocket(rec: Recorder, member: Member, dial: Dial, source: str) -> Client:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0), limit=0))
+    started = perf_counter_ns()
+    try:
+        host, port = dial.address
+        ws = await session.ws_connect(f"http://{host}:{port}/telnet", protocols=("telnet.mudstandards.org",))
+    except BaseException:
+        await session.close()
+        raise
+    client = Client(rec, member, started, dial.window, dial.pad)
+    client.connection_made(WebSocketLink(session, ws, client))
+    return client
 
 
 async def connect(rec: Recorder, member: Member, dial: Dial, source: str) -> Client:
     """Connect from `source`, wait for the greeting, log in and join; return the client."""
+    if dial.websocket:
+        return await _log_in(await connect_websocket(rec, member, dial, source), member)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -277,6 +345,10 @@ async def connect(rec: Recorder, member: Member, dial: Dial, source: str) -> Cli
     except BaseException:
         sock.close()
         raise
+    return await _log_in(client, member)
+
+
+async def _log_in(client: Client, member: Member) -> Client:
     try:
         await client.reply()
         if member.nick:
