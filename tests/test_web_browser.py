@@ -67,6 +67,20 @@ def page_text(driver: object) -> str:
     )
 
 
+def status_text(driver: object, state: str) -> str:
+    status = driver.find_element("id", "status")  # type: ignore[attr-defined]
+    return str(status.text) if status.get_attribute("data-state") == state else ""
+
+
+def send_from_touch_field(driver: object, text: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    driver.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 5})  # type: ignore[attr-defined]
+    field = driver.find_element("id", "line-input")  # type: ignore[attr-defined]
+    wait_until(field.is_displayed, "the input field on a touch screen")
+    field.send_keys(text + Keys.ENTER)
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -108,9 +122,13 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
     assert await telnet.read_line_bytes() == f"#webroom:webby> {CYRILLIC}\r\n".encode()
 
     await telnet.send("здравствуй, браузер")
+    await telnet.read_until("#webroom:telly> здравствуй, браузер")
     await asyncio.to_thread(
         wait_until, lambda: "#webroom:telly> здравствуй, браузер" in page_text(browser), "the telnet user's reply"
     )
+    # A phone: no keyboard typing into the terminal, so a visible field sends the line.
+    await asyncio.to_thread(send_from_touch_field, browser, "с телефона")
+    assert await telnet.read_line_bytes() == "#webroom:webby> с телефона\r\n".encode()
     screenshot = tmp_path / "web_door.png"
     assert browser.save_screenshot(str(screenshot))  # type: ignore[attr-defined]
     print(f"screenshot: {screenshot}")
@@ -127,5 +145,9 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
     )
     assert negotiated["cols"] > 80
     assert server.stop() == 0
+    # The page says so, and tries again (with backoff) rather than going quiet.
+    await asyncio.to_thread(
+        wait_until, lambda: "Reconnecting in" in status_text(browser, "closed"), "the disconnected banner"
+    )
     ends = {record["nick"]: record["transport"] for record in server.events if record["event"] == "disconnect"}
     assert ends == {"telly": "telnet", "webby": "web"}
