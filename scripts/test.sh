@@ -18,6 +18,8 @@ need openssl openssl
 # Headless Chromium and its driver: tests/test_web_browser.py loads the web door's page.
 need chromium chromium
 need chromedriver chromium-driver
+# The real OpenSSH client: tests/test_ssh.py logs in through the SSH door with it.
+need ssh openssh-client
 
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   SUDO=""

@@ -217,3 +217,13 @@ async def _until(check: object, what: str, timeout: float = 5.0) -> None:
     while not check():  # type: ignore[operator]
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+def test_an_unusable_host_key_stops_the_start(tmp_path: Path) -> None:
+    from tests.procs import run_server
+
+    bad = tmp_path / "host_key"
+    bad.write_text("not a key\n")
+    result = run_server("--host=127.0.0.1", "--port=0", "--ssh-port=0", f"--ssh-host-key={bad}", "--store=memory://")
+    assert result.returncode == 2
+    assert f"SSH host key {bad}" in result.stderr

@@ -68,7 +68,12 @@ class SshDoor:
         self._server: asyncssh.SSHAcceptor | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
-        key = host_key(Path(self._config.ssh_host_key))
+        path = Path(self._config.ssh_host_key)
+        try:
+            key = host_key(path)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            # An OSError, as for an unreadable TLS key: the server says so and exits 2.
+            raise OSError(f"SSH host key {path}: {exc}") from exc
         self._server = await asyncssh.create_server(
             lambda: ChatSshServer(self),
             host,
