@@ -115,6 +115,30 @@ async def test_a_registered_nick_asks_its_password_over_ssh(app: App, connect: C
         await pane.close()
 
 
+async def test_any_key_or_none_is_taken_and_commands_are_refused(app: App) -> None:
+    assert app.ssh_port is not None
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    for keys in (None, [key]):
+        async with asyncssh.connect(
+            "127.0.0.1", app.ssh_port, username="keyed", known_hosts=None, client_keys=keys
+        ) as conn:
+            process = await conn.create_process(term_type="xterm", encoding=None)
+            assert await _first_line(process) == "*** Welcome to telchat. Type help for commands."
+            process.close()
+    # No exec, no subsystem (sftp), no forwarding: the chat is the only thing here. Each on a
+    # connection of its own, whose one session channel it would be.
+    for attempt in (
+        lambda conn: conn.create_process("cat /etc/passwd"),
+        lambda conn: conn.start_sftp_client(),
+        lambda conn: conn.open_connection("127.0.0.1", app.port),
+    ):
+        async with asyncssh.connect(
+            "127.0.0.1", app.ssh_port, username="nosy", known_hosts=None, client_keys=None
+        ) as conn:
+            with pytest.raises((asyncssh.ChannelOpenError, asyncssh.SFTPError)):
+                await attempt(conn)
+
+
 async def test_the_host_key_is_made_once_and_kept(tmp_path: Path) -> None:
     config = ssh_config(tmp_path)
     key_path = Path(config.ssh_host_key)
