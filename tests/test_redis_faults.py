@@ -148,12 +148,16 @@ async def test_refused_nick_claim_leaves_no_stuck_nick(
         assert await ghost.read_line(timeout=10) == replies.STORE_UNAVAILABLE
     finally:
         admin.config_set("maxmemory", 0)
-    # Nothing of the failed claim is left: the nick is free, and messages to it arrive.
-    await ghost.send("login ghost")
-    assert await ghost.read_line(timeout=10) == "*** User change nick anonymous --> ghost"
+    # Nothing of the failed claim is left: the nick is free for anyone, claimed in Redis when
+    # taken, and messages to it reach its new owner.
+    taker = await RawClient.connect(node.port)
+    clients.append(taker)
+    await taker.send("login ghost")
+    assert await taker.read_line(timeout=10) == "*** User change nick anonymous --> ghost"
+    assert admin.get("telchat:nick:ghost") == node.wait_event("redis_open")["node"]
     pal = await login(clients, node, "pal")
     await pal.send("/msg ghost boo")
-    assert (await ghost.read_until("*pal*>"))[-1] == "*pal*> boo"
+    assert (await taker.read_until("*pal*>"))[-1] == "*pal*> boo"
     assert "command_failed" not in logged(node)
 
 
