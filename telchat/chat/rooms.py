@@ -164,15 +164,20 @@ class Chat:
             self.nicks.pop(user.key, None)
             self.store.release_nick(user.key)
         rooms = tuple(user.rooms)
+        left = self._leave_all(user)
+        self.store.offline(user.member_id, rooms)
+        if rooms:
+            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
+        listeners.players_changed(left)
+
+    def _leave_all(self, user: User) -> list[Room]:
+        """Take `user` out of every room, telling no one; return the rooms it was in."""
         left = list(user.rooms.values())
         for room in left:
             self._remove_member(room, user)
         user.rooms.clear()
         user.current = None
-        self.store.offline(user.member_id, rooms)
-        if rooms:
-            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
-        listeners.players_changed(left)
+        return left
 
     def attach_events(self, user: User, sink: ChatEvents) -> None:
         """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
@@ -245,10 +250,7 @@ class Chat:
         # The nick is someone else's now: nothing to release, and no quit under it to its
         # rooms, which already saw this user quit when its node was declared dead.
         user.key = None
-        for room in list(user.rooms.values()):
-            self._remove_member(room, user)
-        user.rooms.clear()
-        user.current = None
+        listeners.players_changed(self._leave_all(user))
         user.send(replies.NICK_LOST.format(nick=user.nick))
         user.hangup(replies.NICK_LOST_REASON)
 
