@@ -15,7 +15,6 @@ from telchat.chat.rooms import Chat, ChatError, User
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.obs.logs import get_logger
-from telchat.obs.stats import STATS
 from telchat.rules import replies
 from telchat.store.base import StoreError
 
@@ -380,7 +379,6 @@ async def run(ctx: Context, action: Awaitable[None]) -> None:
     except ChatError as exc:
         ctx.user.send(str(exc))
     except StoreError as exc:
-        STATS.store_errors += 1
         user = ctx.user
         log.warning(
             "store_error", during="command", error=str(exc), conn_id=user.conn_id, peer=user.peer, nick=user.nick
