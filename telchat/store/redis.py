@@ -168,7 +168,7 @@ def _encode(event: Event) -> bytes:
 class BadEntry(Exception):
     """A bus or history entry this node cannot read: malformed, or of another `version`."""
 
-    def __init__(self, message: str, version: object = None) -> None:
+    def __init__(self, message: str, version: str | None = None) -> None:
         super().__init__(message)
         self.version = version
 
@@ -184,7 +184,7 @@ def _event(d: Any, entry_id: EntryId) -> Event:
     # Entries written before versions existed have the format of version 1.
     version = d.get("v", 1)
     if version != BUS_VERSION:
-        raise BadEntry(f"bus version {version}, this node reads {BUS_VERSION}", version)
+        raise BadEntry(f"bus version {version!r}, this node reads {BUS_VERSION}", repr(version))
     return Event(
         d["k"],
         d["x"],
@@ -233,7 +233,7 @@ class RedisStore(Store):
         self._online: dict[str, str] = {}
         self._members: dict[str, dict[str, str]] = {}
         self._names: dict[str, str] = {}
-        self._foreign_versions: set[object] = set()
+        self._foreign_versions: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         # Why a background task stopped; the store is then unhealthy.
