@@ -7,18 +7,20 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
 from telchat.rules import replies
-from telchat.store.base import StoreError
 from telchat.store.events import notice
 from telchat.store.redis import BUS_VERSION, RedisStore
 from tests.clients import RawClient
+from tests.conftest import running
 from tests.procs import ServerProcess, run_server
 from tests.redis_server import RedisServer, login
+from tests.test_metrics import METRICS, http_get
 
 TTL = "--node-ttl=1"
 
@@ -204,11 +206,11 @@ async def test_a_bad_bus_entry_is_skipped_and_logged(
         assert "command_failed" not in logged(node)
 
 
-async def test_a_dead_reader_makes_the_store_unhealthy(redis: RedisServer) -> None:
-    store = RedisStore(redis.url, node_ttl=1)
-    await store.open(lambda _event: None)
-    try:
-        await store.check()
+async def test_a_dead_reader_fails_healthz(redis: RedisServer) -> None:
+    async with running(replace(METRICS, store=redis.url, node_ttl=1)) as app:
+        store, port = app.store, app.metrics_port
+        assert isinstance(store, RedisStore) and port is not None
+        assert await http_get(port, "/healthz") == (200, "ok\n")
 
         def broken(entry_id: str, fields: dict[str, str]) -> None:
             raise RuntimeError("a bug in delivery")
@@ -219,10 +221,9 @@ async def test_a_dead_reader_makes_the_store_unhealthy(redis: RedisServer) -> No
         # A command waiting for its own events to come back does not wait forever...
         await asyncio.wait_for(store.settled(), 5)
         # ...and health says why nothing is delivered any more.
-        with pytest.raises(StoreError, match="redis-reader stopped"):
-            await store.check()
-    finally:
-        await store.close()
+        status, body = await http_get(port, "/healthz")
+        assert status == 503
+        assert body.startswith("store not answering: redis-reader stopped: RuntimeError('a bug in delivery')")
 
 
 def test_a_node_of_another_version_is_refused(redis: RedisServer) -> None:
