@@ -288,13 +288,16 @@ async def test_a_stalled_redis_gives_a_store_error_line(
     redis: RedisServer, node: ServerProcess, clients: list[RawClient]
 ) -> None:
     joiner = await login(clients, node, "joiner")
-    asker = await login(clients, node, "asker")
+    asker = await login(clients, node, "asker", "here")
     await joiner.drain()
     await asker.drain()
     assert redis.proc is not None
     redis.proc.send_signal(signal.SIGSTOP)
     try:
         await joiner.send("join nowhere")
+        # A line said just before cannot be written back: the command after it waits for it
+        # only so long.
+        await asker.send("/me waits")
         await asker.send("who")
         assert await joiner.read_line(timeout=15) == replies.STORE_UNAVAILABLE
         assert await asker.read_line(timeout=15) == replies.STORE_UNAVAILABLE

@@ -350,7 +350,10 @@ class RedisStore(Store):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((self._published, waiter))
-        await waiter
+        # Bounded: with Redis stalled, the command runs after the command timeout (and
+        # gets the store's error if it needs Redis) instead of the session hanging.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
 
     def _saw_own(self, origin: str) -> None:
         seq = origin[len(self._origin) :]
