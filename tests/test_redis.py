@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -174,6 +175,11 @@ async def test_workers_share_one_port(redis: RedisServer, clients: list[RawClien
             assert b"*** have a nice day ***" in await client.wait_closed(timeout=8)
         assert await asyncio.to_thread(proc.proc.wait, 10) == 0
     finally:
+        # SIGTERM first: the parent stops its workers, which a SIGKILL would orphan.
+        if proc.proc.poll() is None:
+            proc.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.proc.wait(10)
         proc.kill()
 
 
