@@ -152,6 +152,7 @@ class Chat:
         self.topics: dict[str, tuple[str, str]] = {}
         # Control event kind -> its handler on this node (moderation, whois).
         self.controls: dict[str, Callable[[Event], None]] = {}
+        store.on_nick_lost(self.lose_nick)
 
     # connection lifecycle
 
@@ -169,15 +170,20 @@ class Chat:
             self.nicks.pop(user.key, None)
             self.store.release_nick(user.key)
         rooms = tuple(user.rooms)
+        left = self._leave_all(user)
+        self.store.offline(user.member_id, rooms)
+        if rooms:
+            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
+        _players_changed(left)
+
+    def _leave_all(self, user: User) -> list[Room]:
+        """Take `user` out of every room, telling no one; return the rooms it was in."""
         left = list(user.rooms.values())
         for room in left:
             self._remove_member(room, user)
         user.rooms.clear()
         user.current = None
-        self.store.offline(user.member_id, rooms)
-        if rooms:
-            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
-        _players_changed(left)
+        return left
 
     def attach_events(self, user: User, sink: ChatEvents) -> None:
         """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
@@ -208,11 +214,7 @@ class Chat:
         if owner is not None and owner is not user:
             raise ChatError(replies.NICK_TAKEN.format(nick=nick))
         if owner is None:
-            # Hold the key locally while the store decides, so no local rival can slip in.
-            self.nicks[key] = user
-            if not await self.store.claim_nick(key, nick) or user not in self.users:
-                del self.nicks[key]
-                raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+            await self._claim(user, key, nick)
         old, old_key = user.nick, user.key
         if old_key is not None and old_key != key:
             del self.nicks[old_key]
@@ -222,6 +224,41 @@ class Chat:
         self.store.renamed(user.member_id, nick, tuple(user.rooms))
         self.store.publish(self._nick_notice(user, replies.NICK_CHANGE.format(old=old, new=nick)))
         _players_changed(user.rooms.values())
+
+    async def _claim(self, user: User, key: str, nick: str) -> None:
+        """Claim `key` in the store for `user`; whatever happens, no claim outlives its reason."""
+        # Hold the key locally while the store decides, so no local rival can slip in.
+        self.nicks[key] = user
+        try:
+            claimed = await self.store.claim_nick(key, nick)
+        except BaseException:
+            self._unhold(user, key)
+            raise
+        if claimed and user in self.users:
+            return
+        self._unhold(user, key)
+        if claimed:
+            self.store.release_nick(key)  # the user left while the store answered
+        raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+
+    def _unhold(self, user: User, key: str) -> None:
+        if self.nicks.get(key) is user:
+            del self.nicks[key]
+
+    def lose_nick(self, key: str) -> None:
+        """The store found `key` owned by another node (this node was cut off for longer
+        than the node TTL, or Redis lost the claim and someone took it): the local holder
+        must go, or two people would answer to one nick."""
+        user = self.nicks.pop(key, None)
+        if user is None:
+            return
+        _log("nick_lost", user)
+        # The nick is someone else's now: nothing to release, and no quit under it to its
+        # rooms, which already saw this user quit when its node was declared dead.
+        user.key = None
+        _players_changed(self._leave_all(user))
+        user.send(replies.NICK_LOST.format(nick=user.nick))
+        user.hangup(replies.NICK_LOST_REASON)
 
     def _nick_notice(self, user: User, text: str) -> Event:
         if self.announce_nicks == "all":

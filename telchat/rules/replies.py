@@ -38,6 +38,12 @@ INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecti
 SENDQ_EXCEEDED = "too slow to read"
 SLOWED_DOWN = "*** You are sending faster than {rate} lines a second: your lines are delayed, not lost."
 INTERNAL_ERROR = "*** Internal error; your line was not processed. Please try again."
+STORE_UNAVAILABLE = "*** The chat store is not answering; your line was not processed. Please try again."
+NICK_LOST = (
+    "*** This server lost contact with the others for too long, and {nick} now belongs to someone"
+    " on another server; disconnecting. Please reconnect."
+)
+NICK_LOST_REASON = "server lost"
 BAD_CHARSET = "*** Unknown charset {name}; choose from {names}"
 CHARSET_SET = "*** Charset is now {charset}"
 

@@ -14,7 +14,11 @@ from typing import Protocol
 from telchat.chat.rooms import Chat, ChatError, User
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
+from telchat.obs.logs import get_logger
 from telchat.rules import replies
+from telchat.store.base import StoreError
+
+log = get_logger(__name__)
 
 
 class Context(Protocol):
@@ -368,11 +372,18 @@ def say(ctx: Context, parsed: Say) -> None:
 
 
 async def run(ctx: Context, action: Awaitable[None]) -> None:
-    """Await `action`; a refused request becomes one `*** ` line to its sender."""
+    """Await `action`; a refused request, or a store that cannot answer it, becomes one
+    `*** ` line to its sender."""
     try:
         await action
     except ChatError as exc:
         ctx.user.send(str(exc))
+    except StoreError as exc:
+        user = ctx.user
+        log.warning(
+            "store_error", during="command", error=str(exc), conn_id=user.conn_id, peer=user.peer, nick=user.nick
+        )
+        user.send(replies.STORE_UNAVAILABLE)
 
 
 async def _dispatch(ctx: Context, parsed: Invocation | Unknown) -> None:
