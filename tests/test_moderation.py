@@ -131,6 +131,19 @@ async def test_address_ranges(connect: Connect, port: int) -> None:
     await refused.close()
 
 
+@pytest.mark.parametrize("written", ["::ffff:127.0.0.1", "::ffff:127.0.0.0/104", "::FFFF:7f00:1"])
+async def test_ipv4_mapped_ban_matches_the_ipv4_address(connect: Connect, port: int, written: str) -> None:
+    boss = await operator(connect)
+    await boss.send(f"/ban {written} go away")
+    shown = "127.0.0.0/8" if "/" in written else "127.0.0.1"
+    await boss.expect(f"*** Banned {shown} permanently: go away")
+    refused = await RawClient.connect(port, greet=False)
+    assert await refused.wait_closed() == (BANNED_ADDRESS + "\r\n").encode()
+    await refused.close()
+    await boss.send(f"/unban {written}")
+    await boss.expect(f"*** Unbanned {shown}")
+
+
 async def test_bad_moderation_input(connect: Connect) -> None:
     boss = await operator(connect, "room")
     for line, error in [

@@ -13,12 +13,12 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
+from telchat.rules.addresses import Network, parse_address, parse_network
 from telchat.rules.names import NameError_, check_nick, nick_key, room_key
 from telchat.store import events
 from telchat.store.base import Record
@@ -36,8 +36,6 @@ EVERYWHERE = "*"
 CLEAR_TOPIC = "-"
 _DURATION = re.compile(r"^(\d{1,6})([smhdw]?)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 60}
-
-Network = IPv4Network | IPv6Network
 
 
 def parse_duration(text: str) -> float | None:
@@ -87,7 +85,7 @@ class Target:
 
 def ban_target(text: str) -> Target:
     try:
-        network = ip_network(text, strict=False)
+        network = parse_network(text)
     except ValueError:
         try:
             nick = check_nick(text)
@@ -99,13 +97,8 @@ def ban_target(text: str) -> Target:
 
 
 def address_in(ip: str, network: Network) -> bool:
-    try:
-        address = ip_address(ip)
-    except ValueError:
-        return False
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address in network
+    address = parse_address(ip)
+    return address is not None and address in network
 
 
 class Moderation:
@@ -315,7 +308,7 @@ class Moderation:
             return
         self.bans[key] = record
         if key.startswith("ip:"):
-            self._networks[key] = ip_network(key[3:], strict=False)
+            self._networks[key] = parse_network(key[3:])
 
     def _apply_mute(self, scope: str, key: str, record: Record | None) -> None:
         if record is None:
@@ -336,7 +329,7 @@ class Moderation:
         if kind == "nick":
             user = self.chat.nicks.get(value)
             return [user] if user is not None else []
-        network = ip_network(value, strict=False)
+        network = parse_network(value)
         return [user for user in self.chat.users if not user.operator and address_in(user.ip, network)]
 
 
