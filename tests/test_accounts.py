@@ -13,7 +13,7 @@ from telnetlib3.telopt import ECHO
 from telchat.app import App
 from telchat.chat.outbox import Flusher, Outbox
 from telchat.chat.rooms import ChatError, User
-from telchat.features.accounts import ACCOUNT, Answer, Hasher
+from telchat.features.accounts import ACCOUNT, Accounts, Answer, Hasher
 from tests.clients import RawClient, TelnetClient
 from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess
@@ -176,17 +176,86 @@ class _NullSink:
         return 0
 
 
-async def test_failures_count_per_nick_across_addresses(app: App) -> None:
+async def registered_and_gone(app: App, nick: str, password: str) -> Accounts:
+    """Register `nick` from a socketless connection that then leaves; the account service."""
     accounts = app.services.accounts
     owner = Asker("10.0.0.1:1000")
     app.chat.connect(owner.user)
-    await app.chat.set_nick(owner.user, "frank")
-    await accounts.register(owner.user, "right-pw")
+    await app.chat.set_nick(owner.user, nick)
+    await accounts.register(owner.user, password)
+    app.chat.disconnect(owner.user, "gone")
+    return accounts
+
+
+async def test_failures_count_per_address_and_nick_never_per_nick_alone(app: App) -> None:
+    accounts = await registered_and_gone(app, "frank", "right-pw")
+    for i in range(3):
+        for _ in range(3):
+            with pytest.raises(ChatError, match="Wrong password"):
+                await accounts.login(Asker(f"10.0.1.{i}:1000"), "frank", "wrong-pw")
+        with pytest.raises(ChatError, match="Too many failed logins"):
+            await accounts.login(Asker(f"10.0.1.{i}:1000"), "frank", "right-pw")
+    # Nine failures from three strangers: the owner, elsewhere, still gets in.
+    newcomer = Asker("10.0.2.1:1000")
+    app.chat.connect(newcomer.user)
+    await accounts.login(newcomer, "frank", "right-pw")
+    assert newcomer.user.account == "frank"
+
+
+async def test_ipv6_failures_count_per_slash_64(app: App) -> None:
+    accounts = await registered_and_gone(app, "frank", "right-pw")
     for i in range(3):
         with pytest.raises(ChatError, match="Wrong password"):
-            await accounts.login(Asker(f"10.0.1.{i}:1000"), "frank", "wrong-pw")
+            await accounts.login(Asker(f"2001:db8:0:1::{i + 1}:1000"), "frank", "wrong-pw")
     with pytest.raises(ChatError, match="Too many failed logins"):
-        await accounts.login(Asker("10.0.2.1:1000"), "frank", "right-pw")
+        await accounts.login(Asker("2001:db8:0:1:ffff::9:1000"), "frank", "right-pw")
+    neighbour = Asker("2001:db8:0:2::1:1000")
+    app.chat.connect(neighbour.user)
+    await accounts.login(neighbour, "frank", "right-pw")
+
+
+async def from_address(port: int, host: str) -> RawClient:
+    """A client connecting from `host` (any 127.x.y.z is this machine)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+    client = RawClient(reader, writer)
+    await client.expect("*** Welcome to telchat. Type help for commands.")
+    return client
+
+
+async def test_strangers_cannot_lock_out_the_owner(connect: Connect, port: int) -> None:
+    owner = await registered(connect, "frank", "right-pw")
+    await owner.send("quit")
+    await owner.wait_closed()
+    strangers = [await from_address(port, f"127.0.0.{i}") for i in (2, 3, 4)]
+    for stranger in strangers:
+        for _ in range(3):
+            await stranger.send("login frank wrong-pw")
+            await stranger.expect("*** Wrong password for frank")
+        await stranger.send("login frank right-pw")
+        await stranger.expect("*** Too many failed logins; wait a minute and try again")
+    again = await connect()
+    await again.send("login frank right-pw")
+    await again.expect("*** User change nick anonymous --> frank")
+    for stranger in strangers:
+        await stranger.close()
+
+
+async def test_parallel_guesses_are_throttled_before_they_are_verified() -> None:
+    # Real hashing cost: guesses wait for their verification while the others arrive.
+    config = replace(TEST_CONFIG, argon2_memory_kib=16384, hash_concurrency=1)
+    async with running(config) as server:
+        owner = await RawClient.connect(server.port)
+        await owner.login("frank")
+        await owner.send("register right-pw")
+        await owner.read_until("*** Nick frank is now registered")
+        guessers = [await RawClient.connect(server.port) for _ in range(12)]
+        for guesser in guessers:
+            await guesser.send("login frank wrong-pw")
+        answers = [await guesser.read_line() for guesser in guessers]
+        assert answers.count("*** Wrong password for frank") == 3, answers
+        assert answers.count("*** Too many failed logins; wait a minute and try again") == 9, answers
+        for client in (owner, *guessers):
+            await client.close()
 
 
 async def test_registration_survives_restart(tmp_path: Path) -> None:

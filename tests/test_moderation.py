@@ -144,6 +144,25 @@ async def test_ipv4_mapped_ban_matches_the_ipv4_address(connect: Connect, port: 
     await boss.expect(f"*** Unbanned {shown}")
 
 
+async def test_password_change_ends_every_link_to_the_account(connect: Connect) -> None:
+    thief = await registered(connect, "boss", "boss-password")
+    await thief.send("nick eve")
+    await thief.expect("*** User change nick boss --> eve")
+    owner = await connect()
+    await owner.send("login boss boss-password")
+    await owner.read_until("*** User change nick anonymous --> boss")
+    await owner.send("password boss-password fresh-password")
+    await owner.expect("*** Password changed")
+    gone = await thief.wait_closed()
+    assert b"*** The password of boss was changed from another connection; log in again" in gone
+    # The owner keeps the nick and its rights; the old password opens nothing.
+    await owner.send("/bans")
+    await owner.expect("*** No bans")
+    again = await connect()
+    await again.send("login boss boss-password")
+    await again.expect("*** Wrong password for boss")
+
+
 async def test_bad_moderation_input(connect: Connect) -> None:
     boss = await operator(connect, "room")
     for line, error in [

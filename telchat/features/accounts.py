@@ -1,16 +1,21 @@
 """Accounts: registered nicks, argon2id password hashes and login throttling.
 
 A registered nick can be taken only by a connection that proves its password, or that
-already proved it for that account. Hashes are computed in worker threads, a few at a time
-(`--hash-concurrency`), so a burst of logins neither stalls the event loop nor takes every
-core. Failed logins are counted in the store, per address and per nick, so every node of a
-cluster throttles alike. No password is ever logged, stored or echoed.
+already proved it for that account since the password last changed: a change ends every
+other connection linked to the account. Hashes are computed in worker threads, a few at a
+time (`--hash-concurrency`), so a burst of logins neither stalls the event loop nor takes
+every core. Failed logins are counted in the store, per address (an IPv6 address by its /64)
+and per address and nick, so every node of a cluster throttles alike; never per nick alone,
+so that strangers cannot lock an owner out. An attempt is counted as in flight before its
+password is verified, so parallel guesses cannot all pass the check before any fails. No
+password is ever logged, stored or echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -23,6 +28,7 @@ from telchat.features.moderation import Moderation, disconnect_event
 from telchat.obs import limits
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
+from telchat.rules.addresses import group_key
 from telchat.rules.names import nick_key
 from telchat.store.base import Record
 
@@ -88,6 +94,9 @@ class Accounts:
         self.moderation = moderation
         self.hasher = hasher
         self.max_failures = max_failures
+        # Failure counter -> attempts being verified now: each counts as a failure until
+        # it is known not to be one.
+        self._attempts: Counter[str] = Counter()
 
     async def login(self, asker: Asker, raw_nick: str, password: str | None) -> None:
         """`login NICK [PASSWORD]`: a registered nick without a password asks for one."""
@@ -145,6 +154,9 @@ class Accounts:
         await self.store.put_record(ACCOUNT, key, record)
         log.info("password_changed", conn_id=user.conn_id, peer=user.peer, account=key)
         user.send(replies.PASSWORD_CHANGED)
+        # Whoever proved the old password (on any node) must prove the new one.
+        notice = replies.PASSWORD_CHANGED_NOTICE.format(nick=record.get("nick", user.nick))
+        self.store.publish(disconnect_event(f"account:{key}", notice, replies.PASSWORD_CHANGED_REASON, spare=user))
 
     async def remember(self, user: User) -> None:
         """Save the user's settings and ignores with their account, if they have one."""
@@ -158,21 +170,30 @@ class Accounts:
         await self.store.put_record(ACCOUNT, user.account, record)
 
     async def _verified(self, user: User, key: str, nick: str, password: str) -> Record:
-        """The account record, once `password` proved right; throttled per address and nick."""
-        counters = (f"login:ip:{user.ip}", f"login:nick:{key}")
-        for counter in counters:
-            if await self.store.failures(counter, FAILURE_WINDOW) >= self.max_failures:
-                limits.hit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
-                raise ChatError(replies.TOO_MANY_FAILURES)
-        record = await self.store.get_record(ACCOUNT, key)
-        if record is None:
-            raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
-        if not await self.hasher.verify(record["hash"], password):
+        """The account record, once `password` proved right; throttled per address, and per
+        address and nick, counting attempts still being verified."""
+        group = group_key(user.ip)
+        counters = (f"login:ip:{group}", f"login:ip-nick:{group} {key}")
+        self._attempts.update(counters)
+        try:
             for counter in counters:
-                await self.store.add_failure(counter, FAILURE_WINDOW)
-            log.warning("login_failed", conn_id=user.conn_id, peer=user.peer, account=key)
-            raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
-        return record
+                if await self.store.failures(counter, FAILURE_WINDOW) + self._attempts[counter] > self.max_failures:
+                    limits.hit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
+                    raise ChatError(replies.TOO_MANY_FAILURES)
+            record = await self.store.get_record(ACCOUNT, key)
+            if record is None:
+                raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+            if not await self.hasher.verify(record["hash"], password):
+                for counter in counters:
+                    await self.store.add_failure(counter, FAILURE_WINDOW)
+                log.warning("login_failed", conn_id=user.conn_id, peer=user.peer, account=key)
+                raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
+            return record
+        finally:
+            self._attempts.subtract(counters)
+            for counter in counters:
+                if self._attempts[counter] <= 0:
+                    del self._attempts[counter]
 
     def _grant(self, user: User, key: str, record: Record) -> None:
         user.account = key

@@ -324,11 +324,14 @@ class Moderation:
             self.chat.topics[room] = (record["topic"], record["by"])
 
     def _matching(self, target: str) -> list[User]:
-        """This node's users a kick or ban target names; an address ban spares operators."""
+        """This node's users a kick or ban target names (`nick:`, `account:` or `ip:`); an
+        address ban spares operators."""
         kind, _, value = target.partition(":")
         if kind == "nick":
             user = self.chat.nicks.get(value)
             return [user] if user is not None else []
+        if kind == "account":
+            return [user for user in self.chat.users if user.account == value]
         network = parse_network(value)
         return [user for user in self.chat.users if not user.operator and address_in(user.ip, network)]
 
@@ -353,8 +356,9 @@ def _mute_options(options: list[str]) -> tuple[float | None, str | None]:
 
 
 def disconnect_event(target: str, notice: str, reason: str, spare: User | None = None) -> Event:
-    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`),
-    except `spare`: by the time a node handles the event, `spare` may hold the nick."""
+    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`, or
+    `account:<key>` for every connection linked to an account), except `spare`: by the time
+    a node handles the event, `spare` may hold the nick."""
     return events.control(KICK, target, notice=notice, reason=reason, spare=connection_of(spare) if spare else "")
 
 

@@ -54,6 +54,8 @@ PASSWORD_CHANGED = "*** Password changed"
 PASSWORD_RULE = "*** A password is 6 to 128 characters without spaces"
 GHOST_NOTICE = "*** {nick} logged in from another connection with its password"
 GHOST_REASON = "logged in from elsewhere"
+PASSWORD_CHANGED_NOTICE = "*** The password of {nick} was changed from another connection; log in again"
+PASSWORD_CHANGED_REASON = "password changed"
 
 # moderation
 NOT_OPERATOR = "*** Only operators can use {command}"
