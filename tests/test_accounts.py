@@ -66,10 +66,12 @@ async def test_one_line_login_is_a_command_not_a_message(connect: Connect) -> No
     await listener.drain()
     await talker.send("login frank s3cret-pw")
     await talker.read_until("*** User change nick bob --> frank")
+    # A first word that takes a password never makes a message, whatever follows it.
     await talker.send("login bob two words")
-    await talker.expect("#room:frank> login bob two words")
-    lines = await listener.read_until("#room:frank>")
-    assert not any("s3cret-pw" in line for line in lines)
+    await talker.expect("*** Usage: login <nick> [password]")
+    await talker.send("said")
+    lines = await listener.read_until("#room:frank> said")
+    assert not any("s3cret-pw" in line or "two words" in line for line in lines)
 
 
 async def test_password_for_an_unregistered_nick_is_refused(connect: Connect) -> None:
@@ -344,11 +346,39 @@ async def test_no_log_line_holds_a_password() -> None:
         await other.close()
     finally:
         server.kill()
-    logged = "\n".join(json.dumps(event, ensure_ascii=False) for event in server.events)
+    logged = assert_never_logged(server, passwords)
     assert "login_failed" in logged and "password_changed" in logged
-    for password in passwords:
-        assert password not in logged
-        assert password not in server.stderr()
+
+
+def assert_never_logged(server: ServerProcess, secrets: tuple[str, ...]) -> str:
+    """Check that no log event nor stderr line of `server` holds a secret; the events."""
+    logged = "\n".join(json.dumps(event, ensure_ascii=False) for event in server.events)
+    for secret in secrets:
+        assert secret not in logged
+        assert secret not in server.stderr()
+    return logged
+
+
+async def test_mistyped_case_and_word_count_never_leak_a_password() -> None:
+    lines = ("Login boss pw-One1", "Password old-Two2 new-Three3", "register Four4-pw horse cow", "REGISTER Five5-pw")
+    secrets = ("pw-One1", "old-Two2", "new-Three3", "Four4-pw", "Five5-pw")
+    server = ServerProcess("--log-level=debug", "--store=memory://", *CHEAP_HASHES)
+    try:
+        clients = [await RawClient.connect(server.port) for _ in range(2)]
+        for client, nick in zip(clients, ("ann", "bob"), strict=True):
+            await client.login(nick)
+            await client.join("room", nick)
+        for line in lines:
+            await clients[1].send(line)
+            answer = await clients[1].read_line()
+            assert answer.startswith("*** ") and not answer.startswith("*** User"), answer
+        await clients[1].send("done")
+        heard = await clients[0].read_until("#room:bob> done")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    assert_never_logged(server, secrets)
+    assert not any(secret in line for line in heard for secret in secrets)
 
 
 async def test_hashing_runs_off_the_event_loop() -> None:

@@ -16,6 +16,14 @@ async def user(connect: Connect, nick: str, room: str | None = None) -> LineClie
     return client
 
 
+async def listener_and_talker(connect: Connect) -> tuple[LineClient, LineClient]:
+    """ann and bob in #one, ann's input read: what bob's next line makes her see."""
+    listener = await user(connect, "ann", "one")
+    talker = await user(connect, "bob", "one")
+    await listener.drain()
+    return listener, talker
+
+
 async def test_speaking_needs_login(connect: Connect) -> None:
     anon = await connect()
     await anon.send("join lobby")
@@ -278,9 +286,68 @@ async def test_unknown_command_and_usage(connect: Connect) -> None:
 
 async def test_bare_words_that_do_not_fit_are_messages(connect: Connect) -> None:
     bob = await user(connect, "bob", "one")
-    for text in ("join the party now", "quit smoking", "help me please", "Who", "me too", "msg", "login"):
+    for text in ("join the party now", "quit smoking", "help me please", "me too", "John is here", "jion a party"):
         await bob.send(text)
         await bob.expect(f"#one:bob> {text}")
+
+
+async def test_bare_commands_match_in_any_case(connect: Connect) -> None:
+    bob = await user(connect, "bob", "one")
+    await bob.send("Who")
+    await bob.expect("*** Users in #one: bob")
+    await bob.send("JOIN two")
+    await bob.expect("*** #two history", "*** User bob joined room #two")
+
+
+@pytest.mark.parametrize(
+    ("line", "answer"),
+    [
+        ("login", "*** Usage: login <nick> [password]"),
+        ("Login boss pw extra words", "*** Usage: login <nick> [password]"),
+        ("register correct horse battery", "*** Usage: register <password>"),
+        ("PASSWORD only-one", "*** Usage: password <old> <new>"),
+        ("msg", "*** Usage: msg <nick> <text>"),
+        ("tell ann", "*** Usage: msg <nick> <text>"),
+        ("msg nobody secret one", "*** No such user: nobody"),
+    ],
+)
+async def test_lines_with_secrets_are_never_posted(connect: Connect, line: str, answer: str) -> None:
+    listener, bob = await listener_and_talker(connect)
+    await bob.send(line)
+    await bob.expect(answer)
+    await bob.send("after")
+    await bob.expect("#one:bob> after")
+    assert await listener.read_until("#one:bob> after") == ["#one:bob> after"]
+
+
+async def test_bare_msg_and_tell_are_private(connect: Connect) -> None:
+    ann, bob = await listener_and_talker(connect)
+    for command, secret in (("msg", "secret one"), ("Tell", "secret two")):
+        await bob.send(f"{command} ann {secret}")
+        await bob.expect(f"-> *ann*> {secret}")
+        await ann.expect(f"*bob*> {secret}")
+    carol = await user(connect, "carol")
+    await carol.send("register carol-password")
+    await carol.read_until("*** Nick carol is now registered")
+    await carol.send("quit")
+    await carol.wait_closed()
+    await ann.drain()
+    await bob.drain()
+    await bob.send("msg carol are you there")
+    await bob.expect("*** carol is not online; the message was not sent")
+    await bob.send("after")
+    assert await ann.read_until("#one:bob> after") == ["#one:bob> after"]
+
+
+@pytest.mark.parametrize("line", ["jion lobby", "/jion", "/Jion lobby", "hlep"])
+async def test_mistyped_command_gets_a_hint_not_posted(connect: Connect, line: str) -> None:
+    listener, bob = await listener_and_talker(connect)
+    await bob.send(line)
+    name = line.lstrip("/").split()[0]
+    suggestion = "help" if name == "hlep" else "join"
+    await bob.expect(f"*** Unknown command {name}. Did you mean {suggestion}?")
+    await bob.send("after")
+    assert await listener.read_until("#one:bob> after") == ["#one:bob> after"]
 
 
 async def test_slash_slash_and_say(connect: Connect) -> None:

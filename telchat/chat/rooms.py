@@ -33,6 +33,10 @@ class ChatError(Exception):
     """A refused request; its message is the `*** ` line shown to the user."""
 
 
+class NotOnline(ChatError):
+    """A private message to a nick that nobody holds now."""
+
+
 def _no_hangup(message: str) -> None:
     return None
 
@@ -329,7 +333,7 @@ class Chat:
         key = nick_key(raw_nick)
         target = self.nicks.get(key)
         if target is None and not await self.store.remote_nick(key):
-            raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
+            raise NotOnline(replies.NO_SUCH_USER.format(nick=raw_nick))
         shown = target.nick if target is not None else raw_nick
         STATS.private_messages += 1
         _log("private_message", user, to=shown, **self._text(text))

@@ -158,6 +158,14 @@ class Accounts:
         notice = replies.PASSWORD_CHANGED_NOTICE.format(nick=record.get("nick", user.nick))
         self.store.publish(disconnect_event(f"account:{key}", notice, replies.PASSWORD_CHANGED_REASON, spare=user))
 
+    async def registered(self, raw_nick: str) -> bool:
+        """Whether `raw_nick` names a registered account."""
+        try:
+            key = nick_key(check_nick_or_error(raw_nick))
+        except ChatError:
+            return False
+        return await self.store.get_record(ACCOUNT, key) is not None
+
     async def remember(self, user: User) -> None:
         """Save the user's settings and ignores with their account, if they have one."""
         if user.account is None:

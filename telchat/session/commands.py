@@ -1,8 +1,12 @@
 """Command parsing and dispatch.
 
-A line starting with `/` is always a command (`//text` says `/text`). A bare first word is
-a command only when it names one that allows bare use and the argument count fits
-(`join x`); otherwise the line is an ordinary message (`join the party now`).
+A line starting with `/` is always a command (`//text` says `/text`). A bare first word
+(in any case) is a command when it names one that allows bare use and the argument count
+fits (`join x`). A line whose first word takes a password or a private text (`login`,
+`register`, `password`, `msg`, `tell`) is never a message: it gets its usage if it does not
+fit. A first word that is a command name with two neighbouring letters swapped (`jion x`),
+followed by arguments that fit that command, gets a hint. Every other line is an ordinary
+message (`join the party now`). docs/PROTOCOL.md states the same rules.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telchat.chat.rooms import Chat, ChatError, User
+from telchat.chat.rooms import Chat, ChatError, NotOnline, User
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.rules import replies
@@ -67,6 +71,8 @@ class Invocation:
 @dataclass(frozen=True, slots=True)
 class Unknown:
     name: str
+    # The command the name is probably a typo of.
+    suggestion: str | None = None
 
 
 Parsed = Say | Invocation | Unknown
@@ -93,7 +99,12 @@ async def _me(ctx: Context, args: list[str]) -> None:
 
 
 async def _msg(ctx: Context, args: list[str]) -> None:
-    await ctx.chat.private(ctx.user, args[0], args[1])
+    try:
+        await ctx.chat.private(ctx.user, args[0], args[1])
+    except NotOnline:
+        if not await ctx.services.accounts.registered(args[0]):
+            raise
+        raise ChatError(replies.NOT_ONLINE.format(nick=args[0])) from None
 
 
 async def _who(ctx: Context, args: list[str]) -> None:
@@ -230,7 +241,9 @@ LEFT = _command(
 )
 SAY_CMD = _command("say", "say <text>", "say something in the current room", _say, words=1, rest=True)
 ME = _command("me", "me <action>", "act something out in the current room", _me, words=1, rest=True)
-MSG = _command("msg", "msg <nick> <text>", "send a private message", _msg, words=2, rest=True, aliases=("tell",))
+MSG = _command(
+    "msg", "msg <nick> <text>", "send a private message", _msg, words=2, rest=True, bare=(2,), aliases=("tell",)
+)
 WHO = _command("who", "who [room]", "members of a room, or everyone online", _who, words=1, optional=1, bare=(0, 1))
 ROOMS_CMD = _command("rooms", "rooms", "rooms with their member counts", _rooms, bare=(0,), aliases=("list",))
 HISTORY = _command(
@@ -332,6 +345,13 @@ COMMANDS: tuple[Command, ...] = (
 BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 
 
+# Bare first words that always make a command: what follows is a password or private text,
+# which must never reach the room (or a log line of it) because of a wrong word count.
+NEVER_SAID = frozenset({"login", "register", "password", "msg", "tell"})
+# A bare word this short that is a swapped-letter typo of a command is too often a word.
+MIN_TYPO = 4
+
+
 def parse(line: str) -> Parsed:
     """Classify one sanitized, stripped, non-empty line."""
     if line.startswith("//"):
@@ -340,15 +360,34 @@ def parse(line: str) -> Parsed:
         word, _, rest = line[1:].partition(" ")
         command = BY_NAME.get(word.lower())
         if command is None:
-            return Unknown(word)
+            return Unknown(word, _typo_of(word.lower()))
         return Invocation(command, command.split(rest))
     word, _, rest = line.partition(" ")
-    command = BY_NAME.get(word)
-    if command is not None and command.bare:
-        args = command.split(rest)
-        if args is not None and len(args) in command.bare:
-            return Invocation(command, args)
-    return Say(line)
+    name = word.lower()
+    command = BY_NAME.get(name)
+    if command is None:
+        typo = _typo_of(name) if len(name) >= MIN_TYPO else None
+        if typo is not None and _fits_bare(BY_NAME[typo], rest) is not None:
+            return Unknown(word, typo)
+        return Say(line)
+    args = _fits_bare(command, rest)
+    if args is not None:
+        return Invocation(command, args)
+    return Invocation(command, None) if name in NEVER_SAID else Say(line)
+
+
+def _fits_bare(command: Command, rest: str) -> list[str] | None:
+    args = command.split(rest) if command.bare else None
+    return args if args is not None and len(args) in command.bare else None
+
+
+def _typo_of(name: str) -> str | None:
+    """The command name that `name` is with two neighbouring letters swapped, if any."""
+    for at in range(len(name) - 1):
+        swapped = name[:at] + name[at + 1] + name[at] + name[at + 2 :]
+        if swapped != name and swapped in BY_NAME:
+            return swapped
+    return None
 
 
 async def execute(ctx: Context, parsed: Parsed) -> None:
@@ -377,6 +416,8 @@ async def run(ctx: Context, action: Awaitable[None]) -> None:
 
 async def _dispatch(ctx: Context, parsed: Invocation | Unknown) -> None:
     if isinstance(parsed, Unknown):
+        if parsed.suggestion is not None:
+            raise ChatError(replies.DID_YOU_MEAN.format(name=parsed.name, suggestion=parsed.suggestion))
         raise ChatError(replies.UNKNOWN_COMMAND.format(name=parsed.name))
     if parsed.args is None:
         raise ChatError(replies.USAGE.format(usage=parsed.command.usage))
