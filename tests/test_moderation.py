@@ -224,6 +224,34 @@ async def test_mute_everywhere_and_its_expiry(connect: Connect) -> None:
     await bob.expect("#room:bob> hello")
 
 
+async def test_a_mute_covers_quit_reasons_away_text_topics_and_nicks(connect: Connect) -> None:
+    boss = await operator(connect, "room")
+    chief = await registered(connect, "Chief", "chief-password")
+    await chief.join("room", "Chief")
+    bob = await user(connect, "bob", "room")
+    await bob.send("/away back soon")
+    await bob.expect("*** You are marked as away")
+    for nick, client in (("bob", bob), ("Chief", chief)):
+        await boss.send(f"/mute {nick} 10m")
+        await boss.read_until(f"*** Muted {nick} in #room for 10m")
+        await client.read_until("*** You were muted in #room by boss for 10m")
+    refused = (
+        (bob, "/away buy cheap pills", "*** You cannot set an away message while muted; type away alone"),
+        (bob, "nick BOB", "*** You cannot change your nick while muted"),
+        (chief, "/topic buy cheap pills", "*** You are muted in #room"),
+    )
+    for client, line, answer in refused:
+        await client.send(line)
+        await client.expect(answer)
+    await boss.drain()
+    await boss.send("/whois bob")
+    whois = await boss.read_until("*** bob connects from")
+    assert "*** bob is away" in whois and not any("back soon" in line for line in whois)
+    await bob.send("/quit buy cheap pills")
+    await bob.wait_closed()
+    assert await boss.read_line() == "*** User bob quit (quit)"
+
+
 async def test_mute_holds_across_reconnects(connect: Connect) -> None:
     boss = await operator(connect)
     bob = await user(connect, "bob")

@@ -329,7 +329,7 @@ class Chat:
 
     async def private(self, user: User, raw_nick: str, text: str) -> None:
         self._require_login(user)
-        self._check_voice(user, None)
+        self.check_voice(user, None)
         key = nick_key(raw_nick)
         target = self.nicks.get(key)
         if target is None and not await self.store.remote_nick(key):
@@ -350,7 +350,7 @@ class Chat:
         self._require_login(user)
         if user.current is None:
             raise ChatError(replies.NO_ROOM)
-        self._check_voice(user, user.current)
+        self.check_voice(user, user.current)
         return user.current
 
     def muted(self, key: str, room: str = "*") -> bool:
@@ -360,7 +360,17 @@ class Chat:
         now = time.time()
         return any(self.mutes.get((scope, key), 0.0) > now for scope in {room, "*"})
 
-    def _check_voice(self, user: User, room: Room | None) -> None:
+    def muted_anywhere(self, user: User) -> bool:
+        """Whether `user` is muted in any room or server-wide: then nothing they write may
+        reach others, whatever the way (a quit reason, an away message, a nick)."""
+        if not self.mutes or user.key is None:
+            return False
+        now = time.time()
+        return any(until > now for (_, nick), until in self.mutes.items() if nick == user.key)
+
+    def check_voice(self, user: User, room: Room | None) -> None:
+        """Refuse text from `user` to `room` (None: to anyone, as a private message) while
+        they are muted there."""
         if user.key is None or not self.muted(user.key, room.key if room is not None else "*"):
             return
         if room is not None and not self.muted(user.key):

@@ -136,18 +136,19 @@ class Moderation:
     def check_login(self, user: User, raw_nick: str) -> None:
         """Refuse a banned nick, and any nick change by a muted user."""
         try:
-            key = nick_key(check_nick(raw_nick))
+            nick = check_nick(raw_nick)
         except NameError_:
             return  # the login itself explains what is wrong with the nick
-        record = self.bans.get(f"nick:{key}")
+        record = self.bans.get(f"nick:{nick_key(nick)}")
         if record is not None and _active(record.get("until")):
             raise ChatError(replies.NICK_BANNED.format(nick=raw_nick, reason=_reason(record.get("reason", ""))))
-        if user.key is not None and user.key != key and self._muted_anywhere(user.key):
+        # A new nick is text everyone sees, even one that differs only in case.
+        if nick != user.nick and self.chat.muted_anywhere(user):
             raise ChatError(replies.MUTED_NO_NICK_CHANGE)
 
-    def _muted_anywhere(self, key: str) -> bool:
-        now = time.time()
-        return any(until > now for (_, nick), until in self.chat.mutes.items() if nick == key)
+    def quit_reason(self, user: User, reason: str) -> str:
+        """The reason others see `user` quit with: their own words only if not muted."""
+        return replies.QUIT_PLAIN if self.chat.muted_anywhere(user) else reason
 
     # operator commands
 
@@ -232,6 +233,7 @@ class Moderation:
                 user.send(replies.TOPIC_IS.format(room=room.name, topic=current[0], nick=current[1]))
             return
         self.require_operator(user, "topic")
+        self.chat.check_voice(user, room)
         record = None if text == CLEAR_TOPIC else {"topic": text, "by": user.nick}
         await self.store.put_record(TOPIC, room.key, record)
         _log_action(user, "topic", f"#{room.name}", topic=text)
@@ -294,6 +296,8 @@ class Moderation:
         if record is None:
             user.send(replies.UNMUTED_NOTICE.format(scope=args["where"]))
         else:
+            if user.profile.away:
+                user.profile.away = ""  # still away, but its text would reach others
             until = record["until"]
             duration = format_duration(None if until is None else until - time.time())
             user.send(replies.MUTED_NOTICE.format(scope=args["where"], by=record["by"], duration=duration))

@@ -28,8 +28,9 @@ class Social:
         self.accounts = accounts
         chat.controls[WHOIS] = self._on_whois
 
-    @staticmethod
-    def away(user: User, message: str) -> None:
+    def away(self, user: User, message: str) -> None:
+        if message and self.chat.muted_anywhere(user):
+            raise ChatError(replies.MUTED_NO_AWAY_MESSAGE)
         user.profile.away = message
         user.send(replies.NOW_AWAY)
 

@@ -137,7 +137,7 @@ async def _help(ctx: Context, args: list[str]) -> None:
 
 
 async def _quit(ctx: Context, args: list[str]) -> None:
-    ctx.quit(args[0] if args else "quit")
+    ctx.quit(ctx.services.moderation.quit_reason(ctx.user, args[0]) if args else replies.QUIT_PLAIN)
 
 
 async def _register(ctx: Context, args: list[str]) -> None:
