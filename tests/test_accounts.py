@@ -260,6 +260,27 @@ async def test_parallel_guesses_are_throttled_before_they_are_verified() -> None
             await client.close()
 
 
+async def test_a_lookalike_of_a_registered_nick_is_taken(connect: Connect) -> None:
+    alice = await registered(connect, "alice", "alice-password")
+    await alice.send("quit")
+    await alice.wait_closed()
+    spoof = await connect()
+    await spoof.send("login aIice")
+    await spoof.expect("*** Nick aIice is already taken")
+
+
+async def test_an_account_stored_under_its_old_key_still_logs_in(app: App, connect: Connect) -> None:
+    # Keys used to be the case-folded nick; now `m` reads as `rn`, so "mike" is "rnike".
+    record = {"nick": "mike", "hash": await app.services.accounts.hasher.hash("mike-password"), "created": 0.0}
+    await app.store.put_record(ACCOUNT, "mike", record)
+    client = await connect()
+    await client.send("login Mike mike-password")
+    await client.expect("*** User change nick anonymous --> Mike")
+    assert await app.store.get_record(ACCOUNT, "mike") is None
+    moved = await app.store.get_record(ACCOUNT, "rnike")
+    assert moved is not None and moved["nick"] == "mike"
+
+
 async def test_registration_survives_restart(tmp_path: Path) -> None:
     config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}")
     async with running(config) as first:

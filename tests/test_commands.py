@@ -6,6 +6,7 @@ import pytest
 
 from tests.clients import LineClient
 from tests.conftest import Connect
+from tests.test_names import LOOKALIKES
 
 
 async def user(connect: Connect, nick: str, room: str | None = None) -> LineClient:
@@ -75,6 +76,17 @@ async def test_nick_taken_ignores_case_and_lookalikes(connect: Connect) -> None:
     third = await connect()
     await third.send("login pac")
     await third.expect("*** Nick pac is already taken")
+
+
+@pytest.mark.parametrize(("nick", "spoof"), LOOKALIKES)
+async def test_lookalike_nicks_are_taken_either_way_round(connect: Connect, nick: str, spoof: str) -> None:
+    for first, second in ((nick, spoof), (spoof, nick)):
+        holder = await user(connect, first)
+        other = await connect()
+        await other.send(f"login {second}")
+        await other.expect(f"*** Nick {second} is already taken")
+        await holder.send("quit")
+        await holder.wait_closed()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from telchat.chat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.obs.logs import get_logger
 from telchat.obs.stats import STATS
 from telchat.rules import replies
-from telchat.rules.names import NameError_, check_nick, check_room, nick_key, room_key
+from telchat.rules.names import NameError_, check_nick, check_room, look_key, lookalikes, nick_key, room_key
 from telchat.store import events
 from telchat.store.base import Store, last_id
 from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event
@@ -141,6 +141,8 @@ class Chat:
         self.announce_nicks = announce_nicks
         self.users: dict[User, None] = {}
         self.nicks: dict[str, User] = {}
+        # look_key of each local user's nick -> that user: lookalikes are refused.
+        self.looks: dict[str, User] = {}
         self.rooms: dict[str, Room] = {}
         # Local users whose lines may differ from the common copy (Profile.personal).
         self.special: dict[User, None] = {}
@@ -165,6 +167,7 @@ class Chat:
         self.special.pop(user, None)
         if user.key is not None:
             self.nicks.pop(user.key, None)
+            self._forget_look(user)
             self.store.release_nick(user.key)
         rooms = tuple(user.rooms)
         left = list(user.rooms.values())
@@ -203,23 +206,42 @@ class Chat:
         owner = self.nicks.get(key)
         if owner is user and nick == user.nick:
             raise ChatError(replies.NICK_SAME.format(nick=nick))
-        if owner is not None and owner is not user:
+        if (owner is not None and owner is not user) or self._lookalike_held(user, nick):
             raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+        look = look_key(nick)
         if owner is None:
             # Hold the key locally while the store decides, so no local rival can slip in.
             self.nicks[key] = user
-            if not await self.store.claim_nick(key, nick) or user not in self.users:
+            remote_lookalike = look != key and await self.store.remote_nick(look)
+            if remote_lookalike or not await self.store.claim_nick(key, nick) or user not in self.users:
                 del self.nicks[key]
                 raise ChatError(replies.NICK_TAKEN.format(nick=nick))
         old, old_key = user.nick, user.key
         if old_key is not None and old_key != key:
             del self.nicks[old_key]
             self.store.release_nick(old_key)
+        self._forget_look(user)
+        self.looks[look] = user
         user.nick, user.key = nick, key
         _log("nick", user, old=old, new=nick)
         self.store.renamed(user.member_id, nick, tuple(user.rooms))
         self.store.publish(self._nick_notice(user, replies.NICK_CHANGE.format(old=old, new=nick)))
         listeners.players_changed(user.rooms.values())
+
+    def _lookalike_held(self, user: User, nick: str) -> bool:
+        """Whether someone else here holds a nick that reads like `nick` (names.lookalikes)."""
+        for key in lookalikes(nick):
+            for held in (self.nicks, self.looks):
+                holder = held.get(key)
+                if holder is not None and holder is not user:
+                    return True
+        return False
+
+    def _forget_look(self, user: User) -> None:
+        if user.key is not None:
+            look = look_key(user.nick)
+            if self.looks.get(look) is user:
+                del self.looks[look]
 
     def _nick_notice(self, user: User, text: str) -> Event:
         if self.announce_nicks == "all":

@@ -29,7 +29,7 @@ from telchat.obs import limits
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.rules.addresses import group_key
-from telchat.rules.names import nick_key
+from telchat.rules.names import legacy_nick_key, look_key, nick_key
 from telchat.store.base import Record
 
 log = get_logger(__name__)
@@ -104,10 +104,13 @@ class Accounts:
         self.moderation.check_login(user, raw_nick)
         nick = check_nick_or_error(raw_nick)
         key = nick_key(nick)
-        record = await self.store.get_record(ACCOUNT, key)
+        record = await self._account(nick)
         if record is None:
             if password is not None:
                 raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+            look = look_key(nick)
+            if look != key and await self.store.get_record(ACCOUNT, look) is not None:
+                raise ChatError(replies.NICK_TAKEN.format(nick=nick))  # reads as a registered nick
             await self.chat.set_nick(user, nick)
         elif user.account == key:
             await self._take(user, nick)
@@ -135,7 +138,7 @@ class Accounts:
             raise ChatError(replies.LOGIN_FIRST)
         check_password(password)
         key, nick = user.key, user.nick
-        if await self.store.get_record(ACCOUNT, key) is not None:
+        if await self._account(nick) is not None:
             raise ChatError(replies.ALREADY_REGISTERED.format(nick=nick))
         record: Record = {"nick": nick, "hash": await self.hasher.hash(password), "created": time.time()}
         await self.store.put_record(ACCOUNT, key, record)
@@ -161,10 +164,26 @@ class Accounts:
     async def registered(self, raw_nick: str) -> bool:
         """Whether `raw_nick` names a registered account."""
         try:
-            key = nick_key(check_nick_or_error(raw_nick))
+            nick = check_nick_or_error(raw_nick)
         except ChatError:
             return False
-        return await self.store.get_record(ACCOUNT, key) is not None
+        return await self._account(nick) is not None
+
+    async def _account(self, nick: str) -> Record | None:
+        """The account record of `nick`; one stored under the key it had before keys came
+        from the confusables data is moved to its key now."""
+        key = nick_key(nick)
+        record = await self.store.get_record(ACCOUNT, key)
+        legacy = legacy_nick_key(nick)
+        if record is not None or legacy == key:
+            return record
+        record = await self.store.get_record(ACCOUNT, legacy)
+        if record is not None and nick_key(record["nick"]) == key:
+            await self.store.put_record(ACCOUNT, key, record)
+            await self.store.put_record(ACCOUNT, legacy, None)
+            log.info("account_key_migrated", account=key, legacy=legacy)
+            return record
+        return None
 
     async def remember(self, user: User) -> None:
         """Save the user's settings and ignores with their account, if they have one."""
