@@ -103,6 +103,15 @@ async def test_ignore_hides_messages_and_private_messages(connect: Connect) -> N
         await ann.expect(error)
 
 
+async def test_mentions_fold_lookalikes_as_nicks_do(connect: Connect) -> None:
+    mike = await user(connect, "Mike0", "room")
+    bob = await user(connect, "bob", "room")
+    await mike.drain()
+    for text in ("hi mike0", "hi MIKEO", "hi rnike0"):
+        await bob.send(text)
+        assert await mike.read_line_bytes() == BOLD + f"#room:bob> {text}".encode() + RESET + b"\r\n"
+
+
 async def test_mentions_are_bold_for_the_named_user_only(connect: Connect) -> None:
     ann, bob = await pair(connect)
     cid = await user(connect, "cid", "room")

@@ -72,6 +72,13 @@ def nick_key(nick: str) -> str:
     return skeleton(unicodedata.normalize("NFKC", nick).casefold()).casefold()
 
 
+@cache
+def ascii_keys() -> dict[int, str]:
+    """str.translate table giving `nick_key` of ASCII text one character at a time (for
+    ASCII, the key of a word is the keys of its characters): the cheap path for mentions."""
+    return {code: nick_key(chr(code)) for code in range(128)}
+
+
 def look_key(nick: str) -> str:
     """What a nick looks like: its skeleton with the case kept, then case-folded."""
     return skeleton(unicodedata.normalize("NFKC", nick)).casefold()
