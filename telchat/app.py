@@ -41,7 +41,9 @@ class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
-        self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages)
+        self.chat = Chat(
+            self.store, config.history_replay, config.announce_nicks, config.log_messages, config.max_rooms_per_user
+        )
         self.metrics = MetricsServer(self, self.accepting)
         self.metrics_port: int | None = None
         self._classes: dict[Session, str] = {}

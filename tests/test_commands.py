@@ -293,7 +293,7 @@ async def test_unknown_command_and_usage(connect: Connect) -> None:
     await bob.send("/join a b")
     await bob.expect("*** Usage: join <room>")
     await bob.send("/rooms now")
-    await bob.expect("*** Usage: rooms")
+    await bob.expect("*** Usage: rooms [page]")
 
 
 async def test_bare_words_that_do_not_fit_are_messages(connect: Connect) -> None:

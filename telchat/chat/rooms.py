@@ -22,11 +22,15 @@ from telchat.obs.logs import get_logger
 from telchat.obs.stats import STATS
 from telchat.rules import replies
 from telchat.rules.names import NameError_, check_nick, check_room, look_key, lookalikes, nick_key, room_key
+from telchat.rules.pages import page_count, page_of, wrap
 from telchat.store import events
 from telchat.store.base import Store, last_id
 from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event
 
 log = get_logger(__name__)
+
+# `who *`: everyone online, even from a room.
+EVERYONE = "*"
 
 
 class ChatError(Exception):
@@ -108,13 +112,26 @@ def _log(event: str, user: User, **fields: Any) -> None:
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
 
-def _format_names(nicks: Iterable[str], anonymous: int) -> str:
-    """`nicks` may include other nodes' anonymous users, listed as `anonymous`."""
+def _names(nicks: Iterable[str], anonymous: int) -> tuple[list[str], str]:
+    """A listing's items and tail. `nicks` may include other nodes' anonymous users,
+    listed as `anonymous`."""
     nicks = list(nicks)
     anonymous += nicks.count(replies.ANONYMOUS)
     names = sorted({n for n in nicks if n != replies.ANONYMOUS}, key=str.casefold)
-    text = ", ".join(names) if names else "nobody logged in"
-    return f"{text} (+{anonymous} anonymous)" if anonymous else text
+    return names or ["nobody logged in"], f" (+{anonymous} anonymous)" if anonymous else ""
+
+
+def _listing(head: str, listing: tuple[list[str], str], number: int, command: str, after: list[str]) -> list[str]:
+    """Page `number` of a listing (items and the tail after the last), in short lines; the
+    last page ends with the lines `after`, any other with how to see the next."""
+    items, tail = listing
+    page = page_of(items, number)
+    if page is None:
+        raise ChatError(replies.NO_SUCH_PAGE.format(page=number, pages=page_count(items)))
+    if page.last:
+        return wrap(head, page.items, tail) + after
+    more = replies.MORE_PAGES.format(page=page.number, pages=page.count, command=command, next=page.number + 1)
+    return [*wrap(head, page.items), more]
 
 
 def check_nick_or_error(raw: str) -> str:
@@ -133,9 +150,15 @@ def check_room_or_error(raw: str) -> str:
 
 class Chat:
     def __init__(
-        self, store: Store, history_replay: int = 20, announce_nicks: str = "all", log_messages: bool = True
+        self,
+        store: Store,
+        history_replay: int = 20,
+        announce_nicks: str = "all",
+        log_messages: bool = True,
+        max_rooms_per_user: int = 50,
     ) -> None:
         self.store = store
+        self.max_rooms_per_user = max_rooms_per_user
         self.log_messages = log_messages
         self.history_replay = history_replay
         self.announce_nicks = announce_nicks
@@ -259,12 +282,16 @@ class Chat:
             user.send(replies.SWITCHED.format(room=room.name))
             listeners.channels_changed(user)
             return
+        if len(user.rooms) >= self.max_rooms_per_user:
+            # Each membership lengthens every answer about this user (whois) and its quit.
+            raise ChatError(replies.ROOM_LIMIT.format(limit=self.max_rooms_per_user))
         if room is None:
             name = await self.store.room_name(key, name)
             # Another local user may have created it while the store answered.
             room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
         if user in room.pending:
             return  # already joining; the first join finishes it
+
         room.pending[user] = []
         try:
             history = await self.store.recent(key, self.history_replay)
@@ -519,12 +546,16 @@ class Chat:
 
     # queries (this node's view, plus what the store knows of other nodes)
 
-    async def who(self, user: User, raw: str | None) -> str:
-        if raw is None and user.current is None:
+    async def who(self, user: User, raw: str | None, page: int = 1) -> list[str]:
+        """Page `page` of the members of room `raw` (default: the current room), or of
+        everyone online (`*`, or no room at all)."""
+        if raw == EVERYONE or (raw is None and user.current is None):
             local = [who_entry(u.nick, u.profile) for u in self.users if u.logged_in]
             anonymous = len(self.users) - len(local)
             remote = await self.store.remote_online()
-            return replies.WHO_ALL.format(names=_format_names([*local, *remote], anonymous))
+            head = replies.WHO_ALL.format(names="").rstrip()
+            listing = _names([*local, *remote], anonymous)
+            return _listing(head, listing, page, f"who {EVERYONE}", self._current_line(user, None))
         if raw is None:
             assert user.current is not None
             key, name = user.current.key, user.current.name
@@ -538,17 +569,29 @@ class Chat:
         members = list(room.members) if room is not None else []
         local = [who_entry(u.nick, u.profile) for u in members if u.logged_in]
         shown = room.name if room is not None else name
-        return replies.WHO_ROOM.format(room=shown, names=_format_names([*local, *remote], len(members) - len(local)))
+        head = replies.WHO_ROOM.format(room=shown, names="").rstrip()
+        listing = _names([*local, *remote], len(members) - len(local))
+        return _listing(head, listing, page, f"who #{shown}", self._current_line(user, key))
 
-    async def room_list(self) -> str:
+    async def room_list(self, user: User, page: int = 1) -> list[str]:
+        """Page `page` of the rooms with members, then which one is `user`'s current room."""
         counts = await self.store.remote_rooms()
         for room in self.rooms.values():
             name, count = counts.get(room.key, (room.name, 0))
             counts[room.key] = (name, count + len(room.members))
         listed = sorted((key, name, count) for key, (name, count) in counts.items() if count)
         if not listed:
-            return replies.NO_ROOMS
-        return replies.ROOMS.format(rooms=", ".join(f"#{name} ({count})" for _, name, count in listed))
+            return [replies.NO_ROOMS]
+        items = [f"#{name} ({count})" for _, name, count in listed]
+        head = replies.ROOMS.format(rooms="").rstrip()
+        return _listing(head, (items, ""), page, "rooms", self._current_line(user, None))
+
+    @staticmethod
+    def _current_line(user: User, shown: str | None) -> list[str]:
+        """The line naming `user`'s current room, unless the answer (about `shown`) did."""
+        if user.current is None or user.current.key == shown:
+            return []
+        return [replies.CURRENT_ROOM.format(room=user.current.name)]
 
     async def history(self, user: User, count: int) -> None:
         if user.current is None:

@@ -14,6 +14,7 @@ from telchat.features.accounts import Accounts
 from telchat.features.moderation import span
 from telchat.rules import charsets, replies
 from telchat.rules.names import nick_key
+from telchat.rules.pages import wrap
 from telchat.store import events
 from telchat.store.events import Event
 
@@ -124,11 +125,12 @@ class Social:
 
 def whois_lines(target: User, for_operator: bool) -> list[str]:
     nick, profile = target.nick, target.profile
-    rooms = ", ".join(f"#{room.name}" for room in target.rooms.values())
-    lines = [
-        replies.WHOIS_ROOMS.format(nick=nick, rooms=rooms) if rooms else replies.WHOIS_NO_ROOMS.format(nick=nick),
-        replies.WHOIS_IDLE.format(nick=nick, idle=span(profile.idle()), online=span(time.time() - profile.connected)),
-    ]
+    rooms = [f"#{room.name}" for room in target.rooms.values()]
+    head = replies.WHOIS_ROOMS.format(nick=nick, rooms="").rstrip()
+    lines = wrap(head, rooms) if rooms else [replies.WHOIS_NO_ROOMS.format(nick=nick)]
+    lines.append(
+        replies.WHOIS_IDLE.format(nick=nick, idle=span(profile.idle()), online=span(time.time() - profile.connected))
+    )
     if profile.away is not None:
         lines.append(away_notice(nick, profile))
     if target.operator:

@@ -108,11 +108,23 @@ async def _msg(ctx: Context, args: list[str]) -> None:
 
 
 async def _who(ctx: Context, args: list[str]) -> None:
-    ctx.user.send(await ctx.chat.who(ctx.user, args[0] if args else None))
+    page = _page(args[1], WHO) if len(args) > 1 else 1
+    _send_lines(ctx, await ctx.chat.who(ctx.user, args[0] if args else None, page))
 
 
 async def _rooms(ctx: Context, args: list[str]) -> None:
-    ctx.user.send(await ctx.chat.room_list())
+    _send_lines(ctx, await ctx.chat.room_list(ctx.user, _page(args[0], ROOMS_CMD) if args else 1))
+
+
+def _page(text: str, command: Command) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ChatError(replies.USAGE.format(usage=command.usage))
+    return int(text)
+
+
+def _send_lines(ctx: Context, lines: list[str]) -> None:
+    for line in lines:
+        ctx.user.send(line)
 
 
 async def _history(ctx: Context, args: list[str]) -> None:
@@ -244,8 +256,18 @@ ME = _command("me", "me <action>", "act something out in the current room", _me,
 MSG = _command(
     "msg", "msg <nick> <text>", "send a private message", _msg, words=2, rest=True, bare=(2,), aliases=("tell",)
 )
-WHO = _command("who", "who [room]", "members of a room, or everyone online", _who, words=1, optional=1, bare=(0, 1))
-ROOMS_CMD = _command("rooms", "rooms", "rooms with their member counts", _rooms, bare=(0,), aliases=("list",))
+WHO = _command(
+    "who",
+    "who [room|*] [page]",
+    "members of a room, or everyone online (*); long lists come in pages",
+    _who,
+    words=2,
+    optional=2,
+    bare=(0, 1),
+)
+ROOMS_CMD = _command(
+    "rooms", "rooms [page]", "rooms with their member counts", _rooms, words=1, optional=1, bare=(0,), aliases=("list",)
+)
 HISTORY = _command(
     "history", "history [N]", "the current room's last N lines", _history, words=1, optional=1, bare=(0, 1)
 )
