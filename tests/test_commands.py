@@ -271,10 +271,11 @@ async def test_history_without_room(connect: Connect) -> None:
 async def test_help(connect: Connect) -> None:
     bob = await connect()
     await bob.send("help")
+    # A short list that fits an 80-column terminal; operator commands are for operators only.
     await bob.expect(
-        "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit, register, password, "
-        "away, back, ignore, unignore, set, whois, topic, kick, ban, unban, bans, mute, unmute. "
-        "Type help <command> for one command's usage."
+        "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit,",
+        "***   register, password, away, back, ignore, unignore, set, whois, topic",
+        "*** Type help <command> for one command's usage.",
     )
     await bob.send("help msg")
     await bob.expect("*** msg <nick> <text> - send a private message", "*** Also: tell")

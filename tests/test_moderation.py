@@ -53,6 +53,14 @@ async def test_operator_commands_are_refused_to_others(connect: Connect, line: s
     await impostor.expect(f"*** Only operators can use {command}")
 
 
+async def test_help_lists_operator_commands_to_operators(connect: Connect) -> None:
+    boss = await operator(connect)
+    await boss.send("help")
+    lines = await boss.read_until("*** Type help <command>")
+    assert "*** Operator commands: kick, ban, unban, bans, mute, unmute" in lines
+    assert all(len(line) < 80 for line in lines)
+
+
 async def test_kick(connect: Connect) -> None:
     boss = await operator(connect, "room")
     bob = await user(connect, "bob", "room")

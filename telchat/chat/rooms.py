@@ -62,6 +62,8 @@ class User:
     operator: bool = False
     # Ends the connection with a quit message; its session sets it (kicks use it).
     hangup: Callable[[str], None] = _no_hangup
+    # The client's width, as far as it told (NAWS); what long answers are wrapped to.
+    columns: int = 80
 
     @property
     def logged_in(self) -> bool:

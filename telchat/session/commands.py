@@ -19,6 +19,7 @@ from telchat.chat.rooms import Chat, ChatError, NotOnline, User
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.rules import replies
+from telchat.rules.pages import wrap
 
 
 class Context(Protocol):
@@ -48,6 +49,8 @@ class Command:
     bare: frozenset[int]
     handler: Handler
     aliases: tuple[str, ...] = ()
+    # Only operators may use it: `help` lists it to them alone.
+    operator: bool = False
 
     def split(self, text: str) -> list[str] | None:
         """Split the argument text, or None when the count does not fit the syntax."""
@@ -138,7 +141,7 @@ async def _history(ctx: Context, args: list[str]) -> None:
 
 async def _help(ctx: Context, args: list[str]) -> None:
     if not args:
-        ctx.user.send(replies.HELP_LIST.format(names=", ".join(c.name for c in COMMANDS)))
+        _send_lines(ctx, help_lines(ctx.user.operator, ctx.user.columns))
         return
     command = BY_NAME.get(args[0].lstrip("/").lower())
     if command is None:
@@ -146,6 +149,15 @@ async def _help(ctx: Context, args: list[str]) -> None:
     ctx.user.send(replies.HELP_ONE.format(usage=command.usage, summary=command.summary))
     if command.aliases:
         ctx.user.send(f"*** Also: {', '.join(command.aliases)}")
+
+
+def help_lines(operator: bool, columns: int) -> list[str]:
+    """The command list, in lines that fit `columns`; operator commands only for operators."""
+    width = max(MIN_HELP_WIDTH, columns - 1)  # a full-width line would wrap on some terminals
+    lines = wrap(replies.HELP_LIST, [c.name for c in COMMANDS if not c.operator], width=width)
+    if operator:
+        lines += wrap(replies.HELP_OPERATORS, [c.name for c in COMMANDS if c.operator], width=width)
+    return [*lines, replies.HELP_MORE]
 
 
 async def _quit(ctx: Context, args: list[str]) -> None:
@@ -226,8 +238,9 @@ def _command(
     rest: bool = False,
     bare: tuple[int, ...] = (),
     aliases: tuple[str, ...] = (),
+    operator: bool = False,
 ) -> Command:
-    return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases)
+    return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases, operator)
 
 
 LOGIN = _command(
@@ -314,7 +327,9 @@ TOPIC = _command(
     rest=True,
     bare=(0,),
 )
-KICK = _command("kick", "kick <nick> [reason]", "operators: disconnect a user", _kick, words=2, optional=1, rest=True)
+KICK = _command(
+    "kick", "kick <nick> [reason]", "operators: disconnect a user", _kick, words=2, optional=1, rest=True, operator=True
+)
 BAN = _command(
     "ban",
     "ban <nick|address> [duration] [reason]",
@@ -323,9 +338,10 @@ BAN = _command(
     words=3,
     optional=2,
     rest=True,
+    operator=True,
 )
-UNBAN = _command("unban", "unban <nick|address>", "operators: lift a ban", _unban, words=1)
-BANS = _command("bans", "bans", "operators: list the bans", _bans)
+UNBAN = _command("unban", "unban <nick|address>", "operators: lift a ban", _unban, words=1, operator=True)
+BANS = _command("bans", "bans", "operators: list the bans", _bans, operator=True)
 MUTE = _command(
     "mute",
     "mute <nick> [duration] [#room|*]",
@@ -333,8 +349,11 @@ MUTE = _command(
     _mute,
     words=3,
     optional=2,
+    operator=True,
 )
-UNMUTE = _command("unmute", "unmute <nick> [#room|*]", "operators: lift a mute", _unmute, words=2, optional=1)
+UNMUTE = _command(
+    "unmute", "unmute <nick> [#room|*]", "operators: lift a mute", _unmute, words=2, optional=1, operator=True
+)
 
 COMMANDS: tuple[Command, ...] = (
     LOGIN,
@@ -370,6 +389,8 @@ BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in
 # Bare first words that always make a command: what follows is a password or private text,
 # which must never reach the room (or a log line of it) because of a wrong word count.
 NEVER_SAID = frozenset({"login", "register", "password", "msg", "tell"})
+# Narrower clients get lines this wide anyway: one command name must fit.
+MIN_HELP_WIDTH = 20
 # A bare word this short that is a swapped-letter typo of a command is too often a word.
 MIN_TYPO = 4
 
