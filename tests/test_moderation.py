@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from telchat.config import Config
+from telchat.rules.names import nick_key
 from tests.clients import LineClient, RawClient
 from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess
@@ -324,6 +325,28 @@ async def test_bans_and_topics_survive_restart(tmp_path: Path) -> None:
         await cid.expect("*** You are muted on this server")
         await bob.close()
         await cid.close()
+
+
+async def test_bans_and_mutes_stored_in_older_forms_still_hold(tmp_path: Path) -> None:
+    config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}")
+    async with running(config) as first:
+        # As older versions wrote them: nick keys case-folded only, mapped addresses as given.
+        ban = {"shown": "mike", "by": "boss", "reason": "spam", "until": None}
+        await first.store.put_record("ban", "nick:mike", ban)
+        address = {"shown": "::ffff:127.0.0.1", "by": "boss", "reason": "go away", "until": None}
+        await first.store.put_record("ban", "ip:::ffff:127.0.0.1/128", address)
+        await first.store.put_record("mute", "* max", {"nick": "Max", "by": "boss", "until": None})
+    for _ in range(2):  # and again after they were moved to their keys
+        async with running(replace(config, operators="boss")) as server:
+            refused = await RawClient.connect(server.port, greet=False)
+            assert await refused.wait_closed() == (BANNED_ADDRESS + "\r\n").encode()
+            await refused.close()
+            assert "nick:rnike" in server.services.moderation.bans
+            assert server.chat.muted(nick_key("Max"))
+    async with running(config) as server:
+        await server.store.put_record("ban", "ip:127.0.0.1/32", None)
+        await server.store.put_record("ban", "nick:rnike", None)
+        assert await server.store.records("ban") == {}
 
 
 async def test_every_moderation_action_is_logged_with_who_did_it() -> None:

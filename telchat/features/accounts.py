@@ -230,7 +230,8 @@ class Accounts:
             if name in settings:
                 user.profile.change(name, bool(settings[name]))
         if "ignored" in record:
-            user.profile.ignored = set(record["ignored"]) - {key}
+            # Keys saved before confusables data are brought to today's form.
+            user.profile.ignored = {nick_key(ignored) for ignored in record["ignored"]} - {key}
         self.chat.refresh(user)
 
     async def _take(self, user: User, nick: str) -> None:

@@ -113,12 +113,23 @@ class Moderation:
     async def load(self) -> None:
         """Read bans, mutes and topics from the store into this node's memory."""
         for key, record in (await self.store.records(BAN)).items():
-            self._apply_ban(key, record)
+            self._apply_ban(await self._rekeyed(BAN, key, _ban_key(key, record), record), record)
         for key, record in (await self.store.records(MUTE)).items():
             scope, _, nick = key.partition(" ")
+            current = f"{scope} {nick_key(record.get('nick', nick))}"
+            scope, _, nick = (await self._rekeyed(MUTE, key, current, record)).partition(" ")
             self._apply_mute(scope, nick, record)
         for key, record in (await self.store.records(TOPIC)).items():
             self._apply_topic(key, record)
+
+    async def _rekeyed(self, kind: str, key: str, current: str, record: Record) -> str:
+        """`current`, the key `record` has by today's rules; a record stored under an older
+        form (a nick key before confusables data, an IPv4-mapped network) moves there."""
+        if current != key:
+            await self.store.put_record(kind, current, record)
+            await self.store.put_record(kind, key, None)
+            log.info("record_rekeyed", kind=kind, old=key, new=current)
+        return current
 
     # checks used by others
 
@@ -338,6 +349,14 @@ class Moderation:
             return [user for user in self.chat.users if user.account == value]
         network = parse_network(value)
         return [user for user in self.chat.users if not user.operator and address_in(user.ip, network)]
+
+
+def _ban_key(key: str, record: Record) -> str:
+    """The key a stored ban has by today's rules: see `ban_target`."""
+    kind, _, value = key.partition(":")
+    if kind == "ip":
+        return f"ip:{parse_network(value)}"
+    return f"nick:{nick_key(record.get('shown', value))}"
 
 
 def _describe_ban(record: Record) -> str:
