@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from telchat.obs.logs import get_logger
-from telchat.rules.charsets import C1_SAFE
+from telchat.rules.charsets import c1_safe
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ def encode_text(text: str, charset: str) -> bytes:
         return text.encode(charset, "replace")
     # No ordinary character may become a C1 control byte (koi8-r '⌡' is 0x9B, CSI), and
     # telnet reserves 0xFF (IAC), which single-byte charsets produce (cp1251 'я').
-    data = text.translate(C1_SAFE[charset]).encode(charset, "replace")
+    data = c1_safe(text, charset).encode(charset, "replace")
     return data.replace(b"\xff", b"\xff\xff")
 
 

@@ -4,6 +4,7 @@ and what makes text safe to send in each."""
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 
 SUPPORTED = ("utf-8", "cp1251", "koi8-r", "latin-1")
@@ -72,5 +73,14 @@ def _c1_safe_table(charset: str) -> dict[int, str]:
     return table
 
 
-# Built once: encoding for these charsets then costs one str.translate per line.
-C1_SAFE: dict[str, dict[int, str]] = {charset: _c1_safe_table(charset) for charset in SUPPORTED if charset != "utf-8"}
+# Built once per charset: the table, and a pattern finding what it replaces.
+_TABLES = {charset: _c1_safe_table(charset) for charset in SUPPORTED if charset != "utf-8"}
+_FINDERS = {charset: re.compile(f"[{re.escape(''.join(map(chr, table)))}]") for charset, table in _TABLES.items()}
+
+
+def c1_safe(text: str, charset: str) -> str:
+    """`text` with what single-byte `charset` would encode as C1 control bytes replaced.
+    Most lines hold none: a scan (none at all for ASCII) costs less than a translate."""
+    if text.isascii() or _FINDERS[charset].search(text) is None:
+        return text
+    return text.translate(_TABLES[charset])
