@@ -317,6 +317,7 @@ async def test_bare_commands_match_in_any_case(connect: Connect) -> None:
     [
         ("login", "*** Usage: login <nick> [password]"),
         ("Login boss pw extra words", "*** Usage: login <nick> [password]"),
+        ("nick boss pw extra words", "*** Usage: login <nick> [password]"),
         ("register correct horse battery", "*** Usage: register <password>"),
         ("PASSWORD only-one", "*** Usage: password <old> <new>"),
         ("msg", "*** Usage: msg <nick> <text>"),

@@ -3,7 +3,7 @@
 A line starting with `/` is always a command (`//text` says `/text`). A bare first word
 (in any case) is a command when it names one that allows bare use and the argument count
 fits (`join x`). A line whose first word takes a password or a private text (`login`,
-`register`, `password`, `msg`, `tell`) is never a message: it gets its usage if it does not
+`nick`, `register`, `password`, `msg`, `tell`) is never a message: it gets its usage if it does not
 fit. A first word that is a command name with two neighbouring letters swapped (`jion x`),
 followed by arguments that fit that command, gets a hint. Every other line is an ordinary
 message (`join the party now`). docs/PROTOCOL.md states the same rules.
@@ -388,7 +388,7 @@ BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in
 
 # Bare first words that always make a command: what follows is a password or private text,
 # which must never reach the room (or a log line of it) because of a wrong word count.
-NEVER_SAID = frozenset({"login", "register", "password", "msg", "tell"})
+NEVER_SAID = frozenset({"login", "nick", "register", "password", "msg", "tell"})
 # Narrower clients get lines this wide anyway: one command name must fit.
 MIN_HELP_WIDTH = 20
 # A bare word this short that is a swapped-letter typo of a command is too often a word.
