@@ -237,6 +237,20 @@ async def test_rooms(connect: Connect) -> None:
     await bob.expect("*** Rooms: #one (2), #two (1)")
 
 
+async def test_rooms_and_who_say_which_room_is_current(connect: Connect) -> None:
+    bob = await user(connect, "bob", "one")
+    await bob.join("two", "bob")
+    current = "*** Your current room is #two"
+    for line, answer in (
+        ("rooms", ["*** Rooms: #one (1), #two (1)", current]),
+        ("who one", ["*** Users in #one: bob", current]),
+        ("who *", ["*** Users online: bob", current]),
+        ("who", ["*** Users in #two: bob"]),  # it names the current room already
+    ):
+        await bob.send(line)
+        await bob.expect(*answer)
+
+
 async def test_history(connect: Connect) -> None:
     bob = await user(connect, "bob", "one")
     for i in range(5):
