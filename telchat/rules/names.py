@@ -96,7 +96,7 @@ def legacy_nick_key(nick: str) -> str:
 
 def skeleton(text: str) -> str:
     """The UTS #39 skeleton: each character replaced by the prototype it is confusable with."""
-    prototypes = _prototypes()
+    prototypes = _PROTOTYPES
     decomposed = unicodedata.normalize("NFD", text)
     return unicodedata.normalize("NFD", "".join(prototypes.get(ch, ch) for ch in decomposed))
 
@@ -105,7 +105,6 @@ def skeleton(text: str) -> str:
 _MARKS = dict.fromkeys(map(ord, "\u200e\u200f"))
 
 
-@cache
 def _prototypes() -> dict[str, str]:
     """Character -> its prototype. The package lists each confusables.txt pair both ways
     (character -> prototype, prototype -> character), so each prototype is the one member
@@ -126,6 +125,10 @@ def _prototypes() -> dict[str, str]:
         if prototype != node:
             prototypes[node] = prototype
     return prototypes
+
+
+# Read at import (about 70 ms), not at a first login, which would stall the event loop.
+_PROTOTYPES = _prototypes()
 
 
 def check_nick(raw: str) -> str:
