@@ -14,6 +14,7 @@ from telchat.app import App
 from telchat.chat.outbox import Flusher, Outbox
 from telchat.chat.rooms import ChatError, User
 from telchat.features.accounts import ACCOUNT, Accounts, Answer, Hasher
+from telchat.rules.names import nick_key
 from tests.clients import RawClient, TelnetClient
 from tests.conftest import TEST_CONFIG, Connect, running
 from tests.procs import ServerProcess
@@ -269,16 +270,23 @@ async def test_a_lookalike_of_a_registered_nick_is_taken(connect: Connect) -> No
     await spoof.expect("*** Nick aIice is already taken")
 
 
-async def test_an_account_stored_under_its_old_key_still_logs_in(app: App, connect: Connect) -> None:
-    # Keys used to be the case-folded nick; now `m` reads as `rn`, so "mike" is "rnike".
-    record = {"nick": "mike", "hash": await app.services.accounts.hasher.hash("mike-password"), "created": 0.0}
-    await app.store.put_record(ACCOUNT, "mike", record)
+@pytest.mark.parametrize(
+    ("nick", "old_key"),
+    [("mike", "mike"), ("\u0444\u0440\u044d\u043d\u043a", "\u0444p\u044dhk")],  # фрэнк: "фpэhk"
+)
+async def test_an_account_stored_under_its_old_key_still_logs_in(
+    app: App, connect: Connect, nick: str, old_key: str
+) -> None:
+    # Keys were the case-folded nick with a few letters folded to Latin; now they are
+    # skeletons (`m` reads as `rn`, so "mike" is "rnike").
+    record = {"nick": nick, "hash": await app.services.accounts.hasher.hash("the-password"), "created": 0.0}
+    await app.store.put_record(ACCOUNT, old_key, record)
     client = await connect()
-    await client.send("login Mike mike-password")
-    await client.expect("*** User change nick anonymous --> Mike")
-    assert await app.store.get_record(ACCOUNT, "mike") is None
-    moved = await app.store.get_record(ACCOUNT, "rnike")
-    assert moved is not None and moved["nick"] == "mike"
+    await client.send(f"login {nick} the-password")
+    await client.expect(f"*** User change nick anonymous --> {nick}")
+    assert await app.store.get_record(ACCOUNT, old_key) is None
+    moved = await app.store.get_record(ACCOUNT, nick_key(nick))
+    assert moved is not None and moved["nick"] == nick
 
 
 async def test_registration_survives_restart(tmp_path: Path) -> None:

@@ -90,8 +90,21 @@ def lookalikes(nick: str) -> frozenset[str]:
 
 
 def legacy_nick_key(nick: str) -> str:
-    """The identity a Latin-script nick had before confusables data (accounts made then)."""
-    return unicodedata.normalize("NFKC", nick).casefold()
+    """The identity a nick had in versions before the confusables data, exactly as they
+    computed it: records stored then are found by it, and moved to `nick_key`. Not used to
+    tell nicks apart."""
+    return unicodedata.normalize("NFKC", nick).casefold().translate(_LEGACY_FOLDS)
+
+
+# The lookalike folds those versions applied after case folding (for `legacy_nick_key` only).
+_LEGACY_FOLDS = str.maketrans(
+    {
+        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+        "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "һ": "h",
+        "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "α": "a", "β": "b", "ε": "e", "ι": "i",
+        "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    }
+)  # fmt: skip
 
 
 def skeleton(text: str) -> str:
