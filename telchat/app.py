@@ -47,7 +47,14 @@ class App:
         self.telemetry = Telemetry()
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
         self.store.stats = self.telemetry.stats
-        self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages, self.telemetry)
+        self.chat = Chat(
+            self.store,
+            history_replay=config.history_replay,
+            announce_nicks=config.announce_nicks,
+            log_messages=config.log_messages,
+            max_rooms_per_user=config.max_rooms_per_user,
+            telemetry=self.telemetry,
+        )
         self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
         self._classes: dict[Session, ClientClass] = {}

@@ -22,6 +22,7 @@ class Config:
     port: int = 2323
     history_replay: int = 20
     history_keep: int = 1000
+    max_rooms_per_user: int = 50
     announce_nicks: str = "all"
     log_format: str = "auto"
     log_level: str = "info"
@@ -171,7 +172,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("argon2_memory_kib", argon2_memory, "argon2id memory per password hash, in KiB (at least 8)"),
     Option("argon2_parallelism", count, "argon2id lanes per password hash"),
     Option("hash_concurrency", count, "password hashes computed at once, in worker threads"),
-    Option("login_failures", count, "failed logins allowed per minute, per address and per nick"),
+    Option("login_failures", count, "failed logins allowed per minute, per address and per address and nick"),
+    Option("max_rooms_per_user", count, "rooms one connection may be in at once"),
     Option("flood_burst", count, "lines a client may send at once before fakelag delays them"),
     Option("flood_rate", rate, "lines per second a client may send past the burst (0: no flood control)"),
     Option("max_connections", count, "connections the server accepts at once"),

@@ -101,10 +101,10 @@ async def test_client_vanishing_mid_broadcast(connect: Connect, app: App) -> Non
     await talker.drain()
     await listeners[2].close()
     for i in range(200):
-        await talker.send(f"msg {i}")
+        await talker.send(f"line {i}")
     for client in (listeners[0], listeners[1], listeners[3], listeners[4], talker):
-        lines = [line for line in await client.read_until("#busy:talker> msg 199") if line.startswith("#busy")]
-        assert lines == [f"#busy:talker> msg {i}" for i in range(200)]
+        lines = [line for line in await client.read_until("#busy:talker> line 199") if line.startswith("#busy")]
+        assert lines == [f"#busy:talker> line {i}" for i in range(200)]
     assert "u2" not in app.chat.nicks
 
 
