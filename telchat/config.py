@@ -60,7 +60,7 @@ class Config:
     log_messages: bool = True
     loop: str = "auto"
     backlog: int | None = None
-    max_sndbuf: int = 65536
+    max_sndbuf: int = 131072
 
 
 @dataclass(frozen=True, slots=True)
