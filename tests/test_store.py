@@ -7,6 +7,8 @@ import signal
 import sqlite3
 import sys
 from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -226,6 +228,19 @@ db.execute("COMMIT")
 """
 
 
+@asynccontextmanager
+async def locked(path: Path) -> AsyncIterator[None]:
+    """Another process holds `path`'s write lock for the block."""
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", LOCK_HOLDER, str(path), stdin=PIPE, stdout=PIPE)
+    assert holder.stdout is not None and holder.stdin is not None
+    assert await holder.stdout.readline() == b"locked\n"
+    try:
+        yield
+    finally:
+        holder.stdin.write(b"go\n")
+        await holder.wait()
+
+
 async def test_a_lock_held_by_another_process_never_blocks_the_loop(tmp_path: Path) -> None:
     """Finding 16: a record write waits for the lock off the loop; others are answered meanwhile."""
     path = tmp_path / "chat.db"
@@ -235,12 +250,8 @@ async def test_a_lock_held_by_another_process_never_blocks_the_loop(tmp_path: Pa
         await ann.send("register correct-horse")
         await ann.read_until("*** Nick ann is now registered to you")
         await bob.login("bob")
-        holder = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", LOCK_HOLDER, str(path), stdin=PIPE, stdout=PIPE
-        )
-        assert holder.stdout is not None and holder.stdin is not None
-        assert await holder.stdout.readline() == b"locked\n"
-        try:
+        await ann.read_until("*** User change nick anonymous --> bob")
+        async with locked(path):
             await ann.send("set bell on")  # its record write now waits for the lock
             setting = asyncio.create_task(ann.read_line(timeout=30))
             await asyncio.sleep(0.1)
@@ -249,9 +260,6 @@ async def test_a_lock_held_by_another_process_never_blocks_the_loop(tmp_path: Pa
             # The loop answered bob while ann's write still waited: before, the loop
             # itself waited out the busy timeout, then failed ann's write.
             assert answered.startswith("*** Users online:") and not setting.done()
-        finally:
-            holder.stdin.write(b"go\n")
-            await holder.wait()
         assert await setting == "*** bell is now on"
         await ann.close()
         await bob.close()
