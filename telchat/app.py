@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from asyncio import Transport
+from collections.abc import Callable
+from pathlib import Path
 
 from telchat.chat.outbox import Flusher, encode_line
 from telchat.chat.rooms import Chat, host_of
@@ -34,11 +37,25 @@ from telchat.telnet.protocol import (
     protocol_factory,
     pump,
 )
-from telchat.telnet.tls import server_context
+from telchat.telnet.tls import TlsAcceptor, server_context
 
 log = get_logger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+
+
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def listen_backlog(configured: int | None) -> int:
+    """`--backlog`, else the kernel's own cap (a larger backlog is cut to it anyway): a
+    storm of connects then waits in the accept queue instead of having its SYNs dropped."""
+    if configured is not None:
+        return configured
+    try:
+        return int(SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
 
 
 class App:
@@ -68,6 +85,7 @@ class App:
         self.status = ServerStatus(self.chat, config.server_name)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.backlog = listen_backlog(config.backlog)
 
     @property
     def port(self) -> int:
@@ -92,15 +110,28 @@ class App:
         # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info(
-            "listening", host=config.host, port=self.port, tls_port=self.tls_port, workers=config.workers, loop=loop
+            "listening",
+            host=config.host,
+            port=self.port,
+            tls_port=self.tls_port,
+            workers=config.workers,
+            loop=loop,
+            backlog=self.backlog,
         )
         if config.metrics_port is not None:
-            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port)
+            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port, self.backlog)
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        factory = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards)
+        config = self.config
+        factory = protocol_factory(make_shell(self._run_session), config.connect_maxwait, self.guards)
+        accept: Callable[[], asyncio.Protocol] = factory
+        if tls is not None:
+
+            def accept() -> asyncio.Protocol:
+                return TlsAcceptor(factory, tls, self.guards, config.tls_handshake_timeout)
+
         return await asyncio.get_running_loop().create_server(
-            factory, self.config.host, port, ssl=tls, reuse_port=self.config.workers > 1 or None
+            accept, config.host, port, backlog=self.backlog, reuse_port=config.workers > 1 or None
         )
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:

@@ -23,7 +23,7 @@ class Config:
     history_replay: int = 20
     history_keep: int = 1000
     max_rooms_per_user: int = 50
-    announce_nicks: str = "all"
+    announce_nicks: str = "auto"
     log_format: str = "auto"
     log_level: str = "info"
     max_line_bytes: int = 1024
@@ -39,6 +39,7 @@ class Config:
     tls_port: int | None = None
     tls_cert: str = ""
     tls_key: str = ""
+    tls_handshake_timeout: float = 5.0
     server_name: str = "telchat"
     operators: str = ""
     argon2_time_cost: int = 2
@@ -59,6 +60,8 @@ class Config:
     metrics_host: str = "0.0.0.0"
     log_messages: bool = True
     loop: str = "auto"
+    backlog: int | None = None
+    max_sndbuf: int = 131072
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "announce_nicks",
         str,
-        "who sees nick changes: everyone connected, or only those sharing a room",
-        ("all", "rooms"),
+        "who sees nick changes: everyone connected, only those sharing a room, or auto "
+        "(everyone while at most ANNOUNCE_ALL_UP_TO users are online, else rooms)",
+        ("auto", "all", "rooms"),
     ),
     Option(
         "log_format",
@@ -166,6 +170,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_port", port, "TCP port for telnet over TLS (telnets, usually 992); unset: no TLS listener"),
     Option("tls_cert", str, "PEM certificate (chain) file for the TLS listener"),
     Option("tls_key", str, "PEM private key file for the TLS listener"),
+    Option("tls_handshake_timeout", seconds, "seconds a TLS client has to finish its handshake"),
     Option("server_name", str, "the server's name, as MSSP crawlers are told"),
     Option("operators", str, "comma-separated nicks whose registered accounts are operators"),
     Option("argon2_time_cost", count, "argon2id passes per password hash"),
@@ -195,6 +200,12 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "event loop: uvloop (faster), asyncio, or auto (uvloop when it is installed)",
         ("auto", "asyncio", "uvloop"),
+    ),
+    Option("backlog", count, "listen backlog of every listener; unset: the kernel's somaxconn"),
+    Option(
+        "max_sndbuf",
+        count,
+        "kernel send buffer per client socket (SO_SNDBUF), in bytes: what the kernel may hold beyond the sendq",
     ),
 )
 

@@ -31,6 +31,10 @@ log = get_logger(__name__)
 # `who *`: everyone online, even from a room.
 EVERYONE = "*"
 
+#: --announce-nicks=auto tells everyone connected to this node of a nick change while at
+#: most this many users are; past it, only those sharing a room with the user (and the user).
+ANNOUNCE_ALL_UP_TO = 100
+
 
 class ChatError(Exception):
     """A refused request; its message is the `*** ` line shown to the user."""
@@ -155,7 +159,7 @@ class Chat:
         store: Store,
         *,
         history_replay: int = 20,
-        announce_nicks: str = "all",
+        announce_nicks: str = "auto",
         log_messages: bool = True,
         max_rooms_per_user: int = 50,
         telemetry: Telemetry | None = None,
@@ -181,11 +185,14 @@ class Chat:
         # Control event kind -> its handler on this node (moderation, whois).
         self.controls: dict[str, Callable[[Event], None]] = {}
         store.on_nick_lost(self.lose_nick)
+        # Notices to everyone: one shared batch per loop turn, as a room's lines.
+        self.everyone = Broadcast()
 
     # connection lifecycle
 
     def connect(self, user: User) -> None:
         self.users[user] = None
+        self.everyone.reset()
         self.store.online(user.member_id, user.nick)
 
     def disconnect(self, user: User, reason: str) -> None:
@@ -193,6 +200,7 @@ class Chat:
         if user not in self.users:
             return
         del self.users[user]
+        self.everyone.reset()
         self.special.pop(user, None)
         if user.key is not None:
             self.nicks.pop(user.key, None)
@@ -310,7 +318,7 @@ class Chat:
                 del self.looks[look]
 
     def _nick_notice(self, user: User, text: str) -> Event:
-        if self.announce_nicks == "all":
+        if self.announce_nicks == "all" or (self.announce_nicks == "auto" and len(self.users) <= ANNOUNCE_ALL_UP_TO):
             return events.notice(text, everyone=True)
         return events.notice(text, rooms=tuple(user.rooms), target=user.key or "")
 
@@ -515,7 +523,11 @@ class Chat:
 
     def _deliver_notice(self, event: Event) -> None:
         if event.everyone:
-            self._fan_out(event.text, self.users)
+            if self.special:
+                self._fan_out(event.text, self.users)
+            else:
+                # A storm of logins costs one append per notice, not one push per user each.
+                self.everyone.send(event.text, self.users)
             return
         audience: dict[User, None] = {}
         for key in event.rooms:

@@ -24,6 +24,8 @@ LimitKind = Literal[
     "conn_rate",
     "login_failures",
     "banned_address",
+    "tls_handshake",
+    "metrics_connections",
 ]
 
 # Why a connection ended: the `reason` of its `disconnect` event and counter. The reading

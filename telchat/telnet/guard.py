@@ -18,8 +18,9 @@ from telchat.config import Config
 from telchat.obs.limits import LimitKind
 from telchat.obs.telemetry import Telemetry
 from telchat.rules.flood import Fakelag
-from telchat.telnet.admission import Admission, address_of
+from telchat.telnet.admission import Address, Admission, address_of
 from telchat.telnet.gate import Hold, ReadGate
+from telchat.telnet.sockets import cap_send_buffer
 
 IAC = 0xFF
 # Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per
@@ -49,24 +50,42 @@ class Guards:
             limit_loopback=config.limit_loopback,
         )
 
-    def admit(self, protocol: Any, transport: asyncio.Transport, peer: str) -> ConnectionGuard | None:
-        """Guard an accepted connection, or refuse it with one line and close it (None)."""
-        name = transport.get_extra_info("peername")
-        address = address_of(str(name[0]) if name else peer)
+    def admit(
+        self, protocol: Any, transport: asyncio.Transport, peer: str, admitted: Address | None = None
+    ) -> ConnectionGuard | None:
+        """Guard an accepted connection, or refuse it with one line and close it (None).
+
+        `admitted`: the connection was counted in already, at accept (TLS, see `count_in`)."""
+        address = admitted
+        if address is None:
+            address = _address(transport, peer)
+            refusal = self.admission.admit(address)
+            if refusal is not None:
+                self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
+                transport.write(refusal.message.encode() + b"\r\n")
+                transport.close()
+                return None
+        return ConnectionGuard(
+            protocol, transport, self._config, peer, admission=self.admission, address=address, telemetry=self.telemetry
+        )
+
+    def count_in(self, transport: asyncio.BaseTransport, peer: str, listener: str) -> Address | None:
+        """Count a connection in at accept, before anything is read from it; None (logged)
+        when it is refused. The caller then owns one `release` of the address."""
+        address = _address(transport, peer)
         refusal = self.admission.admit(address)
         if refusal is None:
-            return ConnectionGuard(
-                protocol,
-                transport,
-                self._config,
-                peer,
-                lambda: self.admission.release(address),
-                telemetry=self.telemetry,
-            )
-        self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
-        transport.write(refusal.message.encode() + b"\r\n")
-        transport.close()
+            return address
+        self.telemetry.limit(refusal.kind, peer=peer, listener=listener)
         return None
+
+    def release(self, address: Address) -> None:
+        self.admission.release(address)
+
+
+def _address(transport: asyncio.BaseTransport, peer: str) -> Address:
+    name = transport.get_extra_info("peername")
+    return address_of(str(name[0]) if name else peer)
 
 
 class ConnectionGuard:
@@ -76,15 +95,18 @@ class ConnectionGuard:
         transport: asyncio.Transport,
         config: Config,
         peer: str,
-        release: Callable[[], None],
         *,
+        admission: Admission,
+        address: Address,
         telemetry: Telemetry,
     ) -> None:
         self._protocol = protocol
         self._telemetry = telemetry
         self._transport = transport
         self._peer = peer
-        self._release: Callable[[], None] | None = release
+        self._admission = admission
+        # Released once, when the connection closes.
+        self._address: Address | None = address
         self._max_subneg = config.max_subneg_bytes
         self._sendq = config.sendq_bytes
         rate = config.telnet_rate
@@ -95,6 +117,7 @@ class ConnectionGuard:
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self.gate = ReadGate(transport, on_release=self._schedule)
+        cap_send_buffer(transport, config.max_sndbuf)
 
     def start(self) -> None:
         """telnetlib3 is set up: let its reader pause us when its buffer is full."""
@@ -113,9 +136,9 @@ class ConnectionGuard:
         self._pending = b""
         if self._timer is not None:
             self._timer.cancel()
-        if self._release is not None:
-            self._release()
-            self._release = None
+        if self._address is not None:
+            self._admission.release(self._address)
+            self._address = None
 
     def _schedule(self) -> None:
         if not self._scheduled:

@@ -18,6 +18,7 @@ from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, 
 
 from telchat.obs.logs import get_logger
 from telchat.rules import charsets
+from telchat.telnet.admission import Address
 from telchat.telnet.guard import ConnectionGuard, Guards
 from telchat.telnet.internals import ChunkReader, LeanTelnetWriter
 from telchat.telnet.liveness import enable_keepalive
@@ -34,6 +35,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     #: The server's connection limits (set by `protocol_factory`), and this connection's.
     guards: Guards | None = None
     guard: ConnectionGuard | None = None
+    #: Set when the connection was counted in at accept already (TLS: before its handshake).
+    admitted: Address | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
@@ -41,7 +44,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.guards is not None:
             self.conn_id = self.guards.telemetry.next_conn_id()
-            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport))
+            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport), self.admitted)
             if self.guard is None:
                 # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
                 self._closing = True
