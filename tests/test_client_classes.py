@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import re
 import socket
 from collections.abc import AsyncIterator
 
@@ -11,16 +14,24 @@ import pytest
 from telchat.app import App
 from telchat.clients.probes import NOT_HTTP
 from tests.clients import (
+    BINARY,
+    DO,
     DONT,
     ECHO,
     EOR,
     EOR_OPT,
     GA,
+    GMCP,
     IAC,
+    MSSP,
     NAWS,
     SB,
     SE,
+    SGA,
+    TM,
+    TTYPE,
     WILL,
+    WONT,
     MudClient,
     RawClient,
     TelnetClient,
@@ -29,6 +40,7 @@ from tests.clients import (
 from tests.conftest import Connect, user
 from tests.procs import ServerProcess
 
+NEW_ENVIRON, CHARSET = 39, 42
 WELCOME = b"*** Welcome to telchat. Type help for commands.\r\n"
 
 
@@ -192,7 +204,9 @@ async def test_mud_client_gets_line_mode_gmcp_mssp_and_eor(port: int, connect: C
         assert await tina.gmcp_message("Core.Hello") == {"name": "telchat", "version": "0.1.0"}
         assert await tina.gmcp_message("Comm.Channel.List") == []
         assert tina.mssp and tina.mssp[0]["NAME"] == "telchat"
-        assert (EOR, 0) in tina.commands
+        # EOR agreed, but the greeting is a complete line, not a prompt: no mark after it.
+        assert (WILL, EOR_OPT) in tina.commands
+        assert (EOR, 0) not in tina.commands
 
         await tina.login("tina")
         await tina.join("one", "tina")
@@ -293,18 +307,36 @@ class PlainMudClient(MudClient):
     ACCEPT_WILL = MudClient.ACCEPT_WILL - {EOR_OPT}
 
 
-async def _marks_after_output(client: MudClient) -> set[int]:
-    """The end-of-output marks (EOR, GA) that came with the answer to a command."""
+_marked = itertools.count()
+
+
+async def _marks_after_output(client: MudClient, port: int) -> set[int]:
+    """The end-of-output marks (EOR, GA) that came with a prompt, after none came with the
+    answer to a command: a mark after a complete line is a blank line in TinTin++."""
+    nick = f"marked{next(_marked)}"
     client.commands.clear()
     await client.send("who")
     await client.expect("*** Users online: nobody logged in (+1 anonymous)")
-    return {cmd for cmd, _ in client.commands if cmd in (EOR, GA)}
+    assert {cmd for cmd, _ in client.commands if cmd in (EOR, GA)} == set()
+    # A registered nick's password prompt, cancelled with an empty line.
+    owner = await RawClient.connect(port)
+    await owner.login(nick)
+    await owner.send("register hunter2hunter2")
+    await owner.read_until(f"*** Nick {nick} is now registered")
+    await owner.close()
+    client.commands.clear()
+    await client.send(f"login {nick}")
+    await client.read_until(f"*** Password for {nick}")
+    marks = {cmd for cmd, _ in client.commands if cmd in (EOR, GA)}
+    await client.send("")
+    await client.expect("*** Login cancelled")
+    return marks
 
 
 async def test_mud_client_without_eor_gets_go_ahead(port: int) -> None:
     client = await PlainMudClient.connect(port)
     try:
-        assert await _marks_after_output(client) == {GA}
+        assert await _marks_after_output(client, port) == {GA}
     finally:
         await client.close()
 
@@ -327,8 +359,42 @@ async def test_mud_client_that_turns_eor_off_gets_go_ahead_from_then_on(port: in
     """The end-of-output mark follows the options as they change after the connection starts."""
     client = await MudClient.connect(port)
     try:
-        assert await _marks_after_output(client) == {EOR}
+        assert await _marks_after_output(client, port) == {EOR}
         await client.send_bytes(bytes([IAC, DONT, EOR_OPT]))
-        assert await _marks_after_output(client) == {GA}
+        assert await _marks_after_output(client, port) == {GA}
     finally:
         await client.close()
+
+
+# telnet options
+
+
+async def test_server_accepts_exactly_the_options_it_implements(app: App) -> None:
+    """A client that offers (WILL) and asks for (DO) every option but TIMING-MARK learns
+    exactly which the server implements; everything else is refused in so many words, so a
+    client such as C-Kermit, which waits for an agreed COM-PORT-CONTROL, is not left hanging."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        options = [opt for opt in range(256) if opt not in (TM, IAC)]
+        writer.write(b"".join(bytes([IAC, verb, opt]) for opt in options for verb in (WILL, DO)))
+        data = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                data += await asyncio.wait_for(reader.read(65536), 0.1)
+        (transport,) = app.sessions.values()
+        state = transport.get_protocol().writer
+        client_does = {names.get(o[0], o[0]) for o, on in state.remote_option.items() if on}
+        server_does = {names.get(o[0], o[0]) for o, on in state.local_option.items() if on}
+        refused = {(m[1][0], m[2][0]) for m in re.finditer(rb"\xff([\xfc\xfe])(.)", data, re.DOTALL)}
+    finally:
+        writer.close()
+    assert client_does == {"BINARY", "SGA", "TTYPE", "NAWS", "NEW-ENVIRON", "CHARSET", "GMCP"}
+    assert server_does == {"BINARY", "ECHO", "SGA", "EOR", "CHARSET", "GMCP", "MSSP"}
+    assert {opt for verb, opt in refused if verb == DONT} >= {44, 34, 5} | set(range(60, 69))
+    assert {opt for verb, opt in refused if verb == WONT} >= {44, 34, 5} | set(range(60, 69))
+
+
+names = {BINARY: "BINARY", SGA: "SGA", TTYPE: "TTYPE", NAWS: "NAWS", NEW_ENVIRON: "NEW-ENVIRON", CHARSET: "CHARSET"}
+names |= {GMCP: "GMCP", ECHO: "ECHO", EOR_OPT: "EOR", MSSP: "MSSP"}

@@ -18,7 +18,7 @@ import codecs
 from collections.abc import Sequence
 from typing import Any, cast
 
-from telnetlib3.telopt import CMD_EOR, DO, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL
+from telnetlib3.telopt import BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL, WONT
 
 from telchat.chat.outbox import Sink, encode_text
 from telchat.clients import gmcp, mssp
@@ -55,12 +55,14 @@ class Terminal:
         self._decoder_charset = ""
         self._watchdog: Watchdog | None = None
         self._hide_line_mode = input_hider(protocol)
-        # A line-mode telnet client's output needs nothing but the end-of-output mark: the
-        # common case, written without looking at anything else.
+        # A line-mode telnet client's output needs no decoration: the common case, written
+        # without looking at anything else.
         self._plain = self._editor is None and self.client_class != "raw"
-        # Depends on negotiated options only: kept up to date as they change, not looked up
-        # at every write.
+        # The end-of-output mark (EOR or GA) that follows a prompt, and only a prompt: every
+        # other line ends in CR LF, and a mark after it is a blank line in TinTin++. Depends
+        # on negotiated options only, so kept up to date as they change.
         self._mark = self._end_of_output()
+        self._prompting = False
         self._writer.on_option_change = self._options_changed
 
     @property
@@ -75,9 +77,11 @@ class Terminal:
 
     def write(self, data: bytes) -> int:
         assert self._inner is not None and self._session is not None
-        mark = self._mark
+        if self._prompting:
+            self._prompting = False
+            data += self._mark
         if self._plain:
-            return self._inner.write(data + mark if mark else data)
+            return self._inner.write(data)
         editor = self._editor
         if self._protocol.passthrough:
             if self._session.user.charset != "utf-8":
@@ -85,7 +89,7 @@ class Terminal:
                 data = data.replace(b"\xff\xff", b"\xff")
         elif editor is not None and editor.text and self.echoing and not editor.secret:
             data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
-        return self._inner.write(data + mark if mark else data)
+        return self._inner.write(data)
 
     def buffered(self) -> int:
         assert self._inner is not None
@@ -131,7 +135,9 @@ class Terminal:
         return len(self._editor.text) if self._editor is not None else 0
 
     def hide_input(self, hidden: bool) -> None:
-        """Stop (or resume) showing what the user types: for a password prompt."""
+        """Stop (or resume) showing what the user types: for a password prompt, which the
+        next write carries."""
+        self._prompting = hidden
         if self._editor is not None:
             # We do the echoing in character mode: simply echo nothing, and keep no history.
             self._editor.secret = hidden
@@ -164,6 +170,8 @@ class Terminal:
             self._protocol.passthrough = True
             return
         writer = self._writer
+        if self.client_class == "telnet" and not self.character_mode:
+            self._leave_binary()
         if self.character_mode:
             writer.iac(WILL, SGA)
             writer.iac(WILL, ECHO)
@@ -180,6 +188,16 @@ class Terminal:
             answer_within=self._config.idle_timeout,
         )
         self._watchdog.start()
+
+    def _leave_binary(self) -> None:
+        """A terminal that stays in line mode cooks its own input and output, and in BINARY
+        (which it agrees to, and asks for in return) inetutils telnet stops turning the
+        Enter it echoes into CR LF: a staircase. UTF-8 passes without BINARY, so turn it off."""
+        writer = self._writer
+        if writer.local_option.enabled(BINARY):
+            writer.iac(WONT, BINARY)
+        if writer.remote_option.enabled(BINARY):
+            writer.iac(DONT, BINARY)
 
     def _start_gmcp(self, session: Session) -> None:
         writer = self._writer

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, cast
 import structlog
 import telnetlib3
 from telnetlib3.fingerprinting import _is_maybe_mud
-from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
+from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT, name_command
 
 from telchat.obs.logs import get_logger
 from telchat.rules import charsets
@@ -25,6 +25,10 @@ from telchat.telnet.liveness import enable_keepalive
 
 log = get_logger(__name__)
 
+# What a malformed subnegotiation is charged to the telnet budget beyond its bytes, in bytes:
+# raising and catching its error costs about as much as parsing that many command bytes.
+MALFORMED_COST = 64
+
 
 class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
@@ -32,6 +36,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     passthrough = False
     _late_checked = False
     on_resize: Callable[[int], None] | None = None
+    _malformed_logged = False
     #: The server's connection limits (set by `protocol_factory`), and this connection's.
     guards: Guards | None = None
     guard: ConnectionGuard | None = None
@@ -54,9 +59,24 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
         enable_keepalive(transport)
+        cast(LeanTelnetWriter, self.writer).on_malformed = self._malformed
         if self.guard is not None:
             self.guard.start()
         log.info("connect", conn_id=self.conn_id, peer=peer_of(transport))
+
+    def _malformed(self, option: bytes, error: Exception) -> None:
+        if self.guard is not None:
+            self.guard.charge(MALFORMED_COST)
+        if not self._malformed_logged:
+            self._malformed_logged = True
+            log.warning(
+                "malformed_subnegotiation",
+                conn_id=self.conn_id,
+                peer=peer_of(self._transport),
+                option=name_command(option) if option else "-",
+                error=repr(error),
+                note="logged once per connection",
+            )
 
     def begin_advanced_negotiation(self) -> None:
         super().begin_advanced_negotiation()
