@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from telnetlib3.telopt import ECHO
@@ -22,8 +23,8 @@ StartPane = Callable[..., Awaitable[Pane]]
 async def pane() -> AsyncIterator[StartPane]:
     panes: list[Pane] = []
 
-    async def start(command: list[str], **size: int) -> Pane:
-        started = await Pane.start(command, **size)
+    async def start(command: list[str], **options: Any) -> Pane:
+        started = await Pane.start(command, **options)
         panes.append(started)
         return started
 

@@ -18,7 +18,7 @@ import codecs
 from collections.abc import Sequence
 from typing import Any, cast
 
-from telnetlib3.telopt import BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL, WONT
+from telnetlib3.telopt import BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, NOP, SGA, TM, WILL, WONT
 
 from telchat.chat.outbox import Sink, encode_text
 from telchat.clients import gmcp, mssp
@@ -28,11 +28,13 @@ from telchat.rules.lineedit import CLEAR_LINE, LineEditor
 from telchat.rules.lines import Oversize
 from telchat.session.session import Session
 from telchat.telnet.internals import LeanTelnetWriter
-from telchat.telnet.liveness import Watchdog
+from telchat.telnet.liveness import Watchdog, set_user_timeout
 from telchat.telnet.protocol import ChatTelnetServer, client_class, input_hider
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
 NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
+# What a client dropped by the liveness check is told (if it is still there to read it).
+PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds} s; disconnecting."
 
 
 class Terminal:
@@ -180,14 +182,23 @@ class Terminal:
         self._start_gmcp(session)
         if writer.local_option.enabled(MSSP):
             session.user.outbox.push(mssp.frame(self._status.variables()))
-        self._watchdog = Watchdog(
+        self._start_watchdog(session)
+
+    def _start_watchdog(self, session: Session) -> None:
+        writer = self._writer
+        answer_within = self._config.idle_timeout
+        farewell = PING_TIMEOUT.format(seconds=f"{answer_within:g}")
+        self._watchdog = watchdog = Watchdog(
             idle=lambda: float(self._protocol.idle),
             ping=lambda: writer.iac(DO, TM),
-            expire=lambda: session.quit("ping timeout", reason="ping_timeout"),
+            expire=lambda: session.quit("ping timeout", reason="ping_timeout", farewell=farewell),
             ping_after=self._config.idle_ping,
-            answer_within=self._config.idle_timeout,
+            answer_within=answer_within,
+            nop=lambda: writer.send_iac(IAC + NOP),
+            deaf=lambda: set_user_timeout(writer.transport, answer_within),
         )
-        self._watchdog.start()
+        writer.on_timing_mark = watchdog.answered
+        watchdog.start()
 
     def _leave_binary(self) -> None:
         """A terminal that stays in line mode cooks its own input and output, and in BINARY
@@ -220,6 +231,7 @@ class Terminal:
 
     def detach(self) -> None:
         self._writer.on_option_change = None
+        self._writer.on_timing_mark = None
         if self._watchdog is not None:
             self._watchdog.stop()
         self._protocol.on_resize = None
