@@ -398,3 +398,22 @@ async def test_server_accepts_exactly_the_options_it_implements(app: App) -> Non
 
 names = {BINARY: "BINARY", SGA: "SGA", TTYPE: "TTYPE", NAWS: "NAWS", NEW_ENVIRON: "NEW-ENVIRON", CHARSET: "CHARSET"}
 names |= {GMCP: "GMCP", ECHO: "ECHO", EOR_OPT: "EOR", MSSP: "MSSP"}
+
+
+# line mode
+
+
+async def test_line_mode_editing_keys_are_applied_not_stripped(connect: Connect) -> None:
+    """telnetlib3-client and the like send what the user typed, editing keys included."""
+    bob = await user(connect, "bob", "one")
+    ann = await user(connect, "ann", "one")
+    await bob.drain()
+    for typed, meant in [
+        (b"abcx\x7fd", "abcd"),
+        (b"abcx\x08d", "abcd"),
+        (b"garbage\x15hello", "hello"),
+        (b"hello big  \x17world", "hello world"),
+        ("привет\x7fт".encode(), "привет"),
+    ]:
+        await ann.send_bytes(typed + b"\r\n")
+        assert await bob.read_line() == f"#one:ann> {meant}"

@@ -34,7 +34,7 @@ from telchat.obs.limits import EndReason, LimitKind
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.rules.flood import Fakelag, PasteMeter
-from telchat.rules.lines import LineSplitter, Overflow, Oversize
+from telchat.rules.lines import LineSplitter, Overflow, Oversize, apply_edits
 from telchat.rules.sanitize import sanitize
 from telchat.session import commands
 
@@ -320,7 +320,9 @@ class Session:
             self._failed()
 
     def _text(self, line: bytes | str) -> str:
-        return sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
+        # A character-mode line comes edited (lineedit.py); a line-mode one may hold the keys.
+        text = line if isinstance(line, str) else apply_edits(line.decode(self.user.charset, "replace"))
+        return sanitize(text).strip()
 
     def _limit(self, kind: LimitKind, **fields: Any) -> None:
         # Explicit identity: this may run in data_received, outside the session task's context.
