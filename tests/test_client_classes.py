@@ -116,6 +116,23 @@ async def test_nc_client_is_greeted_within_half_a_second(nc: list[NcClient], por
     assert loop.time() - started < 0.5
 
 
+async def test_password_prompt_says_what_is_true_for_the_client(
+    nc: list[NcClient], port: int, connect: Connect
+) -> None:
+    owner = await connect()
+    await owner.login("frank")
+    await owner.send("register correct-horse")
+    await owner.read_until("*** Nick frank is now registered")
+    await owner.send("nick other")
+    # nc cannot be asked to stop echoing: the prompt must not claim typing is hidden.
+    raw = await nc_connect(nc, port)
+    await raw.send(b"login frank\n")
+    assert await raw.line() == b"*** Password for frank (your client shows what you type; an empty line cancels):\r\n"
+    terminal = await connect()
+    await terminal.send("login frank")
+    await terminal.expect("*** Password for frank (typing is hidden; an empty line cancels):")
+
+
 async def test_cp1251_nc_client_round_trip_through_utf8_peer(nc: list[NcClient], port: int, connect: Connect) -> None:
     vasya = await nc_connect(nc, port)
     await vasya.send(b"set charset windows-1251\n")

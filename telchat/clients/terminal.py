@@ -136,9 +136,9 @@ class Terminal:
         """Characters typed into the current line, not yet committed."""
         return len(self._editor.text) if self._editor is not None else 0
 
-    def hide_input(self, hidden: bool) -> None:
+    def hide_input(self, hidden: bool) -> bool:
         """Stop (or resume) showing what the user types: for a password prompt, which the
-        next write carries."""
+        next write carries. Whether this client can: a raw one echoes by itself."""
         self._prompting = hidden
         if self._editor is not None:
             # We do the echoing in character mode: simply echo nothing, and keep no history.
@@ -147,6 +147,7 @@ class Terminal:
                 self._echo("\r\n")
         else:
             self._hide_line_mode(hidden)
+        return self.client_class != "raw"
 
     def _checked(self, line: str, charset: str) -> str | Oversize:
         length = len(line.encode(charset, "replace"))

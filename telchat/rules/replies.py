@@ -56,7 +56,10 @@ BAD_CHARSET = "*** Unknown charset {name}; choose from {names}"
 CHARSET_SET = "*** Charset is now {charset}"
 
 # accounts
-PASSWORD_PROMPT = "*** Password for {nick} (typing is hidden; an empty line cancels):"
+TYPING_HIDDEN = "typing is hidden"
+# For a client that cannot be asked to hide typing (raw TCP, nc): the truth instead.
+TYPING_SHOWN = "your client shows what you type"
+PASSWORD_PROMPT = "*** Password for {nick} (" + TYPING_HIDDEN + "; an empty line cancels):"
 LOGIN_CANCELLED = "*** Login cancelled"
 WRONG_PASSWORD = "*** Wrong password for {nick}"
 TOO_MANY_FAILURES = "*** Too many failed logins; wait a minute and try again"

@@ -110,12 +110,13 @@ class Session:
         peer: str,
         charset: str = "utf-8",
         services: Services,
-        hide_input: Callable[[bool], None] = lambda hidden: None,
+        hide_input: Callable[[bool], bool] = lambda hidden: False,
         gate: Gate | None = None,
     ) -> None:
         self.chat = chat
         self.services = services
-        # Asks the client to stop (True) or resume (False) echoing what its user types.
+        # Asks the client to stop (True) or resume (False) echoing what its user types;
+        # says whether the client can.
         self._hide_input = hide_input
         self._secret: Answer | None = None
         self._config = config
@@ -338,8 +339,8 @@ class Session:
     def ask_secret(self, prompt: str, answer: Answer) -> None:
         """Hand the next line to `answer` instead of the command layer, input hidden."""
         self._secret = answer
-        self._hide_input(True)
-        self.user.send(prompt)
+        hidden = self._hide_input(True)
+        self.user.send(prompt if hidden else prompt.replace(replies.TYPING_HIDDEN, replies.TYPING_SHOWN))
 
     def _kicked(self, message: str) -> None:
         self.quit(message, reason="kicked")
