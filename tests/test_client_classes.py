@@ -267,19 +267,20 @@ async def test_telnet_terminal_gets_echo_and_redraw_once_per_flush(port: int, co
         assert await term.read_line() == "login term\r\x1b[K*** User change nick anonymous --> term"
         await term.send("join one")
         await term.read_until("*** User term joined room #one")
+        # While something is typed, the current room is shown before it.
         await term.send_bytes(b"half")
         assert await term.drain() == []
-        assert term.buffer == b"half"
+        assert term.buffer == b"[#one] half"
         bob = await user(connect, "bob", "one")
         await term.drain()
-        assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
+        assert term.buffer == b"\r\x1b[K[#one] half\r\x1b[11C"
         term.buffer = b""
         await bob.send("one line")
         # Each flush: clear the input line, print, redraw the input with the cursor after it.
         assert await term.read_line() == "\r\x1b[K#one:bob> one line"
         if not term.buffer:
             await term._fill(1)
-        assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
+        assert term.buffer == b"\r\x1b[K[#one] half\r\x1b[11C"
     finally:
         await term.close()
 

@@ -124,5 +124,6 @@ async def test_client(client: Client, pane: StartPane, connect: Connect, port: i
     assert await me.read_until("#frank_talk:frank>") == ["#frank_talk:frank> still here"]
 
     screen = conversation(await frank.wait_line("#frank_talk:frank> still here"))
-    assert "" not in screen, "no blank lines"
-    assert not any("\ufffd" in line or "\x1b" in line for line in screen), "no stray bytes"
+    shown = "\n".join(screen)
+    assert "" not in screen, f"no blank lines:\n{shown}"
+    assert not any("\ufffd" in line or "\x1b" in line for line in screen), f"no stray bytes:\n{shown}"

@@ -68,11 +68,14 @@ async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
     # A message arrives while bob is half-way through a line, cursor in the middle of it.
     await bob.type("partial inp")
     await bob.keys("Left", "Left")
-    await bob.wait(lambda s: s[-1] == "partial inp", "the partial input")
+    # The current room is shown before the input (only while something is typed).
+    await bob.wait(lambda s: s[-1] == "[#one] partial inp", "the partial input")
     await ann.send("ping from ann")
-    screen = await bob.wait(lambda s: s[-2:] == ["#one:ann> ping from ann", "partial inp"], "message above input")
+    screen = await bob.wait(
+        lambda s: s[-2:] == ["#one:ann> ping from ann", "[#one] partial inp"], "message above input"
+    )
     assert screen[-3] == "#one:bob> hello world again"
-    assert await bob.cursor() == (len("partial i"), len(screen) - 1)
+    assert await bob.cursor() == (len("[#one] partial i"), len(screen) - 1)
 
     # The redrawn line is still live: finishing it sends the whole thing.
     await bob.keys("End")
@@ -82,7 +85,7 @@ async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
 
     # Up brings the last line back for another edit; Cyrillic goes through as UTF-8.
     await bob.keys("Up")
-    await bob.wait(lambda s: s[-1] == "partial input", "history recall")
+    await bob.wait(lambda s: s[-1] == "[#one] partial input", "history recall")
     await bob.keys("C-w")
     await bob.type("привет")
     await bob.keys("Enter")

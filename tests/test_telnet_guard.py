@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import zlib
 
 import pytest
 
 from telchat.app import App
 from tests.attack import Attacker
-from tests.clients import DO, IAC, SB, SE, WILL, RawClient, assert_inert
+from tests.clients import DO, IAC, SB, SE, WILL, RawClient, TermClient, assert_inert
 from tests.conftest import Connect, user, with_config
 from tests.health import Memory, assert_healthy, session_of
 
@@ -148,3 +149,28 @@ async def test_telnet_commands_inside_text_never_reach_others(connect: Connect, 
     assert got == "#room:eve> abcd\ufffde\r\n".encode()
     assert_inert(got)
     await assert_healthy(app, bob, eve)
+
+
+async def test_line_editing_keys_are_charged_to_the_telnet_budget(connect: Connect, app: App) -> None:
+    """Issue 13, finding 1: a character-mode client's editing keys are paced like telnet
+    commands, and each costs the editor a bounded amount of work (tests/test_lineedit.py)."""
+    before = app.telemetry.counters.value("limits", kind="telnet_flood")
+    bob = await user(connect, "bob", "room")
+    eve = await TermClient.connect(app.port)
+    await eve.send("login eve")
+    await eve.send("join room")
+    await bob.read_until("*** User eve joined")
+    await eve.send("x" * 1000)
+    await bob.read_until("#room:eve> xxx")
+    eve_session = await session_of(app, "eve")
+    await eve.send_bytes(b"\x10\x0e" * 32768)  # 64 KiB of Ctrl-P / Ctrl-N: history steps
+    await bob.send("still talking")
+    assert await bob.read_line() == "#room:bob> still talking"
+    await eve._fill(0.5)
+    assert eve_session._gate is not None and eve_session._gate.paused
+    assert app.telemetry.counters.value("limits", kind="telnet_flood") == before + 1
+    del eve_session
+    # Vanish with a RST, which the server notices while it is not reading her.
+    eve.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await eve.close()
+    await assert_healthy(app, bob)

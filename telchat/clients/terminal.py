@@ -21,7 +21,7 @@ from typing import Any, cast
 from telnetlib3.telopt import BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, NOP, SGA, TM, WILL, WONT
 
 from telchat.chat.outbox import Sink, encode_text
-from telchat.clients import gmcp, mssp
+from telchat.clients import completion, gmcp, mssp
 from telchat.clients.probes import LineProbes
 from telchat.config import Config
 from telchat.rules.lineedit import CLEAR_LINE, LineEditor
@@ -33,6 +33,9 @@ from telchat.telnet.protocol import ChatTelnetServer, client_class, input_hider
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
 NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
+# What one editing key is charged to the connection's telnet budget, in bytes of telnet
+# commands: about what it costs the server, next to a telnet command's byte (13.1).
+EDIT_KEY_COST = 16
 # What a client dropped by the liveness check is told (if it is still there to read it).
 PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds} s; disconnecting."
 
@@ -51,6 +54,9 @@ class Terminal:
             if self.character_mode
             else None
         )
+        if self._editor is not None:
+            self._editor.complete = self._complete
+        self._prompt_room: str | None = None
         self._inner: Sink | None = None
         self._session: Session | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -89,7 +95,8 @@ class Terminal:
             if self._session.user.charset != "utf-8":
                 # A raw client is not a telnet peer: undo the IAC doubling of single-byte charsets.
                 data = data.replace(b"\xff\xff", b"\xff")
-        elif editor is not None and editor.text and self.echoing and not editor.secret:
+        elif editor is not None and editor.typing and self.echoing and not editor.secret:
+            self._sync_prompt(editor)
             data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
         return self._inner.write(data)
 
@@ -126,15 +133,36 @@ class Terminal:
         if self._decoder is None or charset != self._decoder_charset:
             self._decoder = codecs.getincrementaldecoder(charset)("replace")
             self._decoder_charset = charset
-        result = self._editor.feed(self._decoder.decode(data))
-        if result.output and self.echoing and not self._editor.secret:
-            self._echo(result.output)
+        editor = self._editor
+        moved = self._sync_prompt(editor)
+        result = editor.feed(self._decoder.decode(data))
+        output = moved + result.output
+        if output and self.echoing and not editor.secret:
+            self._echo(output)
+        guard = self._protocol.guard
+        if result.keys and guard is not None:
+            # Editing keys cost the server work (a redraw each, a history step copies a
+            # line): they are paced with the telnet commands, not free.
+            guard.charge(result.keys * EDIT_KEY_COST)
         return [self._checked(line, charset) for line in result.lines]
 
     @property
     def pending(self) -> int:
         """Characters typed into the current line, not yet committed."""
         return len(self._editor.text) if self._editor is not None else 0
+
+    def _sync_prompt(self, editor: LineEditor) -> str:
+        """Keep the input line's prompt on the current room; the redraw that needs."""
+        current = self._session.user.current if self._session is not None else None
+        room = current.name if current is not None else None
+        if room == self._prompt_room:
+            return ""
+        self._prompt_room = room
+        return editor.set_prompt(f"[#{room}] " if room is not None else "")
+
+    def _complete(self, before: str, word: str) -> list[str]:
+        assert self._session is not None
+        return completion.candidates(self._session.chat, self._session.user, before, word)
 
     def hide_input(self, hidden: bool) -> bool:
         """Stop (or resume) showing what the user types: for a password prompt, which the

@@ -28,6 +28,8 @@ IAC = 0xFF
 PIECE = 4096
 # The telnet byte budget holds this many seconds' worth at `telnet_rate`.
 TELNET_BURST_SECONDS = 4
+# While reading is held for the budget, whether the peer left is looked at this often.
+PEER_CHECK = 1.0
 # A client cut off with a notice gets this long to read it before the socket is dropped.
 CLOSE_GRACE = 1.0
 
@@ -170,7 +172,7 @@ class ConnectionGuard:
             if self._over_limit():
                 return
             if costly:
-                self._charge(len(piece))
+                self.charge(len(piece))
                 if self._pending:
                     # Everyone else gets a turn before the next piece of telnet commands.
                     self._schedule()
@@ -222,7 +224,9 @@ class ConnectionGuard:
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, self.gate.drop)
 
-    def _charge(self, cost: int) -> None:
+    def charge(self, cost: int) -> None:
+        """Take `cost` bytes from the telnet budget: telnet commands, and work done on
+        this connection's behalf that is as costly (line editing keys)."""
         if self._budget is None:
             return
         delay, begins = self._budget.take(cost)
@@ -230,4 +234,21 @@ class ConnectionGuard:
             self._telemetry.limit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
         if delay > 0:
             self.gate.hold("telnet")
-            self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")
+            self._wait_out(delay)
+
+    def _wait_out(self, delay: float) -> None:
+        """Keep reading held `delay` seconds (the debt so far: a later charge replaces an
+        earlier wait), looking every so often for a peer that has left meanwhile."""
+        if self._timer is not None:
+            self._timer.cancel()
+        step = min(delay, PEER_CHECK)
+        self._timer = asyncio.get_running_loop().call_later(step, self._waited, delay - step)
+
+    def _waited(self, left: float) -> None:
+        self._timer = None
+        if self.gate.peer_gone():
+            self.gate.drop()
+        elif left > 0:
+            self._wait_out(left)
+        else:
+            self.gate.release("telnet")
