@@ -367,8 +367,13 @@ async def test_window_resize_redraws_the_input_line(port: int) -> None:
         term.buffer = b""
         await term.send_bytes(bytes([IAC, SB, NAWS, 0, 20, 0, 10, IAC, SE]))
         await term._fill(1)
-        # 20 columns: the line scrolls so that the cursor stays on screen.
-        assert term.buffer == b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+        # 20 columns: the terminal wrapped the 50-cell line onto 3 rows, cursor on the last:
+        # those are erased, and the line scrolls so that the cursor stays on screen.
+        assert term.buffer == b"\r\x1b[2A\x1b[J" + b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+        term.buffer = b""
+        await term.send_bytes(bytes([IAC, SB, NAWS, 0, 100, 0, 10, IAC, SE]))
+        await term._fill(1)
+        assert term.buffer == b"\r\x1b[K" + b"x" * 50 + b"\r\x1b[50C", "widening is redrawn too"
     finally:
         await term.close()
 

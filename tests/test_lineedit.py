@@ -149,7 +149,7 @@ def test_long_line_scrolls_horizontally() -> None:
 def test_resize_redraws_and_keeps_cursor_visible() -> None:
     editor = typed("x" * 70)
     out = editor.resize(30)
-    assert out.startswith(CLEAR_LINE)
+    assert out.endswith(editor.redraw()) and editor.redraw().startswith(CLEAR_LINE)
     assert editor.cursor_column < 29
     assert LineEditor().resize(10) == ""
 
@@ -288,3 +288,9 @@ def test_history_walks_and_scattered_inserts_measure_each_grapheme_once(monkeypa
     calls = 0
     editor.feed("\x00".join("y" * 500))
     assert calls <= 3 * 500, "each insert measures only the graphemes next to it"
+
+
+def test_narrowing_erases_the_rows_the_old_line_was_wrapped_onto() -> None:
+    editor = typed("x" * 70)  # 80 columns: drawn on one row, cursor at column 70
+    assert editor.resize(30) == "\r\x1b[2A\x1b[J" + editor.redraw(), "wrapped onto 3 rows, cursor on the third"
+    assert editor.resize(60).startswith(CLEAR_LINE), "widened: one row, redrawn in place"

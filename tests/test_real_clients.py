@@ -120,3 +120,35 @@ async def test_tintin_stays_in_line_mode_with_utf8_and_gets_gmcp(
     screen = await tina.wait_line("#one:tina> здравствуйте все")
     # TinTin++ shows what was typed once, itself: the server did not echo it back.
     assert sum(line == "здравствуйте все" for line in screen) == 1
+
+
+async def test_telnet_readline_keys_tab_completion_and_resizing(pane: StartPane, connect: Connect, port: int) -> None:
+    require(TELNET, "tmux")
+    bob = await pane([TELNET, "127.0.0.1", str(port)], width=60, height=20)
+    await enter_room(bob, "bob", "one")
+    ann = await user(connect, "annabel", "one")
+    await bob.wait_line("*** User annabel joined room #one")
+    await ann.drain()
+
+    # Tab completes a nick; Alt-b and Ctrl-Left move back by words, Alt-d kills one.
+    await bob.type("hi ann")
+    await bob.keys("Tab")
+    await bob.wait(lambda s: s[-1] == "[#one] hi annabel", "the completed nick")
+    await bob.type("how are you")
+    await bob.keys("M-b", "M-b", "C-Left", "M-d")
+    await bob.type("who")
+    await bob.keys("C-e")
+    await bob.type("?")
+    await bob.keys("Enter")
+    # (Shown to annabel highlighted: it names her.)
+    assert "#one:bob> hi annabel who are you?" in await ann.read_line()
+
+    # A long line, then a narrower window: no piece of the old line stays on screen.
+    await bob.type("0123456789" * 5)
+    await bob.wait(lambda s: s[-1] == "[#one] " + "0123456789" * 5, "the long line")
+    await bob.tmux("resize-window", "-x", "30", "-y", "20")
+    screen = await bob.wait(lambda s: s[-1].endswith("0123456789") and len(s[-1]) <= 30, "the line redrawn")
+    # (capture-pane -J joins the rows a line was wrapped onto.)
+    assert screen[-2] == "#one:bob> hi annabel who are you?", "the line above is the last message"
+    await bob.tmux("resize-window", "-x", "80", "-y", "20")
+    await bob.wait(lambda s: s[-1] == "[#one] " + "0123456789" * 5, "the line redrawn whole when widened")

@@ -236,10 +236,21 @@ class LineEditor:
 
     def resize(self, width: int) -> str:
         """The terminal is now `width` columns wide: the redraw that needs (every change
-        needs one, widening too: the terminal may have rewrapped the old line)."""
-        self.width = max(width, MIN_WIDTH)
+        needs one, widening too).
+
+        Narrowed, a terminal that reflows its lines (most do: VTE, kitty, tmux, Windows
+        Terminal) has wrapped the old input line onto several rows, with the cursor on one
+        of them: go up to the first and erase from there down (the input line is the last
+        thing on screen), so no piece of it stays behind in the scrollback.
+        """
+        width = max(width, MIN_WIDTH)
+        column = self.cursor_column
+        up = column // width if width < self.width and self._graphemes else 0
+        self.width = width
         self._scroll()
-        return self.redraw() if self._graphemes else ""
+        if not self._graphemes:
+            return ""
+        return ("\r" + f"\x1b[{up}A" + "\x1b[J" if up else "") + self.redraw()
 
     # input
 
