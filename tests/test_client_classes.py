@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import re
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from telchat.app import App
+from telchat.clients.gmcp import PLAYERS_INTERVAL
 from telchat.clients.probes import NOT_HTTP
 from tests.clients import (
     BINARY,
@@ -440,3 +443,35 @@ async def test_line_mode_editing_keys_are_applied_not_stripped(connect: Connect)
     ]:
         await ann.send_bytes(typed + b"\r\n")
         assert await bob.read_line() == f"#one:ann> {meant}"
+
+
+async def test_a_join_leave_flood_sends_gmcp_members_a_bounded_player_list(port: int, connect: Connect) -> None:
+    """Issue 13, finding 15: each change used to send every GMCP member the whole list."""
+    tina = await MudClient.connect(port)
+    try:
+        await tina.login("tina")
+        await tina.join("big", "tina")
+        for i in range(8):
+            await user(connect, f"member{i}", "big")
+        flooder = await user(connect, "flooder")
+        await tina.gmcp_message("Comm.Channel.Players")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(30):
+            await flooder.send("join big")
+            await flooder.send("left big")
+        await flooder.send("join big")
+        await flooder.read_until("*** User flooder joined room #big")
+        await tina.read_until("*** User flooder joined room #big")
+        # The last list names everyone, the flooder included.
+        lists: list[Any] = []
+        while not lists or len(lists[-1]) != 10:
+            lists.append(await tina.gmcp_message("Comm.Channel.Players"))
+        elapsed = loop.time() - started
+        # 61 changes; at most one list a second (and one right away) reaches each member.
+        most = 2 + elapsed / PLAYERS_INTERVAL
+        assert len(lists) <= most
+        assert sum(len(json.dumps(data)) for data in lists) <= most * len(json.dumps(lists[-1]))
+
+    finally:
+        await tina.close()

@@ -62,6 +62,7 @@ class Terminal:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._decoder_charset = ""
         self._watchdog: Watchdog | None = None
+        self._gmcp: gmcp.GmcpEvents | None = None
         self._hide_line_mode = input_hider(protocol)
         # A line-mode telnet client's output needs no decoration: the common case, written
         # without looking at anything else.
@@ -242,23 +243,23 @@ class Terminal:
     def _start_gmcp(self, session: Session) -> None:
         writer = self._writer
         user = session.user
-        sink: gmcp.GmcpEvents | None = None
 
         def enabled() -> bool:
             return bool(writer.local_option.enabled(GMCP) or writer.remote_option.enabled(GMCP))
 
         def on_gmcp(package: str, data: Any) -> None:
-            nonlocal sink
-            if sink is None and enabled():
-                sink = gmcp.start(session.chat, user)
-            if sink is not None:
-                gmcp.receive(sink, user, package, data)
+            if self._gmcp is None and enabled():
+                self._gmcp = gmcp.start(session.chat, user)
+            if self._gmcp is not None:
+                gmcp.receive(self._gmcp, user, package, data)
 
         writer.set_ext_callback(GMCP, on_gmcp)
         if enabled():
-            sink = gmcp.start(session.chat, user)
+            self._gmcp = gmcp.start(session.chat, user)
 
     def detach(self) -> None:
+        if self._gmcp is not None:
+            self._gmcp.close()
         self._writer.on_option_change = None
         self._writer.on_timing_mark = None
         if self._watchdog is not None:
