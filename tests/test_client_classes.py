@@ -44,6 +44,7 @@ from tests.conftest import Connect, user
 from tests.procs import ServerProcess
 
 NEW_ENVIRON, CHARSET = 39, 42
+HINT = "*** Your text is not UTF-8 but looks like {charset}: type set charset {charset} to fix it"
 WELCOME = b"*** Welcome to telchat. Type help for commands.\r\n"
 
 
@@ -472,3 +473,34 @@ async def test_a_join_leave_flood_sends_gmcp_members_a_bounded_player_list(port:
 
     finally:
         await tina.close()
+
+
+@pytest.mark.parametrize("charset", ["cp1251", "koi8-r"])
+async def test_legacy_cyrillic_input_gets_one_charset_hint(
+    nc: list[NcClient], port: int, connect: Connect, charset: str
+) -> None:
+    """Issue 14, item 9: a user who set no charset types cp1251 or koi8-r."""
+    vasya = await nc_connect(nc, port)
+    await vasya.send(b"login vasya\njoin one\n")
+    await vasya.until(b"*** User vasya joined")
+    await vasya.send("привет всем\n".encode(charset))
+    assert await vasya.line() == (HINT.format(charset=charset) + "\r\n").encode()
+    await vasya.until(b"#one:vasya> ")
+    await vasya.send("как дела\n".encode(charset))
+    assert (await vasya.line()).startswith(b"#one:vasya> "), "the hint comes once"
+    await vasya.send(f"set charset {charset}\n".encode())
+    assert await vasya.line() == f"*** Charset is now {charset}\r\n".encode()
+    await vasya.send("теперь понятно\n".encode(charset))
+    assert await vasya.line() == "#one:vasya> теперь понятно\r\n".encode(charset)
+
+
+async def test_legacy_cyrillic_typed_a_key_at_a_time_gets_the_hint(port: int) -> None:
+    term = await TermClient.connect(port)
+    try:
+        for byte in "привет".encode("cp1251"):
+            await term.send_bytes(bytes([byte]))
+        await term.send_bytes(b"\r")
+        # (After the echo of what was typed, cleared by Enter.)
+        assert (await term.read_line()).endswith("\r\x1b[K" + HINT.format(charset="cp1251"))
+    finally:
+        await term.close()

@@ -36,6 +36,8 @@ NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
 # What one editing key is charged to the connection's telnet budget, in bytes of telnet
 # commands: about what it costs the server, next to a telnet command's byte (13.1).
 EDIT_KEY_COST = 16
+# Undecodable input kept for the charset guess, at most (a line's worth).
+UNDECODED_KEPT = 256
 # What a client dropped by the liveness check is told (if it is still there to read it).
 PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds} s; disconnecting."
 
@@ -63,6 +65,8 @@ class Terminal:
         self._decoder_charset = ""
         self._watchdog: Watchdog | None = None
         self._gmcp: gmcp.GmcpEvents | None = None
+        # Input bytes of the line being typed that did not decode (for Session.check_charset).
+        self._undecoded = bytearray()
         self._hide_line_mode = input_hider(protocol)
         # A line-mode telnet client's output needs no decoration: the common case, written
         # without looking at anything else.
@@ -136,7 +140,14 @@ class Terminal:
             self._decoder_charset = charset
         editor = self._editor
         moved = self._sync_prompt(editor)
-        result = editor.feed(self._decoder.decode(data))
+        text = self._decoder.decode(data)
+        if "\ufffd" in text and len(self._undecoded) < UNDECODED_KEPT:
+            self._undecoded += data
+        result = editor.feed(text)
+        if result.lines and self._undecoded:
+            # Typed a key at a time, a line's worth of bytes says more than any one key.
+            self._session.check_charset(bytes(self._undecoded))
+            self._undecoded.clear()
         output = moved + result.output
         if output and self.echoing and not editor.secret:
             self._echo(output)

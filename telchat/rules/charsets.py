@@ -84,3 +84,39 @@ def c1_safe(text: str, charset: str) -> str:
     if text.isascii() or _FINDERS[charset].search(text) is None:
         return text
     return text.translate(_TABLES[charset])
+
+
+# Guessing a Russian speaker's charset from what they typed (issue 14, item 9).
+
+# The fifteen commonest letters of Russian text: in the right charset, most letters are these.
+_COMMON_RUSSIAN = frozenset("оеаинтсрвлкмдпу")
+# Besides letters, what a Russian keyboard's high half types: guillemets, dashes, numero.
+_CYRILLIC_PUNCTUATION = frozenset("«»\u2013\u2014№")
+_GUESSES = ("cp1251", "koi8-r")
+MIN_LETTERS = 3
+
+
+def guess_cyrillic(data: bytes) -> str | None:
+    """`cp1251` or `koi8-r` when `data` is not UTF-8 but reads as Russian in that charset,
+    else None.
+
+    Both are single-byte: every byte above 0x7F must decode to a Cyrillic letter (or the
+    punctuation such keyboards type), at least `MIN_LETTERS` of them, and the charset
+    whose reading has more of Russian's commonest letters wins (lowercase text in one reads
+    as mostly uppercase, rare letters in the other).
+    """
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    best, best_score = None, 0.0
+    for charset in _GUESSES:
+        high = [ch for ch, byte in zip(data.decode(charset, "replace"), data, strict=True) if byte >= 0x80]
+        letters = [ch for ch in high if "\u0400" <= ch <= "\u04ff"]
+        if len(letters) < MIN_LETTERS or len(letters) + sum(ch in _CYRILLIC_PUNCTUATION for ch in high) < len(high):
+            continue
+        score = sum(ch in _COMMON_RUSSIAN for ch in letters) / len(letters)
+        if score > best_score:
+            best, best_score = charset, score
+    return best if best_score >= 0.5 else None

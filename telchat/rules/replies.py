@@ -54,6 +54,7 @@ NICK_LOST = (
 NICK_LOST_REASON = "server lost"
 BAD_CHARSET = "*** Unknown charset {name}; choose from {names}"
 CHARSET_SET = "*** Charset is now {charset}"
+CHARSET_HINT = "*** Your text is not UTF-8 but looks like {charset}: type set charset {charset} to fix it"
 
 # accounts
 TYPING_HIDDEN = "typing is hidden"

@@ -32,7 +32,7 @@ from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.obs.limits import EndReason, LimitKind
 from telchat.obs.logs import get_logger
-from telchat.rules import replies
+from telchat.rules import charsets, replies
 from telchat.rules.flood import Fakelag, PasteMeter
 from telchat.rules.lines import LineSplitter, Overflow, Oversize, apply_edits
 from telchat.rules.sanitize import sanitize
@@ -141,6 +141,7 @@ class Session:
         # A failure in data_received, raised again in the reading task to end the session there.
         self._failure: Exception | None = None
         self._finished = False
+        self._charset_hinted = False
         self.bytes_in = 0
         self._started = time.monotonic()
 
@@ -321,9 +322,22 @@ class Session:
             self._failed()
 
     def _text(self, line: bytes | str) -> str:
-        # A character-mode line comes edited (lineedit.py); a line-mode one may hold the keys.
-        text = line if isinstance(line, str) else apply_edits(line.decode(self.user.charset, "replace"))
-        return sanitize(text).strip()
+        if isinstance(line, str):  # a character-mode line, edited (lineedit.py)
+            return sanitize(line).strip()
+        text = line.decode(self.user.charset, "replace")
+        if "\ufffd" in text:
+            self.check_charset(line)
+        # A line-mode line may hold its user's editing keys.
+        return sanitize(apply_edits(text)).strip()
+
+    def check_charset(self, raw: bytes) -> None:
+        """`raw` did not decode: if it reads as cp1251 or koi8-r, suggest that charset, once."""
+        if self._charset_hinted or self.user.charset != "utf-8":
+            return
+        guess = charsets.guess_cyrillic(raw)
+        if guess is not None:
+            self._charset_hinted = True
+            self.user.send(replies.CHARSET_HINT.format(charset=guess))
 
     def _limit(self, kind: LimitKind, **fields: Any) -> None:
         # Explicit identity: this may run in data_received, outside the session task's context.
