@@ -12,7 +12,9 @@ import asyncio
 from dataclasses import dataclass
 
 import pytest
+from telnetlib3.telopt import ECHO
 
+from telchat.app import App
 from tests.conftest import Connect, with_config
 from tests.test_real_clients import StartPane, pane  # noqa: F401  (a fixture)
 from tests.tmux import Pane, require
@@ -55,6 +57,14 @@ def conversation(screen: list[str]) -> list[str]:
     return [WELCOME, *screen[start + 1 :]]
 
 
+async def until_echoing(app: App) -> None:
+    for _ in range(100):
+        if all(t.get_protocol().writer.local_option.enabled(ECHO) for t in app.sessions.values()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the server never echoed")
+
+
 async def say(client: Pane, text: str) -> None:
     await client.type(text)
     await client.keys("Enter")
@@ -62,10 +72,14 @@ async def say(client: Pane, text: str) -> None:
 
 @pytest.mark.parametrize("config", [CONFIG], ids=["small-idle"])
 @pytest.mark.parametrize("client", CLIENTS, ids=[c.name for c in CLIENTS])
-async def test_client(client: Client, pane: StartPane, connect: Connect, port: int) -> None:  # noqa: F811
+async def test_client(client: Client, pane: StartPane, connect: Connect, app: App) -> None:  # noqa: F811
     require(client.program, "tmux")
-    frank = await pane(client.argv(port), width=100, height=40, term=client.term)
+    frank = await pane(client.argv(app.port), width=100, height=40, term=client.term)
     await frank.wait_line(WELCOME)
+    if not client.local_echo:
+        # The client's DO ECHO may still be on its way: typing before it arrives is echoed
+        # by the client itself.
+        await until_echoing(app)
 
     # The seed conversation, with a second user (a plain socket) as `me`.
     typed = ["login frank", "join frank_talk", "i think you need to tank to frank...", "frank frank frank"]
@@ -101,6 +115,9 @@ async def test_client(client: Client, pane: StartPane, connect: Connect, port: i
     await frank.keys("BSpace")
     await say(frank, "o world")
     assert await me.read_line() == "#frank_talk:frank> hello world"
+    # (Each time, frank's screen shows his line before he types on: a line-mode client
+    # prints what arrives after whatever is typed so far.)
+    await frank.wait_line("#frank_talk:frank> hello world")
 
     # A message arrives while frank is typing; his line still goes out whole.
     await frank.type("partial")
@@ -110,10 +127,12 @@ async def test_client(client: Client, pane: StartPane, connect: Connect, port: i
     await say(frank, " done")
     said = await me.read_until("#frank_talk:frank>")
     assert said == ["#frank_talk:me> ping from me", "#frank_talk:frank> partial done"]
+    await frank.wait_line("#frank_talk:frank> partial done")
 
     # Cyrillic, both ways.
     await say(frank, "привет, мир")
     assert await me.read_line() == "#frank_talk:frank> привет, мир"
+    await frank.wait_line("#frank_talk:frank> привет, мир")
     await me.send("здравствуй, frank")
     assert await me.read_line() == "#frank_talk:me> здравствуй, frank"
     await frank.wait_line("#frank_talk:me> здравствуй, frank")

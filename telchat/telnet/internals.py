@@ -5,7 +5,8 @@ when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter
 `_wait_for_data`; `TelnetWriter`'s `_iac_callback`, `_slc_callback`, `_ext_callback`,
 `_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
 `default_slc_tab`; `handle_will`, `handle_do`, `handle_wont` and `handle_subnegotiation`
-(overridden, public but undocumented as extension points), `pending_option`; and `TelnetServer._check_negotiation_timer` and `_waiter_connected`
+(overridden here: the options agreed to, TIMING-MARK answers, malformed subnegotiations),
+`pending_option`; and `TelnetServer._check_negotiation_timer` and `_waiter_connected`
 (overridden in protocol.py). tests/test_lean_writer.py and the negotiation tests fail if
 one of them changes meaning.
 """
