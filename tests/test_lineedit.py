@@ -177,7 +177,7 @@ def test_any_key_sequence_keeps_state_consistent(keys: list[str]) -> None:
     editor.set_prompt("[#r] ")
     for key in keys:
         editor.feed(key)
-        assert 0 <= editor.cursor <= len(editor.text)
+        assert 0 <= editor.cursor <= len(editor.text) == editor.length
         assert 0 <= editor.cursor_column < editor.width
 
 

@@ -161,7 +161,7 @@ class Terminal:
     @property
     def pending(self) -> int:
         """Characters typed into the current line, not yet committed."""
-        return len(self._editor.text) if self._editor is not None else 0
+        return self._editor.length if self._editor is not None else 0
 
     def _sync_prompt(self, editor: LineEditor) -> str:
         """Keep the input line's prompt on the current room; the redraw that needs."""

@@ -176,6 +176,11 @@ class LineEditor:
         return "".join(self._graphemes)
 
     @property
+    def length(self) -> int:
+        """Code points typed into the line."""
+        return self._chars
+
+    @property
     def typing(self) -> bool:
         """Whether anything is typed (the input line is on screen)."""
         return bool(self._graphemes)
