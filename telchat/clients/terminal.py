@@ -66,7 +66,7 @@ class Terminal:
         self._watchdog: Watchdog | None = None
         self._gmcp: gmcp.GmcpEvents | None = None
         # Input bytes of the line being typed that did not decode (for Session.check_charset).
-        self._undecoded = bytearray()
+        self._undecoded = b""
         self._hide_line_mode = input_hider(protocol)
         # A line-mode telnet client's output needs no decoration: the common case, written
         # without looking at anything else.
@@ -146,8 +146,8 @@ class Terminal:
         result = editor.feed(text)
         if result.lines and self._undecoded:
             # Typed a key at a time, a line's worth of bytes says more than any one key.
-            self._session.check_charset(bytes(self._undecoded))
-            self._undecoded.clear()
+            self._session.check_charset(self._undecoded)
+            self._undecoded = b""
         output = moved + result.output
         if output and self.echoing and not editor.secret:
             self._echo(output)
