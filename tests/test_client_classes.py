@@ -504,3 +504,21 @@ async def test_legacy_cyrillic_typed_a_key_at_a_time_gets_the_hint(port: int) ->
         assert (await term.read_line()).endswith("\r\x1b[K" + HINT.format(charset="cp1251"))
     finally:
         await term.close()
+
+
+class DumbTerminal(TermClient):
+    """inetutils telnet with TERM=dumb: takes BINARY both ways, and stays in line mode."""
+
+    TERMINAL = b"DUMB"
+    ACCEPT_DO = TermClient.ACCEPT_DO | {BINARY}
+
+
+async def test_line_mode_terminal_leaves_binary(port: int) -> None:
+    """Issue 14, item 4: in BINARY, inetutils telnet echoes Enter as a bare LF (a staircase)."""
+    term = await DumbTerminal.connect(port)
+    try:
+        assert (WILL, ECHO) not in term.commands, "line mode"
+        assert (DO, BINARY) in term.commands and (WILL, BINARY) in term.commands
+        assert (WONT, BINARY) in term.commands and (DONT, BINARY) in term.commands
+    finally:
+        await term.close()
