@@ -3,8 +3,9 @@
 - telnet terminals that can move the cursor (inetutils telnet, PuTTY) get character mode:
   the server echoes and edits the input line (lineedit.py) and, when output arrives while
   the person is typing, clears the input line, prints the output and redraws the line;
-- MUD clients (TTYPE/MTTS names, or GMCP/MSDP enabled) keep line mode and no server echo;
-  they get GMCP and MSSP when they accept them, and GA or EOR after each batch of output;
+- MUD clients (TTYPE/MTTS names, or GMCP enabled) keep line mode and no server echo;
+  they get GMCP and MSSP when they accept them, and GA or EOR after a prompt;
+- telnet terminals that cannot move the cursor (TERM=dumb) keep line mode, out of BINARY;
 - raw TCP clients (nc) that answered no negotiation keep line mode, and their bytes are
   taken as they come: 0xFF is a character (cp1251 'я'), not a telnet command.
 
