@@ -164,13 +164,15 @@ async def test_line_editing_keys_are_charged_to_the_telnet_budget(connect: Conne
     await eve.send("x" * 1000)
     await bob.read_until("#room:eve> xxx")
     eve_session = await session_of(app, "eve")
-    await eve.send_bytes(b"\x10\x0e" * 32768)  # 64 KiB of Ctrl-P / Ctrl-N: history steps
+    guard = app.sessions[eve_session].get_protocol().guard
+    await eve.send_bytes(b"\x10\x0e" * (MiB // 8))  # 256 KiB of Ctrl-P / Ctrl-N: history steps
     await bob.send("still talking")
     assert await bob.read_line() == "#room:bob> still talking"
-    await eve._fill(0.5)
+    # Worked through 4 KiB a loop turn, and paced: a read's worth still waits (the rest unread).
+    assert len(guard._pending) - guard._offset > 0
     assert eve_session._gate is not None and eve_session._gate.paused
     assert app.telemetry.counters.value("limits", kind="telnet_flood") == before + 1
-    del eve_session
+    del eve_session, guard  # they would keep her connection's objects alive for the count below
     # Vanish with a RST, which the server notices while it is not reading her.
     eve.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await eve.close()

@@ -217,6 +217,8 @@ class Terminal:
         if self.client_class == "telnet" and not self.character_mode:
             self._leave_binary()
         if self.character_mode:
+            if self._protocol.guard is not None:
+                self._protocol.guard.edited = True
             writer.iac(WILL, SGA)
             writer.iac(WILL, ECHO)
             session.set_framer(self)

@@ -11,6 +11,7 @@ to a byte budget: past it, reading pauses (the same fakelag lines get, for telne
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -90,7 +91,15 @@ def _address(transport: asyncio.BaseTransport, peer: str) -> Address:
     return address_of(str(name[0]) if name else peer)
 
 
+# Editing keys (control characters and escape sequences, Enter aside) for a line editor.
+_CONTROLS = re.compile(b"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
+
+
 class ConnectionGuard:
+    #: The server edits this connection's input line (character mode): input holding editing
+    #: keys goes in pieces, one a loop turn, like telnet commands, since each key is work.
+    edited = False
+
     def __init__(
         self,
         protocol: Any,
@@ -173,10 +182,11 @@ class ConnectionGuard:
                 return
             if costly:
                 self.charge(len(piece))
-                if self._pending:
-                    # Everyone else gets a turn before the next piece of telnet commands.
-                    self._schedule()
-                    break
+            if self._pending and (costly or (self.edited and _CONTROLS.search(piece) is not None)):
+                # Everyone else gets a turn before the next piece of telnet commands (or of
+                # editing keys, which the line editor charges itself).
+                self._schedule()
+                break
         if self._pending:
             self.gate.hold(PENDING)
         else:
@@ -185,7 +195,9 @@ class ConnectionGuard:
     def _next_piece(self, in_command: bool) -> bytes:
         data, start = self._pending, self._offset
         end = len(data)
-        if end - start > PIECE and (in_command or data.find(IAC, start) >= 0):
+        if end - start > PIECE and (
+            in_command or data.find(IAC, start) >= 0 or (self.edited and _CONTROLS.search(data, start) is not None)
+        ):
             end = start + PIECE
         if end == len(data):
             self._pending, self._offset = b"", 0
