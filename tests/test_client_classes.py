@@ -522,3 +522,15 @@ async def test_line_mode_terminal_leaves_binary(port: int) -> None:
         assert (WONT, BINARY) in term.commands and (DONT, BINARY) in term.commands
     finally:
         await term.close()
+
+
+async def test_help_wraps_to_the_window_naws_reports(port: int) -> None:
+    """Issue 14, item 12: help as a short list that fits the client's width, resized too."""
+    term = await MudClient.connect(port)  # line mode: no echo in the way
+    try:
+        await term.send_bytes(bytes([IAC, SB, NAWS, 0, 40, 0, 10, IAC, SE]))
+        await term.send("help")
+        lines = await term.read_until("*** Type help <command>")
+        assert len(lines) > 3 and all(len(line) <= 40 for line in lines[:-1])
+    finally:
+        await term.close()

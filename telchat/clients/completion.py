@@ -31,7 +31,7 @@ def _commands(user: User, word: str) -> list[str]:
     return [
         slash + command.name
         for command in commands.COMMANDS
-        if command.name.startswith(prefix) and (user.operator or not command.summary.startswith("operators:"))
+        if command.name.startswith(prefix) and (user.operator or not command.operator)
     ]
 
 

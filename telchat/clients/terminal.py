@@ -199,6 +199,8 @@ class Terminal:
         self._inner.write(self._encode(text))
 
     def _resize(self, cols: int) -> None:
+        if self._session is not None:
+            self._session.user.columns = cols
         if self._editor is not None and self.echoing:
             output = self._editor.resize(cols)
             if output:
@@ -214,6 +216,9 @@ class Terminal:
             self._protocol.passthrough = True
             return
         writer = self._writer
+        # What the server wraps to the window (help): NAWS, kept up to date by `_resize`.
+        session.user.columns = int(self._protocol.get_extra_info("cols") or session.user.columns)
+        self._protocol.on_resize = self._resize
         if self.client_class == "telnet" and not self.character_mode:
             self._leave_binary()
         if self.character_mode:
@@ -222,7 +227,6 @@ class Terminal:
             writer.iac(WILL, SGA)
             writer.iac(WILL, ECHO)
             session.set_framer(self)
-            self._protocol.on_resize = self._resize
         self._start_gmcp(session)
         if writer.local_option.enabled(MSSP):
             session.user.outbox.push(mssp.frame(self._status.variables()))
