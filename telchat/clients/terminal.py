@@ -183,9 +183,9 @@ class Terminal:
         self._prompting = hidden
         if self._editor is not None:
             # We do the echoing in character mode: simply echo nothing, and keep no history.
+            # Nor a line end after the answer: the prompt ended its own line, and the hidden
+            # answer left that next line empty for what the server says next.
             self._editor.secret = hidden
-            if not hidden:
-                self._echo("\r\n")
         else:
             self._hide_line_mode(hidden)
         return self.client_class != "raw"
