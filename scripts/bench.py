@@ -2,7 +2,8 @@
 server of the same line protocol (scripts/bench_reference.py), one after the other, with the
 ratios between them. docs/PERFORMANCE.md explains the scenarios and the numbers.
 
-    python scripts/bench.py --scenario all            # everything, about 75 s on 2 cores
+    python scripts/bench.py --scenario all            # a to d, about 75 s on 2 cores
+    python scripts/bench.py --scenario e              # the connection storm, about a minute
     python scripts/bench.py --scenario a --quick      # a smoke run
     python scripts/bench.py --scenario b --server-arg=--store=memory:// --json out.json
 
@@ -61,7 +62,11 @@ class Scenario:
     # Sessions scenario: how long to hold everyone, and how many one-at-a-time probe greetings.
     hold: float = 0.0
     probes: int = 0
+    # "" leaves telchat its default (auto), which the reference then mirrors.
     announce_nicks: str = "all"
+    # Storm scenario: everyone connects at once (`concurrency` at a time), then one probe
+    # per room proves every member live.
+    storm: bool = False
     text_bytes: int = 64
     concurrency: int = 50
     # Every Nth client checks each message it receives; the rest count them.
@@ -73,6 +78,8 @@ class Scenario:
 
     def describe(self) -> str:
         what = f"{self.clients} clients, {self.rooms} room{'s' if self.rooms != 1 else ''}"
+        if self.storm:
+            return f"{what}, {self.concurrency} connecting at a time, default options, one probe per room"
         if not self.traffic:
             return f"{what}, held {self.hold:g} s, {self.probes} probe connects"
         pace = f"{self.rate:g} msg/s each" if self.rate else f"open loop, window {self.window}"
@@ -84,7 +91,10 @@ SCENARIOS = {
     "b": Scenario("b", "throughput, one room, open loop", clients=100, rooms=1, senders=10, window=16, check_every=20),
     "c": Scenario("c", "latency, many rooms", clients=1000, rooms=50, senders=100, rate=5, announce_nicks="rooms"),
     "d": Scenario("d", "many sessions held", clients=10000, rooms=500, hold=3.0, probes=200, announce_nicks="rooms"),
+    "e": Scenario("e", "connection storm", clients=10000, rooms=500, concurrency=200, storm=True, announce_nicks=""),
 }
+# How long the storm's probes get to reach every member.
+PROOF_TIMEOUT = 30.0
 QUICK: dict[str, Any] = {"warmup": 0.3, "duration": 1.5, "hold": 0.5, "probes": 20}
 QUICK_SESSIONS = 1000
 
@@ -103,6 +113,16 @@ def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
+    return 0
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full (this
+    network namespace, every listener: other processes' overflows count too)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True)).get("ListenOverflows", 0))
     return 0
 
 
@@ -268,7 +288,7 @@ def telchat_target(scenario: Scenario, extra: Sequence[str]) -> Target:
     # Flood control would throttle the load itself; it is off where the server has it.
     if "--flood-rate" in options:
         argv.append("--flood-rate=0")
-    if "--announce-nicks" in options:
+    if "--announce-nicks" in options and scenario.announce_nicks:
         argv.append(f"--announce-nicks={scenario.announce_nicks}")
     # The sessions held plus the probes that connect while they are: over the default 10 000.
     if "--max-connections" in options:
@@ -284,7 +304,7 @@ def web_target(scenario: Scenario, extra: Sequence[str]) -> Target:
 
 def reference_target(scenario: Scenario, extra: Sequence[str]) -> Target:
     argv = [sys.executable, str(ROOT / "scripts" / "bench_reference.py"), "--host", HOST, "--port", "0"]
-    return Target("reference", (*argv, f"--announce-nicks={scenario.announce_nicks}", *extra))
+    return Target("reference", (*argv, f"--announce-nicks={scenario.announce_nicks or 'auto'}", *extra))
 
 
 @functools.cache
@@ -384,12 +404,14 @@ def percentiles(values_ns: Sequence[int]) -> dict[str, float | None]:
 
 
 def members_of(scenario: Scenario) -> list[Member]:
-    """Client i sits in room i mod R; the first S clients send, so senders spread over rooms."""
+    """Client i sits in room i mod R; the first S clients send, so senders spread over rooms
+    (in a storm, the first client of each room sends its probe)."""
+    senders = scenario.rooms if scenario.storm else scenario.senders
     return [
         Member(
             f"u{i}",
             f"r{i % scenario.rooms}" if scenario.rooms else "",
-            sender=i if i < scenario.senders else -1,
+            sender=i if i < senders else -1,
             checked=i % scenario.check_every == 0,
         )
         for i in range(scenario.clients)
@@ -558,6 +580,43 @@ async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: 
     return result
 
 
+async def run_storm(server: Server, scenario: Scenario, rec: Recorder, args: argparse.Namespace) -> dict[str, Any]:
+    idle_kib = rss_kib(server.pid)
+    overflows = listen_overflows()
+    meter = Meter(server.pid, server.profile)
+    meter.start()
+    clients, result = await setup(server, scenario, rec, args)
+    held_kib = rss_kib(server.pid)
+    live = await prove_live(clients)
+    meter.stop()
+    sessions = max(1, len(clients))
+    return result | {
+        "proven_live": live,
+        "connect_ms": percentiles(rec.connects),
+        "all_live_s": round(meter.wall, 3) if live == scenario.clients else None,
+        "server_cpu_ms_per_conn": round(meter.server_cpu * meter.wall * 1000 / sessions, 3),
+        "server_cpu": round(meter.server_cpu, 3),
+        "load_cpu": round(meter.load_cpu, 3),
+        "other_cpu": round(meter.other_cpu, 3),
+        "listen_overflows": listen_overflows() - overflows,
+        "closed_by_server": rec.closed_by_server,
+        "rss_mib": round(held_kib / 1024, 1),
+        "rss_per_session_kib": round((held_kib - idle_kib) / sessions, 2),
+    }
+
+
+async def prove_live(clients: Sequence[Client]) -> int:
+    """One message into each room; return how many clients it reached (all, when all live)."""
+    for client in clients:
+        if client.sender >= 0:
+            client.send_message()
+    deadline = time.monotonic() + PROOF_TIMEOUT
+    # Polled: the counters are bumped in protocol callbacks, which have no event to set.
+    while time.monotonic() < deadline and any(c.messages == 0 for c in clients):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    return sum(c.messages > 0 for c in clients)
+
+
 async def run_one(target: Target, scenario: Scenario, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     # A directory of its own per run: a store file (telchat's default SQLite) left by an
     # earlier run would replay its history to this run's joiners, as old sequence numbers.
@@ -568,7 +627,7 @@ async def run_one(target: Target, scenario: Scenario, args: argparse.Namespace, 
     rec = Recorder()
     try:
         await server.start(SERVER_CORE if args.pin else None)
-        run = run_traffic if scenario.traffic else run_sessions
+        run = run_storm if scenario.storm else run_traffic if scenario.traffic else run_sessions
         result = await run(server, scenario, rec, args)
         result["server_alive"] = server.alive()
         rec.close_all()
@@ -593,6 +652,8 @@ RATIOS = {
     "probe_greeting_p99": ("probe_greeting_ms", "p99"),
     "rss_per_session": ("rss_per_session_kib",),
     "server_cpu": ("server_cpu",),
+    "time_all_live": ("all_live_s",),
+    "connect_p99": ("connect_ms", "p99"),
 }
 
 
@@ -620,7 +681,15 @@ def targets(scenario: Scenario, telchat: dict[str, Any], ratio: dict[str, float 
         return {"target": what, "measured": value, "met": value is not None and ok(value)}
 
     checks: list[dict[str, Any]] = []
-    if scenario.traffic and not scenario.rate:
+    if scenario.storm:
+        live, p99 = telchat.get("proven_live"), dig(telchat, ("connect_ms", "p99"))
+        checks.append(check(f"all {scenario.clients} proven live", live, lambda v: v >= scenario.clients))
+        checks.append(check("TCP connect p99 <= 200 ms", p99, lambda v: v <= 200))
+        checks.append(check("time until all live <= 5 x reference", ratio.get("time_all_live"), lambda v: v <= 5))
+        cpu = telchat.get("server_cpu_ms_per_conn")
+        checks.append(check("server CPU per connection <= 0.3 ms", cpu, lambda v: v <= 0.3))
+        checks.append(check("RSS per session <= 8 KiB", telchat.get("rss_per_session_kib"), lambda v: v <= 8))
+    elif scenario.traffic and not scenario.rate:
         checks.append(check("deliveries/s >= 0.5 x reference", ratio.get("throughput"), lambda v: v >= 0.5))
     elif scenario.traffic:
         checks.append(check("p99 latency <= 2 x reference", ratio.get("latency_p99"), lambda v: v <= 2))
@@ -647,6 +716,12 @@ ROWS: dict[str, tuple[str, ...]] = {
     "latency p99 ms": ("latency_ms", "p99"),
     "latency max ms": ("latency_ms", "max"),
     "held after hold": ("held_after",),
+    "proven live": ("proven_live",),
+    "TCP connect p50 ms": ("connect_ms", "p50"),
+    "TCP connect p99 ms": ("connect_ms", "p99"),
+    "time until all live s": ("all_live_s",),
+    "server CPU ms per conn": ("server_cpu_ms_per_conn",),
+    "ListenOverflows": ("listen_overflows",),
     "probe greeting p50 ms": ("probe_greeting_ms", "p50"),
     "probe greeting p99 ms": ("probe_greeting_ms", "p99"),
     "server CPU (cores)": ("server_cpu",),
@@ -811,13 +886,15 @@ async def run_all(args: argparse.Namespace, logdir: Path, emit: Callable[[dict[s
 def scenario_names(text: str) -> str:
     names = "abcd" if text == "all" else text
     if not names or set(names) - set(SCENARIOS):
-        raise argparse.ArgumentTypeError(f"not a, b, c, d, a combination of them, or all: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a, b, c, d, e, a combination of them, or all (a-d): {text!r}")
     return names
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", default="all", type=scenario_names, help="a, b, c, d, several (ac) or all")
+    parser.add_argument(
+        "--scenario", default="all", type=scenario_names, help="a, b, c, d, e, several (ac) or all (a to d)"
+    )
     parser.add_argument("--quick", action="store_true", help="short durations (and 1000 sessions for d)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop the whole run after this long")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout only)")

@@ -53,6 +53,8 @@ class Recorder:
     window_end: int = 0
     latencies: array[int] = field(default_factory=lambda: array("q"))
     greetings: list[int] = field(default_factory=list)
+    # TCP connect times (ns): socket connect() to its completion.
+    connects: list[int] = field(default_factory=list)
     sending: bool = False
     # Open loop: senders refill their window as their own messages come back.
     open_loop: bool = False
@@ -338,6 +340,7 @@ async def connect(rec: Recorder, member: Member, dial: Dial, source: str) -> Cli
         sock.setblocking(False)
         started = perf_counter_ns()
         await loop.sock_connect(sock, dial.address)
+        rec.connects.append(perf_counter_ns() - started)
         _, client = await loop.create_connection(
             lambda: Client(rec, member, started, dial.window, dial.pad),
             sock=sock,

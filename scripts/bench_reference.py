@@ -28,6 +28,7 @@ SENDQ_LIMIT = 131072
 HISTORY_REPLAY = 20
 HISTORY_KEEP = 1000
 MAX_PENDING = 8192
+ANNOUNCE_ALL_UP_TO = 100  # telchat.chat.rooms.ANNOUNCE_ALL_UP_TO
 
 
 class Room:
@@ -63,8 +64,9 @@ class Chat:
             conn.flush()
 
     def audience(self, conn: Conn) -> dict[Conn, None]:
-        """Who hears `conn` change nick: everyone, or its rooms' members and itself."""
-        if self.announce_nicks == "all":
+        """Who hears `conn` change nick: everyone, or its rooms' members and itself (auto:
+        everyone while at most ANNOUNCE_ALL_UP_TO are connected, as telchat's default)."""
+        if self.announce_nicks == "all" or (self.announce_nicks == "auto" and len(self.conns) <= ANNOUNCE_ALL_UP_TO):
             return self.conns
         audience = {conn: None}
         for room in conn.rooms:
@@ -194,7 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--announce-nicks", choices=("all", "rooms"), default="all")
+    parser.add_argument("--announce-nicks", choices=("all", "rooms", "auto"), default="all")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     coro = serve(args.host, args.port, args.announce_nicks)

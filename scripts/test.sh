@@ -13,6 +13,9 @@ need ps procps
 # The real clients the terminal tests drive, and what makes their TLS certificate.
 need tmux tmux
 need telnet inetutils-telnet
+need busybox busybox
+need kermit ckermit
+need nc netcat-openbsd
 [ -x /usr/games/tt++ ] || APT_PACKAGES+=(tintin++)
 need openssl openssl
 # Headless Chromium and its driver: tests/test_web_browser.py loads the web door's page.

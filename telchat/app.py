@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from asyncio import Transport
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from telchat.chat.outbox import Flusher, encode_line
@@ -37,7 +39,7 @@ from telchat.telnet.protocol import (
     protocol_factory,
     pump,
 )
-from telchat.telnet.tls import server_context
+from telchat.telnet.tls import TlsAcceptor, server_context
 from telchat.web.door import WebDoor
 
 if TYPE_CHECKING:
@@ -48,13 +50,34 @@ log = get_logger(__name__)
 HEALTH_TIMEOUT = 2.0
 
 
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def listen_backlog(configured: int | None) -> int:
+    """`--backlog`, else the kernel's own cap (a larger backlog is cut to it anyway): a
+    storm of connects then waits in the accept queue instead of having its SYNs dropped."""
+    if configured is not None:
+        return configured
+    try:
+        return int(SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
 class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.telemetry = Telemetry()
         self.store = store or make_store(config.store, config.history_keep, config.node_ttl)
         self.store.stats = self.telemetry.stats
-        self.chat = Chat(self.store, config.history_replay, config.announce_nicks, config.log_messages, self.telemetry)
+        self.chat = Chat(
+            self.store,
+            history_replay=config.history_replay,
+            announce_nicks=config.announce_nicks,
+            log_messages=config.log_messages,
+            max_rooms_per_user=config.max_rooms_per_user,
+            telemetry=self.telemetry,
+        )
         self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
         self._classes: dict[Session, tuple[ClientClass, Door]] = {}
@@ -72,6 +95,7 @@ class App:
         self.status = ServerStatus(self.chat, config.server_name)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.backlog = listen_backlog(config.backlog)
 
     @property
     def port(self) -> int:
@@ -91,7 +115,7 @@ class App:
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
         self._server = await self._listen(config.port)
         if tls is not None and config.tls_port is not None:
-            self._tls_server = await self._listen(config.tls_port, tls, "tls")
+            self._tls_server = await self._listen(config.tls_port, tls)
         if config.web_port is not None:
             await self._open_web(config.web_port)
         if config.ssh_port is not None:
@@ -108,9 +132,10 @@ class App:
             ssh_port=self.ssh_port,
             workers=config.workers,
             loop=loop,
+            backlog=self.backlog,
         )
         if config.metrics_port is not None:
-            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port)
+            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port, self.backlog)
 
     def _factory(self, door: Door) -> Callable[[], ChatTelnetServer]:
         """Every door's connections: one telnet protocol, one session runner."""
@@ -120,19 +145,26 @@ class App:
         config = self.config
         tls = server_context(config.web_tls_cert, config.web_tls_key) if config.web_tls_cert else None
         self.web = WebDoor(config, self._factory("web"), self.telemetry)
-        self.web_port = await self.web.start(config.host, port, tls, reuse_port=config.workers > 1)
+        self.web_port = await self.web.start(config.host, port, tls, self.backlog, reuse_port=config.workers > 1)
 
     async def _open_ssh(self, port: int) -> None:
         # Imported only when used: asyncssh (and cryptography) cost time and memory at import.
         from telchat.ssh.door import SshDoor
 
-        self.ssh = SshDoor(self.config, self._factory("ssh"), self.telemetry)
-        self.ssh_port = await self.ssh.start(self.config.host, port, reuse_port=self.config.workers > 1)
+        self.ssh = SshDoor(self.config, self._factory("ssh"), self.guards)
+        self.ssh_port = await self.ssh.start(self.config.host, port, self.backlog, reuse_port=self.config.workers > 1)
 
-    async def _listen(self, port: int, tls: ssl.SSLContext | None = None, door: Door = "telnet") -> asyncio.Server:
-        factory = self._factory(door)
+    async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+        config = self.config
+        factory = self._factory("telnet" if tls is None else "tls")
+        accept: Callable[[], asyncio.Protocol] = factory
+        if tls is not None:
+
+            def accept() -> asyncio.Protocol:
+                return TlsAcceptor(factory, tls, self.guards, config.tls_handshake_timeout)
+
         return await asyncio.get_running_loop().create_server(
-            factory, self.config.host, port, ssl=tls, reuse_port=self.config.workers > 1 or None
+            accept, config.host, port, backlog=self.backlog, reuse_port=config.workers > 1 or None
         )
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:

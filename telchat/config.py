@@ -23,7 +23,8 @@ class Config:
     port: int = 2323
     history_replay: int = 20
     history_keep: int = 1000
-    announce_nicks: str = "all"
+    max_rooms_per_user: int = 50
+    announce_nicks: str = "auto"
     log_format: str = "auto"
     log_level: str = "info"
     max_line_bytes: int = 1024
@@ -39,6 +40,7 @@ class Config:
     tls_port: int | None = None
     tls_cert: str = ""
     tls_key: str = ""
+    tls_handshake_timeout: float = 5.0
     server_name: str = "telchat"
     operators: str = ""
     argon2_time_cost: int = 2
@@ -59,6 +61,8 @@ class Config:
     metrics_host: str = "0.0.0.0"
     log_messages: bool = True
     loop: str = "auto"
+    backlog: int | None = None
+    max_sndbuf: int = 131072
     web_port: int | None = None
     web_origins: str = ""
     web_trusted_proxies: str = ""
@@ -136,8 +140,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "announce_nicks",
         str,
-        "who sees nick changes: everyone connected, or only those sharing a room",
-        ("all", "rooms"),
+        "who sees nick changes: everyone connected, only those sharing a room, or auto "
+        "(everyone while at most ANNOUNCE_ALL_UP_TO users are online, else rooms)",
+        ("auto", "all", "rooms"),
     ),
     Option(
         "log_format",
@@ -184,13 +189,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_port", port, "TCP port for telnet over TLS (telnets, usually 992); unset: no TLS listener"),
     Option("tls_cert", str, "PEM certificate (chain) file for the TLS listener"),
     Option("tls_key", str, "PEM private key file for the TLS listener"),
+    Option("tls_handshake_timeout", seconds, "seconds a TLS client has to finish its handshake"),
     Option("server_name", str, "the server's name, as MSSP crawlers are told"),
     Option("operators", str, "comma-separated nicks whose registered accounts are operators"),
     Option("argon2_time_cost", count, "argon2id passes per password hash"),
     Option("argon2_memory_kib", argon2_memory, "argon2id memory per password hash, in KiB (at least 8)"),
     Option("argon2_parallelism", count, "argon2id lanes per password hash"),
     Option("hash_concurrency", count, "password hashes computed at once, in worker threads"),
-    Option("login_failures", count, "failed logins allowed per minute, per address and per nick"),
+    Option("login_failures", count, "failed logins allowed per minute, per address and per address and nick"),
+    Option("max_rooms_per_user", count, "rooms one connection may be in at once"),
     Option("flood_burst", count, "lines a client may send at once before fakelag delays them"),
     Option("flood_rate", rate, "lines per second a client may send past the burst (0: no flood control)"),
     Option("max_connections", count, "connections the server accepts at once"),
@@ -212,6 +219,12 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "event loop: uvloop (faster), asyncio, or auto (uvloop when it is installed)",
         ("auto", "asyncio", "uvloop"),
+    ),
+    Option("backlog", count, "listen backlog of every listener; unset: the kernel's somaxconn"),
+    Option(
+        "max_sndbuf",
+        count,
+        "kernel send buffer per client socket (SO_SNDBUF), in bytes: what the kernel may hold beyond the sendq",
     ),
     Option("web_port", port, "HTTP port for the web page (telnet over a WebSocket); unset: no web door"),
     Option("web_origins", str, "comma-separated extra origins whose pages may open the WebSocket (https://host)"),

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +12,7 @@ from telchat.app import App
 from telchat.config import Config
 from telchat.obs.logs import configure_logging
 from tests.clients import LineClient, RawClient, TelnetClient
+from tests.redis_server import RedisServer
 
 # Cheap password hashes keep account tests fast; the cost options are what production tunes.
 # No fakelag: scripted clients type faster than people; test_flood.py turns it back on.
@@ -115,3 +116,20 @@ async def room_with(connect: Connect, *nicks: str) -> list[LineClient]:
     for client in clients:
         await client.drain(0.05)
     return clients
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own (with AOF), stopped at the end."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[RawClient]]:
+    """Clients a test opens to server processes; all are closed at the end of the test."""
+    opened: list[RawClient] = []
+    yield opened
+    for client in opened:
+        await client.close()

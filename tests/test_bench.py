@@ -47,6 +47,30 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert [t["target"] for t in scenario["targets"]] == ["p99 latency <= 2 x reference", "zero loss"]
 
 
+def test_bench_storm_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "scripts/bench.py", "--scenario", "e", "--clients", "60", "--rooms", "6"]
+    run = subprocess.run(
+        [*command, "--concurrency", "20", "--max-seconds", "40", "--json", str(out)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 0, run.stderr
+    (scenario,) = json.loads(out.read_text())["scenarios"]
+    runs = {r["server"]: r for r in scenario["runs"]}
+    assert set(runs) == {"telchat", "reference"}
+    for result in runs.values():
+        # Every member of every room got its room's probe.
+        assert result["sessions"] == result["proven_live"] == 60
+        assert result["connect_ms"]["p99"] is not None and result["all_live_s"] is not None
+        assert result["listen_overflows"] >= 0 and result["server_cpu_ms_per_conn"] > 0
+    assert {"time_all_live", "connect_p99", "rss_per_session"} <= scenario["ratios"].keys()
+    assert len(scenario["targets"]) == 5
+
+
 # The generator's own bookkeeping, on hand-made input (no sockets).
 
 

@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
+import re
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from telchat.app import App
+from telchat.clients.gmcp import PLAYERS_INTERVAL
 from telchat.clients.probes import NOT_HTTP
 from tests.clients import (
+    BINARY,
+    DO,
     DONT,
     ECHO,
     EOR,
     EOR_OPT,
     GA,
+    GMCP,
     IAC,
+    MSSP,
     NAWS,
     SB,
     SE,
+    SGA,
+    TM,
+    TTYPE,
     WILL,
+    WONT,
     MudClient,
     RawClient,
     TelnetClient,
@@ -29,6 +43,8 @@ from tests.clients import (
 from tests.conftest import Connect, user
 from tests.procs import ServerProcess
 
+NEW_ENVIRON, CHARSET = 39, 42
+HINT = "*** Your text is not UTF-8 but looks like {charset}: type set charset {charset} to fix it"
 WELCOME = b"*** Welcome to telchat. Type help for commands.\r\n"
 
 
@@ -102,6 +118,23 @@ async def test_nc_client_is_greeted_within_half_a_second(nc: list[NcClient], por
     started = loop.time()
     await nc_connect(nc, port)
     assert loop.time() - started < 0.5
+
+
+async def test_password_prompt_says_what_is_true_for_the_client(
+    nc: list[NcClient], port: int, connect: Connect
+) -> None:
+    owner = await connect()
+    await owner.login("frank")
+    await owner.send("register correct-horse")
+    await owner.read_until("*** Nick frank is now registered")
+    await owner.send("nick other")
+    # nc cannot be asked to stop echoing: the prompt must not claim typing is hidden.
+    raw = await nc_connect(nc, port)
+    await raw.send(b"login frank\n")
+    assert await raw.line() == b"*** Password for frank (your client shows what you type; an empty line cancels):\r\n"
+    terminal = await connect()
+    await terminal.send("login frank")
+    await terminal.expect("*** Password for frank (typing is hidden; an empty line cancels):")
 
 
 async def test_cp1251_nc_client_round_trip_through_utf8_peer(nc: list[NcClient], port: int, connect: Connect) -> None:
@@ -192,7 +225,9 @@ async def test_mud_client_gets_line_mode_gmcp_mssp_and_eor(port: int, connect: C
         assert await tina.gmcp_message("Core.Hello") == {"name": "telchat", "version": "0.1.0"}
         assert await tina.gmcp_message("Comm.Channel.List") == []
         assert tina.mssp and tina.mssp[0]["NAME"] == "telchat"
-        assert (EOR, 0) in tina.commands
+        # EOR agreed, but the greeting is a complete line, not a prompt: no mark after it.
+        assert (WILL, EOR_OPT) in tina.commands
+        assert (EOR, 0) not in tina.commands
 
         await tina.login("tina")
         await tina.join("one", "tina")
@@ -236,19 +271,20 @@ async def test_telnet_terminal_gets_echo_and_redraw_once_per_flush(port: int, co
         assert await term.read_line() == "login term\r\x1b[K*** User change nick anonymous --> term"
         await term.send("join one")
         await term.read_until("*** User term joined room #one")
+        # While something is typed, the current room is shown before it.
         await term.send_bytes(b"half")
         assert await term.drain() == []
-        assert term.buffer == b"half"
+        assert term.buffer == b"[#one] half"
         bob = await user(connect, "bob", "one")
         await term.drain()
-        assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
+        assert term.buffer == b"\r\x1b[K[#one] half\r\x1b[11C"
         term.buffer = b""
         await bob.send("one line")
         # Each flush: clear the input line, print, redraw the input with the cursor after it.
         assert await term.read_line() == "\r\x1b[K#one:bob> one line"
         if not term.buffer:
             await term._fill(1)
-        assert term.buffer == b"\r\x1b[Khalf\r\x1b[4C"
+        assert term.buffer == b"\r\x1b[K[#one] half\r\x1b[11C"
     finally:
         await term.close()
 
@@ -293,18 +329,36 @@ class PlainMudClient(MudClient):
     ACCEPT_WILL = MudClient.ACCEPT_WILL - {EOR_OPT}
 
 
-async def _marks_after_output(client: MudClient) -> set[int]:
-    """The end-of-output marks (EOR, GA) that came with the answer to a command."""
+_marked = itertools.count()
+
+
+async def _marks_after_output(client: MudClient, port: int) -> set[int]:
+    """The end-of-output marks (EOR, GA) that came with a prompt, after none came with the
+    answer to a command: a mark after a complete line is a blank line in TinTin++."""
+    nick = f"marked{next(_marked)}"
     client.commands.clear()
     await client.send("who")
     await client.expect("*** Users online: nobody logged in (+1 anonymous)")
-    return {cmd for cmd, _ in client.commands if cmd in (EOR, GA)}
+    assert {cmd for cmd, _ in client.commands if cmd in (EOR, GA)} == set()
+    # A registered nick's password prompt, cancelled with an empty line.
+    owner = await RawClient.connect(port)
+    await owner.login(nick)
+    await owner.send("register hunter2hunter2")
+    await owner.read_until(f"*** Nick {nick} is now registered")
+    await owner.close()
+    client.commands.clear()
+    await client.send(f"login {nick}")
+    await client.read_until(f"*** Password for {nick}")
+    marks = {cmd for cmd, _ in client.commands if cmd in (EOR, GA)}
+    await client.send("")
+    await client.expect("*** Login cancelled")
+    return marks
 
 
 async def test_mud_client_without_eor_gets_go_ahead(port: int) -> None:
     client = await PlainMudClient.connect(port)
     try:
-        assert await _marks_after_output(client) == {GA}
+        assert await _marks_after_output(client, port) == {GA}
     finally:
         await client.close()
 
@@ -317,8 +371,13 @@ async def test_window_resize_redraws_the_input_line(port: int) -> None:
         term.buffer = b""
         await term.send_bytes(bytes([IAC, SB, NAWS, 0, 20, 0, 10, IAC, SE]))
         await term._fill(1)
-        # 20 columns: the line scrolls so that the cursor stays on screen.
-        assert term.buffer == b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+        # 20 columns: the terminal wrapped the 50-cell line onto 3 rows, cursor on the last:
+        # those are erased, and the line scrolls so that the cursor stays on screen.
+        assert term.buffer == b"\r\x1b[2A\x1b[J" + b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+        term.buffer = b""
+        await term.send_bytes(bytes([IAC, SB, NAWS, 0, 100, 0, 10, IAC, SE]))
+        await term._fill(1)
+        assert term.buffer == b"\r\x1b[K" + b"x" * 50 + b"\r\x1b[50C", "widening is redrawn too"
     finally:
         await term.close()
 
@@ -327,8 +386,151 @@ async def test_mud_client_that_turns_eor_off_gets_go_ahead_from_then_on(port: in
     """The end-of-output mark follows the options as they change after the connection starts."""
     client = await MudClient.connect(port)
     try:
-        assert await _marks_after_output(client) == {EOR}
+        assert await _marks_after_output(client, port) == {EOR}
         await client.send_bytes(bytes([IAC, DONT, EOR_OPT]))
-        assert await _marks_after_output(client) == {GA}
+        assert await _marks_after_output(client, port) == {GA}
     finally:
         await client.close()
+
+
+# telnet options
+
+
+async def test_server_accepts_exactly_the_options_it_implements(app: App) -> None:
+    """A client that offers (WILL) and asks for (DO) every option but TIMING-MARK learns
+    exactly which the server implements; everything else is refused in so many words, so a
+    client such as C-Kermit, which waits for an agreed COM-PORT-CONTROL, is not left hanging."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        options = [opt for opt in range(256) if opt not in (TM, IAC)]
+        writer.write(b"".join(bytes([IAC, verb, opt]) for opt in options for verb in (WILL, DO)))
+        data = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                data += await asyncio.wait_for(reader.read(65536), 0.1)
+        (transport,) = app.sessions.values()
+        state = transport.get_protocol().writer
+        client_does = {names.get(o[0], o[0]) for o, on in state.remote_option.items() if on}
+        server_does = {names.get(o[0], o[0]) for o, on in state.local_option.items() if on}
+        refused = {(m[1][0], m[2][0]) for m in re.finditer(rb"\xff([\xfc\xfe])(.)", data, re.DOTALL)}
+    finally:
+        writer.close()
+    assert client_does == {"BINARY", "SGA", "TTYPE", "NAWS", "NEW-ENVIRON", "CHARSET", "GMCP"}
+    assert server_does == {"BINARY", "ECHO", "SGA", "EOR", "CHARSET", "GMCP", "MSSP"}
+    assert {opt for verb, opt in refused if verb == DONT} >= {44, 34, 5} | set(range(60, 69))
+    assert {opt for verb, opt in refused if verb == WONT} >= {44, 34, 5} | set(range(60, 69))
+
+
+names = {BINARY: "BINARY", SGA: "SGA", TTYPE: "TTYPE", NAWS: "NAWS", NEW_ENVIRON: "NEW-ENVIRON", CHARSET: "CHARSET"}
+names |= {GMCP: "GMCP", ECHO: "ECHO", EOR_OPT: "EOR", MSSP: "MSSP"}
+
+
+# line mode
+
+
+async def test_line_mode_editing_keys_are_applied_not_stripped(connect: Connect) -> None:
+    """telnetlib3-client and the like send what the user typed, editing keys included."""
+    bob = await user(connect, "bob", "one")
+    ann = await user(connect, "ann", "one")
+    await bob.drain()
+    for typed, meant in [
+        (b"abcx\x7fd", "abcd"),
+        (b"abcx\x08d", "abcd"),
+        (b"garbage\x15hello", "hello"),
+        (b"hello big  \x17world", "hello world"),
+        ("привет\x7fт".encode(), "привет"),
+    ]:
+        await ann.send_bytes(typed + b"\r\n")
+        assert await bob.read_line() == f"#one:ann> {meant}"
+
+
+async def test_a_join_leave_flood_sends_gmcp_members_a_bounded_player_list(port: int, connect: Connect) -> None:
+    """Issue 13, finding 15: each change used to send every GMCP member the whole list."""
+    tina = await MudClient.connect(port)
+    try:
+        await tina.login("tina")
+        await tina.join("big", "tina")
+        for i in range(8):
+            await user(connect, f"member{i}", "big")
+        flooder = await user(connect, "flooder")
+        await tina.gmcp_message("Comm.Channel.Players")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await flooder.send_bytes(b"join big\r\nleft big\r\n" * 30 + b"join big\r\n")
+        await flooder.read_until("*** User flooder joined room #big")
+        await tina.read_until("*** User flooder joined room #big")
+        # The last list names everyone, the flooder included.
+        lists: list[Any] = []
+        while not lists or len(lists[-1]) != 10:
+            lists.append(await tina.gmcp_message("Comm.Channel.Players"))
+        elapsed = loop.time() - started
+        # 61 changes; at most one list a second (and one right away) reaches each member.
+        most = 2 + elapsed / PLAYERS_INTERVAL
+        assert len(lists) <= most
+        assert sum(len(json.dumps(data)) for data in lists) <= most * len(json.dumps(lists[-1]))
+
+    finally:
+        await tina.close()
+
+
+@pytest.mark.parametrize("charset", ["cp1251", "koi8-r"])
+async def test_legacy_cyrillic_input_gets_one_charset_hint(
+    nc: list[NcClient], port: int, connect: Connect, charset: str
+) -> None:
+    """Issue 14, item 9: a user who set no charset types cp1251 or koi8-r."""
+    vasya = await nc_connect(nc, port)
+    await vasya.send(b"login vasya\njoin one\n")
+    await vasya.until(b"*** User vasya joined")
+    await vasya.send("привет всем\n".encode(charset))
+    assert await vasya.line() == (HINT.format(charset=charset) + "\r\n").encode()
+    await vasya.until(b"#one:vasya> ")
+    await vasya.send("как дела\n".encode(charset))
+    assert (await vasya.line()).startswith(b"#one:vasya> "), "the hint comes once"
+    await vasya.send(f"set charset {charset}\n".encode())
+    assert await vasya.line() == f"*** Charset is now {charset}\r\n".encode()
+    await vasya.send("теперь понятно\n".encode(charset))
+    assert await vasya.line() == "#one:vasya> теперь понятно\r\n".encode(charset)
+
+
+async def test_legacy_cyrillic_typed_a_key_at_a_time_gets_the_hint(port: int) -> None:
+    term = await TermClient.connect(port)
+    try:
+        for byte in "привет".encode("cp1251"):
+            await term.send_bytes(bytes([byte]))
+        await term.send_bytes(b"\r")
+        # (After the echo of what was typed, cleared by Enter.)
+        assert (await term.read_line()).endswith("\r\x1b[K" + HINT.format(charset="cp1251"))
+    finally:
+        await term.close()
+
+
+class DumbTerminal(TermClient):
+    """inetutils telnet with TERM=dumb: takes BINARY both ways, and stays in line mode."""
+
+    TERMINAL = b"DUMB"
+    ACCEPT_DO = TermClient.ACCEPT_DO | {BINARY}
+
+
+async def test_line_mode_terminal_leaves_binary(port: int) -> None:
+    """Issue 14, item 4: in BINARY, inetutils telnet echoes Enter as a bare LF (a staircase)."""
+    term = await DumbTerminal.connect(port)
+    try:
+        assert (WILL, ECHO) not in term.commands, "line mode"
+        assert (DO, BINARY) in term.commands and (WILL, BINARY) in term.commands
+        assert (WONT, BINARY) in term.commands and (DONT, BINARY) in term.commands
+    finally:
+        await term.close()
+
+
+async def test_help_wraps_to_the_window_naws_reports(port: int) -> None:
+    """Issue 14, item 12: help as a short list that fits the client's width, resized too."""
+    term = await MudClient.connect(port)  # line mode: no echo in the way
+    try:
+        await term.send_bytes(bytes([IAC, SB, NAWS, 0, 40, 0, 10, IAC, SE]))
+        await term.send("help")
+        lines = await term.read_until("*** Type help <command>")
+        assert len(lines) > 3 and all(len(line) <= 40 for line in lines[:-1])
+    finally:
+        await term.close()

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from tests.clients import LineClient
 from tests.conftest import Connect, user
+from tests.test_names import LOOKALIKES
+
+
+async def listener_and_talker(connect: Connect) -> tuple[LineClient, LineClient]:
+    """ann and bob in #one, ann's input read: what bob's next line makes her see."""
+    listener = await user(connect, "ann", "one")
+    talker = await user(connect, "bob", "one")
+    await listener.drain()
+    return listener, talker
 
 
 async def test_speaking_needs_login(connect: Connect) -> None:
@@ -58,6 +68,17 @@ async def test_nick_taken_ignores_case_and_lookalikes(connect: Connect) -> None:
     third = await connect()
     await third.send("login pac")
     await third.expect("*** Nick pac is already taken")
+
+
+@pytest.mark.parametrize(("nick", "spoof"), LOOKALIKES)
+async def test_lookalike_nicks_are_taken_either_way_round(connect: Connect, nick: str, spoof: str) -> None:
+    for first, second in ((nick, spoof), (spoof, nick)):
+        holder = await user(connect, first)
+        other = await connect()
+        await other.send(f"login {second}")
+        await other.expect(f"*** Nick {second} is already taken")
+        await holder.send("quit")
+        await holder.wait_closed()
 
 
 @pytest.mark.parametrize(
@@ -208,6 +229,20 @@ async def test_rooms(connect: Connect) -> None:
     await bob.expect("*** Rooms: #one (2), #two (1)")
 
 
+async def test_rooms_and_who_say_which_room_is_current(connect: Connect) -> None:
+    bob = await user(connect, "bob", "one")
+    await bob.join("two", "bob")
+    current = "*** Your current room is #two"
+    for line, answer in (
+        ("rooms", ["*** Rooms: #one (1), #two (1)", current]),
+        ("who one", ["*** Users in #one: bob", current]),
+        ("who *", ["*** Users online: bob", current]),
+        ("who", ["*** Users in #two: bob"]),  # it names the current room already
+    ):
+        await bob.send(line)
+        await bob.expect(*answer)
+
+
 async def test_history(connect: Connect) -> None:
     bob = await user(connect, "bob", "one")
     for i in range(5):
@@ -242,10 +277,11 @@ async def test_history_without_room(connect: Connect) -> None:
 async def test_help(connect: Connect) -> None:
     bob = await connect()
     await bob.send("help")
+    # A short list that fits an 80-column terminal; operator commands are for operators only.
     await bob.expect(
-        "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit, register, password, "
-        "away, back, ignore, unignore, set, whois, topic, kick, ban, unban, bans, mute, unmute. "
-        "Type help <command> for one command's usage."
+        "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit,",
+        "***   register, password, away, back, ignore, unignore, set, whois, topic",
+        "*** Type help <command> for one command's usage.",
     )
     await bob.send("help msg")
     await bob.expect("*** msg <nick> <text> - send a private message", "*** Also: tell")
@@ -264,14 +300,74 @@ async def test_unknown_command_and_usage(connect: Connect) -> None:
     await bob.send("/join a b")
     await bob.expect("*** Usage: join <room>")
     await bob.send("/rooms now")
-    await bob.expect("*** Usage: rooms")
+    await bob.expect("*** Usage: rooms [page]")
 
 
 async def test_bare_words_that_do_not_fit_are_messages(connect: Connect) -> None:
     bob = await user(connect, "bob", "one")
-    for text in ("join the party now", "quit smoking", "help me please", "Who", "me too", "msg", "login"):
+    for text in ("join the party now", "quit smoking", "help me please", "me too", "John is here", "jion a party"):
         await bob.send(text)
         await bob.expect(f"#one:bob> {text}")
+
+
+async def test_bare_commands_match_in_any_case(connect: Connect) -> None:
+    bob = await user(connect, "bob", "one")
+    await bob.send("Who")
+    await bob.expect("*** Users in #one: bob")
+    await bob.send("JOIN two")
+    await bob.expect("*** #two history", "*** User bob joined room #two")
+
+
+@pytest.mark.parametrize(
+    ("line", "answer"),
+    [
+        ("login", "*** Usage: login <nick> [password]"),
+        ("Login boss pw extra words", "*** Usage: login <nick> [password]"),
+        ("nick boss pw extra words", "*** Usage: login <nick> [password]"),
+        ("register correct horse battery", "*** Usage: register <password>"),
+        ("PASSWORD only-one", "*** Usage: password <old> <new>"),
+        ("msg", "*** Usage: msg <nick> <text>"),
+        ("tell ann", "*** Usage: msg <nick> <text>"),
+        ("msg nobody secret one", "*** No such user: nobody"),
+    ],
+)
+async def test_lines_with_secrets_are_never_posted(connect: Connect, line: str, answer: str) -> None:
+    listener, bob = await listener_and_talker(connect)
+    await bob.send(line)
+    await bob.expect(answer)
+    await bob.send("after")
+    await bob.expect("#one:bob> after")
+    assert await listener.read_until("#one:bob> after") == ["#one:bob> after"]
+
+
+async def test_bare_msg_and_tell_are_private(connect: Connect) -> None:
+    ann, bob = await listener_and_talker(connect)
+    for command, secret in (("msg", "secret one"), ("Tell", "secret two")):
+        await bob.send(f"{command} ann {secret}")
+        await bob.expect(f"-> *ann*> {secret}")
+        await ann.expect(f"*bob*> {secret}")
+    carol = await user(connect, "carol")
+    await carol.send("register carol-password")
+    await carol.read_until("*** Nick carol is now registered")
+    await carol.send("quit")
+    await carol.wait_closed()
+    await ann.drain()
+    await bob.drain()
+    await bob.send("msg carol are you there")
+    await bob.expect("*** carol is not online; the message was not sent")
+    await bob.send("after")
+    assert await ann.read_until("#one:bob> after") == ["#one:bob> after"]
+
+
+@pytest.mark.parametrize("line", ["jion lobby", "/jion", "/Jion lobby", "hlep"])
+async def test_mistyped_command_gets_a_hint_not_posted(connect: Connect, line: str) -> None:
+    listener, bob = await listener_and_talker(connect)
+    await bob.send(line)
+    name = line.lstrip("/").split()[0]
+    suggestion = "help" if name == "hlep" else "join"
+    await bob.expect(f"*** Unknown command {name}. Did you mean {suggestion}?")
+    await bob.send("after")
+    assert await listener.read_until("#one:bob> after") == ["#one:bob> after"]
 
 
 async def test_slash_slash_and_say(connect: Connect) -> None:

@@ -149,7 +149,7 @@ def test_long_line_scrolls_horizontally() -> None:
 def test_resize_redraws_and_keeps_cursor_visible() -> None:
     editor = typed("x" * 70)
     out = editor.resize(30)
-    assert out.startswith(CLEAR_LINE)
+    assert out.endswith(editor.redraw()) and editor.redraw().startswith(CLEAR_LINE)
     assert editor.cursor_column < 29
     assert LineEditor().resize(10) == ""
 
@@ -166,13 +166,131 @@ def test_tab_becomes_space() -> None:
     assert typed("a\tb").text == "a b"
 
 
-KEYS = ["a", "я", "中", " ", LEFT, RIGHT, HOME, END, BS, DEL, DELETE, CTRL_U, CTRL_W, UP, "\r"]
+KEYS = ["a", "я", "中", " ", "\u0301", "\u200d", "👍", LEFT, RIGHT, HOME, END, BS, DEL, DELETE, CTRL_U, CTRL_W, UP]
+KEYS += ["\x1bb", "\x1bf", "\x1bd", "\x1b\x7f", "\x1b[1;5D", "\x1b[1;5C", "\x0b", "\t", "\r"]
 
 
 @given(st.lists(st.sampled_from(KEYS)))
 def test_any_key_sequence_keeps_state_consistent(keys: list[str]) -> None:
     editor = LineEditor(width=10)
+    editor.complete = lambda before, word: ["alpha", "alps", "beta"]
+    editor.set_prompt("[#r] ")
     for key in keys:
         editor.feed(key)
-        assert 0 <= editor.cursor <= len(editor.text)
+        assert 0 <= editor.cursor <= len(editor.text) == editor.length
         assert 0 <= editor.cursor_column < editor.width
+
+
+# readline keys (issue 14, item 10)
+
+ALT_B, ALT_F, ALT_D, ALT_BS = "\x1bb", "\x1bf", "\x1bd", "\x1b\x7f"
+CTRL_LEFT, CTRL_RIGHT, ALT_LEFT = "\x1b[1;5D", "\x1b[1;5C", "\x1b[1;3D"
+CTRL_A, CTRL_E, CTRL_K, TAB = "\x01", "\x05", "\x0b", "\t"
+
+
+@pytest.mark.parametrize("back", [ALT_B, CTRL_LEFT, ALT_LEFT])
+@pytest.mark.parametrize("forward", [ALT_F, CTRL_RIGHT])
+def test_word_motion(back: str, forward: str) -> None:
+    editor = typed("say hello, world", back)
+    assert editor.cursor == len("say hello, ")
+    typed(back, back, editor=editor)
+    assert editor.cursor == 0
+    typed(forward, editor=editor)
+    assert editor.cursor == len("say")
+    typed(forward, "!", editor=editor)
+    assert editor.text == "say hello!, world"
+
+
+def test_alt_d_and_alt_backspace_kill_words() -> None:
+    editor = typed("one two three", CTRL_A, ALT_D)
+    assert (editor.text, editor.cursor) == (" two three", 0)
+    typed(CTRL_E, ALT_BS, editor=editor)
+    assert editor.text == " two "
+    editor = typed("a-b c-d", CTRL_W)
+    assert editor.text == "a-b ", "Ctrl-W erases back to whitespace, as readline does"
+
+
+def test_ctrl_a_ctrl_e_ctrl_k() -> None:
+    editor = typed("hello world", CTRL_A, "> ", CTRL_E, "!")
+    assert editor.text == "> hello world!"
+    typed(CTRL_A, ALT_F, CTRL_K, editor=editor)
+    assert editor.text == "> hello"
+
+
+def completer(before: str, word: str) -> list[str]:
+    names = ["join", "who", "whois", "help"] if not before.strip() else ["frank", "fred", "#frank_talk"]
+    return [name for name in names if name.lower().startswith(word.lower())]
+
+
+def test_tab_completes_a_unique_word_with_a_space() -> None:
+    editor = LineEditor()
+    editor.complete = completer
+    typed("jo", TAB, editor=editor)
+    assert editor.text == "join "
+    typed("#f", TAB, editor=editor)
+    assert editor.text == "join #frank_talk "
+
+
+def test_tab_completes_the_common_part_then_shows_the_choices() -> None:
+    editor = LineEditor()
+    editor.complete = completer
+    typed("hi #", editor=editor)
+    assert editor.feed(TAB).output == CLEAR_LINE + "hi #frank_talk " + "\r\x1b[15C"
+    typed(CTRL_U, "hi f", editor=editor)
+    assert editor.feed(TAB).output == CLEAR_LINE + "hi fr" + "\r\x1b[5C", "the part they share"
+    # Nothing more in common: the choices are shown above the input line, which stays.
+    assert editor.feed(TAB).output == CLEAR_LINE + "frank  fred\r\n" + CLEAR_LINE + "hi fr\r\x1b[5C"
+    assert editor.text == "hi fr"
+    assert BELL in editor.feed("x" + TAB).output, "nothing to complete"
+
+
+def test_prompt_shows_before_input_only_while_typing() -> None:
+    editor = LineEditor(width=40)
+    assert editor.set_prompt("[#frank_talk] ") == ""
+    assert editor.feed("hi").output == "[#frank_talk] hi"
+    assert editor.cursor_column == len("[#frank_talk] hi")
+    assert editor.redraw() == CLEAR_LINE + "[#frank_talk] hi\r\x1b[16C"
+    assert editor.set_prompt("[#one] ") == CLEAR_LINE + "[#one] hi\r\x1b[9C"
+    assert editor.feed("\r").lines == ["hi"]
+    assert editor.redraw() == CLEAR_LINE
+
+
+def test_prompt_is_left_out_on_a_narrow_terminal() -> None:
+    editor = LineEditor(width=16)
+    editor.set_prompt("[#frank_talk] ")
+    assert editor.feed("hi").output == "hi"
+
+
+# cost (issue 13, finding 1): a bounded amount of work per key, whatever the line's length
+
+
+def test_history_walks_and_scattered_inserts_measure_each_grapheme_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import telchat.rules.lineedit as lineedit
+
+    calls = 0
+    real = lineedit.width
+
+    def counted(text: str) -> int:
+        nonlocal calls
+        calls += 1
+        return real(text)
+
+    monkeypatch.setattr(lineedit, "width", counted)
+    editor = LineEditor(width=80, max_chars=2000)
+    editor.feed("x" * 1000 + "\r")
+    calls = 0
+    result = editor.feed((UP + DOWN) * 10_000)
+    assert calls == 0, "walking the history measures nothing again"
+    assert result.keys == 20_000
+    typed(UP, editor=editor)
+    # One character at a time, NULs between (as a hostile client sends them), mid-line.
+    editor.feed(HOME)
+    calls = 0
+    editor.feed("\x00".join("y" * 500))
+    assert calls <= 3 * 500, "each insert measures only the graphemes next to it"
+
+
+def test_narrowing_erases_the_rows_the_old_line_was_wrapped_onto() -> None:
+    editor = typed("x" * 70)  # 80 columns: drawn on one row, cursor at column 70
+    assert editor.resize(30) == "\r\x1b[2A\x1b[J" + editor.redraw(), "wrapped onto 3 rows, cursor on the third"
+    assert editor.resize(60).startswith(CLEAR_LINE), "widened: one row, redrawn in place"

@@ -7,11 +7,31 @@ import asyncio
 import pytest
 from telnetlib3.telopt import TM
 
-from tests.clients import DO, IAC, TelnetClient, TermClient
+from tests.clients import DO, IAC, LineClient, OptionClient, TelnetClient, TermClient
 from tests.clients import TM as TM_OPT
 from tests.conftest import Connect, with_config
 
+NOP = 241
 FAST = with_config(idle_ping=0.2, idle_timeout=0.3)
+
+
+async def still_connected(client: LineClient) -> None:
+    await client.send("who")
+    # endswith: a terminal in character mode gets its typing echoed before the answer.
+    assert (await client.read_line()).endswith("*** Users online: nobody logged in (+1 anonymous)")
+
+
+async def stays_while_idle(client: OptionClient, seconds: float) -> None:
+    """Idle for `seconds`, reading as a terminal program does (that is when it answers),
+    then still connected; closed after."""
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            await client._fill(0.05)
+        await still_connected(client)
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("config", [FAST])
@@ -22,8 +42,7 @@ async def test_lurker_who_answers_pings_is_never_kicked(port: int, connect: Conn
     try:
         await asyncio.sleep(1.5)
         assert len(pings) >= 3
-        await lurker.send("who")
-        await lurker.expect("*** Users online: nobody logged in (+1 anonymous)")
+        await still_connected(lurker)
     finally:
         await lurker.close()
 
@@ -31,17 +50,8 @@ async def test_lurker_who_answers_pings_is_never_kicked(port: int, connect: Conn
 @pytest.mark.parametrize("config", [FAST])
 async def test_terminal_that_answers_with_wont_also_stays(port: int) -> None:
     term = await TermClient.connect(port)
-    try:
-        # Keep reading, as a terminal program does: that is when it answers.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        while loop.time() < deadline:
-            await term._fill(0.05)
-        assert (DO, TM_OPT) in term.commands
-        await term.send("who")
-        assert (await term.read_line()).endswith("*** Users online: nobody logged in (+1 anonymous)")
-    finally:
-        await term.close()
+    await stays_while_idle(term, 1.0)
+    assert (DO, TM_OPT) in term.commands
 
 
 @pytest.mark.parametrize("config", [FAST])
@@ -70,3 +80,45 @@ async def test_raw_client_is_not_pinged(port: int) -> None:
         assert bytes([IAC, DO, TM_OPT]) not in said
     finally:
         writer.close()
+
+
+class TinTinLike(OptionClient):
+    """Answers the first DO TIMING-MARK with WONT and ignores every later one, as TinTin++ does."""
+
+    TERMINAL = b"TINTIN++"
+    ACCEPT_DO = OptionClient.ACCEPT_DO - {TM_OPT}
+    tm_seen = 0
+    nops = 0
+
+    def _refuse(self, cmd: int, opt: int) -> None:
+        if cmd == DO and opt == TM_OPT:
+            self.tm_seen += 1
+            if self.tm_seen > 1:
+                return
+        super()._refuse(cmd, opt)
+
+
+class Unanswering(OptionClient):
+    """Negotiates, then never answers a TIMING-MARK (but reads everything)."""
+
+    def _refuse(self, cmd: int, opt: int) -> None:
+        if not (cmd == DO and opt == TM_OPT):
+            super()._refuse(cmd, opt)
+
+
+@pytest.mark.parametrize("config", [FAST])
+async def test_client_that_ignores_all_but_the_first_ping_stays(port: int) -> None:
+    tina = await TinTinLike.connect(port)
+    await stays_while_idle(tina, 3 * (0.2 + 0.3))  # 3 x (idle-ping + idle-timeout)
+    assert tina.tm_seen == 2, "after an ignored ping, no more pings"
+    assert sum(cmd == NOP for cmd, _ in tina.commands) >= 2, "NOPs instead, for TCP to judge"
+
+
+@pytest.mark.parametrize("config", [FAST])
+async def test_client_that_never_answers_a_ping_is_told_why_it_is_dropped(port: int) -> None:
+    mute = await Unanswering.connect(port)
+    try:
+        closing = await mute.wait_closed(timeout=3)
+        assert b"*** Your client did not answer the server's ping within 0.3 s; disconnecting.\r\n" in closing
+    finally:
+        await mute.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -92,13 +90,6 @@ async def test_healthz_and_unknown_paths(app: App) -> None:
     assert app.metrics_port is not None
     assert await http_get(app.metrics_port, "/healthz") == (200, "ok\n")
     assert (await http_get(app.metrics_port, "/nope"))[0] == 404
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_healthz_fails_while_the_store_is_gone(redis: RedisServer) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from telchat.config import Config
+from telchat.rules.names import nick_key
 from tests.clients import LineClient, RawClient
 from tests.conftest import TEST_CONFIG, Connect, running, user
 from tests.procs import ServerProcess
@@ -50,6 +51,14 @@ async def test_operator_commands_are_refused_to_others(connect: Connect, line: s
     await impostor.drain()
     await impostor.send(line)
     await impostor.expect(f"*** Only operators can use {command}")
+
+
+async def test_help_lists_operator_commands_to_operators(connect: Connect) -> None:
+    boss = await operator(connect)
+    await boss.send("help")
+    lines = await boss.read_until("*** Type help <command>")
+    assert "*** Operator commands: kick, ban, unban, bans, mute, unmute" in lines
+    assert all(len(line) < 80 for line in lines)
 
 
 async def test_kick(connect: Connect) -> None:
@@ -130,6 +139,38 @@ async def test_address_ranges(connect: Connect, port: int) -> None:
     await refused.close()
 
 
+@pytest.mark.parametrize("written", ["::ffff:127.0.0.1", "::ffff:127.0.0.0/104", "::FFFF:7f00:1"])
+async def test_ipv4_mapped_ban_matches_the_ipv4_address(connect: Connect, port: int, written: str) -> None:
+    boss = await operator(connect)
+    await boss.send(f"/ban {written} go away")
+    shown = "127.0.0.0/8" if "/" in written else "127.0.0.1"
+    await boss.expect(f"*** Banned {shown} permanently: go away")
+    refused = await RawClient.connect(port, greet=False)
+    assert await refused.wait_closed() == (BANNED_ADDRESS + "\r\n").encode()
+    await refused.close()
+    await boss.send(f"/unban {written}")
+    await boss.expect(f"*** Unbanned {shown}")
+
+
+async def test_password_change_ends_every_link_to_the_account(connect: Connect) -> None:
+    thief = await registered(connect, "boss", "boss-password")
+    await thief.send("nick eve")
+    await thief.expect("*** User change nick boss --> eve")
+    owner = await connect()
+    await owner.send("login boss boss-password")
+    await owner.read_until("*** User change nick anonymous --> boss")
+    await owner.send("password boss-password fresh-password")
+    await owner.expect("*** Password changed")
+    gone = await thief.wait_closed()
+    assert b"*** The password of boss was changed from another connection; log in again" in gone
+    # The owner keeps the nick and its rights; the old password opens nothing.
+    await owner.send("/bans")
+    await owner.expect("*** No bans")
+    again = await connect()
+    await again.send("login boss boss-password")
+    await again.expect("*** Wrong password for boss")
+
+
 async def test_bad_moderation_input(connect: Connect) -> None:
     boss = await operator(connect, "room")
     for line, error in [
@@ -189,6 +230,34 @@ async def test_mute_everywhere_and_its_expiry(connect: Connect) -> None:
     await asyncio.sleep(1.1)
     await bob.send("hello")
     await bob.expect("#room:bob> hello")
+
+
+async def test_a_mute_covers_quit_reasons_away_text_topics_and_nicks(connect: Connect) -> None:
+    boss = await operator(connect, "room")
+    chief = await registered(connect, "Chief", "chief-password")
+    await chief.join("room", "Chief")
+    bob = await user(connect, "bob", "room")
+    await bob.send("/away back soon")
+    await bob.expect("*** You are marked as away")
+    for nick, client in (("bob", bob), ("Chief", chief)):
+        await boss.send(f"/mute {nick} 10m")
+        await boss.read_until(f"*** Muted {nick} in #room for 10m")
+        await client.read_until("*** You were muted in #room by boss for 10m")
+    refused = (
+        (bob, "/away buy cheap pills", "*** You cannot set an away message while muted; type away alone"),
+        (bob, "nick BOB", "*** You cannot change your nick while muted"),
+        (chief, "/topic buy cheap pills", "*** You are muted in #room"),
+    )
+    for client, line, answer in refused:
+        await client.send(line)
+        await client.expect(answer)
+    await boss.drain()
+    await boss.send("/whois bob")
+    whois = await boss.read_until("*** bob connects from")
+    assert "*** bob is away" in whois and not any("back soon" in line for line in whois)
+    await bob.send("/quit buy cheap pills")
+    await bob.wait_closed()
+    assert await boss.read_line() == "*** User bob quit (quit)"
 
 
 async def test_mute_holds_across_reconnects(connect: Connect) -> None:
@@ -255,6 +324,28 @@ async def test_bans_and_topics_survive_restart(tmp_path: Path) -> None:
         await cid.expect("*** You are muted on this server")
         await bob.close()
         await cid.close()
+
+
+async def test_bans_and_mutes_stored_in_older_forms_still_hold(tmp_path: Path) -> None:
+    config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}")
+    async with running(config) as first:
+        # As older versions wrote them: nick keys case-folded only, mapped addresses as given.
+        ban = {"shown": "mike", "by": "boss", "reason": "spam", "until": None}
+        await first.store.put_record("ban", "nick:mike", ban)
+        address = {"shown": "::ffff:127.0.0.1", "by": "boss", "reason": "go away", "until": None}
+        await first.store.put_record("ban", "ip:::ffff:127.0.0.1/128", address)
+        await first.store.put_record("mute", "* max", {"nick": "Max", "by": "boss", "until": None})
+    for _ in range(2):  # and again after they were moved to their keys
+        async with running(replace(config, operators="boss")) as server:
+            refused = await RawClient.connect(server.port, greet=False)
+            assert await refused.wait_closed() == (BANNED_ADDRESS + "\r\n").encode()
+            await refused.close()
+            assert "nick:rnike" in server.services.moderation.bans
+            assert server.chat.muted(nick_key("Max"))
+    async with running(config) as server:
+        await server.store.put_record("ban", "ip:127.0.0.1/32", None)
+        await server.store.put_record("ban", "nick:rnike", None)
+        assert await server.store.records("ban") == {}
 
 
 async def test_every_moderation_action_is_logged_with_who_did_it() -> None:

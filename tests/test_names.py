@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telchat.rules.names import NameError_, check_nick, check_room, nick_key
+from telchat.rules.names import NameError_, check_nick, check_room, lookalikes, nick_key, skeleton
 
 INVISIBLE_OR_FORMAT = set(
     "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069"
@@ -39,6 +39,38 @@ def test_fullwidth_nick_is_normalized() -> None:
 
 def test_lookalike_keys_collide() -> None:
     assert nick_key("рас") == nick_key("PAC")
+
+
+# Greek capitals that read as Latin ones, and a capital I that reads as a small L.
+LOOKALIKES = [
+    ("MAX", "\u039c\u0391\u03a7"),
+    ("TONY", "\u03a4\u039f\u039d\u03a5"),
+    ("ZEKE", "\u0396\u0395\u039a\u0395"),
+    ("HANK", "\u0397\u0391\u039d\u039a"),
+    ("NIKO", "\u039d\u0399\u039a\u039f"),
+    ("alice", "aIice"),
+]
+
+
+@pytest.mark.parametrize(("nick", "spoof"), LOOKALIKES)
+def test_lookalikes_share_a_key(nick: str, spoof: str) -> None:
+    check_nick(spoof)
+    assert lookalikes(nick) & lookalikes(spoof)
+
+
+@pytest.mark.parametrize(("one", "other"), [("alice", "ALICE"), ("Ζεύς", "ΖΕΎΣ"), ("frank", "Frank")])
+def test_case_is_not_identity(one: str, other: str) -> None:
+    assert nick_key(one) == nick_key(other)
+
+
+@pytest.mark.parametrize(("one", "other"), [("alice", "alike"), ("bob", "rob"), ("max", "rnix")])
+def test_different_nicks_stay_different(one: str, other: str) -> None:
+    assert not lookalikes(one) & lookalikes(other)
+
+
+def test_skeleton_follows_uts39() -> None:
+    # confusables.txt: 0049 (I) -> 006C (l), 0030 (0) -> 004F (O), 006D (m) -> 0072 006E (rn).
+    assert skeleton("I0m") == "lOrn"
 
 
 @pytest.mark.parametrize("room", ["frank_talk", "#frank_talk", "a.b-c_d", "комната", "x" * 32])

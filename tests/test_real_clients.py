@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from telnetlib3.telopt import ECHO
@@ -22,8 +23,8 @@ StartPane = Callable[..., Awaitable[Pane]]
 async def pane() -> AsyncIterator[StartPane]:
     panes: list[Pane] = []
 
-    async def start(command: list[str], **size: int) -> Pane:
-        started = await Pane.start(command, **size)
+    async def start(command: list[str], **options: Any) -> Pane:
+        started = await Pane.start(command, **options)
         panes.append(started)
         return started
 
@@ -67,11 +68,14 @@ async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
     # A message arrives while bob is half-way through a line, cursor in the middle of it.
     await bob.type("partial inp")
     await bob.keys("Left", "Left")
-    await bob.wait(lambda s: s[-1] == "partial inp", "the partial input")
+    # The current room is shown before the input (only while something is typed).
+    await bob.wait(lambda s: s[-1] == "[#one] partial inp", "the partial input")
     await ann.send("ping from ann")
-    screen = await bob.wait(lambda s: s[-2:] == ["#one:ann> ping from ann", "partial inp"], "message above input")
+    screen = await bob.wait(
+        lambda s: s[-2:] == ["#one:ann> ping from ann", "[#one] partial inp"], "message above input"
+    )
     assert screen[-3] == "#one:bob> hello world again"
-    assert await bob.cursor() == (len("partial i"), len(screen) - 1)
+    assert await bob.cursor() == (len("[#one] partial i"), len(screen) - 1)
 
     # The redrawn line is still live: finishing it sends the whole thing.
     await bob.keys("End")
@@ -81,7 +85,7 @@ async def test_telnet_edits_lines_and_keeps_them_intact_under_incoming_messages(
 
     # Up brings the last line back for another edit; Cyrillic goes through as UTF-8.
     await bob.keys("Up")
-    await bob.wait(lambda s: s[-1] == "partial input", "history recall")
+    await bob.wait(lambda s: s[-1] == "[#one] partial input", "history recall")
     await bob.keys("C-w")
     await bob.type("привет")
     await bob.keys("Enter")
@@ -116,3 +120,35 @@ async def test_tintin_stays_in_line_mode_with_utf8_and_gets_gmcp(
     screen = await tina.wait_line("#one:tina> здравствуйте все")
     # TinTin++ shows what was typed once, itself: the server did not echo it back.
     assert sum(line == "здравствуйте все" for line in screen) == 1
+
+
+async def test_telnet_readline_keys_tab_completion_and_resizing(pane: StartPane, connect: Connect, port: int) -> None:
+    require(TELNET, "tmux")
+    bob = await pane([TELNET, "127.0.0.1", str(port)], width=60, height=20)
+    await enter_room(bob, "bob", "one")
+    ann = await user(connect, "annabel", "one")
+    await bob.wait_line("*** User annabel joined room #one")
+    await ann.drain()
+
+    # Tab completes a nick; Alt-b and Ctrl-Left move back by words, Alt-d kills one.
+    await bob.type("hi ann")
+    await bob.keys("Tab")
+    await bob.wait(lambda s: s[-1] == "[#one] hi annabel", "the completed nick")
+    await bob.type("how are you")
+    await bob.keys("M-b", "M-b", "C-Left", "M-d")
+    await bob.type("who")
+    await bob.keys("C-e")
+    await bob.type("?")
+    await bob.keys("Enter")
+    # (Shown to annabel highlighted: it names her.)
+    assert "#one:bob> hi annabel who are you?" in await ann.read_line()
+
+    # A long line, then a narrower window: no piece of the old line stays on screen.
+    await bob.type("0123456789" * 5)
+    await bob.wait(lambda s: s[-1] == "[#one] " + "0123456789" * 5, "the long line")
+    await bob.tmux("resize-window", "-x", "30", "-y", "20")
+    screen = await bob.wait(lambda s: s[-1].endswith("0123456789") and len(s[-1]) <= 30, "the line redrawn")
+    # (capture-pane -J joins the rows a line was wrapped onto.)
+    assert screen[-2] == "#one:bob> hi annabel who are you?", "the line above is the last message"
+    await bob.tmux("resize-window", "-x", "80", "-y", "20")
+    await bob.wait(lambda s: s[-1] == "[#one] " + "0123456789" * 5, "the line redrawn whole when widened")

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests import test_redis
 from tests.clients import RawClient
 from tests.procs import ServerProcess
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, login
 from tests.test_accounts import CHEAP_HASHES
-from tests.test_redis import login
-
-clients = test_redis.clients  # the fixture, shared
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    redis = RedisServer(tmp_path)
+def nodes(redis: RedisServer) -> Iterator[list[ServerProcess]]:
     procs = [ServerProcess(f"--store={redis.url}", "--operators=boss", *CHEAP_HASHES) for _ in range(2)]
     yield procs
     for proc in procs:
         proc.kill()
-    redis.stop()
 
 
 async def register(client: RawClient, nick: str, password: str) -> None:

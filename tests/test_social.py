@@ -102,6 +102,15 @@ async def test_ignore_hides_messages_and_private_messages(connect: Connect) -> N
         await ann.expect(error)
 
 
+async def test_mentions_fold_lookalikes_as_nicks_do(connect: Connect) -> None:
+    mike = await user(connect, "Mike0", "room")
+    bob = await user(connect, "bob", "room")
+    await mike.drain()
+    for text in ("hi mike0", "hi MIKEO", "hi rnike0"):
+        await bob.send(text)
+        assert await mike.read_line_bytes() == BOLD + f"#room:bob> {text}".encode() + RESET + b"\r\n"
+
+
 async def test_mentions_are_bold_for_the_named_user_only(connect: Connect) -> None:
     ann, bob = await pair(connect)
     cid = await user(connect, "cid", "room")
@@ -226,3 +235,22 @@ async def test_personal_formatting_keeps_shared_encoding_for_everyone_else() -> 
     chat.say(users[0], "nobody named")
     common = [users[i].outbox._chunks[-1] for i in (0, 2, 3)]
     assert common[0] is common[1] is common[2]
+
+
+@pytest.mark.parametrize(
+    ("charset", "shown"),
+    [
+        ("cp1251", '#room:ann> \u0422\u0435\u043a\u0441\u0442 ? \' \u043a - "ok" ... TM'),
+        ("koi8-r", "#room:ann> \u0422\u0435\u043a\u0441\u0442 ? ? ? ? ?ok? ? ?"),
+    ],
+)
+async def test_single_byte_charsets_never_get_c1_control_bytes(connect: Connect, charset: str, shown: str) -> None:
+    ann = await user(connect, "ann", "room")
+    reader = await user(connect, "bob", "room")
+    await reader.send(f"set charset {charset}")
+    await reader.expect(f"*** Charset is now {charset}")
+    await ann.drain()
+    await ann.send("\u0422\u0435\u043a\u0441\u0442 \u2321 \u203a \u045c \u2013 \u201cok\u201d \u2026 \u2122")
+    line = await reader.read_line_bytes()
+    assert not any(0x80 <= byte <= 0x9F for byte in line), line
+    assert line == f"{shown}\r\n".encode(charset, "replace")

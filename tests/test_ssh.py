@@ -181,12 +181,12 @@ async def test_ssh_sessions_share_the_address_count_with_telnet(tmp_path: Path) 
         finally:
             for conn, _ in conns:
                 conn.close()
-        # Ten SSH connections from the address get through the handshake, the rest are cut;
-        # of the ten sessions, the chat's admission (where ann holds a place) takes nine.
-        assert len(conns) == 10
+        # One count per address for every door: ann holds one of its ten places, nine SSH
+        # connections get the others, the rest are cut before their key exchange.
+        assert len(conns) == 9
         assert all(isinstance(result, (OSError, asyncssh.Error)) for result in results if result not in conns)
-        assert firsts.count("*** Welcome to telchat. Type help for commands.") == 9
-        assert firsts.count("*** Too many connections from your address (limit 10). Please close one first.") == 1
+        assert firsts == ["*** Welcome to telchat. Type help for commands."] * 9
+        assert app.telemetry.counters.value("limits", kind="conns_per_ip") == 11
         await ann.send("still here")
         await ann.read_until("#room:ann> still here")
         await assert_healthy(app, ann)
@@ -201,13 +201,13 @@ async def test_a_flood_of_ssh_handshakes_is_cut_before_the_key_exchange(tmp_path
         # Connections that open the socket and never speak SSH.
         socks = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", app.ssh_port) for _ in range(40)))
         banners = await asyncio.gather(*(reader.read(64) for reader, _ in socks))
-        assert sum(1 for banner in banners if banner.startswith(b"SSH-2.0-")) == 10
-        assert app.telemetry.counters.value("limits", kind="conns_per_ip") == 30
+        assert sum(1 for banner in banners if banner.startswith(b"SSH-2.0-")) == 9  # ann holds the tenth place
+        assert app.telemetry.counters.value("limits", kind="conns_per_ip") == 31
         for _, writer in socks:
             writer.close()
         await ann.send("still here")
         await ann.read_until("#room:ann> still here")
-        await _until(lambda: app.ssh is not None and app.ssh.open_connections() == 0, "the closes")
+        await _until(lambda: app.guards.admission.total == 1, "the closes")  # ann's place only
         conn, process = await _ssh(app.ssh_port, "later")  # the places are free again
         assert await _first_line(process) == "*** Welcome to telchat. Type help for commands."
         conn.close()

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import sys
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from telchat.store.events import Event, message
 from telchat.store.sqlite import SqliteStore
 from telchat.store.url import make_store
 from tests.clients import RawClient
-from tests.conftest import TEST_CONFIG
+from tests.conftest import TEST_CONFIG, running
 from tests.procs import ServerProcess, run_server
 
 
@@ -212,3 +216,50 @@ async def test_recent_and_trim_across_chunks(tmp_path: Path) -> None:
         assert [e.text for e in await store.recent("other", 3)] == ["other 5", "other 6", "other 7"]
     finally:
         await store.close()
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+"""
+
+
+@asynccontextmanager
+async def locked(path: Path) -> AsyncIterator[None]:
+    """Another process holds `path`'s write lock for the block."""
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", LOCK_HOLDER, str(path), stdin=PIPE, stdout=PIPE)
+    assert holder.stdout is not None and holder.stdin is not None
+    assert await holder.stdout.readline() == b"locked\n"
+    try:
+        yield
+    finally:
+        holder.stdin.write(b"go\n")
+        await holder.wait()
+
+
+async def test_a_lock_held_by_another_process_never_blocks_the_loop(tmp_path: Path) -> None:
+    """Finding 16: a record write waits for the lock off the loop; others are answered meanwhile."""
+    path = tmp_path / "chat.db"
+    async with running(replace(TEST_CONFIG, store=f"sqlite:///{path}")) as app:
+        ann, bob = await RawClient.connect(app.port), await RawClient.connect(app.port)
+        await ann.login("ann")
+        await ann.send("register correct-horse")
+        await ann.read_until("*** Nick ann is now registered to you")
+        await bob.login("bob")
+        await ann.read_until("*** User change nick anonymous --> bob")
+        async with locked(path):
+            await ann.send("set bell on")  # its record write now waits for the lock
+            setting = asyncio.create_task(ann.read_line(timeout=30))
+            await asyncio.sleep(0.1)
+            await bob.send("who")
+            answered = await bob.read_line()
+            # The loop answered bob while ann's write still waited: before, the loop
+            # itself waited out the busy timeout, then failed ann's write.
+            assert answered.startswith("*** Users online:") and not setting.done()
+        assert await setting == "*** bell is now on"
+        await ann.close()
+        await bob.close()

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import zlib
 
 import pytest
 
 from telchat.app import App
 from tests.attack import Attacker
-from tests.clients import DO, IAC, SB, SE, WILL, RawClient, assert_inert
+from tests.clients import DO, IAC, SB, SE, WILL, RawClient, TermClient, assert_inert
 from tests.conftest import Connect, user, with_config
 from tests.health import Memory, assert_healthy, session_of
+from tests.procs import ServerProcess
 
 MiB = 1 << 20
-NOP, TTYPE, MCCP3 = 241, 24, 87
+NOP, TTYPE, MCCP3, NAWS = 241, 24, 87, 31
 SB_TTYPE = bytes([IAC, SB, TTYPE])
 
 
@@ -148,3 +150,56 @@ async def test_telnet_commands_inside_text_never_reach_others(connect: Connect, 
     assert got == "#room:eve> abcd\ufffde\r\n".encode()
     assert_inert(got)
     await assert_healthy(app, bob, eve)
+
+
+async def test_line_editing_keys_are_charged_to_the_telnet_budget(connect: Connect, app: App) -> None:
+    """Issue 13, finding 1: a character-mode client's editing keys are paced like telnet
+    commands, and each costs the editor a bounded amount of work (tests/test_lineedit.py)."""
+    before = app.telemetry.counters.value("limits", kind="telnet_flood")
+    bob = await user(connect, "bob", "room")
+    eve = await TermClient.connect(app.port)
+    await eve.send("login eve")
+    await eve.send("join room")
+    await bob.read_until("*** User eve joined")
+    await eve.send("x" * 1000)
+    await bob.read_until("#room:eve> xxx")
+    eve_session = await session_of(app, "eve")
+    guard = app.sessions[eve_session].get_protocol().guard
+    await eve.send_bytes(b"\x10\x0e" * (MiB // 8))  # 256 KiB of Ctrl-P / Ctrl-N: history steps
+    await bob.send("still talking")
+    assert await bob.read_line() == "#room:bob> still talking"
+    # Worked through 4 KiB a loop turn, and paced: a read's worth still waits (the rest unread).
+    assert len(guard._pending) - guard._offset > 0
+    assert eve_session._gate is not None and eve_session._gate.paused
+    assert app.telemetry.counters.value("limits", kind="telnet_flood") == before + 1
+    del eve_session, guard  # they would keep her connection's objects alive for the count below
+    # Vanish with a RST, which the server notices while it is not reading her.
+    eve.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await eve.close()
+    await assert_healthy(app, bob)
+
+
+async def test_malformed_subnegotiations_are_logged_once_with_ids_and_charged() -> None:
+    """Issue 13, finding 7: 3-byte NAWS, over and over."""
+    server = ServerProcess()
+    try:
+        bob = await RawClient.connect(server.port)
+        await bob.login("bob")
+        await bob.join("room", "bob")
+        eve = await TermClient.connect(server.port)
+        await eve.send("login eve")
+        await eve.send("join room")
+        await bob.read_until("*** User eve joined")
+        await eve.send_bytes(bytes([IAC, SB, NAWS, 0, 80, 0, IAC, SE]) * 20_000)
+        await bob.send("still talking")
+        assert await bob.read_line() == "#room:bob> still talking"
+        server.wait_for(lambda r: r["event"] == "limit" and r["kind"] == "telnet_flood", "telnet_flood")
+        await eve.close()
+        await bob.close()
+        server.stop()
+    finally:
+        server.kill()
+    malformed = [r for r in server.events if r["event"] == "malformed_subnegotiation"]
+    assert len(malformed) == 1
+    assert malformed[0]["option"] == "NAWS" and malformed[0]["conn_id"] > 0 and malformed[0]["peer"] != "-"
+    assert not [r for r in server.events if r.get("logger", "").startswith("telnetlib3")], "no traceback lines"

@@ -41,6 +41,9 @@ async def test_password_is_never_on_screen(server: ServerProcess) -> None:
         await pane.keys("Enter")
         screen = await pane.wait_line("*** User change nick anonymous --> frank")
         assert not any(PASSWORD in line for line in screen)
+        # No blank line between the prompt and what follows the hidden answer.
+        prompt = next(i for i, line in enumerate(screen) if line.startswith("*** Password for frank"))
+        assert screen[prompt + 1].startswith("*** User change nick anonymous --> frank"), screen
         # Echo is back on: what is typed next shows up again, before Enter is pressed.
         await pane.type("whois frank")
         await pane.wait_line("whois frank")

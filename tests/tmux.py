@@ -35,10 +35,11 @@ class Pane:
         self.socket = socket
 
     @classmethod
-    async def start(cls, command: list[str], width: int = 100, height: int = 30) -> Pane:
+    async def start(cls, command: list[str], width: int = 100, height: int = 30, term: str = "xterm") -> Pane:
         pane = cls(f"telchat-test-{os.getpid()}-{next(_sockets)}")
-        env = ["-e", "LANG=C.UTF-8", "-e", "TERM=xterm"]
-        await pane.tmux("new-session", "-d", "-x", str(width), "-y", str(height), *env, *command)
+        env = ["-e", "LANG=C.UTF-8", "-e", f"TERM={term}"]
+        # tmux sets TERM for the program itself (from default-terminal): `env` overrides it.
+        await pane.tmux("new-session", "-d", "-x", str(width), "-y", str(height), *env, "env", f"TERM={term}", *command)
         return pane
 
     async def tmux(self, *args: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from telchat.obs.logs import get_logger
+from telchat.rules.charsets import c1_safe
 
 log = get_logger(__name__)
 
@@ -40,9 +41,12 @@ def encode_line(text: str, charset: str) -> bytes:
 
 
 def encode_text(text: str, charset: str) -> bytes:
-    data = text.encode(charset, "replace")
-    # Telnet reserves 0xFF (IAC); UTF-8 never produces it, single-byte charsets do (cp1251 'я').
-    return data if charset == "utf-8" else data.replace(b"\xff", b"\xff\xff")
+    if charset == "utf-8":
+        return text.encode(charset, "replace")
+    # No ordinary character may become a C1 control byte (koi8-r '⌡' is 0x9B, CSI), and
+    # telnet reserves 0xFF (IAC), which single-byte charsets produce (cp1251 'я').
+    data = c1_safe(text, charset).encode(charset, "replace")
+    return data.replace(b"\xff", b"\xff\xff")
 
 
 class Flusher:

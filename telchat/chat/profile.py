@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from telchat.rules import replies
-from telchat.rules.names import nick_key
+from telchat.rules.names import ascii_keys, nick_key
 
 # The only escape sequences the server ever sends: user text never contains ESC (sanitize).
 BOLD = "\x1b[1m"
@@ -75,8 +75,8 @@ def stamp(text: str, ts: float | None = None, now: float | None = None) -> str:
 
 def mention_keys(text: str) -> set[str]:
     """The nick keys of the words in `text` (`bob:`, `@Bob` and `BOB` all name bob)."""
-    # For ASCII text, nick_key is plain lower-casing: skip its Unicode work on the hot path.
-    words = _WORD.findall(text.lower() if text.isascii() else nick_key(text))
+    # For ASCII text, nick_key is a table lookup per character: skip its Unicode work on the hot path.
+    words = _WORD.findall(text.translate(ascii_keys()) if text.isascii() else nick_key(text))
     return {word.strip("-") for word in words} | set(words)
 
 

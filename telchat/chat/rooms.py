@@ -20,16 +20,28 @@ from telchat.chat.profile import Profile, away_notice, mention_keys, who_entry
 from telchat.obs.logs import get_logger
 from telchat.obs.telemetry import Telemetry
 from telchat.rules import replies
-from telchat.rules.names import NameError_, check_nick, check_room, nick_key, room_key
+from telchat.rules.names import NameError_, check_nick, check_room, look_key, lookalikes, nick_key, room_key
+from telchat.rules.pages import page_count, page_of, wrap
 from telchat.store import events
 from telchat.store.base import Store, last_id
 from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event, MessageKind
 
 log = get_logger(__name__)
 
+# `who *`: everyone online, even from a room.
+EVERYONE = "*"
+
+#: --announce-nicks=auto tells everyone connected to this node of a nick change while at
+#: most this many users are; past it, only those sharing a room with the user (and the user).
+ANNOUNCE_ALL_UP_TO = 100
+
 
 class ChatError(Exception):
     """A refused request; its message is the `*** ` line shown to the user."""
+
+
+class NotOnline(ChatError):
+    """A private message to a nick that nobody holds now."""
 
 
 def _no_hangup(message: str) -> None:
@@ -53,6 +65,8 @@ class User:
     operator: bool = False
     # Ends the connection with a quit message; its session sets it (kicks use it).
     hangup: Callable[[str], None] = _no_hangup
+    # The client's width, as far as it told (NAWS); what long answers are wrapped to.
+    columns: int = 80
 
     @property
     def logged_in(self) -> bool:
@@ -103,13 +117,26 @@ def _log(event: str, user: User, **fields: Any) -> None:
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
 
-def _format_names(nicks: Iterable[str], anonymous: int) -> str:
-    """`nicks` may include other nodes' anonymous users, listed as `anonymous`."""
+def _names(nicks: Iterable[str], anonymous: int) -> tuple[list[str], str]:
+    """A listing's items and tail. `nicks` may include other nodes' anonymous users,
+    listed as `anonymous`."""
     nicks = list(nicks)
     anonymous += nicks.count(replies.ANONYMOUS)
     names = sorted({n for n in nicks if n != replies.ANONYMOUS}, key=str.casefold)
-    text = ", ".join(names) if names else "nobody logged in"
-    return f"{text} (+{anonymous} anonymous)" if anonymous else text
+    return names or ["nobody logged in"], f" (+{anonymous} anonymous)" if anonymous else ""
+
+
+def _listing(head: str, listing: tuple[list[str], str], number: int, command: str, after: list[str]) -> list[str]:
+    """Page `number` of a listing (items and the tail after the last), in short lines; the
+    last page ends with the lines `after`, any other with how to see the next."""
+    items, tail = listing
+    page = page_of(items, number)
+    if page is None:
+        raise ChatError(replies.NO_SUCH_PAGE.format(page=number, pages=page_count(items)))
+    if page.last:
+        return wrap(head, page.items, tail) + after
+    more = replies.MORE_PAGES.format(page=page.number, pages=page.count, command=command, next=page.number + 1)
+    return [*wrap(head, page.items), more]
 
 
 def check_nick_or_error(raw: str) -> str:
@@ -130,12 +157,15 @@ class Chat:
     def __init__(
         self,
         store: Store,
+        *,
         history_replay: int = 20,
-        announce_nicks: str = "all",
+        announce_nicks: str = "auto",
         log_messages: bool = True,
+        max_rooms_per_user: int = 50,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
+        self.max_rooms_per_user = max_rooms_per_user
         self.telemetry = telemetry or Telemetry()
         self.stats = self.telemetry.stats
         self.log_messages = log_messages
@@ -143,6 +173,8 @@ class Chat:
         self.announce_nicks = announce_nicks
         self.users: dict[User, None] = {}
         self.nicks: dict[str, User] = {}
+        # look_key of each local user's nick -> that user: lookalikes are refused.
+        self.looks: dict[str, User] = {}
         self.rooms: dict[str, Room] = {}
         # Local users whose lines may differ from the common copy (Profile.personal).
         self.special: dict[User, None] = {}
@@ -152,11 +184,15 @@ class Chat:
         self.topics: dict[str, tuple[str, str]] = {}
         # Control event kind -> its handler on this node (moderation, whois).
         self.controls: dict[str, Callable[[Event], None]] = {}
+        store.on_nick_lost(self.lose_nick)
+        # Notices to everyone: one shared batch per loop turn, as a room's lines.
+        self.everyone = Broadcast()
 
     # connection lifecycle
 
     def connect(self, user: User) -> None:
         self.users[user] = None
+        self.everyone.reset()
         self.store.online(user.member_id, user.nick)
 
     def disconnect(self, user: User, reason: str) -> None:
@@ -164,20 +200,27 @@ class Chat:
         if user not in self.users:
             return
         del self.users[user]
+        self.everyone.reset()
         self.special.pop(user, None)
         if user.key is not None:
             self.nicks.pop(user.key, None)
+            self._forget_look(user)
             self.store.release_nick(user.key)
         rooms = tuple(user.rooms)
+        left = self._leave_all(user)
+        self.store.offline(user.member_id, rooms)
+        if rooms:
+            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
+        _players_changed(left)
+
+    def _leave_all(self, user: User) -> list[Room]:
+        """Take `user` out of every room, telling no one; return the rooms it was in."""
         left = list(user.rooms.values())
         for room in left:
             self._remove_member(room, user)
         user.rooms.clear()
         user.current = None
-        self.store.offline(user.member_id, rooms)
-        if rooms:
-            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
-        _players_changed(left)
+        return left
 
     def attach_events(self, user: User, sink: ChatEvents) -> None:
         """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
@@ -205,26 +248,77 @@ class Chat:
         owner = self.nicks.get(key)
         if owner is user and nick == user.nick:
             raise ChatError(replies.NICK_SAME.format(nick=nick))
-        if owner is not None and owner is not user:
+        if (owner is not None and owner is not user) or self._lookalike_held(user, nick):
             raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+        look = look_key(nick)
         if owner is None:
-            # Hold the key locally while the store decides, so no local rival can slip in.
-            self.nicks[key] = user
-            if not await self.store.claim_nick(key, nick) or user not in self.users:
-                del self.nicks[key]
+            if look != key and await self.store.remote_nick(look):
                 raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+            await self._claim(user, key, nick)
         old, old_key = user.nick, user.key
         if old_key is not None and old_key != key:
             del self.nicks[old_key]
             self.store.release_nick(old_key)
+        self._forget_look(user)
+        self.looks[look] = user
         user.nick, user.key = nick, key
         _log("nick", user, old=old, new=nick)
         self.store.renamed(user.member_id, nick, tuple(user.rooms))
         self.store.publish(self._nick_notice(user, replies.NICK_CHANGE.format(old=old, new=nick)))
         _players_changed(user.rooms.values())
 
+    async def _claim(self, user: User, key: str, nick: str) -> None:
+        """Claim `key` in the store for `user`; whatever happens, no claim outlives its reason."""
+        # Hold the key locally while the store decides, so no local rival can slip in.
+        self.nicks[key] = user
+        try:
+            claimed = await self.store.claim_nick(key, nick)
+        except BaseException:
+            self._unhold(user, key)
+            raise
+        if claimed and user in self.users:
+            return
+        self._unhold(user, key)
+        if claimed:
+            self.store.release_nick(key)  # the user left while the store answered
+        raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+
+    def _unhold(self, user: User, key: str) -> None:
+        if self.nicks.get(key) is user:
+            del self.nicks[key]
+
+    def lose_nick(self, key: str) -> None:
+        """The store found `key` owned by another node (this node was cut off for longer
+        than the node TTL, or Redis lost the claim and someone took it): the local holder
+        must go, or two people would answer to one nick."""
+        user = self.nicks.pop(key, None)
+        if user is None:
+            return
+        _log("nick_lost", user)
+        # The nick is someone else's now: nothing to release, and no quit under it to its
+        # rooms, which already saw this user quit when its node was declared dead.
+        user.key = None
+        _players_changed(self._leave_all(user))
+        user.send(replies.NICK_LOST.format(nick=user.nick))
+        user.hangup(replies.NICK_LOST_REASON)
+
+    def _lookalike_held(self, user: User, nick: str) -> bool:
+        """Whether someone else here holds a nick that reads like `nick` (names.lookalikes)."""
+        for key in lookalikes(nick):
+            for held in (self.nicks, self.looks):
+                holder = held.get(key)
+                if holder is not None and holder is not user:
+                    return True
+        return False
+
+    def _forget_look(self, user: User) -> None:
+        if user.key is not None:
+            look = look_key(user.nick)
+            if self.looks.get(look) is user:
+                del self.looks[look]
+
     def _nick_notice(self, user: User, text: str) -> Event:
-        if self.announce_nicks == "all":
+        if self.announce_nicks == "all" or (self.announce_nicks == "auto" and len(self.users) <= ANNOUNCE_ALL_UP_TO):
             return events.notice(text, everyone=True)
         return events.notice(text, rooms=tuple(user.rooms), target=user.key or "")
 
@@ -239,12 +333,16 @@ class Chat:
             user.send(replies.SWITCHED.format(room=room.name))
             _channels_changed(user)
             return
+        if len(user.rooms) >= self.max_rooms_per_user:
+            # Each membership lengthens every answer about this user (whois) and its quit.
+            raise ChatError(replies.ROOM_LIMIT.format(limit=self.max_rooms_per_user))
         if room is None:
             name = await self.store.room_name(key, name)
             # Another local user may have created it while the store answered.
             room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
         if user in room.pending:
             return  # already joining; the first join finishes it
+
         room.pending[user] = []
         try:
             history = await self.store.recent(key, self.history_replay)
@@ -331,11 +429,11 @@ class Chat:
 
     async def private(self, user: User, raw_nick: str, text: str) -> None:
         self._require_login(user)
-        self._check_voice(user, None)
+        self.check_voice(user, None)
         key = nick_key(raw_nick)
         target = self.nicks.get(key)
         if target is None and not await self.store.remote_nick(key):
-            raise ChatError(replies.NO_SUCH_USER.format(nick=raw_nick))
+            raise NotOnline(replies.NO_SUCH_USER.format(nick=raw_nick))
         shown = target.nick if target is not None else raw_nick
         self.stats.private_messages += 1
         _log("private_message", user, to=shown, **self._text(text))
@@ -352,7 +450,7 @@ class Chat:
         self._require_login(user)
         if user.current is None:
             raise ChatError(replies.NO_ROOM)
-        self._check_voice(user, user.current)
+        self.check_voice(user, user.current)
         return user.current
 
     def muted(self, key: str, room: str = "*") -> bool:
@@ -362,7 +460,17 @@ class Chat:
         now = time.time()
         return any(self.mutes.get((scope, key), 0.0) > now for scope in {room, "*"})
 
-    def _check_voice(self, user: User, room: Room | None) -> None:
+    def muted_anywhere(self, user: User) -> bool:
+        """Whether `user` is muted in any room or server-wide: then nothing they write may
+        reach others, whatever the way (a quit reason, an away message, a nick)."""
+        if not self.mutes or user.key is None:
+            return False
+        now = time.time()
+        return any(until > now for (_, nick), until in self.mutes.items() if nick == user.key)
+
+    def check_voice(self, user: User, room: Room | None) -> None:
+        """Refuse text from `user` to `room` (None: to anyone, as a private message) while
+        they are muted there."""
         if user.key is None or not self.muted(user.key, room.key if room is not None else "*"):
             return
         if room is not None and not self.muted(user.key):
@@ -415,7 +523,11 @@ class Chat:
 
     def _deliver_notice(self, event: Event) -> None:
         if event.everyone:
-            self._fan_out(event.text, self.users)
+            if self.special:
+                self._fan_out(event.text, self.users)
+            else:
+                # A storm of logins costs one append per notice, not one push per user each.
+                self.everyone.send(event.text, self.users)
             return
         audience: dict[User, None] = {}
         for key in event.rooms:
@@ -490,12 +602,16 @@ class Chat:
 
     # queries (this node's view, plus what the store knows of other nodes)
 
-    async def who(self, user: User, raw: str | None) -> str:
-        if raw is None and user.current is None:
+    async def who(self, user: User, raw: str | None, page: int = 1) -> list[str]:
+        """Page `page` of the members of room `raw` (default: the current room), or of
+        everyone online (`*`, or no room at all)."""
+        if raw == EVERYONE or (raw is None and user.current is None):
             local = [who_entry(u.nick, u.profile) for u in self.users if u.logged_in]
             anonymous = len(self.users) - len(local)
             remote = await self.store.remote_online()
-            return replies.WHO_ALL.format(names=_format_names([*local, *remote], anonymous))
+            head = replies.WHO_ALL.format(names="").rstrip()
+            listing = _names([*local, *remote], anonymous)
+            return _listing(head, listing, page, f"who {EVERYONE}", self._current_line(user, None))
         if raw is None:
             assert user.current is not None
             key, name = user.current.key, user.current.name
@@ -509,17 +625,29 @@ class Chat:
         members = list(room.members) if room is not None else []
         local = [who_entry(u.nick, u.profile) for u in members if u.logged_in]
         shown = room.name if room is not None else name
-        return replies.WHO_ROOM.format(room=shown, names=_format_names([*local, *remote], len(members) - len(local)))
+        head = replies.WHO_ROOM.format(room=shown, names="").rstrip()
+        listing = _names([*local, *remote], len(members) - len(local))
+        return _listing(head, listing, page, f"who #{shown}", self._current_line(user, key))
 
-    async def room_list(self) -> str:
+    async def room_list(self, user: User, page: int = 1) -> list[str]:
+        """Page `page` of the rooms with members, then which one is `user`'s current room."""
         counts = await self.store.remote_rooms()
         for room in self.rooms.values():
             name, count = counts.get(room.key, (room.name, 0))
             counts[room.key] = (name, count + len(room.members))
         listed = sorted((key, name, count) for key, (name, count) in counts.items() if count)
         if not listed:
-            return replies.NO_ROOMS
-        return replies.ROOMS.format(rooms=", ".join(f"#{name} ({count})" for _, name, count in listed))
+            return [replies.NO_ROOMS]
+        items = [f"#{name} ({count})" for _, name, count in listed]
+        head = replies.ROOMS.format(rooms="").rstrip()
+        return _listing(head, (items, ""), page, "rooms", self._current_line(user, None))
+
+    @staticmethod
+    def _current_line(user: User, shown: str | None) -> list[str]:
+        """The line naming `user`'s current room, unless the answer (about `shown`) did."""
+        if user.current is None or user.current.key == shown:
+            return []
+        return [replies.CURRENT_ROOM.format(room=user.current.name)]
 
     async def history(self, user: User, count: int) -> None:
         if user.current is None:

@@ -7,6 +7,7 @@ charset, as GMCP requires.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -26,13 +27,27 @@ def frame(package: str, data: Any = None) -> bytes:
     return IAC + SB + GMCP + payload.replace(IAC, IAC + IAC) + IAC + SE
 
 
-class GmcpEvents:
-    """A user's events sink (observers.ChatEvents) that speaks GMCP."""
+# A member's player list is sent at most this often (the latest one, after the last change).
+PLAYERS_INTERVAL = 1.0
 
-    __slots__ = ("_outbox",)
+
+class GmcpEvents:
+    """A user's events sink (observers.ChatEvents) that speaks GMCP.
+
+    `Comm.Channel.Players` is the whole list of who shares a room with the user, so sending
+    it on every join and leave costs each member the room's size per change: one user
+    joining and leaving at the flood rate would send a room of 400 GMCP members megabytes a
+    second. Changes are coalesced instead: the latest list goes out at once (the next loop
+    turn) if none went out in the last `PLAYERS_INTERVAL` seconds, else when that is over.
+    """
+
+    __slots__ = ("_due", "_outbox", "_players", "_sent_at")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
+        self._players: Players | None = None
+        self._due: asyncio.TimerHandle | None = None
+        self._sent_at = -PLAYERS_INTERVAL
 
     def send(self, package: str, data: Any = None) -> None:
         self._outbox.push(frame(package, data))
@@ -44,7 +59,28 @@ class GmcpEvents:
         self.send("Comm.Channel.Text", {"channel": channel, "talker": talker, "text": text})
 
     def players(self, players: Players) -> None:
-        self.send("Comm.Channel.Players", [{"name": nick, "channels": rooms} for nick, rooms in players])
+        self._players = players
+        if self._due is None:
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._sent_at + PLAYERS_INTERVAL - loop.time())
+            self._due = loop.call_later(wait, self._send_players)
+
+    def players_now(self, players: Players) -> None:
+        """The client asked: the list now, and nothing pending after it."""
+        self._players = players
+        self._send_players()
+
+    def close(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+
+    def _send_players(self) -> None:
+        self.close()
+        players, self._players = self._players, None
+        if players is not None:
+            self._sent_at = asyncio.get_running_loop().time()
+            self.send("Comm.Channel.Players", [{"name": nick, "channels": rooms} for nick, rooms in players])
 
 
 def start(chat: Chat, user: User) -> GmcpEvents:
@@ -59,7 +95,7 @@ def receive(sink: GmcpEvents, user: User, package: str, data: Any) -> None:
     """Answer what a client asks for over GMCP; anything else is only logged."""
     name = package.lower()
     if name == "comm.channel.players":
-        sink.players(players_of(user))
+        sink.players_now(players_of(user))
     elif name == "core.ping":
         sink.send("Core.Ping")
     elif name == "core.hello" and isinstance(data, dict):

@@ -3,8 +3,9 @@
 - telnet terminals that can move the cursor (inetutils telnet, PuTTY) get character mode:
   the server echoes and edits the input line (lineedit.py) and, when output arrives while
   the person is typing, clears the input line, prints the output and redraws the line;
-- MUD clients (TTYPE/MTTS names, or GMCP/MSDP enabled) keep line mode and no server echo;
-  they get GMCP and MSSP when they accept them, and GA or EOR after each batch of output;
+- MUD clients (TTYPE/MTTS names, or GMCP enabled) keep line mode and no server echo;
+  they get GMCP and MSSP when they accept them, and GA or EOR after a prompt;
+- telnet terminals that cannot move the cursor (TERM=dumb) keep line mode, out of BINARY;
 - raw TCP clients (nc) that answered no negotiation keep line mode, and their bytes are
   taken as they come: 0xFF is a character (cp1251 'я'), not a telnet command.
 
@@ -18,21 +19,28 @@ import codecs
 from collections.abc import Sequence
 from typing import Any, cast
 
-from telnetlib3.telopt import CMD_EOR, DO, ECHO, EOR, GA, GMCP, IAC, MSSP, SGA, TM, WILL
+from telnetlib3.telopt import BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, NOP, SGA, TM, WILL, WONT
 
 from telchat.chat.outbox import Sink, encode_text
-from telchat.clients import gmcp, mssp
+from telchat.clients import completion, gmcp, mssp
 from telchat.clients.probes import LineProbes
 from telchat.config import Config
 from telchat.rules.lineedit import CLEAR_LINE, LineEditor
 from telchat.rules.lines import Oversize
 from telchat.session.session import Session
 from telchat.telnet.internals import LeanTelnetWriter
-from telchat.telnet.liveness import Watchdog
+from telchat.telnet.liveness import Watchdog, set_user_timeout
 from telchat.telnet.protocol import ChatTelnetServer, client_class, input_hider
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
 NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
+# What one editing key is charged to the connection's telnet budget, in bytes of telnet
+# commands: about what it costs the server, next to a telnet command's byte (13.1).
+EDIT_KEY_COST = 16
+# Undecodable input kept for the charset guess, at most (a line's worth).
+UNDECODED_KEPT = 256
+# What a client dropped by the liveness check is told (if it is still there to read it).
+PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds} s; disconnecting."
 
 
 class Terminal:
@@ -49,18 +57,26 @@ class Terminal:
             if self.character_mode
             else None
         )
+        if self._editor is not None:
+            self._editor.complete = self._complete
+        self._prompt_room: str | None = None
         self._inner: Sink | None = None
         self._session: Session | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._decoder_charset = ""
         self._watchdog: Watchdog | None = None
+        self._gmcp: gmcp.GmcpEvents | None = None
+        # Input bytes of the line being typed that did not decode (for Session.check_charset).
+        self._undecoded = b""
         self._hide_line_mode = input_hider(protocol)
-        # A line-mode telnet client's output needs nothing but the end-of-output mark: the
-        # common case, written without looking at anything else.
+        # A line-mode telnet client's output needs no decoration: the common case, written
+        # without looking at anything else.
         self._plain = self._editor is None and self.client_class != "raw"
-        # Depends on negotiated options only: kept up to date as they change, not looked up
-        # at every write.
+        # The end-of-output mark (EOR or GA) that follows a prompt, and only a prompt: every
+        # other line ends in CR LF, and a mark after it is a blank line in TinTin++. Depends
+        # on negotiated options only, so kept up to date as they change.
         self._mark = self._end_of_output()
+        self._prompting = False
         self._writer.on_option_change = self._options_changed
 
     @property
@@ -75,17 +91,20 @@ class Terminal:
 
     def write(self, data: bytes) -> int:
         assert self._inner is not None and self._session is not None
-        mark = self._mark
+        if self._prompting:
+            self._prompting = False
+            data += self._mark
         if self._plain:
-            return self._inner.write(data + mark if mark else data)
+            return self._inner.write(data)
         editor = self._editor
         if self._protocol.passthrough:
             if self._session.user.charset != "utf-8":
                 # A raw client is not a telnet peer: undo the IAC doubling of single-byte charsets.
                 data = data.replace(b"\xff\xff", b"\xff")
-        elif editor is not None and editor.text and self.echoing and not editor.secret:
+        elif editor is not None and editor.typing and self.echoing and not editor.secret:
+            self._sync_prompt(editor)
             data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
-        return self._inner.write(data + mark if mark else data)
+        return self._inner.write(data)
 
     def buffered(self) -> int:
         assert self._inner is not None
@@ -120,25 +139,56 @@ class Terminal:
         if self._decoder is None or charset != self._decoder_charset:
             self._decoder = codecs.getincrementaldecoder(charset)("replace")
             self._decoder_charset = charset
-        result = self._editor.feed(self._decoder.decode(data))
-        if result.output and self.echoing and not self._editor.secret:
-            self._echo(result.output)
+        editor = self._editor
+        moved = self._sync_prompt(editor)
+        text = self._decoder.decode(data)
+        if "\ufffd" in text and len(self._undecoded) < UNDECODED_KEPT:
+            self._undecoded += data
+        result = editor.feed(text)
+        if result.lines and self._undecoded:
+            # Typed a key at a time, a line's worth of bytes says more than any one key.
+            self._session.check_charset(self._undecoded)
+            self._undecoded = b""
+        output = moved + result.output
+        if output and self.echoing and not editor.secret:
+            self._echo(output)
+        guard = self._protocol.guard
+        if result.keys and guard is not None:
+            # Editing keys cost the server work (a redraw each, a history step copies a
+            # line): they are paced with the telnet commands, not free.
+            guard.charge(result.keys * EDIT_KEY_COST)
         return [self._checked(line, charset) for line in result.lines]
 
     @property
     def pending(self) -> int:
         """Characters typed into the current line, not yet committed."""
-        return len(self._editor.text) if self._editor is not None else 0
+        return self._editor.length if self._editor is not None else 0
 
-    def hide_input(self, hidden: bool) -> None:
-        """Stop (or resume) showing what the user types: for a password prompt."""
+    def _sync_prompt(self, editor: LineEditor) -> str:
+        """Keep the input line's prompt on the current room; the redraw that needs."""
+        current = self._session.user.current if self._session is not None else None
+        room = current.name if current is not None else None
+        if room == self._prompt_room:
+            return ""
+        self._prompt_room = room
+        return editor.set_prompt(f"[#{room}] " if room is not None else "")
+
+    def _complete(self, before: str, word: str) -> list[str]:
+        assert self._session is not None
+        return completion.candidates(self._session.chat, self._session.user, before, word)
+
+    def hide_input(self, hidden: bool) -> bool:
+        """Stop (or resume) showing what the user types: for a password prompt, which the
+        next write carries. Whether this client can: a raw one echoes by itself."""
+        self._prompting = hidden
         if self._editor is not None:
             # We do the echoing in character mode: simply echo nothing, and keep no history.
+            # Nor a line end after the answer: the prompt ended its own line, and the hidden
+            # answer left that next line empty for what the server says next.
             self._editor.secret = hidden
-            if not hidden:
-                self._echo("\r\n")
         else:
             self._hide_line_mode(hidden)
+        return self.client_class != "raw"
 
     def _checked(self, line: str, charset: str) -> str | Oversize:
         length = len(line.encode(charset, "replace"))
@@ -149,6 +199,8 @@ class Terminal:
         self._inner.write(self._encode(text))
 
     def _resize(self, cols: int) -> None:
+        if self._session is not None:
+            self._session.user.columns = cols
         if self._editor is not None and self.echoing:
             output = self._editor.resize(cols)
             if output:
@@ -164,44 +216,70 @@ class Terminal:
             self._protocol.passthrough = True
             return
         writer = self._writer
+        # What the server wraps to the window (help): NAWS, kept up to date by `_resize`.
+        session.user.columns = int(self._protocol.get_extra_info("cols") or session.user.columns)
+        self._protocol.on_resize = self._resize
+        if self.client_class == "telnet" and not self.character_mode:
+            self._leave_binary()
         if self.character_mode:
+            if self._protocol.guard is not None:
+                self._protocol.guard.edited = True
             writer.iac(WILL, SGA)
             writer.iac(WILL, ECHO)
             session.set_framer(self)
-            self._protocol.on_resize = self._resize
         self._start_gmcp(session)
         if writer.local_option.enabled(MSSP):
             session.user.outbox.push(mssp.frame(self._status.variables()))
-        self._watchdog = Watchdog(
+        self._start_watchdog(session)
+
+    def _start_watchdog(self, session: Session) -> None:
+        writer = self._writer
+        answer_within = self._config.idle_timeout
+        farewell = PING_TIMEOUT.format(seconds=f"{answer_within:g}")
+        self._watchdog = watchdog = Watchdog(
             idle=lambda: float(self._protocol.idle),
             ping=lambda: writer.iac(DO, TM),
-            expire=lambda: session.quit("ping timeout", reason="ping_timeout"),
+            expire=lambda: session.quit("ping timeout", reason="ping_timeout", farewell=farewell),
             ping_after=self._config.idle_ping,
-            answer_within=self._config.idle_timeout,
+            answer_within=answer_within,
+            nop=lambda: writer.send_iac(IAC + NOP),
+            deaf=lambda: set_user_timeout(writer.transport, answer_within),
         )
-        self._watchdog.start()
+        writer.on_timing_mark = watchdog.answered
+        watchdog.start()
+
+    def _leave_binary(self) -> None:
+        """A terminal that stays in line mode cooks its own input and output, and in BINARY
+        (which it agrees to, and asks for in return) inetutils telnet stops turning the
+        Enter it echoes into CR LF: a staircase. UTF-8 passes without BINARY, so turn it off."""
+        writer = self._writer
+        if writer.local_option.enabled(BINARY):
+            writer.iac(WONT, BINARY)
+        if writer.remote_option.enabled(BINARY):
+            writer.iac(DONT, BINARY)
 
     def _start_gmcp(self, session: Session) -> None:
         writer = self._writer
         user = session.user
-        sink: gmcp.GmcpEvents | None = None
 
         def enabled() -> bool:
             return bool(writer.local_option.enabled(GMCP) or writer.remote_option.enabled(GMCP))
 
         def on_gmcp(package: str, data: Any) -> None:
-            nonlocal sink
-            if sink is None and enabled():
-                sink = gmcp.start(session.chat, user)
-            if sink is not None:
-                gmcp.receive(sink, user, package, data)
+            if self._gmcp is None and enabled():
+                self._gmcp = gmcp.start(session.chat, user)
+            if self._gmcp is not None:
+                gmcp.receive(self._gmcp, user, package, data)
 
         writer.set_ext_callback(GMCP, on_gmcp)
         if enabled():
-            sink = gmcp.start(session.chat, user)
+            self._gmcp = gmcp.start(session.chat, user)
 
     def detach(self) -> None:
+        if self._gmcp is not None:
+            self._gmcp.close()
         self._writer.on_option_change = None
+        self._writer.on_timing_mark = None
         if self._watchdog is not None:
             self._watchdog.stop()
         self._protocol.on_resize = None

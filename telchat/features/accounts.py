@@ -1,16 +1,21 @@
 """Accounts: registered nicks, argon2id password hashes and login throttling.
 
 A registered nick can be taken only by a connection that proves its password, or that
-already proved it for that account. Hashes are computed in worker threads, a few at a time
-(`--hash-concurrency`), so a burst of logins neither stalls the event loop nor takes every
-core. Failed logins are counted in the store, per address and per nick, so every node of a
-cluster throttles alike. No password is ever logged, stored or echoed.
+already proved it for that account since the password last changed: a change ends every
+other connection linked to the account. Hashes are computed in worker threads, a few at a
+time (`--hash-concurrency`), so a burst of logins neither stalls the event loop nor takes
+every core. Failed logins are counted in the store, per address (an IPv6 address by its /64)
+and per address and nick, so every node of a cluster throttles alike; never per nick alone,
+so that strangers cannot lock an owner out. An attempt is counted as in flight before its
+password is verified, so parallel guesses cannot all pass the check before any fails. No
+password is ever logged, stored or echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -22,7 +27,8 @@ from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
 from telchat.features.moderation import Moderation, disconnect_event
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
-from telchat.rules.names import nick_key
+from telchat.rules.addresses import group_key
+from telchat.rules.names import legacy_nick_key, look_key, nick_key
 from telchat.store.base import Record
 
 log = get_logger(__name__)
@@ -87,6 +93,9 @@ class Accounts:
         self.moderation = moderation
         self.hasher = hasher
         self.max_failures = max_failures
+        # Failure counter -> attempts being verified now: each counts as a failure until
+        # it is known not to be one.
+        self._attempts: Counter[str] = Counter()
 
     async def login(self, asker: Asker, raw_nick: str, password: str | None) -> None:
         """`login NICK [PASSWORD]`: a registered nick without a password asks for one."""
@@ -94,10 +103,13 @@ class Accounts:
         self.moderation.check_login(user, raw_nick)
         nick = check_nick_or_error(raw_nick)
         key = nick_key(nick)
-        record = await self.store.get_record(ACCOUNT, key)
+        record = await self._account(nick)
         if record is None:
             if password is not None:
                 raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+            look = look_key(nick)
+            if look != key and await self.store.get_record(ACCOUNT, look) is not None:
+                raise ChatError(replies.NICK_TAKEN.format(nick=nick))  # reads as a registered nick
             await self.chat.set_nick(user, nick)
         elif user.account == key:
             await self._take(user, nick)
@@ -125,7 +137,7 @@ class Accounts:
             raise ChatError(replies.LOGIN_FIRST)
         check_password(password)
         key, nick = user.key, user.nick
-        if await self.store.get_record(ACCOUNT, key) is not None:
+        if await self._account(nick) is not None:
             raise ChatError(replies.ALREADY_REGISTERED.format(nick=nick))
         record: Record = {"nick": nick, "hash": await self.hasher.hash(password), "created": time.time()}
         await self.store.put_record(ACCOUNT, key, record)
@@ -144,6 +156,33 @@ class Accounts:
         await self.store.put_record(ACCOUNT, key, record)
         log.info("password_changed", conn_id=user.conn_id, peer=user.peer, account=key)
         user.send(replies.PASSWORD_CHANGED)
+        # Whoever proved the old password (on any node) must prove the new one.
+        notice = replies.PASSWORD_CHANGED_NOTICE.format(nick=record.get("nick", user.nick))
+        self.store.publish(disconnect_event(f"account:{key}", notice, replies.PASSWORD_CHANGED_REASON, spare=user))
+
+    async def registered(self, raw_nick: str) -> bool:
+        """Whether `raw_nick` names a registered account."""
+        try:
+            nick = check_nick_or_error(raw_nick)
+        except ChatError:
+            return False
+        return await self._account(nick) is not None
+
+    async def _account(self, nick: str) -> Record | None:
+        """The account record of `nick`; one stored under the key it had before keys came
+        from the confusables data is moved to its key now."""
+        key = nick_key(nick)
+        record = await self.store.get_record(ACCOUNT, key)
+        legacy = legacy_nick_key(nick)
+        if record is not None or legacy == key:
+            return record
+        record = await self.store.get_record(ACCOUNT, legacy)
+        if record is not None and nick_key(record["nick"]) == key:
+            await self.store.put_record(ACCOUNT, key, record)
+            await self.store.put_record(ACCOUNT, legacy, None)
+            log.info("account_key_migrated", account=key, legacy=legacy)
+            return record
+        return None
 
     async def remember(self, user: User) -> None:
         """Save the user's settings and ignores with their account, if they have one."""
@@ -157,21 +196,30 @@ class Accounts:
         await self.store.put_record(ACCOUNT, user.account, record)
 
     async def _verified(self, user: User, key: str, nick: str, password: str) -> Record:
-        """The account record, once `password` proved right; throttled per address and nick."""
-        counters = (f"login:ip:{user.ip}", f"login:nick:{key}")
-        for counter in counters:
-            if await self.store.failures(counter, FAILURE_WINDOW) >= self.max_failures:
-                self.chat.telemetry.limit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
-                raise ChatError(replies.TOO_MANY_FAILURES)
-        record = await self.store.get_record(ACCOUNT, key)
-        if record is None:
-            raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
-        if not await self.hasher.verify(record["hash"], password):
+        """The account record, once `password` proved right; throttled per address, and per
+        address and nick, counting attempts still being verified."""
+        group = group_key(user.ip)
+        counters = (f"login:ip:{group}", f"login:ip-nick:{group} {key}")
+        self._attempts.update(counters)
+        try:
             for counter in counters:
-                await self.store.add_failure(counter, FAILURE_WINDOW)
-            log.warning("login_failed", conn_id=user.conn_id, peer=user.peer, account=key)
-            raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
-        return record
+                if await self.store.failures(counter, FAILURE_WINDOW) + self._attempts[counter] > self.max_failures:
+                    self.chat.telemetry.limit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
+                    raise ChatError(replies.TOO_MANY_FAILURES)
+            record = await self.store.get_record(ACCOUNT, key)
+            if record is None:
+                raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+            if not await self.hasher.verify(record["hash"], password):
+                for counter in counters:
+                    await self.store.add_failure(counter, FAILURE_WINDOW)
+                log.warning("login_failed", conn_id=user.conn_id, peer=user.peer, account=key)
+                raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
+            return record
+        finally:
+            self._attempts.subtract(counters)
+            for counter in counters:
+                if self._attempts[counter] <= 0:
+                    del self._attempts[counter]
 
     def _grant(self, user: User, key: str, record: Record) -> None:
         user.account = key
@@ -181,7 +229,8 @@ class Accounts:
             if name in settings:
                 user.profile.change(name, bool(settings[name]))
         if "ignored" in record:
-            user.profile.ignored = set(record["ignored"]) - {key}
+            # Keys saved before confusables data are brought to today's form.
+            user.profile.ignored = {nick_key(ignored) for ignored in record["ignored"]} - {key}
         self.chat.refresh(user)
 
     async def _take(self, user: User, nick: str) -> None:

@@ -13,12 +13,12 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, Final
 
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error, check_room_or_error
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
+from telchat.rules.addresses import Network, parse_address, parse_network
 from telchat.rules.names import NameError_, check_nick, nick_key, room_key
 from telchat.store import events
 from telchat.store.base import Record
@@ -36,8 +36,6 @@ EVERYWHERE = "*"
 CLEAR_TOPIC = "-"
 _DURATION = re.compile(r"^(\d{1,6})([smhdw]?)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 60}
-
-Network = IPv4Network | IPv6Network
 
 
 def parse_duration(text: str) -> float | None:
@@ -87,7 +85,7 @@ class Target:
 
 def ban_target(text: str) -> Target:
     try:
-        network = ip_network(text, strict=False)
+        network = parse_network(text)
     except ValueError:
         try:
             nick = check_nick(text)
@@ -99,13 +97,8 @@ def ban_target(text: str) -> Target:
 
 
 def address_in(ip: str, network: Network) -> bool:
-    try:
-        address = ip_address(ip)
-    except ValueError:
-        return False
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address in network
+    address = parse_address(ip)
+    return address is not None and address in network
 
 
 class Moderation:
@@ -120,12 +113,23 @@ class Moderation:
     async def load(self) -> None:
         """Read bans, mutes and topics from the store into this node's memory."""
         for key, record in (await self.store.records(BAN)).items():
-            self._apply_ban(key, record)
+            self._apply_ban(await self._rekeyed(BAN, key, _ban_key(key, record), record), record)
         for key, record in (await self.store.records(MUTE)).items():
             scope, _, nick = key.partition(" ")
+            current = f"{scope} {nick_key(record.get('nick', nick))}"
+            scope, _, nick = (await self._rekeyed(MUTE, key, current, record)).partition(" ")
             self._apply_mute(scope, nick, record)
         for key, record in (await self.store.records(TOPIC)).items():
             self._apply_topic(key, record)
+
+    async def _rekeyed(self, kind: str, key: str, current: str, record: Record) -> str:
+        """`current`, the key `record` has by today's rules; a record stored under an older
+        form (a nick key before confusables data, an IPv4-mapped network) moves there."""
+        if current != key:
+            await self.store.put_record(kind, current, record)
+            await self.store.put_record(kind, key, None)
+            log.info("record_rekeyed", kind=kind, old=key, new=current)
+        return current
 
     # checks used by others
 
@@ -143,18 +147,19 @@ class Moderation:
     def check_login(self, user: User, raw_nick: str) -> None:
         """Refuse a banned nick, and any nick change by a muted user."""
         try:
-            key = nick_key(check_nick(raw_nick))
+            nick = check_nick(raw_nick)
         except NameError_:
             return  # the login itself explains what is wrong with the nick
-        record = self.bans.get(f"nick:{key}")
+        record = self.bans.get(f"nick:{nick_key(nick)}")
         if record is not None and _active(record.get("until")):
             raise ChatError(replies.NICK_BANNED.format(nick=raw_nick, reason=_reason(record.get("reason", ""))))
-        if user.key is not None and user.key != key and self._muted_anywhere(user.key):
+        # A new nick is text everyone sees, even one that differs only in case.
+        if nick != user.nick and self.chat.muted_anywhere(user):
             raise ChatError(replies.MUTED_NO_NICK_CHANGE)
 
-    def _muted_anywhere(self, key: str) -> bool:
-        now = time.time()
-        return any(until > now for (_, nick), until in self.chat.mutes.items() if nick == key)
+    def quit_reason(self, user: User, reason: str) -> str:
+        """The reason others see `user` quit with: their own words only if not muted."""
+        return replies.QUIT_PLAIN if self.chat.muted_anywhere(user) else reason
 
     # operator commands
 
@@ -239,6 +244,7 @@ class Moderation:
                 user.send(replies.TOPIC_IS.format(room=room.name, topic=current[0], nick=current[1]))
             return
         self.require_operator(user, "topic")
+        self.chat.check_voice(user, room)
         record = None if text == CLEAR_TOPIC else {"topic": text, "by": user.nick}
         await self.store.put_record(TOPIC, room.key, record)
         _log_action(user, "topic", f"#{room.name}", topic=text)
@@ -301,6 +307,8 @@ class Moderation:
         if record is None:
             user.send(replies.UNMUTED_NOTICE.format(scope=args["where"]))
         else:
+            if user.profile.away:
+                user.profile.away = ""  # still away, but its text would reach others
             until = record["until"]
             duration = format_duration(None if until is None else until - time.time())
             user.send(replies.MUTED_NOTICE.format(scope=args["where"], by=record["by"], duration=duration))
@@ -315,7 +323,7 @@ class Moderation:
             return
         self.bans[key] = record
         if key.startswith("ip:"):
-            self._networks[key] = ip_network(key[3:], strict=False)
+            self._networks[key] = parse_network(key[3:])
 
     def _apply_mute(self, scope: str, key: str, record: Record | None) -> None:
         if record is None:
@@ -331,13 +339,24 @@ class Moderation:
             self.chat.topics[room] = (record["topic"], record["by"])
 
     def _matching(self, target: str) -> list[User]:
-        """This node's users a kick or ban target names; an address ban spares operators."""
+        """This node's users a kick or ban target names (`nick:`, `account:` or `ip:`); an
+        address ban spares operators."""
         kind, _, value = target.partition(":")
         if kind == "nick":
             user = self.chat.nicks.get(value)
             return [user] if user is not None else []
-        network = ip_network(value, strict=False)
+        if kind == "account":
+            return [user for user in self.chat.users if user.account == value]
+        network = parse_network(value)
         return [user for user in self.chat.users if not user.operator and address_in(user.ip, network)]
+
+
+def _ban_key(key: str, record: Record) -> str:
+    """The key a stored ban has by today's rules: see `ban_target`."""
+    kind, _, value = key.partition(":")
+    if kind == "ip":
+        return f"ip:{parse_network(value)}"
+    return f"nick:{nick_key(record.get('shown', value))}"
 
 
 def _describe_ban(record: Record) -> str:
@@ -360,8 +379,9 @@ def _mute_options(options: list[str]) -> tuple[float | None, str | None]:
 
 
 def disconnect_event(target: str, notice: str, reason: str, spare: User | None = None) -> Event:
-    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`),
-    except `spare`: by the time a node handles the event, `spare` may hold the nick."""
+    """Disconnect, on whichever node they are, the users `target` names (`nick:<key>`, or
+    `account:<key>` for every connection linked to an account), except `spare`: by the time
+    a node handles the event, `spare` may hold the nick."""
     return events.control(KICK, target, notice=notice, reason=reason, spare=connection_of(spare) if spare else "")
 
 

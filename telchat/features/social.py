@@ -15,6 +15,7 @@ from telchat.features.accounts import Accounts
 from telchat.features.moderation import span
 from telchat.rules import charsets, replies
 from telchat.rules.names import nick_key
+from telchat.rules.pages import wrap
 from telchat.store import events
 from telchat.store.events import Event
 
@@ -29,8 +30,9 @@ class Social:
         self.accounts = accounts
         chat.controls[WHOIS] = self._on_whois
 
-    @staticmethod
-    def away(user: User, message: str) -> None:
+    def away(self, user: User, message: str) -> None:
+        if message and self.chat.muted_anywhere(user):
+            raise ChatError(replies.MUTED_NO_AWAY_MESSAGE)
         user.profile.away = message
         user.send(replies.NOW_AWAY)
 
@@ -124,11 +126,12 @@ class Social:
 
 def whois_lines(target: User, for_operator: bool) -> list[str]:
     nick, profile = target.nick, target.profile
-    rooms = ", ".join(f"#{room.name}" for room in target.rooms.values())
-    lines = [
-        replies.WHOIS_ROOMS.format(nick=nick, rooms=rooms) if rooms else replies.WHOIS_NO_ROOMS.format(nick=nick),
-        replies.WHOIS_IDLE.format(nick=nick, idle=span(profile.idle()), online=span(time.time() - profile.connected)),
-    ]
+    rooms = [f"#{room.name}" for room in target.rooms.values()]
+    head = replies.WHOIS_ROOMS.format(nick=nick, rooms="").rstrip()
+    lines = wrap(head, rooms) if rooms else [replies.WHOIS_NO_ROOMS.format(nick=nick)]
+    lines.append(
+        replies.WHOIS_IDLE.format(nick=nick, idle=span(profile.idle()), online=span(time.time() - profile.connected))
+    )
     if profile.away is not None:
         lines.append(away_notice(nick, profile))
     if target.operator:

@@ -27,6 +27,8 @@ LimitKind = Literal[
     "banned_address",
     "web_origin",
     "web_frame",
+    "tls_handshake",
+    "metrics_connections",
 ]
 
 # Why a connection ended: the `reason` of its `disconnect` event and counter. The reading

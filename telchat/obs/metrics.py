@@ -24,6 +24,9 @@ log = get_logger(__name__)
 
 REQUEST_TIMEOUT = 2.0
 MAX_REQUEST = 8192
+# Scrapers and health checks open one connection at a time; past this many at once the
+# listener closes new ones at accept, so it cannot be made to hold the process's descriptors.
+MAX_CONNECTIONS = 32
 
 
 class Scraped(Protocol):
@@ -111,9 +114,10 @@ class MetricsServer:
         # Open file descriptors, memory, CPU and start time of this process.
         ProcessCollector(registry=self._registry)
         self._server: asyncio.Server | None = None
+        self._open = 0
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
+    async def start(self, host: str, port: int, backlog: int = 100) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port, backlog=backlog)
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics_listening", host=host, port=bound)
         return bound
@@ -123,6 +127,14 @@ class MetricsServer:
             self._server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            peer = writer.get_extra_info("peername")
+            self._app.telemetry.limit(
+                "metrics_connections", peer=f"{peer[0]}:{peer[1]}" if peer else "-", listener="metrics"
+            )
+            writer.transport.abort()
+            return
+        self._open += 1
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             status, body, kind = await self._respond(head[:MAX_REQUEST])
@@ -135,6 +147,7 @@ class MetricsServer:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
+            self._open -= 1
             writer.close()
 
     async def _respond(self, head: bytes) -> tuple[str, bytes, str]:

@@ -1,20 +1,30 @@
 """A server-side line editor for character-mode terminals. Pure state: text in, text out.
 
 `LineEditor.feed` takes what the person typed (already decoded) and returns what to send
-back to their terminal (echo, cursor moves and redraws as ANSI/VT100 sequences) and the
-lines they committed with Enter. The input line lives on the terminal's last line; it is
-measured in terminal cells (wide characters count 2, combining marks 0, an emoji ZWJ
+back to their terminal (echo, cursor moves and redraws as ANSI/VT100 sequences), the
+lines they committed with Enter, and how many editing keys it ran (`Feed.keys`, which the
+connection charges to its telnet-command budget). The input line lives on the terminal's
+last line, after an optional `prompt` (the current room) shown while something is typed;
+it is measured in terminal cells (wide characters count 2, combining marks 0, an emoji ZWJ
 sequence is one grapheme) and scrolls horizontally when it is wider than the terminal.
 
-Keys: printable text inserts at the cursor; Backspace (BS or DEL) and Delete erase;
-Ctrl-U erases to the start, Ctrl-K to the end, Ctrl-W the word before the cursor;
-Left/Right, Home/End (also Ctrl-B/F, Ctrl-A/E) move; Up/Down (Ctrl-P/N) walk the history;
-Ctrl-C drops the line; Ctrl-L redraws; Enter (CR, CR LF, CR NUL or LF) commits.
+Keys, as readline has them: printable text inserts at the cursor; Backspace (BS or DEL)
+and Delete (Ctrl-D) erase; Ctrl-U erases to the start, Ctrl-K to the end, Ctrl-W and
+Alt-Backspace the word before the cursor, Alt-d the word after it; Left/Right (Ctrl-B/F),
+Home/End (Ctrl-A/E) move, and Alt-b/Alt-f, Ctrl-Left/Ctrl-Right (and Alt-Left/Right) move
+by word; Up/Down (Ctrl-P/N) walk the history; Tab completes the word before the cursor
+(when a completer is set); Ctrl-C drops the line; Ctrl-L redraws; Enter (CR, CR LF, CR NUL
+or LF) commits.
+
+Cost: each key does a bounded amount of Python work whatever the line's length. A grapheme
+is measured once, when it is typed (history entries keep their measurements); an insert or
+erase re-segments only the graphemes next to it; scrolling and drawing happen once per
+`feed`, not per key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from wcwidth import iter_graphemes, width
@@ -22,6 +32,8 @@ from wcwidth import iter_graphemes, width
 CLEAR_LINE = "\r\x1b[K"
 BELL = "\x07"
 MIN_WIDTH = 8
+# Ambiguous Tab completions shown at most (a hint, not a listing).
+MAX_SHOWN = 12
 _ESC = "\x1b"
 _MAX_SEQUENCE = 16
 _ZWJ = "\u200d"
@@ -39,6 +51,16 @@ _SEQUENCE_KEYS = {
     "8~": "end",
     "3~": "delete",
 }
+# With a Ctrl or Alt modifier (CSI 1;5C, CSI 1;3D, rxvt's CSI 5C...), arrows move by word.
+_WORD_KEYS = {"C": "word_right", "D": "word_left"}
+# ESC followed by a key: Alt (Meta) as terminals send it.
+_ALT_KEYS = {
+    "b": "word_left",
+    "f": "word_right",
+    "d": "kill_word_end",
+    "\x7f": "kill_word_back",
+    "\x08": "kill_word_back",
+}
 _CONTROL_KEYS = {
     "\x01": "home",
     "\x02": "left",
@@ -47,6 +69,7 @@ _CONTROL_KEYS = {
     "\x05": "end",
     "\x06": "right",
     "\x08": "backspace",
+    "\t": "complete",
     "\x0b": "kill_end",
     "\x0c": "redraw",
     "\x0e": "down",
@@ -55,24 +78,37 @@ _CONTROL_KEYS = {
     "\x17": "kill_word",
     "\x7f": "backspace",
 }
+_MOVES = frozenset({"left", "right", "home", "end", "word_left", "word_right"})
+_ERASES = frozenset({"backspace", "delete", "kill_end", "kill_start", "kill_word", "kill_word_back", "kill_word_end"})
 
-
-_MOVES: dict[str, Callable[[int, int], int]] = {
-    "left": lambda cursor, end: max(0, cursor - 1),
-    "right": lambda cursor, end: min(end, cursor + 1),
-    "home": lambda cursor, end: 0,
-    "end": lambda cursor, end: end,
-}
-
-_ERASES = frozenset({"backspace", "delete", "kill_end", "kill_start", "kill_word"})
+#: Candidates for the word being completed: (the line before that word, the word).
+Completer = Callable[[str, str], Sequence[str]]
 
 
 @dataclass(slots=True)
 class Feed:
-    """The result of one `LineEditor.feed`: text to send to the terminal, and committed lines."""
+    """The result of one `LineEditor.feed`: text to send to the terminal, committed lines,
+    and the number of editing keys (not plain text) it ran."""
 
     output: str = ""
     lines: list[str] = field(default_factory=list)
+    keys: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A history line, measured once."""
+
+    graphemes: tuple[str, ...]
+    cells: tuple[int, ...]
+    chars: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.graphemes)
+
+
+_EMPTY = _Entry((), (), 0)
 
 
 def _cells(grapheme: str) -> int:
@@ -84,10 +120,15 @@ def _insertable(ch: str) -> bool:
     return ch.isprintable() or ch == _ZWJ
 
 
+def _segment(text: str) -> list[str]:
+    return list(iter_graphemes(text))
+
+
 class LineEditor:
     __slots__ = (
         "_after_cr",
         "_cells",
+        "_chars",
         "_cursor",
         "_draft",
         "_graphemes",
@@ -96,6 +137,9 @@ class LineEditor:
         "_history_size",
         "_offset",
         "_pending_escape",
+        "_prompt",
+        "_prompt_cells",
+        "complete",
         "max_chars",
         "secret",
         "width",
@@ -105,18 +149,25 @@ class LineEditor:
         self.width = max(width, MIN_WIDTH)
         self.max_chars = max_chars
         self._history_size = history_size
-        self._history: list[str] = []
+        self._history: list[_Entry] = []
         # Position while walking the history; len(history) means "the line being typed".
         self._history_at = 0
-        self._draft = ""
-        self._graphemes: list[str] = []
-        self._cells: list[int] = []
+        self._draft = _EMPTY
+        # Lists while edited; a history entry's tuples while walked to (copied on the first edit).
+        self._graphemes: Sequence[str] = []
+        self._cells: Sequence[int] = []
+        # Code points in the line, for the `max_chars` limit.
+        self._chars = 0
         self._cursor = 0
         self._offset = 0
         self._pending_escape = ""
         self._after_cr = False
+        self._prompt = ""
+        self._prompt_cells = 0
         # A password is being typed: it must never be recalled with Up.
         self.secret = False
+        # Tab completion; without one, Tab types a space.
+        self.complete: Completer | None = None
 
     # state
 
@@ -125,24 +176,54 @@ class LineEditor:
         return "".join(self._graphemes)
 
     @property
+    def length(self) -> int:
+        """Code points typed into the line."""
+        return self._chars
+
+    @property
+    def typing(self) -> bool:
+        """Whether anything is typed (the input line is on screen)."""
+        return bool(self._graphemes)
+
+    @property
     def cursor(self) -> int:
         """The cursor position, in graphemes from the start of the line."""
         return self._cursor
 
     @property
     def cursor_column(self) -> int:
-        """The terminal column (0-based) the cursor is drawn at."""
-        return sum(self._cells[self._offset : self._cursor])
+        """The terminal column (0-based) the cursor is drawn at, prompt included."""
+        return self._shown_prompt_cells() + sum(self._cells[self._offset : self._cursor])
 
     @property
     def history(self) -> list[str]:
-        return list(self._history)
+        return [entry.text for entry in self._history]
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    def set_prompt(self, prompt: str) -> str:
+        """Show `prompt` before the input; returns the redraw it needs, if any."""
+        if prompt == self._prompt:
+            return ""
+        self._prompt = prompt
+        self._prompt_cells = sum(_cells(g) for g in iter_graphemes(prompt))
+        self._scroll()
+        return self.redraw() if self._graphemes else ""
 
     # drawing
 
+    def _shown_prompt_cells(self) -> int:
+        # On a terminal too narrow for the prompt and some input, the prompt is left out.
+        return self._prompt_cells if self._prompt_cells + MIN_WIDTH <= self.width else 0
+
+    def _room(self) -> int:
+        return self.width - 1 - self._shown_prompt_cells()
+
     def visible(self) -> str:
         """The part of the line shown on screen: from the scroll offset, as much as fits."""
-        room = self.width - 1
+        room = self._room()
         used = 0
         end = self._offset
         while end < len(self._graphemes) and used + self._cells[end] <= room:
@@ -152,13 +233,29 @@ class LineEditor:
 
     def redraw(self) -> str:
         """Draw the whole input line and put the cursor where it belongs."""
+        if not self._graphemes:
+            return CLEAR_LINE
         column = self.cursor_column
-        return CLEAR_LINE + self.visible() + "\r" + (f"\x1b[{column}C" if column else "")
+        prompt = self._prompt if self._shown_prompt_cells() else ""
+        return CLEAR_LINE + prompt + self.visible() + "\r" + (f"\x1b[{column}C" if column else "")
 
     def resize(self, width: int) -> str:
-        self.width = max(width, MIN_WIDTH)
+        """The terminal is now `width` columns wide: the redraw that needs (every change
+        needs one, widening too).
+
+        Narrowed, a terminal that reflows its lines (most do: VTE, kitty, tmux, Windows
+        Terminal) has wrapped the old input line onto several rows, with the cursor on one
+        of them: go up to the first and erase from there down (the input line is the last
+        thing on screen), so no piece of it stays behind in the scrollback.
+        """
+        width = max(width, MIN_WIDTH)
+        column = self.cursor_column
+        up = column // width if width < self.width and self._graphemes else 0
+        self.width = width
         self._scroll()
-        return self.redraw() if self._graphemes else ""
+        if not self._graphemes:
+            return ""
+        return ("\r" + f"\x1b[{up}A" + "\x1b[J" if up else "") + self.redraw()
 
     # input
 
@@ -177,36 +274,45 @@ class LineEditor:
                     continue
             if ch in "\r\n":
                 self._after_cr = ch == "\r"
+                redraw = False  # the line is cleared: what earlier keys did to it is moot
                 result.output += CLEAR_LINE if self._graphemes else ""
                 result.lines.append(self._commit())
-                redraw = False
                 i += 1
-            elif ch == _ESC:
-                key, i = self._read_sequence(text, i)
-                redraw |= self._act(key, result) if key else False
-            elif ch in _CONTROL_KEYS:
-                redraw |= self._act(_CONTROL_KEYS[ch], result)
-                i += 1
+            elif ch == _ESC or (ch in _CONTROL_KEYS and not (ch == "\t" and self.complete is None)):
+                key, i = self._read_sequence(text, i) if ch == _ESC else (_CONTROL_KEYS[ch], i + 1)
+                if key:
+                    result.keys += 1
+                    redraw |= self._act(key, result)
             else:
-                run_end = i
-                while run_end < len(text) and (_insertable(text[run_end]) or text[run_end] == "\t"):
-                    run_end += 1
-                if run_end == i:  # another control character: ignored
-                    i += 1
-                    continue
-                redraw |= self._insert(text[i:run_end].replace("\t", " "), result)
-                i = run_end
+                i, redraw = self._type(text, i, redraw, result)
         if redraw:
+            self._scroll()
             result.output += self.redraw()
         return result
+
+    def _type(self, text: str, start: int, redraw: bool, result: Feed) -> tuple[int, bool]:
+        """Insert the printable run at `start` (any other control character is skipped);
+        return the index after it and whether the line needs a redraw."""
+        end = start
+        tab_types = self.complete is None
+        while end < len(text) and (_insertable(text[end]) or (tab_types and text[end] == "\t")):
+            end += 1
+        if end == start:
+            return start + 1, redraw
+        run = text[start:end].replace("\t", " ")
+        if redraw:  # earlier keys moved things: this run is drawn with them
+            self._insert(run, result)
+            return end, True
+        return end, self._insert_echoing(run, result)
 
     def _read_sequence(self, text: str, start: int) -> tuple[str, int]:
         """Parse an escape sequence at `start`; return (action or "", index after it)."""
         if start + 1 >= len(text):
             self._pending_escape = text[start:]
             return "", len(text)
-        if text[start + 1] not in "[O":
-            return "", start + 1  # a lone ESC: dropped
+        second = text[start + 1]
+        if second not in "[O":
+            return _ALT_KEYS.get(second, ""), start + 2 if second in _ALT_KEYS else start + 1
         end = start + 2
         while end < len(text) and "0" <= text[end] <= "?":
             end += 1
@@ -214,65 +320,102 @@ class LineEditor:
             if end - start < _MAX_SEQUENCE:
                 self._pending_escape = text[start:]
             return "", len(text)
-        params = text[start + 2 : end].split(";", maxsplit=1)[0]
+        params = text[start + 2 : end].split(";")
         final = text[end]
-        return _SEQUENCE_KEYS.get(params + final if final == "~" else final, ""), end + 1
+        if final in _WORD_KEYS and params[-1] in ("3", "5", "9"):
+            return _WORD_KEYS[final], end + 1
+        return _SEQUENCE_KEYS.get(params[0] + final if final == "~" else final, ""), end + 1
 
-    def _insert(self, run: str, result: Feed) -> bool:
-        room = self.max_chars - len(self.text)
-        if room <= 0:
-            result.output += BELL
-            return False
+    # editing
+
+    def _splice(self, start: int, stop: int, text: str) -> None:
+        """Replace graphemes [start, stop) with `text`; the cursor ends after `text`.
+
+        Only the graphemes on either side are segmented again with it: what is typed can
+        join them (a combining mark, a ZWJ), and an erase can let them join each other.
+        """
+        graphemes, cells = self._graphemes, self._cells
+        if not isinstance(graphemes, list) or not isinstance(cells, list):
+            # A history entry walked to: this line gets its own copy, once.
+            graphemes, cells = self._graphemes, self._cells = list(graphemes), list(cells)
+        low, high = max(0, start - 1), min(len(graphemes), stop + 1)
+        before = "".join(graphemes[low:start]) + text
+        joined = _segment(before + "".join(graphemes[stop:high]))
+        self._chars += len(text) - sum(len(g) for g in graphemes[start:stop])
+        graphemes[low:high] = joined
+        cells[low:high] = [_cells(g) for g in joined]
+        # The cursor goes after the grapheme that holds the end of `text`.
+        length, index = 0, low
+        for grapheme in joined:
+            if length >= len(before):
+                break
+            length += len(grapheme)
+            index += 1
+        self._cursor = index
+
+    def _fit(self, run: str, result: Feed) -> str:
+        room = self.max_chars - self._chars
         if len(run) > room:
-            run = run[:room]
             result.output += BELL
+            return run[: max(room, 0)]
+        return run
+
+    def _insert(self, run: str, result: Feed) -> None:
+        run = self._fit(run, result)
+        if run:
+            self._splice(self._cursor, self._cursor, run)
+
+    def _insert_echoing(self, run: str, result: Feed) -> bool:
+        """Insert `run`; echo it as is when it goes at the end and fits, else return True
+        (the line needs a redraw)."""
         at_end = self._cursor == len(self._graphemes)
-        left = list(iter_graphemes("".join(self._graphemes[: self._cursor]) + run))
-        right = self._graphemes[self._cursor :]
-        self._set(left + right, len(left))
-        scrolled = self._scroll()
-        if at_end and not scrolled:
-            result.output += run
+        empty = not self._graphemes
+        run = self._fit(run, result)
+        if not run:
             return False
-        return True
-
-    def _set(self, graphemes: list[str], cursor: int) -> None:
-        self._graphemes = graphemes
-        self._cells = [_cells(g) for g in graphemes]
-        self._cursor = cursor
-
-    def _scroll(self) -> bool:
-        """Move the scroll offset so the cursor is visible; return whether it moved."""
-        before = self._offset
-        room = self.width - 1
-        if self._cursor < self._offset:
-            self._offset = max(0, self._cursor - room // 2)
-        before_cursor = sum(self._cells[self._offset : self._cursor])
-        while self._offset < self._cursor and before_cursor >= room:
-            before_cursor -= self._cells[self._offset]
-            self._offset += 1
-        if self._offset > 0 and sum(self._cells) < room:
-            self._offset = 0
-        return self._offset != before
+        self._splice(self._cursor, self._cursor, run)
+        if not at_end or sum(self._cells[self._offset : self._cursor]) >= self._room():
+            return True
+        if empty and self._shown_prompt_cells():
+            result.output += self._prompt
+        result.output += run
+        return False
 
     def _act(self, key: str, result: Feed) -> bool:
         """Run one editing key; return whether the line needs a redraw."""
         if key in ("up", "down"):
-            self._walk_history(-1 if key == "up" else 1)
-        elif key in _MOVES:
-            self._cursor = _MOVES[key](self._cursor, len(self._graphemes))
-        elif key in _ERASES:
+            return self._walk_history(-1 if key == "up" else 1)
+        if key in _MOVES:
+            before = self._cursor
+            self._cursor = self._moved(key)
+            return self._cursor != before
+        if key in _ERASES:
             start, stop = self._erase_range(key)
             if start == stop:
                 return False
-            self._set(self._graphemes[:start] + self._graphemes[stop:], start)
-        elif key == "cancel":
-            self._set([], 0)
+            self._splice(start, stop, "")
+            return True
+        if key == "complete":
+            return self._complete(result)
+        if key == "cancel":
+            self._clear()
             self._history_at = len(self._history)
-        elif key != "redraw":
-            return False
-        self._scroll()
-        return True
+            return True
+        return key == "redraw"
+
+    def _moved(self, key: str) -> int:
+        cursor, end = self._cursor, len(self._graphemes)
+        if key == "left":
+            return max(0, cursor - 1)
+        if key == "right":
+            return min(end, cursor + 1)
+        if key == "home":
+            return 0
+        if key == "end":
+            return end
+        if key == "word_left":
+            return self._word_start(_word)
+        return self._word_end()
 
     def _erase_range(self, key: str) -> tuple[int, int]:
         cursor, end = self._cursor, len(self._graphemes)
@@ -284,35 +427,106 @@ class LineEditor:
             return cursor, end
         if key == "kill_start":
             return 0, cursor
-        return self._word_start(), cursor
+        if key == "kill_word_end":
+            return cursor, self._word_end()
+        # Ctrl-W erases back to whitespace, as readline's unix-word-rubout; Alt-Backspace
+        # to the start of the word, as its backward-kill-word.
+        return self._word_start(_unspaced if key == "kill_word" else _word), cursor
 
-    def _word_start(self) -> int:
+    def _word_start(self, in_word: Callable[[str], bool]) -> int:
         i = self._cursor
-        while i > 0 and self._graphemes[i - 1].isspace():
+        while i > 0 and not in_word(self._graphemes[i - 1]):
             i -= 1
-        while i > 0 and not self._graphemes[i - 1].isspace():
+        while i > 0 and in_word(self._graphemes[i - 1]):
             i -= 1
         return i
 
-    def _walk_history(self, step: int) -> None:
+    def _word_end(self) -> int:
+        i, end = self._cursor, len(self._graphemes)
+        while i < end and not _word(self._graphemes[i]):
+            i += 1
+        while i < end and _word(self._graphemes[i]):
+            i += 1
+        return i
+
+    def _complete(self, result: Feed) -> bool:
+        assert self.complete is not None
+        start = self._cursor
+        while start > 0 and not self._graphemes[start - 1].isspace():
+            start -= 1
+        word = "".join(self._graphemes[start : self._cursor])
+        candidates = sorted(set(self.complete("".join(self._graphemes[:start]), word)))
+        if not candidates:
+            result.output += BELL
+            return False
+        common = _common_prefix(candidates)
+        if len(candidates) == 1:
+            common += " "
+        if len(common) > len(word):
+            self._insert(common[len(word) :], result)
+            return True
+        # Ambiguous, and nothing more in common: show the choices above the input line.
+        shown = candidates[:MAX_SHOWN] + (["..."] if len(candidates) > MAX_SHOWN else [])
+        result.output += CLEAR_LINE + "  ".join(shown) + "\r\n"
+        return True
+
+    def _walk_history(self, step: int) -> bool:
         target = self._history_at + step
         if not 0 <= target <= len(self._history):
-            return
+            return False
         if self._history_at == len(self._history):
-            self._draft = self.text
+            self._draft = self._entry()
         self._history_at = target
-        line = self._draft if target == len(self._history) else self._history[target]
-        graphemes = list(iter_graphemes(line))
+        entry = self._draft if target == len(self._history) else self._history[target]
+        # The entry itself, measured when it was typed: a step never measures or copies text.
+        self._graphemes, self._cells, self._chars = entry.graphemes, entry.cells, entry.chars
+        self._cursor = len(self._graphemes)
         self._offset = 0
-        self._set(graphemes, len(graphemes))
+        return True
+
+    def _entry(self) -> _Entry:
+        graphemes, cells = self._graphemes, self._cells
+        if isinstance(graphemes, tuple) and isinstance(cells, tuple):
+            return _Entry(graphemes, cells, self._chars)  # walked to and not edited since
+        return _Entry(tuple(graphemes), tuple(cells), self._chars)
+
+    def _clear(self) -> None:
+        self._graphemes, self._cells, self._chars, self._cursor, self._offset = [], [], 0, 0, 0
 
     def _commit(self) -> str:
         line = self.text
-        if line.strip() and not self.secret and (not self._history or self._history[-1] != line):
-            self._history.append(line)
+        if line.strip() and not self.secret and (not self._history or self._history[-1].text != line):
+            self._history.append(self._entry())
             del self._history[: -self._history_size]
         self._history_at = len(self._history)
-        self._draft = ""
-        self._offset = 0
-        self._set([], 0)
+        self._draft = _EMPTY
+        self._clear()
         return line
+
+    def _scroll(self) -> None:
+        """Move the scroll offset so the cursor is visible."""
+        room = self._room()
+        if self._cursor < self._offset:
+            self._offset = max(0, self._cursor - room // 2)
+        before_cursor = sum(self._cells[self._offset : self._cursor])
+        while self._offset < self._cursor and before_cursor >= room:
+            before_cursor -= self._cells[self._offset]
+            self._offset += 1
+        if self._offset > 0 and sum(self._cells) < room:
+            self._offset = 0
+
+
+def _word(grapheme: str) -> bool:
+    return grapheme.isalnum() or grapheme == "_"
+
+
+def _common_prefix(words: Sequence[str]) -> str:
+    first, last = min(words), max(words)
+    i = 0
+    while i < min(len(first), len(last)) and first[i] == last[i]:
+        i += 1
+    return first[:i]
+
+
+def _unspaced(grapheme: str) -> bool:
+    return not grapheme.isspace()

@@ -8,6 +8,7 @@ bytes without a terminator raise `Overflow`, on which the session disconnects.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _CR = 0x0D
@@ -27,6 +28,33 @@ class Oversize:
 
 
 Line = bytes | Oversize
+
+# The editing keys a line-mode client may send inside a line instead of applying them.
+_EDIT_KEYS = re.compile("[\b\x7f\x15\x17]")
+
+
+def apply_edits(text: str) -> str:
+    """The line a line-mode user meant: telnetlib3-client and the like send editing keys
+    as they are typed, so apply them before the sanitizer strips control characters.
+    Backspace (BS or DEL) erases the character before it, Ctrl-U everything before it,
+    Ctrl-W the word before it (and the spaces after that word)."""
+    if _EDIT_KEYS.search(text) is None:
+        return text
+    kept: list[str] = []
+    for ch in text:
+        if ch in "\b\x7f":
+            if kept:
+                kept.pop()
+        elif ch == "\x15":
+            kept.clear()
+        elif ch == "\x17":
+            while kept and kept[-1].isspace():
+                kept.pop()
+            while kept and not kept[-1].isspace():
+                kept.pop()
+        else:
+            kept.append(ch)
+    return "".join(kept)
 
 
 class LineSplitter:

@@ -1,8 +1,22 @@
-"""Nick and room-name rules (pure functions, no state)."""
+"""Nick and room-name rules (pure functions, no state).
+
+Two nicks that read the same on screen are the same nick, using the Unicode confusables
+data (UTS #39 skeletons, from the confusable-homoglyphs package). A nick has two keys:
+- `nick_key`, its identity (what the nick registry, accounts, bans and ignores use): the
+  skeleton of its case-folded form, case-folded: `frank`, `FRANK` and `fr\u0430nk` (Cyrillic
+  a) are one nick;
+- `look_key`, how it looks with its case kept: the skeleton of the nick as typed, then
+  case-folded. Greek `\u039c\u0391\u03a7` looks like `MAX`, and `aIice` (capital i) like
+  `alice`, though case folding alone would tell them apart.
+A nick is taken when either key matches either key of a nick in use (`lookalikes`).
+"""
 
 from __future__ import annotations
 
+import json
 import unicodedata
+from functools import cache
+from importlib import resources
 
 MAX_NICK = 24
 MAX_ROOM = 32
@@ -27,18 +41,6 @@ RESERVED = frozenset(
         "telchat",
     }
 )
-
-# Letters of other scripts that look like Latin ones after casefolding: two nicks that
-# differ only by these would read the same on screen, so they count as the same nick.
-_CONFUSABLES = str.maketrans(
-    {
-        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
-        "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "һ": "h",
-        "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "α": "a", "β": "b", "ε": "e", "ι": "i",
-        "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
-    }
-)  # fmt: skip
-
 
 # Letters that render as blank space (Hangul fillers): a nick or room made of them, or
 # padded with them, looks like nothing or like someone else's.
@@ -67,7 +69,79 @@ def _is_room_char(ch: str) -> bool:
 
 def nick_key(nick: str) -> str:
     """The identity of a nick: case- and lookalike-insensitive."""
-    return unicodedata.normalize("NFKC", nick).casefold().translate(_CONFUSABLES)
+    return skeleton(unicodedata.normalize("NFKC", nick).casefold()).casefold()
+
+
+@cache
+def ascii_keys() -> dict[int, str]:
+    """str.translate table giving `nick_key` of ASCII text one character at a time (for
+    ASCII, the key of a word is the keys of its characters): the cheap path for mentions."""
+    return {code: nick_key(chr(code)) for code in range(128)}
+
+
+def look_key(nick: str) -> str:
+    """What a nick looks like: its skeleton with the case kept, then case-folded."""
+    return skeleton(unicodedata.normalize("NFKC", nick)).casefold()
+
+
+def lookalikes(nick: str) -> frozenset[str]:
+    """Both keys of a nick: two nicks that share one read alike."""
+    return frozenset((nick_key(nick), look_key(nick)))
+
+
+def legacy_nick_key(nick: str) -> str:
+    """The identity a nick had in versions before the confusables data, exactly as they
+    computed it: records stored then are found by it, and moved to `nick_key`. Not used to
+    tell nicks apart."""
+    return unicodedata.normalize("NFKC", nick).casefold().translate(_LEGACY_FOLDS)
+
+
+# The lookalike folds those versions applied after case folding (for `legacy_nick_key` only).
+_LEGACY_FOLDS = str.maketrans(
+    {
+        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+        "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "һ": "h",
+        "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "α": "a", "β": "b", "ε": "e", "ι": "i",
+        "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    }
+)  # fmt: skip
+
+
+def skeleton(text: str) -> str:
+    """The UTS #39 skeleton: each character replaced by the prototype it is confusable with."""
+    prototypes = _PROTOTYPES
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFD", "".join(prototypes.get(ch, ch) for ch in decomposed))
+
+
+# Bidirectional marks the package's data keeps around right-to-left characters.
+_MARKS = dict.fromkeys(map(ord, "\u200e\u200f"))
+
+
+def _prototypes() -> dict[str, str]:
+    """Character -> its prototype. The package lists each confusables.txt pair both ways
+    (character -> prototype, prototype -> character), so each prototype is the one member
+    of its group listed with more than one partner (a pair: either one will do)."""
+    text = resources.files("confusable_homoglyphs").joinpath("confusables.json").read_text("utf-8")
+    partners: dict[str, set[str]] = {}
+    for source, entries in json.loads(text).items():
+        for entry in entries:
+            a, b = source.translate(_MARKS), entry["c"].translate(_MARKS)
+            partners.setdefault(a, set()).add(b)
+            partners.setdefault(b, set()).add(a)
+    prototypes: dict[str, str] = {}
+    for node, linked in partners.items():
+        if len(node) != 1:
+            continue  # a sequence is only ever a prototype (`m` looks like `rn`)
+        candidates = [node, *linked] if len(linked) == 1 else [node]
+        prototype = max(candidates, key=lambda c: (len(partners[c]), len(c), c == node))
+        if prototype != node:
+            prototypes[node] = prototype
+    return prototypes
+
+
+# Read at import (about 70 ms), not at a first login, which would stall the event loop.
+_PROTOTYPES = _prototypes()
 
 
 def check_nick(raw: str) -> str:
@@ -80,9 +154,14 @@ def check_nick(raw: str) -> str:
         raise NameError_(f"Invalid nick {raw!r}: letters must all be of one script")
     if not all(_is_visible_letter(ch) or _is_ascii_digit(ch) or ch in "_-" for ch in nick):
         raise NameError_(f"Invalid nick {raw!r}: {NICK_RULE}")
-    if nick_key(nick) in RESERVED:
+    if lookalikes(nick) & _reserved_keys():
         raise NameError_(f"Nick {nick} is reserved")
     return nick
+
+
+@cache
+def _reserved_keys() -> frozenset[str]:
+    return frozenset(key for name in RESERVED for key in lookalikes(name))
 
 
 def check_room(raw: str) -> str:

@@ -1,8 +1,12 @@
 """Command parsing and dispatch.
 
-A line starting with `/` is always a command (`//text` says `/text`). A bare first word is
-a command only when it names one that allows bare use and the argument count fits
-(`join x`); otherwise the line is an ordinary message (`join the party now`).
+A line starting with `/` is always a command (`//text` says `/text`). A bare first word
+(in any case) is a command when it names one that allows bare use and the argument count
+fits (`join x`). A line whose first word takes a password or a private text (`login`,
+`nick`, `register`, `password`, `msg`, `tell`) is never a message: it gets its usage if it does not
+fit. A first word that is a command name with two neighbouring letters swapped (`jion x`),
+followed by arguments that fit that command, gets a hint. Every other line is an ordinary
+message (`join the party now`). docs/PROTOCOL.md states the same rules.
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telchat.chat.rooms import Chat, ChatError, User
+from telchat.chat.rooms import Chat, ChatError, NotOnline, User
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
+from telchat.obs.logs import get_logger
 from telchat.rules import replies
+from telchat.rules.pages import wrap
+from telchat.store.base import StoreError
+
+log = get_logger(__name__)
 
 
 class Context(Protocol):
@@ -44,6 +53,8 @@ class Command:
     bare: frozenset[int]
     handler: Handler
     aliases: tuple[str, ...] = ()
+    # Only operators may use it: `help` lists it to them alone.
+    operator: bool = False
 
     def split(self, text: str) -> list[str] | None:
         """Split the argument text, or None when the count does not fit the syntax."""
@@ -67,6 +78,8 @@ class Invocation:
 @dataclass(frozen=True, slots=True)
 class Unknown:
     name: str
+    # The command the name is probably a typo of.
+    suggestion: str | None = None
 
 
 Parsed = Say | Invocation | Unknown
@@ -93,15 +106,32 @@ async def _me(ctx: Context, args: list[str]) -> None:
 
 
 async def _msg(ctx: Context, args: list[str]) -> None:
-    await ctx.chat.private(ctx.user, args[0], args[1])
+    try:
+        await ctx.chat.private(ctx.user, args[0], args[1])
+    except NotOnline:
+        if not await ctx.services.accounts.registered(args[0]):
+            raise
+        raise ChatError(replies.NOT_ONLINE.format(nick=args[0])) from None
 
 
 async def _who(ctx: Context, args: list[str]) -> None:
-    ctx.user.send(await ctx.chat.who(ctx.user, args[0] if args else None))
+    page = _page(args[1], WHO) if len(args) > 1 else 1
+    _send_lines(ctx, await ctx.chat.who(ctx.user, args[0] if args else None, page))
 
 
 async def _rooms(ctx: Context, args: list[str]) -> None:
-    ctx.user.send(await ctx.chat.room_list())
+    _send_lines(ctx, await ctx.chat.room_list(ctx.user, _page(args[0], ROOMS_CMD) if args else 1))
+
+
+def _page(text: str, command: Command) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ChatError(replies.USAGE.format(usage=command.usage))
+    return int(text)
+
+
+def _send_lines(ctx: Context, lines: list[str]) -> None:
+    for line in lines:
+        ctx.user.send(line)
 
 
 async def _history(ctx: Context, args: list[str]) -> None:
@@ -115,7 +145,7 @@ async def _history(ctx: Context, args: list[str]) -> None:
 
 async def _help(ctx: Context, args: list[str]) -> None:
     if not args:
-        ctx.user.send(replies.HELP_LIST.format(names=", ".join(c.name for c in COMMANDS)))
+        _send_lines(ctx, help_lines(ctx.user.operator, ctx.user.columns))
         return
     command = BY_NAME.get(args[0].lstrip("/").lower())
     if command is None:
@@ -125,8 +155,17 @@ async def _help(ctx: Context, args: list[str]) -> None:
         ctx.user.send(f"*** Also: {', '.join(command.aliases)}")
 
 
+def help_lines(operator: bool, columns: int) -> list[str]:
+    """The command list, in lines that fit `columns`; operator commands only for operators."""
+    width = max(MIN_HELP_WIDTH, columns - 1)  # a full-width line would wrap on some terminals
+    lines = wrap(replies.HELP_LIST, [c.name for c in COMMANDS if not c.operator], width=width)
+    if operator:
+        lines += wrap(replies.HELP_OPERATORS, [c.name for c in COMMANDS if c.operator], width=width)
+    return [*lines, replies.HELP_MORE]
+
+
 async def _quit(ctx: Context, args: list[str]) -> None:
-    ctx.quit(args[0] if args else "quit")
+    ctx.quit(ctx.services.moderation.quit_reason(ctx.user, args[0]) if args else replies.QUIT_PLAIN)
 
 
 async def _register(ctx: Context, args: list[str]) -> None:
@@ -203,8 +242,9 @@ def _command(
     rest: bool = False,
     bare: tuple[int, ...] = (),
     aliases: tuple[str, ...] = (),
+    operator: bool = False,
 ) -> Command:
-    return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases)
+    return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases, operator)
 
 
 LOGIN = _command(
@@ -230,9 +270,21 @@ LEFT = _command(
 )
 SAY_CMD = _command("say", "say <text>", "say something in the current room", _say, words=1, rest=True)
 ME = _command("me", "me <action>", "act something out in the current room", _me, words=1, rest=True)
-MSG = _command("msg", "msg <nick> <text>", "send a private message", _msg, words=2, rest=True, aliases=("tell",))
-WHO = _command("who", "who [room]", "members of a room, or everyone online", _who, words=1, optional=1, bare=(0, 1))
-ROOMS_CMD = _command("rooms", "rooms", "rooms with their member counts", _rooms, bare=(0,), aliases=("list",))
+MSG = _command(
+    "msg", "msg <nick> <text>", "send a private message", _msg, words=2, rest=True, bare=(2,), aliases=("tell",)
+)
+WHO = _command(
+    "who",
+    "who [room|*] [page]",
+    "members of a room, or everyone online (*); long lists come in pages",
+    _who,
+    words=2,
+    optional=2,
+    bare=(0, 1),
+)
+ROOMS_CMD = _command(
+    "rooms", "rooms [page]", "rooms with their member counts", _rooms, words=1, optional=1, bare=(0,), aliases=("list",)
+)
 HISTORY = _command(
     "history", "history [N]", "the current room's last N lines", _history, words=1, optional=1, bare=(0, 1)
 )
@@ -279,7 +331,9 @@ TOPIC = _command(
     rest=True,
     bare=(0,),
 )
-KICK = _command("kick", "kick <nick> [reason]", "operators: disconnect a user", _kick, words=2, optional=1, rest=True)
+KICK = _command(
+    "kick", "kick <nick> [reason]", "operators: disconnect a user", _kick, words=2, optional=1, rest=True, operator=True
+)
 BAN = _command(
     "ban",
     "ban <nick|address> [duration] [reason]",
@@ -288,9 +342,10 @@ BAN = _command(
     words=3,
     optional=2,
     rest=True,
+    operator=True,
 )
-UNBAN = _command("unban", "unban <nick|address>", "operators: lift a ban", _unban, words=1)
-BANS = _command("bans", "bans", "operators: list the bans", _bans)
+UNBAN = _command("unban", "unban <nick|address>", "operators: lift a ban", _unban, words=1, operator=True)
+BANS = _command("bans", "bans", "operators: list the bans", _bans, operator=True)
 MUTE = _command(
     "mute",
     "mute <nick> [duration] [#room|*]",
@@ -298,8 +353,11 @@ MUTE = _command(
     _mute,
     words=3,
     optional=2,
+    operator=True,
 )
-UNMUTE = _command("unmute", "unmute <nick> [#room|*]", "operators: lift a mute", _unmute, words=2, optional=1)
+UNMUTE = _command(
+    "unmute", "unmute <nick> [#room|*]", "operators: lift a mute", _unmute, words=2, optional=1, operator=True
+)
 
 COMMANDS: tuple[Command, ...] = (
     LOGIN,
@@ -332,6 +390,15 @@ COMMANDS: tuple[Command, ...] = (
 BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 
 
+# Bare first words that always make a command: what follows is a password or private text,
+# which must never reach the room (or a log line of it) because of a wrong word count.
+NEVER_SAID = frozenset({"login", "nick", "register", "password", "msg", "tell"})
+# Narrower clients get lines this wide anyway: one command name must fit.
+MIN_HELP_WIDTH = 20
+# A bare word this short that is a swapped-letter typo of a command is too often a word.
+MIN_TYPO = 4
+
+
 def parse(line: str) -> Parsed:
     """Classify one sanitized, stripped, non-empty line."""
     if line.startswith("//"):
@@ -340,15 +407,34 @@ def parse(line: str) -> Parsed:
         word, _, rest = line[1:].partition(" ")
         command = BY_NAME.get(word.lower())
         if command is None:
-            return Unknown(word)
+            return Unknown(word, _typo_of(word.lower()))
         return Invocation(command, command.split(rest))
     word, _, rest = line.partition(" ")
-    command = BY_NAME.get(word)
-    if command is not None and command.bare:
-        args = command.split(rest)
-        if args is not None and len(args) in command.bare:
-            return Invocation(command, args)
-    return Say(line)
+    name = word.lower()
+    command = BY_NAME.get(name)
+    if command is None:
+        typo = _typo_of(name) if len(name) >= MIN_TYPO else None
+        if typo is not None and _fits_bare(BY_NAME[typo], rest) is not None:
+            return Unknown(word, typo)
+        return Say(line)
+    args = _fits_bare(command, rest)
+    if args is not None:
+        return Invocation(command, args)
+    return Invocation(command, None) if name in NEVER_SAID else Say(line)
+
+
+def _fits_bare(command: Command, rest: str) -> list[str] | None:
+    args = command.split(rest) if command.bare else None
+    return args if args is not None and len(args) in command.bare else None
+
+
+def _typo_of(name: str) -> str | None:
+    """The command name that `name` is with two neighbouring letters swapped, if any."""
+    for at in range(len(name) - 1):
+        swapped = name[:at] + name[at + 1] + name[at] + name[at + 2 :]
+        if swapped != name and swapped in BY_NAME:
+            return swapped
+    return None
 
 
 async def execute(ctx: Context, parsed: Parsed) -> None:
@@ -368,15 +454,24 @@ def say(ctx: Context, parsed: Say) -> None:
 
 
 async def run(ctx: Context, action: Awaitable[None]) -> None:
-    """Await `action`; a refused request becomes one `*** ` line to its sender."""
+    """Await `action`; a refused request, or a store that cannot answer it, becomes one
+    `*** ` line to its sender."""
     try:
         await action
     except ChatError as exc:
         ctx.user.send(str(exc))
+    except StoreError as exc:
+        user = ctx.user
+        log.warning(
+            "store_error", during="command", error=str(exc), conn_id=user.conn_id, peer=user.peer, nick=user.nick
+        )
+        user.send(replies.STORE_UNAVAILABLE)
 
 
 async def _dispatch(ctx: Context, parsed: Invocation | Unknown) -> None:
     if isinstance(parsed, Unknown):
+        if parsed.suggestion is not None:
+            raise ChatError(replies.DID_YOU_MEAN.format(name=parsed.name, suggestion=parsed.suggestion))
         raise ChatError(replies.UNKNOWN_COMMAND.format(name=parsed.name))
     if parsed.args is None:
         raise ChatError(replies.USAGE.format(usage=parsed.command.usage))

@@ -32,9 +32,9 @@ from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.obs.limits import EndReason, LimitKind
 from telchat.obs.logs import get_logger
-from telchat.rules import replies
+from telchat.rules import charsets, replies
 from telchat.rules.flood import Fakelag, PasteMeter
-from telchat.rules.lines import LineSplitter, Overflow, Oversize
+from telchat.rules.lines import LineSplitter, Overflow, Oversize, apply_edits
 from telchat.rules.sanitize import sanitize
 from telchat.session import commands
 
@@ -110,12 +110,13 @@ class Session:
         peer: str,
         charset: str = "utf-8",
         services: Services,
-        hide_input: Callable[[bool], None] = lambda hidden: None,
+        hide_input: Callable[[bool], bool] = lambda hidden: False,
         gate: Gate | None = None,
     ) -> None:
         self.chat = chat
         self.services = services
-        # Asks the client to stop (True) or resume (False) echoing what its user types.
+        # Asks the client to stop (True) or resume (False) echoing what its user types;
+        # says whether the client can.
         self._hide_input = hide_input
         self._secret: Answer | None = None
         self._config = config
@@ -140,6 +141,7 @@ class Session:
         # A failure in data_received, raised again in the reading task to end the session there.
         self._failure: Exception | None = None
         self._finished = False
+        self._charset_hinted = False
         self.bytes_in = 0
         self._started = time.monotonic()
 
@@ -320,7 +322,22 @@ class Session:
             self._failed()
 
     def _text(self, line: bytes | str) -> str:
-        return sanitize(line if isinstance(line, str) else line.decode(self.user.charset, "replace")).strip()
+        if isinstance(line, str):  # a character-mode line, edited (lineedit.py)
+            return sanitize(line).strip()
+        text = line.decode(self.user.charset, "replace")
+        if "\ufffd" in text:
+            self.check_charset(line)
+        # A line-mode line may hold its user's editing keys.
+        return sanitize(apply_edits(text)).strip()
+
+    def check_charset(self, raw: bytes) -> None:
+        """`raw` did not decode: if it reads as cp1251 or koi8-r, suggest that charset, once."""
+        if self._charset_hinted or self.user.charset != "utf-8":
+            return
+        guess = charsets.guess_cyrillic(raw)
+        if guess is not None:
+            self._charset_hinted = True
+            self.user.send(replies.CHARSET_HINT.format(charset=guess))
 
     def _limit(self, kind: LimitKind, **fields: Any) -> None:
         # Explicit identity: this may run in data_received, outside the session task's context.
@@ -336,8 +353,8 @@ class Session:
     def ask_secret(self, prompt: str, answer: Answer) -> None:
         """Hand the next line to `answer` instead of the command layer, input hidden."""
         self._secret = answer
-        self._hide_input(True)
-        self.user.send(prompt)
+        hidden = self._hide_input(True)
+        self.user.send(prompt if hidden else prompt.replace(replies.TYPING_HIDDEN, replies.TYPING_SHOWN))
 
     def _kicked(self, message: str) -> None:
         self.quit(message, reason="kicked")

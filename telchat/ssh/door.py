@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 with warnings.catch_warnings():
     # cryptography warns on import about DSA, which telchat neither offers nor accepts.
@@ -24,9 +24,8 @@ with warnings.catch_warnings():
 
 from telchat.config import Config
 from telchat.obs.logs import get_logger
-from telchat.obs.telemetry import Telemetry
 from telchat.ssh.shim import TelnetShim
-from telchat.telnet.admission import address_of
+from telchat.telnet.admission import Address
 from telchat.telnet.guard import Guards
 from telchat.telnet.protocol import ChatTelnetServer
 
@@ -57,17 +56,13 @@ def host_key(path: Path) -> asyncssh.SSHKey:
 
 
 class SshDoor:
-    def __init__(self, config: Config, factory: Callable[[], ChatTelnetServer], telemetry: Telemetry) -> None:
+    def __init__(self, config: Config, factory: Callable[[], ChatTelnetServer], guards: Guards) -> None:
         self._config = config
         self._factory = factory
-        self._telemetry = telemetry
-        # The chat's admission counts a session once it starts; before that, the SSH handshake
-        # (key exchange, the costly part) is limited by an admission of SSH connections alone,
-        # with the same limits, so a flood of handshakes never reaches the chat's.
-        self._admission = Guards(config, telemetry).admission
+        self._guards = guards
         self._server: asyncssh.SSHAcceptor | None = None
 
-    async def start(self, host: str, port: int, reuse_port: bool) -> int:
+    async def start(self, host: str, port: int, backlog: int, reuse_port: bool) -> int:
         path = Path(self._config.ssh_host_key)
         try:
             key = host_key(path)
@@ -75,7 +70,7 @@ class SshDoor:
             # An OSError, as for an unreadable TLS key: the server says so and exits 2.
             raise OSError(f"SSH host key {path}: {exc}") from exc
         self._server = await asyncssh.create_server(
-            lambda: ChatSshServer(self),
+            lambda: ChatSshServer(self._factory, self._guards),
             host,
             port,
             server_host_keys=[key],
@@ -86,6 +81,7 @@ class SshDoor:
             login_timeout=LOGIN_TIMEOUT,
             keepalive_interval=KEEPALIVE_INTERVAL,
             keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            backlog=backlog,
             reuse_port=reuse_port or None,
         )
         bound = int(self._server.sockets[0].getsockname()[1])
@@ -100,63 +96,62 @@ class SshDoor:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def admit(self, conn: asyncssh.SSHServerConnection) -> Callable[[], None] | None:
-        """Count an SSH connection in and return its release, or refuse it (None)."""
-        peer = conn.get_extra_info("peername") or ("-", 0)
-        address = address_of(str(peer[0]))
-        refusal = self._admission.admit(address)
-        if refusal is None:
-            return lambda: self._admission.release(address)
-        self._telemetry.limit(
-            refusal.kind, conn_id=self._telemetry.next_conn_id(), peer=f"{peer[0]}:{peer[1]}", transport="ssh"
-        )
-        return None
-
-    def open_connections(self) -> int:
-        return self._admission.total
-
-    def session(self, conn: asyncssh.SSHServerConnection) -> ChatSshSession:
-        return ChatSshSession(conn, self._factory)
-
 
 class ChatSshServer(asyncssh.SSHServer):
-    """One SSH connection: no authentication of its own, and one chat session at most."""
+    """One SSH connection: counted in at accept, no authentication of its own, one chat
+    session at most."""
 
-    def __init__(self, door: SshDoor) -> None:
-        self._door = door
+    def __init__(self, factory: Callable[[], ChatTelnetServer], guards: Guards) -> None:
+        self._factory = factory
+        self._guards = guards
         self._conn: asyncssh.SSHServerConnection | None = None
         self._session: ChatSshSession | None = None
-        self._release: Callable[[], None] | None = None
+        # Counted in, and not yet handed to a started session (whose telnet guard releases it).
+        self._address: Address | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._release = self._door.admit(conn)
-        if self._release is None:
+        # Like TLS: counted before the key exchange, the costly part, so that a flood of
+        # handshakes meets the same per-address and server limits as telnet connections.
+        peer = conn.get_extra_info("peername") or ("-", 0)
+        # count_in reads only get_extra_info("peername"), which the connection answers as its socket.
+        self._address = self._guards.count_in(cast(asyncio.BaseTransport, conn), f"{peer[0]}:{peer[1]}", "ssh")
+        if self._address is None:
             conn.abort()  # before the key exchange: there is no channel to say why on
             return
         self._conn = conn
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
+        address, self._address = self._address, None
+        if address is not None:
+            self._guards.release(address)
 
     def begin_auth(self, username: str) -> bool:
         # Any key, or none: the nick is claimed by `login`, which asks a registered nick's password.
         return False
 
     def session_requested(self) -> ChatSshSession | bool:
-        # A second channel on one connection would be a second session past the per-address
-        # admission, which counts connections: refused.
+        # One session per connection: the connection was counted once.
         if self._session is not None or self._conn is None:
             return False
-        self._session = self._door.session(self._conn)
+        self._session = ChatSshSession(self._conn, self._factory, self._hand_over)
         return self._session
+
+    def _hand_over(self) -> Address | None:
+        address, self._address = self._address, None
+        return address
 
 
 class ChatSshSession(asyncssh.SSHServerSession[bytes]):
-    def __init__(self, conn: asyncssh.SSHServerConnection, factory: Callable[[], ChatTelnetServer]) -> None:
+    def __init__(
+        self,
+        conn: asyncssh.SSHServerConnection,
+        factory: Callable[[], ChatTelnetServer],
+        admitted: Callable[[], Address | None],
+    ) -> None:
         self._conn = conn
         self._factory = factory
+        # The connection's place in the admission count, taken over when the session starts.
+        self._admitted = admitted
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._term = ""
         self._size = (80, 24)
@@ -181,6 +176,7 @@ class ChatSshSession(asyncssh.SSHServerSession[bytes]):
         self._shim = TelnetShim(self._term, *self._size, reply=self._reply, show=self._show)
         self._transport = SshTransport(self._chan, self._conn, self._shim)
         self._protocol = self._factory()
+        self._protocol.admitted = self._admitted()
         self._transport.set_protocol(self._protocol)
         self._protocol.connection_made(self._transport)
         nick = self._conn.get_extra_info("username") or ""

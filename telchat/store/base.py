@@ -37,6 +37,8 @@ class Turn(Protocol):
 
 
 Deliver = Callable[[Event], None]
+# Called with a nick key that another node turned out to own while a local user held it.
+NickLost = Callable[[str], None]
 Record = dict[str, Any]
 RETRY_SECONDS = 0.5
 # Local failure counters are swept of stale keys once there are this many.
@@ -44,7 +46,8 @@ FAILURE_SWEEP_AT = 1024
 
 
 class StoreError(Exception):
-    """The store cannot be used (bad URL, unreachable); the message is for the operator."""
+    """The store cannot be used (bad URL, unreachable, not answering); the message is for the
+    operator. Every store call that can fail raises this, and only this."""
 
 
 class Store(abc.ABC):
@@ -109,6 +112,9 @@ class Store(abc.ABC):
 
     async def claim_nick(self, key: str, nick: str) -> bool:
         return True
+
+    def on_nick_lost(self, handler: NickLost) -> None:  # noqa: B027 - one process never loses a nick
+        """Call `handler` when a nick a local user holds turns out to be another node's."""
 
     async def room_name(self, key: str, name: str) -> str:
         """The room's display name cluster-wide: the first spelling anyone used."""

@@ -8,9 +8,16 @@
 - Publishing: a single writer task sends queued events in order, pipelined, through a
   Lua script that dedupes on an event id, writes history and bus atomically. A failed
   round trip is retried with the same ids, so a retry after a lost reply adds nothing.
-- Nicks: `nick:{key}` SET NX with a TTL the owner keeps refreshing.
-- Presence: hashes of `node:member -> nick` per room and online; a node's liveness key
-  expires when it dies, and a surviving node's janitor removes its users and nicks.
+- Nicks: `nick:{key}` SET NX with a TTL. Each heartbeat re-claims every nick the node holds
+  (one script): a key Redis lost is written again, a key another node took is reported to
+  the room manager, which drops that user here.
+- Presence: hashes of `node:member -> nick` per room and online, and the set of live rooms;
+  a room leaves the set with its last member. A node's liveness key expires when it dies,
+  and a surviving node's janitor removes its users and nicks. The node keeps a copy of its
+  own presence and writes it all again when a heartbeat finds its liveness key gone (Redis
+  lost it, or others declared the node dead).
+- Versions: bus entries and liveness keys carry BUS_VERSION; a node refuses to start
+  beside live nodes of another version, and skips (logging once) entries of another.
 - Records: one hash per kind (`rec:{kind}`, key -> JSON); failure counters: one sorted set
   of failure times per key (`fail:{key}`), expiring with its window.
 """
@@ -29,12 +36,14 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.store import events as ev
-from telchat.store.base import Deliver, Record, Store, StoreError, decode_record, encode_record, masked
+from telchat.store.base import Deliver, NickLost, Record, Store, StoreError, decode_record, encode_record, masked
 from telchat.store.events import EntryId, Event
 
 log = get_logger(__name__)
@@ -42,9 +51,15 @@ log = get_logger(__name__)
 PREFIX = "telchat:"
 BUS_MAXLEN = 100_000
 DEDUPE_SECONDS = 600
-READ_BLOCK_MS = 1000
 READ_COUNT = 1000
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
+# The bus entry format. Raise it only for a change older nodes cannot read (they ignore
+# fields they do not know); docs/SCALING.md says what a rolling upgrade then needs.
+BUS_VERSION = 1
+# Nicks per heartbeat script, and fields per presence-removal script (Lua's unpack limit).
+CHUNK = 1000
+# `rooms` lists at most this many rooms: one script, one round trip, a bounded reply.
+ROOMS_LISTED = 1000
 
 # KEYS: dedupe key, bus stream, history stream ("" for none)
 # ARGV: event json, bus maxlen, history maxlen, dedupe seconds, event id
@@ -61,6 +76,62 @@ return 1
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# KEYS: node key, nodes set, the node's nicks set, then nick keys
+# ARGV: node, version, node ttl, nick ttl, then the bare nick keys (ARGV[i + 1] is KEYS[i])
+# Returns: whether the node key existed, and the nicks now owned by another node.
+HEARTBEAT_LUA = """
+local alive = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+local lost = {}
+for i = 4, #KEYS do
+  local owner = redis.call('GET', KEYS[i])
+  if owner == ARGV[1] or not owner then
+    redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
+    redis.call('SADD', KEYS[3], ARGV[i + 1])
+  else
+    lost[#lost + 1] = ARGV[i + 1]
+  end
+end
+return {alive, lost}
+"""
+# Remove presence fields from a room; the room's last member takes the room with it.
+# KEYS: members hash, rooms set, roomnames hash; ARGV: room key, then fields
+LEAVE_LUA = """
+redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return 0
+"""
+# Other nodes' member counts of live rooms, in one round trip (and a bounded reply). The members hashes are
+# named from ARGV (single-instance Redis; the store does not support Cluster).
+# KEYS: rooms set, roomnames hash; ARGV: this node's field prefix, members key prefix, cap
+# Returns: room, name, count, room, name, count, ...
+ROOMS_LUA = """
+local out = {}
+local listed = 0
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if listed >= tonumber(ARGV[3]) then break end
+  local fields = redis.call('HKEYS', ARGV[2] .. room)
+  local count = 0
+  for _, field in ipairs(fields) do
+    if string.sub(field, 1, #ARGV[1]) ~= ARGV[1] then count = count + 1 end
+  end
+  if #fields == 0 then
+    -- left behind by a version that never removed rooms
+    redis.call('SREM', KEYS[1], room)
+    redis.call('HDEL', KEYS[2], room)
+  elseif count > 0 then
+    out[#out + 1] = room
+    out[#out + 1] = redis.call('HGET', KEYS[2], room) or room
+    out[#out + 1] = count
+    listed = listed + 1
+  end
+end
+return out
 """
 
 Op = Callable[[Any], Awaitable[Any]]
@@ -87,12 +158,31 @@ def _encode(event: Event) -> bytes:
             "t": event.target,
             "a": event.everyone,
             "ts": event.ts,
+            "v": BUS_VERSION,
         }
     )
 
 
+class BadEntry(Exception):
+    """A bus or history entry this node cannot read: malformed, or of another `version`."""
+
+    def __init__(self, message: str, version: str | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
 def _decode(data: str, entry_id: EntryId) -> Event:
-    d = orjson.loads(data)
+    try:
+        return _event(orjson.loads(data), entry_id)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadEntry(f"malformed entry: {exc!r}") from None
+
+
+def _event(d: Any, entry_id: EntryId) -> Event:
+    # Entries written before versions existed have the format of version 1.
+    version = d.get("v", 1)
+    if version != BUS_VERSION:
+        raise BadEntry(f"bus version {version!r}, this node reads {BUS_VERSION}", repr(version))
     return Event(
         ev.kind_of(d["k"]),
         d["x"],
@@ -107,6 +197,10 @@ def _decode(data: str, entry_id: EntryId) -> Event:
     )
 
 
+def _ignore_lost(key: str) -> None:
+    return None
+
+
 class RedisStore(Store):
     def __init__(self, url: str, keep: int = 1000, node_ttl: float = 15.0) -> None:
         super().__init__()
@@ -116,9 +210,13 @@ class RedisStore(Store):
         self.node = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.node_ttl = node_ttl
         self.nick_ttl = max(60, int(node_ttl * 4))
+        # A call that takes longer fails (StoreError for a user's command) instead of
+        # hanging on a stalled Redis; the bus read blocks for half of it.
+        self.timeout = max(1.0, node_ttl / 3)
         # redis-py's return types are unions of every reply shape: typed as Any here.
         self._redis: Any = None
         self._deliver: Deliver | None = None
+        self._nick_lost: NickLost = _ignore_lost
         self._queue: list[tuple[str, Any]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -130,8 +228,15 @@ class RedisStore(Store):
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_bus_id = "0-0"
         self._nicks: set[str] = set()
+        # This node's own presence, to write again when Redis has lost it.
+        self._online: dict[str, str] = {}
+        self._members: dict[str, dict[str, str]] = {}
+        self._names: dict[str, str] = {}
+        self._foreign_versions: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        # Why a background task stopped; the store is then unhealthy.
+        self._broken: str | None = None
 
     # lifecycle
 
@@ -141,23 +246,64 @@ class RedisStore(Store):
             raise StoreError(f"bad Redis URL {self.shown_url!r}: use redis://HOST:PORT/DB")
         self._deliver = deliver
         self._redis = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=3, health_check_interval=10, decode_responses=True
+            self.url,
+            socket_connect_timeout=3,
+            socket_timeout=self.timeout,
+            # One retry: a reconnect after a Redis restart, not minutes on a stalled one.
+            retry=Retry(ExponentialWithJitterBackoff(base=RETRY_MIN, cap=RETRY_MAX), 1),
+            health_check_interval=10,
+            decode_responses=True,
         )
         try:
             await self._redis.ping()
             last = await self._redis.xrevrange(_key("bus"), count=1)
+            await self._check_versions()
         except (RedisError, OSError) as exc:
             await self._redis.aclose()
             raise StoreError(f"cannot reach Redis at {self.shown_url}: {exc}") from exc
+        except StoreError:
+            await self._redis.aclose()
+            raise
         self._last_bus_id = last[0][0] if last else "0-0"
         await self._heartbeat_once()
         self._tasks = [
-            asyncio.create_task(self._writer(), name="redis-writer"),
-            asyncio.create_task(self._reader(), name="redis-reader"),
-            asyncio.create_task(self._every(self.node_ttl / 3, self._heartbeat_once), name="redis-heartbeat"),
-            asyncio.create_task(self._every(self.node_ttl / 3, self._janitor_once), name="redis-janitor"),
+            self._start(self._writer(), "redis-writer"),
+            self._start(self._reader(), "redis-reader"),
+            self._start(self._every(self.node_ttl / 3, self._heartbeat_once), "redis-heartbeat"),
+            self._start(self._every(self.node_ttl / 3, self._janitor_once), "redis-janitor"),
         ]
-        log.info("redis_open", node=self.node, url=self.shown_url, bus_id=self._last_bus_id)
+        log.info("redis_open", node=self.node, url=self.shown_url, bus_id=self._last_bus_id, version=BUS_VERSION)
+
+    async def _check_versions(self) -> None:
+        """Refuse to join live nodes that write another bus format: neither could read the other."""
+        client = self._client()
+        nodes = sorted(await client.smembers(_key("nodes")))
+        versions = await client.mget([_key("node", node) for node in nodes]) if nodes else []
+        for node, version in zip(nodes, versions, strict=True):
+            if version is not None and version != str(BUS_VERSION):
+                raise StoreError(
+                    f"Redis at {self.shown_url} is in use by node {node}, which speaks bus version {version};"
+                    f" this node speaks version {BUS_VERSION}. Stop the nodes of the other version first"
+                    " (docs/SCALING.md, rolling upgrades)"
+                )
+
+    def _start(self, work: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        task.add_done_callback(self._stopped)
+        return task
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        if self._closing:
+            return
+        error = None if task.cancelled() else task.exception()
+        self._broken = f"{task.get_name()} stopped: {error!r}"
+        log.error("redis_task_died", task=task.get_name(), error=repr(error))
+        # Nothing will be read back now: commands must not wait for it.
+        for _wanted, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters = []
 
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -174,15 +320,23 @@ class RedisStore(Store):
             await self._redis.aclose()
 
     async def check(self) -> None:
-        try:
-            await self._client().ping()
-        except (RedisError, OSError) as exc:
-            raise StoreError(str(exc)) from exc
+        if self._broken is not None:
+            raise StoreError(self._broken)
+        await self._call("ping", lambda client: client.ping())
+
+    def on_nick_lost(self, handler: NickLost) -> None:
+        self._nick_lost = handler
 
     def _client(self) -> Any:
         if self._redis is None:
             raise StoreError("Redis store is not open")
         return self._redis
+
+    async def _call(self, what: str, op: Op) -> Any:
+        try:
+            return await op(self._client())
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis {what} failed: {exc}") from exc
 
     # publishing: one ordered queue, one writer
 
@@ -191,16 +345,20 @@ class RedisStore(Store):
         self._enqueue("event", (f"{self.node}:{self._published}", event))
 
     async def settled(self) -> None:
-        if self._seen_own >= self._published:
+        if self._broken is not None or self._seen_own >= self._published:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((self._published, waiter))
-        await waiter
+        # Bounded: with Redis stalled, the command runs after the command timeout (and
+        # gets the store's error if it needs Redis) instead of the session hanging.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
 
     def _saw_own(self, origin: str) -> None:
-        if not origin.startswith(self._origin):
+        seq = origin[len(self._origin) :]
+        if not origin.startswith(self._origin) or not seq.isdigit():
             return
-        self._seen_own = max(self._seen_own, int(origin[len(self._origin) :]))
+        self._seen_own = max(self._seen_own, int(seq))
         if not self._waiters:
             return
         still = []
@@ -269,9 +427,10 @@ class RedisStore(Store):
     async def _reader(self) -> None:
         delay = RETRY_MIN
         client = self._client()
+        block_ms = int(self.timeout * 500)
         while not self._closing:
             try:
-                reply = await client.xread({_key("bus"): self._last_bus_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+                reply = await client.xread({_key("bus"): self._last_bus_id}, count=READ_COUNT, block=block_ms)
             except (RedisError, OSError) as exc:
                 log.warning("store_error", store="redis", error=str(exc), during="read")
                 await asyncio.sleep(delay)
@@ -281,35 +440,56 @@ class RedisStore(Store):
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     self._last_bus_id = entry_id
-                    self._deliver_entry(fields)
+                    self._deliver_entry(entry_id, fields)
 
-    def _deliver_entry(self, fields: dict[str, str]) -> None:
-        history_id = fields.get("h", "")
-        event = _decode(fields["e"], parse_id(history_id) if history_id else ev.NO_ID)
-        assert self._deliver is not None
+    def _deliver_entry(self, entry_id: str, fields: dict[str, str]) -> None:
         try:
-            self._deliver(event)
-        except Exception:
-            log.exception("deliver_failed", kind=event.kind)
+            history_id = fields.get("h", "")
+            event = _decode(fields["e"], parse_id(history_id) if history_id else ev.NO_ID)
+        except (BadEntry, KeyError, ValueError) as exc:
+            self._skipped(entry_id, exc)
+        else:
+            assert self._deliver is not None
+            try:
+                self._deliver(event)
+            except Exception:
+                log.exception("deliver_failed", kind=event.kind)
         self._saw_own(fields.get("o", ""))
+
+    def _skipped(self, entry_id: str, exc: Exception) -> None:
+        version = exc.version if isinstance(exc, BadEntry) else None
+        if version is not None:
+            # A rolling upgrade would log this for every entry: once per version is enough.
+            if version in self._foreign_versions:
+                return
+            self._foreign_versions.add(version)
+        log.error("bus_entry_skipped", entry=entry_id, error=str(exc))
 
     # history
 
     async def recent(self, room: str, limit: int) -> list[Event]:
         if limit <= 0:
             return []
-        try:
-            entries = await self._client().xrevrange(_key("h", room), count=limit)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis history read failed: {exc}") from exc
-        return [_decode(fields["e"], parse_id(entry_id)) for entry_id, fields in reversed(entries)]
+        entries = await self._call("history read", lambda client: client.xrevrange(_key("h", room), count=limit))
+        events = []
+        for entry_id, fields in reversed(entries):
+            try:
+                events.append(_decode(fields["e"], parse_id(entry_id)))
+            except (BadEntry, KeyError) as exc:
+                self._skipped(entry_id, exc)
+        return events
 
     # nicks
 
     async def claim_nick(self, key: str, nick: str) -> bool:
+        name = _key("nick", key)
         try:
-            claimed = await self._client().set(_key("nick", key), self.node, nx=True, ex=self.nick_ttl)
+            claimed = await self._client().set(name, self.node, nx=True, ex=self.nick_ttl)
         except (RedisError, OSError) as exc:
+            # The claim may have been applied with its reply lost. The caller still holds
+            # the nick locally, so no one here can own it: take it back if it is ours.
+            with contextlib.suppress(RedisError, OSError):
+                await self._client().eval(RELEASE_LUA, 1, name, self.node)
             raise StoreError(f"Redis nick claim failed: {exc}") from exc
         if claimed:
             self._nicks.add(key)
@@ -318,22 +498,39 @@ class RedisStore(Store):
 
     def release_nick(self, key: str) -> None:
         self._nicks.discard(key)
+        self._release(key)
 
+    def _release(self, key: str) -> None:
         def op(pipe: Any) -> None:
             pipe.eval(RELEASE_LUA, 1, _key("nick", key), self.node)
             pipe.srem(_key("nicks", self.node), key)
 
         self._enqueue("op", op)
 
+    def _lose(self, key: str) -> None:
+        """Another node owns `key` now: forget it here and have its local holder dropped."""
+        if key not in self._nicks:
+            return
+        self._nicks.discard(key)
+        self._enqueue("op", lambda pipe: pipe.srem(_key("nicks", self.node), key))
+        log.warning("redis_nick_lost", node=self.node, nick_key=key)
+        try:
+            self._nick_lost(key)
+        except Exception:
+            log.exception("nick_lost_failed", nick_key=key)
+
     async def room_name(self, key: str, name: str) -> str:
-        pipe = self._client().pipeline(transaction=True)
-        pipe.hsetnx(_key("roomnames"), key, name)
-        pipe.hget(_key("roomnames"), key)
-        _, shown = await pipe.execute()
-        return str(shown)
+        async def run(client: Any) -> str:
+            pipe = client.pipeline(transaction=True)
+            pipe.hsetnx(_key("roomnames"), key, name)
+            pipe.hget(_key("roomnames"), key)
+            _, shown = await pipe.execute()
+            return str(shown)
+
+        return str(await self._call("room name", run))
 
     async def remote_nick(self, key: str) -> bool:
-        owner = await self._client().get(_key("nick", key))
+        owner = await self._call("nick lookup", lambda client: client.get(_key("nick", key)))
         return owner is not None and owner != self.node
 
     # records and failure counters
@@ -377,31 +574,32 @@ class RedisStore(Store):
 
         return int(await self._call("failure count", run))
 
-    async def _call(self, what: str, op: Op) -> Any:
-        try:
-            return await op(self._client())
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis {what} failed: {exc}") from exc
-
     # presence
 
     def _field(self, member: str) -> str:
         return f"{self.node}:{member}"
 
     def online(self, member: str, nick: str) -> None:
+        self._online[member] = nick
         self._enqueue("op", lambda pipe: pipe.hset(_key("online"), self._field(member), nick))
 
     def offline(self, member: str, rooms: tuple[str, ...]) -> None:
+        self._online.pop(member, None)
+        for room in rooms:
+            self._forget_member(room, member)
         field = self._field(member)
 
         def op(pipe: Any) -> None:
             pipe.hdel(_key("online"), field)
             for room in rooms:
-                pipe.hdel(_key("members", room), field)
+                _remove_fields(pipe, room, [field])
 
         self._enqueue("op", op)
 
     def renamed(self, member: str, nick: str, rooms: tuple[str, ...]) -> None:
+        self._online[member] = nick
+        for room in rooms:
+            self._members.get(room, {})[member] = nick
         field = self._field(member)
 
         def op(pipe: Any) -> None:
@@ -412,41 +610,71 @@ class RedisStore(Store):
         self._enqueue("op", op)
 
     def joined(self, room: str, room_name: str, member: str, nick: str) -> None:
+        self._members.setdefault(room, {})[member] = nick
+        self._names[room] = room_name
         field = self._field(member)
 
         def op(pipe: Any) -> None:
+            # Members first: a room in `rooms` always has its members hash (LEAVE_LUA).
             pipe.hset(_key("members", room), field, nick)
             pipe.sadd(_key("rooms"), room)
+            pipe.hsetnx(_key("roomnames"), room, room_name)
 
         self._enqueue("op", op)
 
     def left(self, room: str, member: str) -> None:
-        self._enqueue("op", lambda pipe: pipe.hdel(_key("members", room), self._field(member)))
+        self._forget_member(room, member)
+        field = self._field(member)
+        self._enqueue("op", lambda pipe: _remove_fields(pipe, room, [field]))
+
+    def _forget_member(self, room: str, member: str) -> None:
+        members = self._members.get(room)
+        if members is None:
+            return
+        members.pop(member, None)
+        if not members:
+            del self._members[room]
+            self._names.pop(room, None)
+
+    def _restore(self) -> None:
+        """Write this node's presence again, as it is now (Redis lost it, or a janitor removed it)."""
+        online = {self._field(member): nick for member, nick in self._online.items()}
+        rooms = {
+            room: {self._field(member): nick for member, nick in members.items()}
+            for room, members in self._members.items()
+        }
+        names = dict(self._names)
+
+        def op(pipe: Any) -> None:
+            # A janitor that buried this node must be free to do so again.
+            pipe.delete(_key("janitor", self.node))
+            if online:
+                pipe.hset(_key("online"), mapping=online)
+            for room, fields in rooms.items():
+                pipe.hset(_key("members", room), mapping=fields)
+                pipe.sadd(_key("rooms"), room)
+                pipe.hsetnx(_key("roomnames"), room, names[room])
+
+        self._enqueue("op", op)
 
     def _remote(self, mapping: dict[str, str]) -> list[str]:
         mine = f"{self.node}:"
         return [nick for field, nick in mapping.items() if not field.startswith(mine)]
 
     async def remote_members(self, room: str) -> list[str]:
-        return self._remote(await self._client().hgetall(_key("members", room)))
+        return self._remote(await self._call("presence read", lambda client: client.hgetall(_key("members", room))))
 
     async def remote_online(self) -> list[str]:
-        return self._remote(await self._client().hgetall(_key("online")))
+        return self._remote(await self._call("presence read", lambda client: client.hgetall(_key("online"))))
 
     async def remote_rooms(self) -> dict[str, tuple[str, int]]:
-        client = self._client()
-        rooms = sorted(await client.smembers(_key("rooms")))
-        pipe = client.pipeline(transaction=False)
-        for room in rooms:
-            pipe.hgetall(_key("members", room))
-        pipe.hgetall(_key("roomnames"))
-        *members, names = await pipe.execute()
-        out: dict[str, tuple[str, int]] = {}
-        for room, mapping in zip(rooms, members, strict=True):
-            count = len(self._remote(mapping))
-            if count:
-                out[room] = (names.get(room, room), count)
-        return out
+        flat = await self._call(
+            "room list",
+            lambda client: client.eval(
+                ROOMS_LUA, 2, _key("rooms"), _key("roomnames"), f"{self.node}:", _key("members", ""), ROOMS_LISTED
+            ),
+        )
+        return {flat[i]: (str(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)}
 
     # liveness and cleanup of dead nodes
 
@@ -459,12 +687,37 @@ class RedisStore(Store):
                 log.warning("store_error", store="redis", error=str(exc), during=action.__name__)
 
     async def _heartbeat_once(self) -> None:
-        pipe = self._client().pipeline(transaction=False)
-        pipe.set(_key("node", self.node), "1", ex=max(1, round(self.node_ttl)))
-        pipe.sadd(_key("nodes"), self.node)
-        for key in self._nicks:
-            pipe.expire(_key("nick", key), self.nick_ttl)
-        await pipe.execute()
+        """Say this node is alive and re-claim its nicks; notice what Redis or a janitor took."""
+        client = self._client()
+        held = list(self._nicks)
+        alive: bool | None = None
+        lost: list[str] = []
+        for start in range(0, len(held) or 1, CHUNK):
+            chunk = held[start : start + CHUNK]
+            existed, taken = await client.eval(
+                HEARTBEAT_LUA,
+                3 + len(chunk),
+                _key("node", self.node),
+                _key("nodes"),
+                _key("nicks", self.node),
+                *(_key("nick", key) for key in chunk),
+                self.node,
+                BUS_VERSION,
+                max(1, round(self.node_ttl)),
+                self.nick_ttl,
+                *chunk,
+            )
+            alive = bool(existed) if alive is None else alive
+            lost.extend(taken)
+        for key in held:
+            if key not in self._nicks:
+                # Released while the script ran, which may have just claimed it again.
+                self._release(key)
+        for key in lost:
+            self._lose(key)
+        if not alive and self._online:
+            log.warning("redis_presence_restored", node=self.node, users=len(self._online), nicks_lost=len(lost))
+            self._restore()
 
     async def _janitor_once(self) -> None:
         client = self._client()
@@ -490,8 +743,10 @@ class RedisStore(Store):
         for room in await client.smembers(_key("rooms")):
             mapping = await client.hgetall(_key("members", room))
             fields = [field for field in mapping if field.startswith(prefix)]
-            if fields:
-                await client.hdel(_key("members", room), *fields)
+            for start in range(0, len(fields), CHUNK):
+                pipe = client.pipeline(transaction=False)
+                _remove_fields(pipe, room, fields[start : start + CHUNK])
+                await pipe.execute()
             for field in fields:
                 rooms_of.setdefault(mapping[field], []).append(room)
         online = [field for field in await client.hkeys(_key("online")) if field.startswith(prefix)]
@@ -502,3 +757,7 @@ class RedisStore(Store):
         await client.delete(_key("nicks", node), _key("node", node))
         await client.srem(_key("nodes"), node)
         return rooms_of
+
+
+def _remove_fields(pipe: Any, room: str, fields: list[str]) -> None:
+    pipe.eval(LEAVE_LUA, 3, _key("members", room), _key("rooms"), _key("roomnames"), room, *fields)

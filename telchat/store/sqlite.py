@@ -4,13 +4,25 @@ A batch is committed on the loop thread at the end of the turn that produced it:
 mode with synchronous=NORMAL a commit is a write() into the WAL (no fsync), which costs
 tens of microseconds and survives `kill -9` of the server (not a power cut, which would
 need synchronous=FULL). Only after the commit are the batch's events delivered.
+
+Nothing on the loop waits for SQLite: the loop's connection has no busy timeout, so when
+another process holds the file's write lock a commit fails at once (the batch is retried,
+see LocalStore) instead of freezing every session for the timeout. Whatever may take long
+runs on one worker thread with a connection of its own that does wait: reads (history of
+any size, records), opening (schema conversion), and a record write the lock refused on the
+loop. sqlite3 releases the GIL while SQLite works.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
@@ -20,6 +32,10 @@ from telchat.store.checkpoint import Checkpointer
 from telchat.store.events import Event, kind_of
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
+# How long the worker thread's connection waits for a lock another process holds.
+WORKER_BUSY_MS = 5000
 
 # History is kept in chunks: the lines of one room committed in one transaction are one
 # row, a JSON array of [id, nick, kind, text, ts]. A busy room's turn of 40 lines is then one
@@ -83,31 +99,62 @@ class SqliteStore(LocalStore):
         self._db: sqlite3.Connection | None = None
         self._checkpointer: Checkpointer | None = None
         self._last_id = 0
+        self._worker: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._worker_dbs: list[sqlite3.Connection] = []
 
     async def open(self, deliver: Deliver) -> None:
         await super().open(deliver)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite")
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=2000")
-            _upgrade(db)
-            (last,) = db.execute(LAST_ID).fetchone()
-            if self.path != ":memory:":
-                self._checkpointer = Checkpointer(self.path)
-                self._checkpointer.configure(db)
+            self._db, self._last_id = await self._off_loop(self._open)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
-        self._db = db
-        self._last_id = int(last)
+
+    def _open(self) -> tuple[sqlite3.Connection, int]:
+        """The loop's connection (opened on the worker: a conversion may wait on a lock)."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # ":memory:" is one database per connection: there the worker shares the loop's
+        # (sqlite3.threadsafety is 3, serialized: a connection may be shared by threads).
+        db = self._worker_db() if self.path == ":memory:" else _connect(self.path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA busy_timeout={WORKER_BUSY_MS}")
+        _upgrade(db)
+        (last,) = db.execute(LAST_ID).fetchone()
+        if self.path != ":memory:":
+            self._checkpointer = Checkpointer(self.path)
+            self._checkpointer.configure(db)
+            db.execute("PRAGMA busy_timeout=0")
+        return db, int(last)
+
+    def _worker_db(self) -> sqlite3.Connection:
+        """The worker thread's own connection (it waits for locks)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _connect(self.path)
+            db.execute(f"PRAGMA busy_timeout={WORKER_BUSY_MS}")
+            self._worker_dbs.append(db)
+        return db
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        if self._worker is None:
+            raise StoreError("SQLite store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
     async def close(self) -> None:
         await super().close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        for db in self._worker_dbs:
+            if db is not self._db:
+                db.close()
+        self._worker_dbs = []
         if self._db is not None:
             # The last connection to close checkpoints the WAL and removes it.
             self._db.close()
@@ -202,40 +249,71 @@ class SqliteStore(LocalStore):
         limit = min(limit, self._keep)
         if limit <= 0:
             return []
-        found: list[list[tuple[str, Line]]] = []
-        total = 0
-        for name, lines in self._connection().execute(RECENT, (room,)):
-            chunk = orjson.loads(lines)
-            found.append([(name, line) for line in chunk[-(limit - total) :]])
-            total += len(found[-1])
-            if total >= limit:
-                break
+        found = await self._off_loop(lambda: self._recent(room, limit))
         return [
             Event(kind_of(kind), text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
             for chunk in reversed(found)
             for name, (line_id, nick, kind, text, ts) in chunk
         ]
 
+    def _recent(self, room: str, limit: int) -> list[list[tuple[str, Line]]]:
+        """On the worker: `room`'s newest chunks, newest first, cut to `limit` lines."""
+        found: list[list[tuple[str, Line]]] = []
+        total = 0
+        try:
+            for name, lines in self._worker_db().execute(RECENT, (room,)):
+                chunk = orjson.loads(lines)
+                found.append([(name, line) for line in chunk[-(limit - total) :]])
+                total += len(found[-1])
+                if total >= limit:
+                    break
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite history read failed: {exc}") from exc
+        return found
+
     # Records are written outside the per-turn batch: autocommit, so durable on return.
 
     async def get_record(self, kind: str, key: str) -> Record | None:
-        row = self._execute(GET_RECORD, (kind, key)).fetchone()
+        row = await self._read(lambda db: db.execute(GET_RECORD, (kind, key)).fetchone())
         return decode_record(row[0]) if row else None
 
     async def put_record(self, kind: str, key: str, record: Record | None) -> None:
+        params: tuple[str, ...]
         if record is None:
-            self._execute(DELETE_RECORD, (kind, key))
+            sql, params = DELETE_RECORD, (kind, key)
         else:
-            self._execute(PUT_RECORD, (kind, key, encode_record(record).decode()))
+            sql, params = PUT_RECORD, (kind, key, encode_record(record).decode())
+        try:
+            self._connection().execute(sql, params)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise StoreError(f"SQLite record write failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite record write failed: {exc}") from exc
+        # Another process holds the write lock: wait for it on the worker, not here.
+        await self._read(lambda db: db.execute(sql, params))
 
     async def records(self, kind: str) -> dict[str, Record]:
-        return {key: decode_record(value) for key, value in self._execute(ALL_RECORDS, (kind,)).fetchall()}
+        rows = await self._read(lambda db: db.execute(ALL_RECORDS, (kind,)).fetchall())
+        return {key: decode_record(value) for key, value in rows}
 
-    def _execute(self, sql: str, params: tuple[str, ...]) -> sqlite3.Cursor:
-        try:
-            return self._connection().execute(sql, params)
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite record access failed: {exc}") from exc
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """`query` on the worker's connection (it may wait for a lock there)."""
+
+        def work() -> T:
+            try:
+                return query(self._worker_db())
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite record access failed: {exc}") from exc
+
+        return await self._off_loop(work)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # Used from more than one thread, never at once: the loop's connection is opened on
+    # the worker; the worker's is only ever used there.
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 def _upgrade(db: sqlite3.Connection) -> None:

@@ -8,12 +8,12 @@ benchmarks and local tools connect from there.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from dataclasses import dataclass
 
 from telchat.obs.limits import LimitKind
+from telchat.rules.addresses import group_of, parse_address
 from telchat.rules.flood import Clock, TokenBucket
 
 # Rate buckets of idle addresses are dropped in sweeps; a sweep runs when the table has
@@ -35,16 +35,10 @@ class Address:
 
 
 def address_of(host: str) -> Address:
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    ip = parse_address(host)
+    if ip is None:
         return Address(host, False)
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        else:
-            return Address(str(ipaddress.IPv6Network((ip, 64), strict=False)), ip.is_loopback)
-    return Address(str(ip), ip.is_loopback)
+    return Address(group_of(ip), ip.is_loopback)
 
 
 class Admission:

@@ -11,6 +11,7 @@ to a byte budget: past it, reading pauses (the same fakelag lines get, for telne
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,9 @@ from telchat.config import Config
 from telchat.obs.limits import LimitKind
 from telchat.obs.telemetry import Telemetry
 from telchat.rules.flood import Fakelag
-from telchat.telnet.admission import Admission, address_of
+from telchat.telnet.admission import Address, Admission, address_of
 from telchat.telnet.gate import Hold, ReadGate
+from telchat.telnet.sockets import cap_send_buffer
 
 IAC = 0xFF
 # Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per
@@ -27,6 +29,8 @@ IAC = 0xFF
 PIECE = 4096
 # The telnet byte budget holds this many seconds' worth at `telnet_rate`.
 TELNET_BURST_SECONDS = 4
+# While reading is held for the budget, whether the peer left is looked at this often.
+PEER_CHECK = 1.0
 # A client cut off with a notice gets this long to read it before the socket is dropped.
 CLOSE_GRACE = 1.0
 
@@ -49,42 +53,71 @@ class Guards:
             limit_loopback=config.limit_loopback,
         )
 
-    def admit(self, protocol: Any, transport: asyncio.Transport, peer: str) -> ConnectionGuard | None:
-        """Guard an accepted connection, or refuse it with one line and close it (None)."""
-        name = transport.get_extra_info("peername")
-        address = address_of(str(name[0]) if name else peer)
+    def admit(
+        self, protocol: Any, transport: asyncio.Transport, peer: str, admitted: Address | None = None
+    ) -> ConnectionGuard | None:
+        """Guard an accepted connection, or refuse it with one line and close it (None).
+
+        `admitted`: the connection was counted in already, at accept (TLS, see `count_in`)."""
+        address = admitted
+        if address is None:
+            address = _address(transport, peer)
+            refusal = self.admission.admit(address)
+            if refusal is not None:
+                self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
+                transport.write(refusal.message.encode() + b"\r\n")
+                transport.close()
+                return None
+        return ConnectionGuard(
+            protocol, transport, self._config, peer, admission=self.admission, address=address, telemetry=self.telemetry
+        )
+
+    def count_in(self, transport: asyncio.BaseTransport, peer: str, listener: str) -> Address | None:
+        """Count a connection in at accept, before anything is read from it; None (logged)
+        when it is refused. The caller then owns one `release` of the address."""
+        address = _address(transport, peer)
         refusal = self.admission.admit(address)
         if refusal is None:
-            return ConnectionGuard(
-                protocol,
-                transport,
-                self._config,
-                peer,
-                lambda: self.admission.release(address),
-                telemetry=self.telemetry,
-            )
-        self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
-        transport.write(refusal.message.encode() + b"\r\n")
-        transport.close()
+            return address
+        self.telemetry.limit(refusal.kind, peer=peer, listener=listener)
         return None
+
+    def release(self, address: Address) -> None:
+        self.admission.release(address)
+
+
+def _address(transport: asyncio.BaseTransport, peer: str) -> Address:
+    name = transport.get_extra_info("peername")
+    return address_of(str(name[0]) if name else peer)
+
+
+# Editing keys (control characters and escape sequences, Enter aside) for a line editor.
+_CONTROLS = re.compile(b"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class ConnectionGuard:
+    #: The server edits this connection's input line (character mode): input holding editing
+    #: keys goes in pieces, one a loop turn, like telnet commands, since each key is work.
+    edited = False
+
     def __init__(
         self,
         protocol: Any,
         transport: asyncio.Transport,
         config: Config,
         peer: str,
-        release: Callable[[], None],
         *,
+        admission: Admission,
+        address: Address,
         telemetry: Telemetry,
     ) -> None:
         self._protocol = protocol
         self._telemetry = telemetry
         self._transport = transport
         self._peer = peer
-        self._release: Callable[[], None] | None = release
+        self._admission = admission
+        # Released once, when the connection closes.
+        self._address: Address | None = address
         self._max_subneg = config.max_subneg_bytes
         self._sendq = config.sendq_bytes
         rate = config.telnet_rate
@@ -95,6 +128,7 @@ class ConnectionGuard:
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self.gate = ReadGate(transport, on_release=self._schedule)
+        cap_send_buffer(transport, config.max_sndbuf)
 
     def start(self) -> None:
         """telnetlib3 is set up: let its reader pause us when its buffer is full."""
@@ -113,9 +147,9 @@ class ConnectionGuard:
         self._pending = b""
         if self._timer is not None:
             self._timer.cancel()
-        if self._release is not None:
-            self._release()
-            self._release = None
+        if self._address is not None:
+            self._admission.release(self._address)
+            self._address = None
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -147,11 +181,12 @@ class ConnectionGuard:
             if self._over_limit():
                 return
             if costly:
-                self._charge(len(piece))
-                if self._pending:
-                    # Everyone else gets a turn before the next piece of telnet commands.
-                    self._schedule()
-                    break
+                self.charge(len(piece))
+            if self._pending and (costly or (self.edited and _CONTROLS.search(piece) is not None)):
+                # Everyone else gets a turn before the next piece of telnet commands (or of
+                # editing keys, which the line editor charges itself).
+                self._schedule()
+                break
         if self._pending:
             self.gate.hold(PENDING)
         else:
@@ -160,7 +195,9 @@ class ConnectionGuard:
     def _next_piece(self, in_command: bool) -> bytes:
         data, start = self._pending, self._offset
         end = len(data)
-        if end - start > PIECE and (in_command or data.find(IAC, start) >= 0):
+        if end - start > PIECE and (
+            in_command or data.find(IAC, start) >= 0 or (self.edited and _CONTROLS.search(data, start) is not None)
+        ):
             end = start + PIECE
         if end == len(data):
             self._pending, self._offset = b"", 0
@@ -199,7 +236,9 @@ class ConnectionGuard:
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, self.gate.drop)
 
-    def _charge(self, cost: int) -> None:
+    def charge(self, cost: int) -> None:
+        """Take `cost` bytes from the telnet budget: telnet commands, and work done on
+        this connection's behalf that is as costly (line editing keys)."""
         if self._budget is None:
             return
         delay, begins = self._budget.take(cost)
@@ -207,4 +246,21 @@ class ConnectionGuard:
             self._telemetry.limit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
         if delay > 0:
             self.gate.hold("telnet")
-            self._timer = asyncio.get_running_loop().call_later(delay, self.gate.release, "telnet")
+            self._wait_out(delay)
+
+    def _wait_out(self, delay: float) -> None:
+        """Keep reading held `delay` seconds (the debt so far: a later charge replaces an
+        earlier wait), looking every so often for a peer that has left meanwhile."""
+        if self._timer is not None:
+            self._timer.cancel()
+        step = min(delay, PEER_CHECK)
+        self._timer = asyncio.get_running_loop().call_later(step, self._waited, delay - step)
+
+    def _waited(self, left: float) -> None:
+        self._timer = None
+        if self.gate.peer_gone():
+            self.gate.drop()
+        elif left > 0:
+            self._wait_out(left)
+        else:
+            self.gate.release("telnet")

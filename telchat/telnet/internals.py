@@ -4,7 +4,9 @@ Checked against telnetlib3 5.0.1 (pinned in requirements.txt). Re-check every na
 when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter`,
 `_wait_for_data`; `TelnetWriter`'s `_iac_callback`, `_slc_callback`, `_ext_callback`,
 `_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
-`default_slc_tab`; and `TelnetServer._check_negotiation_timer` and `_waiter_connected`
+`default_slc_tab`; `handle_will`, `handle_do`, `handle_wont` and `handle_subnegotiation`
+(overridden here: the options agreed to, TIMING-MARK answers, malformed subnegotiations),
+`pending_option`; and `TelnetServer._check_negotiation_timer` and `_waiter_connected`
 (overridden in protocol.py). tests/test_lean_writer.py and the negotiation tests fail if
 one of them changes meaning.
 """
@@ -17,6 +19,7 @@ from typing import Any
 from telnetlib3 import slc
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
 from telnetlib3.stream_writer import TelnetWriterUnicode
+from telnetlib3.telopt import BINARY, CHARSET, DO, DONT, ECHO, EOR, GMCP, MSSP, NAWS, NEW_ENVIRON, SGA, TM, TTYPE, WONT
 
 READ_CHUNK = 65536
 
@@ -125,6 +128,15 @@ class _HandlersAttribute:
         setattr(writer, self._slot, table)
 
 
+# The telnet options this server implements, and only those: telnetlib3 would agree to more
+# (COM-PORT-CONTROL, LINEMODE, STATUS, MSDP...) and then never complete them, and a client
+# such as C-Kermit waits for that forever. TIMING-MARK is answered on its own (liveness.py).
+#: Options the client may perform (its WILL gets our DO).
+CLIENT_OPTIONS = frozenset({BINARY, SGA, TTYPE, NAWS, NEW_ENVIRON, CHARSET, GMCP})
+#: Options the server performs when asked (the client's DO gets our WILL).
+SERVER_OPTIONS = frozenset({BINARY, ECHO, SGA, EOR, CHARSET, GMCP, MSSP})
+
+
 class LeanTelnetWriter(TelnetWriterUnicode):
     """telnetlib3's writer, with a fraction of its per-connection memory and objects.
 
@@ -136,6 +148,10 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     initializing = False
     #: Called after any option's state changes (the Terminal caches what it depends on).
     on_option_change: Callable[[], None] | None = None
+    #: Called with the option and the error of a subnegotiation that could not be parsed.
+    on_malformed: Callable[[bytes, Exception], None] | None = None
+    #: Called when the client answers our DO TIMING-MARK (WILL or WONT).
+    on_timing_mark: Callable[[], None] | None = None
     _iac_callback = _HandlersAttribute()
     _slc_callback = _HandlersAttribute()
     _ext_callback = _HandlersAttribute()
@@ -146,6 +162,42 @@ class LeanTelnetWriter(TelnetWriterUnicode):
         self.initializing = True
         super().__init__(*args, **kwargs)
         self.initializing = False
+
+    def handle_will(self, opt: bytes) -> None:
+        if opt == TM:
+            self._timing_mark()
+        if opt in CLIENT_OPTIONS or opt == TM:
+            super().handle_will(opt)
+            return
+        self.iac(DONT, opt)
+        self.remote_option[opt] = False
+
+    def handle_subnegotiation(self, buf: Any) -> None:
+        # telnetlib3 lets a malformed one (a 3-byte NAWS, an unknown option) raise, and logs
+        # each as a dozen traceback lines with no connection ids: a flood of them would fill
+        # the disk and take the CPU. Reported to the connection instead (log once, charge).
+        option = bytes(buf[0]) if buf else b""
+        try:
+            super().handle_subnegotiation(buf)
+        except Exception as exc:  # whatever the client sent, it is its problem only
+            if self.on_malformed is not None:
+                self.on_malformed(option, exc)
+
+    def handle_wont(self, opt: bytes) -> None:
+        if opt == TM:
+            self._timing_mark()
+        super().handle_wont(opt)
+
+    def _timing_mark(self) -> None:
+        if self.on_timing_mark is not None and self.pending_option.enabled(DO + TM):
+            self.on_timing_mark()
+
+    def handle_do(self, opt: bytes) -> bool:
+        if opt in SERVER_OPTIONS or opt == TM:
+            return bool(super().handle_do(opt))
+        if not self.local_option.enabled(opt):
+            self.iac(WONT, opt)
+        return False
 
     def _check_waiters(self) -> None:
         super()._check_waiters()

@@ -1,10 +1,19 @@
 """Noticing dead peers: TCP keepalive on every socket, a telnet TIMING-MARK ping on silence.
 
 A client that speaks telnet and has sent nothing for `ping_after` seconds gets `IAC DO
-TIMING-MARK`; every telnet client answers that (WILL or WONT) without its user doing
-anything, so a reader who never types stays connected. Only a peer that sends nothing at
-all for `answer_within` more seconds is dropped. Raw TCP clients cannot answer a ping, so
-for them TCP keepalive is the only check.
+TIMING-MARK`. Liveness must never drop a client that is still there, and clients differ
+in what they answer:
+
+- a client that sends nothing at all after its first ping, within `answer_within`
+  seconds, is dropped: every telnet program answers a DO (WILL or WONT) by itself;
+- a client that has answered two pings is trusted to answer every one, and dropped when
+  it does not (its telnet layer has stopped, whatever its socket says);
+- a client that answered one ping and ignores the next (TinTin++ answers the first with
+  WONT and never another) is not pinged again: it gets `IAC NOP` instead, which needs no
+  answer, and its socket a TCP user timeout, so that the kernel's verdict on whether
+  those bytes arrive (with keepalive when nothing is sent) decides.
+
+Raw TCP clients cannot answer a ping, so for them TCP keepalive is the only check.
 """
 
 from __future__ import annotations
@@ -36,26 +45,65 @@ def enable_keepalive(transport: asyncio.BaseTransport) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
+def set_user_timeout(transport: asyncio.BaseTransport | None, seconds: float) -> None:
+    """Have the kernel give up on the connection when what we send goes unacknowledged
+    this long (Linux; elsewhere keepalive alone decides)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
+
+
 class Watchdog:
     """Pings a silent telnet peer and gives up on one that does not answer. One timer each."""
 
-    __slots__ = ("_answer_within", "_expire", "_handle", "_idle", "_ping", "_ping_after", "_pinged_at")
+    __slots__ = (
+        "_answer_within",
+        "_answers",
+        "_answers_at_ping",
+        "_deaf",
+        "_expire",
+        "_handle",
+        "_idle",
+        "_nop",
+        "_on_deaf",
+        "_ping",
+        "_ping_after",
+        "_pinged_at",
+        "_pings",
+    )
 
     def __init__(
         self,
+        *,
         idle: Callable[[], float],
         ping: Callable[[], object],
         expire: Callable[[], None],
         ping_after: float,
         answer_within: float,
+        nop: Callable[[], object] = lambda: None,
+        deaf: Callable[[], object] = lambda: None,
     ) -> None:
         self._idle = idle
         self._ping = ping
+        self._nop = nop
+        self._on_deaf = deaf
         self._expire = expire
         self._ping_after = ping_after
         self._answer_within = answer_within
         self._pinged_at: float | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._pings = 0
+        # TIMING-MARK answers (WILL or WONT), counted by `answered`.
+        self._answers = 0
+        self._answers_at_ping = 0
+        # The client ignores repeated pings: it gets NOPs (`nop`), and TCP decides (`deaf`).
+        self._deaf = False
+
+    def answered(self) -> None:
+        """The client answered a TIMING-MARK."""
+        self._answers += 1
 
     def start(self) -> None:
         if self._ping_after > 0:
@@ -76,14 +124,30 @@ class Watchdog:
         # take an answer that came 1 ms after the ping for no answer at all.
         now = time.time()
         if self._pinged_at is not None:
-            if idle >= now - self._pinged_at:  # nothing at all since the ping
+            silent = idle >= now - self._pinged_at  # nothing at all since the ping
+            self._pinged_at = None
+            if self._answers == self._answers_at_ping and self._judge(silent):
                 self._handle = None
                 self._expire()
                 return
-            self._pinged_at = None
         if idle < self._ping_after:
             self._schedule(self._ping_after - idle)
             return
+        if self._deaf:
+            self._nop()
+            self._schedule(self._ping_after)
+            return
         self._pinged_at = now
+        self._pings += 1
+        self._answers_at_ping = self._answers
         self._ping()
         self._schedule(self._answer_within)
+
+    def _judge(self, silent: bool) -> bool:
+        """A ping went unanswered: whether that means the client is gone."""
+        if silent and (self._pings == 1 or self._answers >= 2):
+            return True
+        if self._answers < 2 and self._pings >= 2:
+            self._deaf = True
+            self._on_deaf()
+        return False

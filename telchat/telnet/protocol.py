@@ -14,10 +14,11 @@ from typing import Any, Literal, Protocol, cast
 import structlog
 import telnetlib3
 from telnetlib3.fingerprinting import _is_maybe_mud
-from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT
+from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, WONT, name_command
 
 from telchat.obs.logs import get_logger
 from telchat.rules import charsets
+from telchat.telnet.admission import Address
 from telchat.telnet.guard import ConnectionGuard, Guards
 from telchat.telnet.internals import ChunkReader, LeanTelnetWriter
 from telchat.telnet.liveness import enable_keepalive
@@ -27,6 +28,9 @@ log = get_logger(__name__)
 # The way a connection came in: the telnet listener, the TLS one, the web page's WebSocket
 # (telnet over it: telchat/web/), or SSH. Each reaches the same ChatTelnetServer.
 Door = Literal["telnet", "tls", "web", "ssh"]
+# What a malformed subnegotiation is charged to the telnet budget beyond its bytes, in bytes:
+# raising and catching its error costs about as much as parsing that many command bytes.
+MALFORMED_COST = 64
 
 
 class ChatTelnetServer(telnetlib3.TelnetServer):
@@ -35,11 +39,14 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     passthrough = False
     _late_checked = False
     on_resize: Callable[[int], None] | None = None
+    _malformed_logged = False
     #: The server's connection limits (set by `protocol_factory`), and this connection's.
     guards: Guards | None = None
     guard: ConnectionGuard | None = None
     #: Which door the connection came in by (set by `protocol_factory`).
     door: Door = "telnet"
+    #: Set when the connection was counted in at accept already (TLS: before its handshake).
+    admitted: Address | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
@@ -47,7 +54,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.guards is not None:
             self.conn_id = self.guards.telemetry.next_conn_id()
-            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport))
+            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport), self.admitted)
             if self.guard is None:
                 # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
                 self._closing = True
@@ -57,9 +64,24 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
         enable_keepalive(transport)
+        cast(LeanTelnetWriter, self.writer).on_malformed = self._malformed
         if self.guard is not None:
             self.guard.start()
         log.info("connect", conn_id=self.conn_id, peer=peer_of(transport), transport=self.door)
+
+    def _malformed(self, option: bytes, error: Exception) -> None:
+        if self.guard is not None:
+            self.guard.charge(MALFORMED_COST)
+        if not self._malformed_logged:
+            self._malformed_logged = True
+            log.warning(
+                "malformed_subnegotiation",
+                conn_id=self.conn_id,
+                peer=peer_of(self._transport),
+                option=name_command(option) if option else "-",
+                error=repr(error),
+                note="logged once per connection",
+            )
 
     def begin_advanced_negotiation(self) -> None:
         super().begin_advanced_negotiation()

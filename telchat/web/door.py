@@ -50,7 +50,7 @@ class WebDoor:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None, reuse_port: bool) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None, backlog: int, reuse_port: bool) -> int:
         app = web.Application(client_max_size=MAX_REQUEST_BODY)
         app.router.add_get("/", self._page)
         app.router.add_get("/telnet", self._websocket)
@@ -60,7 +60,7 @@ class WebDoor:
         await self._runner.setup()
         assert self._runner.server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server, host, port, ssl=tls, reuse_port=reuse_port or None
+            self._runner.server, host, port, ssl=tls, backlog=backlog, reuse_port=reuse_port or None
         )
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("web_listening", host=host, port=bound, tls=tls is not None)
