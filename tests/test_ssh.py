@@ -89,6 +89,12 @@ async def test_openssh_user_chats_with_a_telnet_user(app: App, connect: Connect,
         # The server's line editor: Up recalls the last line.
         await pane.keys("Up", "Enter")
         assert await ann.read_line_bytes() == "#talk:frank> привет из ssh\r\n".encode()
+        # Tab completion, the line editor's too.
+        await pane.type("joi")
+        await pane.keys("Tab")
+        await pane.type("side")
+        await pane.keys("Enter")
+        await pane.wait_line("*** User frank joined room #side")
         await pane.type("quit")
         await pane.keys("Enter")
         await ann.read_until("*** User frank quit")

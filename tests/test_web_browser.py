@@ -129,6 +129,9 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
     # A phone: no keyboard typing into the terminal, so a visible field sends the line.
     await asyncio.to_thread(send_from_touch_field, browser, "с телефона")
     assert await telnet.read_line_bytes() == "#webroom:webby> с телефона\r\n".encode()
+    # Tab completes a command in the server's line editor.
+    await asyncio.to_thread(type_line, browser, "joi\tside")
+    await asyncio.to_thread(wait_until, lambda: "webby joined room #side" in page_text(browser), "the completed join")
     screenshot = tmp_path / "web_door.png"
     assert browser.save_screenshot(str(screenshot))  # type: ignore[attr-defined]
     print(f"screenshot: {screenshot}")
