@@ -36,11 +36,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert result["messages_sent"] > 0
         assert result["lost"] == result["duplicates"] == result["reordered"] == result["extra"] == 0
         assert result["deliveries"] == result["deliveries_expected"] == result["messages_sent"] * 12
-        for key in ("deliveries_per_s", "load_cpu", "rss_mib"):
-            assert result[key] > 0, key  # each was measured: a run that delivers uses CPU and memory
+        for key in ("deliveries_per_s", "rss_mib"):
+            assert result[key] > 0, key  # each was measured: a run that delivers holds memory
         for key in ("latency_ms", "greeting_ms"):
             assert result[key]["p50"] <= result[key]["p99"] <= result[key]["max"]
-    # The reference's CPU for a dozen clients can round to 0; telchat's, logging every line, does not.
+    # CPU is read at the kernel's 10 ms tick: the reference's and the generator's, for a dozen
+    # clients, can read 0; telchat's, logging every line, does not.
     assert runs["telchat"]["server_cpu"] > 0
     assert runs["telchat"]["logged_messages"] == runs["telchat"]["messages_sent"]
     assert {"throughput", "latency_p99", "greeting_p99"} <= scenario["ratios"].keys()
