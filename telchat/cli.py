@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from telchat import upgrade
 from telchat.app import App
 from telchat.config import Config, parse_config
 from telchat.obs.logs import configure_logging, get_logger
@@ -37,9 +38,10 @@ async def serve(config: Config) -> int:
     if config.workers > 1:
         # Every worker counts conn_id from 1: the pid tells their log lines apart.
         structlog.contextvars.bind_contextvars(worker=os.getpid())
+    handover = upgrade.inherited()
     try:
         app = App(config)
-        await app.start()
+        await app.start(handover.carried if handover is not None else None)
     except StoreError as exc:
         log.error("start_failed", error=str(exc), store=masked(config.store))
         print(f"telchat: {exc}", file=sys.stderr)
@@ -52,6 +54,10 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    upgrader = upgrade.Upgrader(app, handover)
+    loop.add_signal_handler(signal.SIGUSR2, upgrader.request)
+    if handover is not None:
+        await upgrader.resumed(handover)
     await stop.wait()
     log.info("signal", action="shutting down")
     await app.stop()

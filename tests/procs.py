@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
+        """`python server.py ARGS`, or `python COMMAND ARGS` (`-m telchat`, another tree's server.py)."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         # A working directory of its own: the default store, sqlite:///telchat.db, is then
         # this server's alone, not a file every test (and xdist worker) would share.
@@ -28,7 +29,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "server.py"),
+                *(command or [str(ROOT / "server.py")]),
                 "--host",
                 "127.0.0.1",
                 "--port",

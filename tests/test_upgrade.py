@@ -1,0 +1,185 @@
+"""SIGUSR2: the server runs the code on disk in the same process, and drops no one.
+
+Real processes: the server runs from a copy of the source tree, which the tests then change
+(the greeting) or break (a syntax error) before they signal it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.clients import MudClient, RawClient, TermClient
+from tests.procs import ROOT, ServerProcess
+
+WELCOME = "*** Welcome to telchat. Type help for commands."
+NEW_WELCOME = "*** Welcome to telchat, upgraded. Type help for commands."
+LINES = 100
+RATE = 50.0
+
+
+def copied_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "telchat", tree / "telchat", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "server.py", tree)
+    return tree
+
+
+def change_greeting(tree: Path) -> None:
+    replies = tree / "telchat" / "rules" / "replies.py"
+    text = replies.read_text()
+    assert WELCOME in text
+    replies.write_text(text.replace(WELCOME, NEW_WELCOME))
+
+
+def start(tree: Path, *args: str, command: list[str] | None = None) -> ServerProcess:
+    return ServerProcess(*args, command=command or [str(tree / "server.py")], env={"PYTHONPATH": str(tree)})
+
+
+async def member(port: int, nick: str, room: str = "ops") -> RawClient:
+    client = await RawClient.connect(port)
+    await client.login(nick)
+    await client.join(room, nick)
+    return client
+
+
+async def said(client: RawClient | MudClient, nick: str, last: str, room: str = "ops") -> list[str]:
+    """The lines `nick` said in `room`, as `client` got them, up to `last`."""
+    lines: list[str] = []
+    prefix = f"#{room}:{nick}> "
+    while not lines or lines[-1] != last:
+        line = await client.read_line(10)
+        if line.startswith(prefix):
+            lines.append(line.removeprefix(prefix))
+    return lines
+
+
+async def echoed(term: TermClient, text: str) -> None:
+    """Read a character-mode terminal's lines (echo and redraws included) until one shows `text`."""
+    while text not in await term.read_line():
+        pass
+
+
+async def send_lines(sender: RawClient, count: int, upgrade_at: int, upgrade: asyncio.Event) -> None:
+    for number in range(count):
+        if number == upgrade_at:
+            upgrade.set()
+        await sender.send(f"line {number}")
+        await asyncio.sleep(1 / RATE)
+
+
+async def test_upgrade_keeps_everyone_and_everything(tmp_path: Path) -> None:
+    tree = copied_tree(tmp_path)
+    # Fakelag holds some of the sender's lines back: those waiting are carried over too.
+    server = start(tree, "--flood-rate", "25", "--flood-burst", "10")
+    try:
+        port = server.port
+        sender = await member(port, "sender")
+        plain = await member(port, "plain")
+        vasya = await member(port, "vasya")
+        await vasya.send("set charset cp1251")
+        await vasya.read_until("*** Charset is now cp1251")
+        mud = await MudClient.connect(port)
+        await mud.login("mud")
+        await mud.join("ops", "mud")
+        term = await TermClient.connect(port)
+        await term.send("login term")
+        await echoed(term, "*** User change nick anonymous --> term")
+        await term.send("join ops")
+        await echoed(term, "*** User term joined room #ops")
+        # Half a line typed, the cursor moved two places left of its end.
+        await term.send_bytes(b"half\x1b[D\x1b[D")
+        await term.drain()
+        receivers = (plain, vasya, mud)
+        for receiver in receivers:
+            await receiver.drain()
+
+        change_greeting(tree)
+        upgrade = asyncio.Event()
+        sending = asyncio.create_task(send_lines(sender, LINES, LINES // 3, upgrade))
+        await upgrade.wait()
+        server.proc.send_signal(signal.SIGUSR2)
+        got = await asyncio.gather(*(said(r, "sender", f"line {LINES - 1}") for r in receivers))
+        await sending
+        event = server.wait_event("upgrade")
+
+        assert event["pid"] == server.proc.pid
+        assert event["sessions"] == 5
+        expected = [f"line {n}" for n in range(LINES)]
+        for lines in got:
+            assert lines == expected
+        assert not [e for e in server.events if e["event"] == "disconnect"]
+
+        newcomer = await RawClient.connect(port, greet=False)
+        assert await newcomer.read_line() == NEW_WELCOME
+        await plain.send("who ops")
+        assert await plain.read_line() == "*** Users in #ops: mud, plain, sender, term, vasya"
+
+        mud.gmcp.clear()
+        await sender.send("привет")
+        assert (await vasya.read_line_bytes()).decode("cp1251") == "#ops:sender> привет\r\n"
+        assert await mud.gmcp_message("Comm.Channel.Text") == {
+            "channel": "ops",
+            "talker": "sender",
+            "text": "#ops:sender> привет",
+        }
+
+        # The half-typed line is still there, the cursor where it was: X lands inside it.
+        await term.drain()
+        await term.send_bytes(b"X\r\n")
+        assert await said(plain, "term", "haXlf") == ["haXlf"]
+
+        await plain.send("history 3")
+        assert await plain.read_until("#ops:term> haXlf") == [
+            "*** #ops history",
+            "#ops:sender> line 99",
+            "#ops:sender> привет",
+            "#ops:term> haXlf",
+        ]
+        for client in (sender, plain, vasya, mud, term, newcomer):
+            await client.close()
+    finally:
+        server.kill()
+
+
+async def test_broken_new_code_keeps_everyone_on_the_old(tmp_path: Path) -> None:
+    tree = copied_tree(tmp_path)
+    server = start(tree)
+    try:
+        ann = await member(server.port, "ann")
+        bob = await member(server.port, "bob")
+        replies = tree / "telchat" / "rules" / "replies.py"
+        replies.write_text(replies.read_text() + "\nthis is not python(\n")
+        server.proc.send_signal(signal.SIGUSR2)
+        failed = server.wait_event("upgrade_failed")
+        assert failed["stage"] == "check"
+        assert "SyntaxError" in failed["error"]
+        await ann.send("still here")
+        assert await said(bob, "ann", "still here") == ["still here"]
+        newcomer = await RawClient.connect(server.port, greet=False)
+        assert await newcomer.read_line() == WELCOME
+        assert server.proc.poll() is None
+        for client in (ann, bob, newcomer):
+            await client.close()
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("entry", ["server.py", "-m telchat"])
+async def test_upgrade_twice_from_each_command_line(tmp_path: Path, entry: str) -> None:
+    tree = copied_tree(tmp_path)
+    server = start(tree, command=None if entry == "server.py" else ["-m", "telchat"])
+    try:
+        ann = await member(server.port, "ann")
+        for round_ in (1, 2):
+            server.proc.send_signal(signal.SIGUSR2)
+            server.wait_for(lambda e, r=round_: e["event"] == "upgrade" and e["upgrades"] == r, f"upgrade {round_}")
+            await ann.send(f"after {round_}")
+            assert await said(ann, "ann", f"after {round_}") == [f"after {round_}"]
+        await ann.close()
+    finally:
+        server.kill()
