@@ -287,6 +287,10 @@ class App:
             if not transport.is_closing():
                 transport.close()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def accepting(self) -> bool:
         return self._server is not None and self._server.is_serving() and not self._stopping
 

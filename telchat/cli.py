@@ -55,7 +55,7 @@ async def serve(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     upgrader = upgrade.Upgrader(app, handover)
-    loop.add_signal_handler(signal.SIGUSR2, upgrader.request)
+    upgrader.install()
     if handover is not None:
         await upgrader.resumed(handover)
     await stop.wait()

@@ -73,6 +73,10 @@ class Upgrader:
         self._upgrades = int(handover.state["upgrades"]) if handover is not None else 0
         self._task: asyncio.Task[None] | None = None
 
+    def install(self) -> None:
+        """Handle SIGUSR2 from now on."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, self.request)
+
     def request(self) -> None:
         if self._task is not None:
             log.warning("upgrade_ignored", reason="an upgrade is already under way")
@@ -97,10 +101,11 @@ class Upgrader:
             self._failed("handover", str(exc))
             return
         problem = await check_new_code(self._state(app.carry(take_output=False), listeners, time.time()))
-        if problem is not None:
+        if problem is not None or app.stopping:
             for listener in listeners:
                 listener.close()
-            self._failed("check", problem)
+            if problem is not None:
+                self._failed("check", problem)
             return
         paused = time.time()
         await app.pause(listeners, PAUSE_GRACE)
@@ -108,6 +113,7 @@ class Upgrader:
         try:
             execute(state)
         except OSError as exc:
+            self.install()
             await app.resume(listeners)
             self._failed("exec", str(exc))
 
@@ -239,6 +245,9 @@ def execute(state: dict[str, Any]) -> None:
     env = {**os.environ, HANDOVER_ENV: str(fd)}
     log.info("upgrade_exec", connections=len(state["connections"]))
     flush_logs()
+    # An ignored signal stays ignored across exec: a SIGUSR2 before the new image handles
+    # it is ignored, as during the rest of the upgrade, instead of killing the process.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     # orig_argv, not argv: `python -m telchat` must run as a module again, not as a file.
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 

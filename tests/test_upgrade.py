@@ -15,6 +15,7 @@ import pytest
 
 from tests.clients import MudClient, RawClient, TermClient
 from tests.procs import ROOT, ServerProcess
+from tests.test_tls import make_certificate, tls_connect
 
 WELCOME = "*** Welcome to telchat. Type help for commands."
 NEW_WELCOME = "*** Welcome to telchat, upgraded. Type help for commands."
@@ -164,6 +165,68 @@ async def test_broken_new_code_keeps_everyone_on_the_old(tmp_path: Path) -> None
         assert await newcomer.read_line() == WELCOME
         assert server.proc.poll() is None
         for client in (ann, bob, newcomer):
+            await client.close()
+    finally:
+        server.kill()
+
+
+async def test_incompatible_state_version_is_refused(tmp_path: Path) -> None:
+    tree = copied_tree(tmp_path)
+    server = start(tree)
+    try:
+        ann = await member(server.port, "ann")
+        module = tree / "telchat" / "upgrade.py"
+        module.write_text(module.read_text().replace("STATE_VERSION = 1\n", "STATE_VERSION = 2\n"))
+        server.proc.send_signal(signal.SIGUSR2)
+        failed = server.wait_event("upgrade_failed")
+        assert failed["stage"] == "check"
+        assert "state format version 1; this code reads version 2 only" in failed["error"]
+        await ann.send("still here")
+        assert await said(ann, "ann", "still here") == ["still here"]
+        await ann.close()
+    finally:
+        server.kill()
+
+
+async def test_second_signal_during_an_upgrade_is_ignored(tmp_path: Path) -> None:
+    tree = copied_tree(tmp_path)
+    server = start(tree)
+    try:
+        ann = await member(server.port, "ann")
+        server.proc.send_signal(signal.SIGUSR2)
+        server.wait_event("upgrade_started")
+        server.proc.send_signal(signal.SIGUSR2)  # while the new code is being checked
+        assert server.wait_event("upgrade_ignored")["reason"] == "an upgrade is already under way"
+        assert server.wait_event("upgrade")["upgrades"] == 1
+        await ann.send("after")
+        assert await said(ann, "ann", "after") == ["after"]
+        assert [e["event"] for e in server.events].count("upgrade_started") == 1
+        await ann.close()
+    finally:
+        server.kill()
+
+
+async def test_tls_users_are_told_and_closed_cleanly(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    tree = copied_tree(tmp_path)
+    server = start(tree, "--tls-port", "0", "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        tls_port = int(server.wait_event("listening")["tls_port"])
+        plain = await member(server.port, "plain")
+        secure = await tls_connect(tls_port, cert)
+        await secure.login("secure")
+        await secure.join("ops", "secure")
+        await plain.drain()
+        server.proc.send_signal(signal.SIGUSR2)
+        assert (await secure.wait_closed(10)).endswith(
+            b"*** The server is being upgraded and cannot keep TLS connections open. Please reconnect in a moment.\r\n"
+        )
+        assert await plain.read_line(10) == "*** User secure quit (server upgrade)"
+        assert server.wait_event("upgrade")["sessions"] == 1
+        # The TLS listener itself was carried over.
+        again = await tls_connect(tls_port, cert)
+        await again.login("secure")
+        for client in (plain, again):
             await client.close()
     finally:
         server.kill()
