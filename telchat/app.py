@@ -82,6 +82,7 @@ class Carried:
     tls_listener: socket.socket | None
     connections: list[tuple[socket.socket, dict[str, Any]]]
     last_conn_id: int
+    store: dict[str, Any]
 
 
 class App:
@@ -133,6 +134,8 @@ class App:
     async def start(self, carried: Carried | None = None) -> None:
         """Open the store and listen; or, after a server upgrade, take up the listeners and
         connections `carried` over from the previous image."""
+        if carried is not None:
+            self.store.take_up(carried.store)
         await self.store.open(self.chat.deliver)
         await self.services.moderation.load()
         config = self.config
@@ -375,6 +378,7 @@ class App:
                 break
             await asyncio.sleep(0.01)
         self._flusher.flush()
+        await self.store.drain(max(0.0, deadline - time.monotonic()))
         await self._drain(max(0.0, deadline - time.monotonic()))
 
     def _settled(self) -> bool:

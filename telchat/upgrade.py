@@ -127,6 +127,7 @@ class Upgrader:
             "upgrades": self._upgrades + 1,
             "failed": self._app.telemetry.counters.value(UPGRADES_COUNTER, result="failed"),
             "connections": records,
+            "store": self._app.store.carry(),
         }
 
     def _failed(self, stage: str, error: str) -> None:
@@ -277,6 +278,7 @@ def inherited() -> Handover | None:
         tls_listener=listeners[1] if len(listeners) > 1 else None,
         connections=connections,
         last_conn_id=int(state["last_conn_id"]),
+        store=state["store"],
     )
     return Handover(carried, state)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.clients import MudClient, RawClient, TermClient
 from tests.procs import ROOT, ServerProcess
+from tests.redis_server import RedisServer
 from tests.test_tls import make_certificate, tls_connect
 
 WELCOME = "*** Welcome to telchat. Type help for commands."
@@ -48,14 +50,19 @@ async def member(port: int, nick: str, room: str = "ops") -> RawClient:
     return client
 
 
-async def said(client: RawClient | MudClient, nick: str, last: str, room: str = "ops") -> list[str]:
-    """The lines `nick` said in `room`, as `client` got them, up to `last`."""
+async def said(
+    client: RawClient | MudClient, nick: str, last: str, room: str = "ops", others: list[str] | None = None
+) -> list[str]:
+    """The lines `nick` said in `room`, as `client` got them, up to `last`; the other lines
+    read meanwhile go to `others`."""
     lines: list[str] = []
     prefix = f"#{room}:{nick}> "
     while not lines or lines[-1] != last:
         line = await client.read_line(10)
         if line.startswith(prefix):
             lines.append(line.removeprefix(prefix))
+        elif others is not None:
+            others.append(line)
     return lines
 
 
@@ -63,6 +70,24 @@ async def echoed(term: TermClient, text: str) -> None:
     """Read a character-mode terminal's lines (echo and redraws included) until one shows `text`."""
     while text not in await term.read_line():
         pass
+
+
+async def upgrade_mid_stream(
+    server: ServerProcess,
+    sender: RawClient,
+    nick: str,
+    receivers: tuple[RawClient | MudClient, ...],
+    others: list[str] | None = None,
+) -> list[list[str]]:
+    """`sender` says LINES lines at RATE, and the server gets SIGUSR2 a third of the way
+    through; what each receiver got of them (their other lines go to `others`)."""
+    upgrade = asyncio.Event()
+    sending = asyncio.create_task(send_lines(sender, LINES, LINES // 3, upgrade))
+    await upgrade.wait()
+    server.proc.send_signal(signal.SIGUSR2)
+    got = await asyncio.gather(*(said(r, nick, f"line {LINES - 1}", others=others) for r in receivers))
+    await sending
+    return list(got)
 
 
 async def send_lines(sender: RawClient, count: int, upgrade_at: int, upgrade: asyncio.Event) -> None:
@@ -100,12 +125,7 @@ async def test_upgrade_keeps_everyone_and_everything(tmp_path: Path) -> None:
             await receiver.drain()
 
         change_greeting(tree)
-        upgrade = asyncio.Event()
-        sending = asyncio.create_task(send_lines(sender, LINES, LINES // 3, upgrade))
-        await upgrade.wait()
-        server.proc.send_signal(signal.SIGUSR2)
-        got = await asyncio.gather(*(said(r, "sender", f"line {LINES - 1}") for r in receivers))
-        await sending
+        got = await upgrade_mid_stream(server, sender, "sender", receivers)
         event = server.wait_event("upgrade")
 
         assert event["pid"] == server.proc.pid
@@ -227,17 +247,73 @@ async def test_tls_users_are_told_and_closed_cleanly(tmp_path: Path) -> None:
         server.kill()
 
 
-@pytest.mark.parametrize("entry", ["server.py", "-m telchat"])
+# Each way to start telchat, with the store each test runs it on: history must survive either.
+ENTRIES = {
+    "server.py": (None, "--store=sqlite:///telchat.db"),
+    "-m telchat": (["-m", "telchat"], "--store=memory://"),
+    "console script": ([str(Path(sys.executable).parent / "telchat")], "--store=memory://"),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 async def test_upgrade_twice_from_each_command_line(tmp_path: Path, entry: str) -> None:
     tree = copied_tree(tmp_path)
-    server = start(tree, command=None if entry == "server.py" else ["-m", "telchat"])
+    command, store = ENTRIES[entry]
+    server = start(tree, store, command=command)
     try:
         ann = await member(server.port, "ann")
+        await ann.send("before")
+        previous = "before"
         for round_ in (1, 2):
             server.proc.send_signal(signal.SIGUSR2)
             server.wait_for(lambda e, r=round_: e["event"] == "upgrade" and e["upgrades"] == r, f"upgrade {round_}")
             await ann.send(f"after {round_}")
-            assert await said(ann, "ann", f"after {round_}") == [f"after {round_}"]
+            assert (await said(ann, "ann", f"after {round_}"))[-1] == f"after {round_}"
+            await ann.send("history 2")
+            assert await ann.read_until(f"#ops:ann> after {round_}") == [
+                "*** #ops history",
+                f"#ops:ann> {previous}",
+                f"#ops:ann> after {round_}",
+            ]
+            previous = f"after {round_}"
         await ann.close()
     finally:
         server.kill()
+
+
+async def test_redis_node_keeps_its_identity_and_nicks(tmp_path: Path, redis: RedisServer) -> None:
+    tree = copied_tree(tmp_path)
+    # A short node TTL: a node that came back under another identity would be buried (and
+    # its users quit) by the other node within the test.
+    options = (f"--store={redis.url}", "--node-ttl=2", "--flood-rate=0")
+    upgraded, other = start(tree, *options), start(tree, *options)
+    try:
+        ann = await member(upgraded.port, "ann")
+        sam = await member(other.port, "sam")
+        bea = await member(other.port, "bea")
+        for client in (ann, sam, bea):
+            await client.drain()
+        change_greeting(tree)
+        seen: list[str] = []
+        got = await upgrade_mid_stream(upgraded, sam, "sam", (ann, bea), seen)
+        assert upgraded.wait_event("upgrade")["sessions"] == 1
+        expected = [f"line {n}" for n in range(LINES)]
+        assert got == [expected, expected]
+        nodes = [e["node"] for e in upgraded.events if e["event"] == "redis_open"]
+        assert len(nodes) == 2 and nodes[0] == nodes[1]
+
+        await asyncio.sleep(3)  # past the node TTL: a lost identity would have been buried by now
+        await bea.send("who ops")
+        seen += await bea.read_until("*** Users in #ops")
+        assert seen == ["*** Users in #ops: ann, bea, sam"]
+        assert not [e for e in other.events if e["event"] == "redis_node_lost"]
+        rival = await RawClient.connect(other.port)
+        await rival.send("login ann")
+        assert await rival.read_line() == "*** Nick ann is already taken"
+        await ann.send("still mine")
+        assert await said(bea, "ann", "still mine") == ["still mine"]
+        for client in (ann, sam, bea, rival):
+            await client.close()
+    finally:
+        upgraded.kill()
+        other.kill()
