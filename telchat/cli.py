@@ -18,7 +18,7 @@ from telchat.config import Config, parse_config
 from telchat.obs.logs import configure_logging, get_logger
 from telchat.store.base import StoreError, masked
 from telchat.store.url import make_store
-from telchat.workers import supervise
+from telchat.workers import WORKER_ENV, supervise, worker_config
 
 EXIT_OK = 0
 EXIT_START_FAILED = 2
@@ -97,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_START_FAILED
     if config.workers == 1:
         return run(config)
+    worker = os.environ.get(WORKER_ENV)
+    if worker is not None:
+        # A worker that upgraded in place comes back as that worker, not as a new parent.
+        return run(worker_config(config, int(worker)))
     if not config.store.startswith("redis://") or config.port == 0:
         print("telchat: --workers above 1 needs a redis:// --store and a fixed --port", file=sys.stderr)
         return EXIT_START_FAILED
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"telchat: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
-    return supervise(config, run)
+    return supervise(config, run, upgrade.check_code)
 
 
 async def probe_store(config: Config) -> None:

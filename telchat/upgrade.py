@@ -35,6 +35,7 @@ from telchat import __version__
 from telchat.app import App, Carried, HandoverError
 from telchat.config import parse_config
 from telchat.obs.logs import flush_logs, get_logger
+from telchat.workers import report_upgrade
 
 log = get_logger(__name__)
 
@@ -90,7 +91,9 @@ class Upgrader:
             log.exception("upgrade_failed", stage="handover", error=repr(exc))
             self._app.telemetry.counters.inc(UPGRADES_COUNTER, result="failed")
         finally:
+            # Still here: the upgrade failed (a success exec()s and never returns).
             self._task = None
+            report_upgrade()
 
     async def _upgrade(self) -> None:
         app = self._app
@@ -158,6 +161,7 @@ class Upgrader:
             pause_ms=round((time.time() - float(state["paused_at"])) * 1000, 1),
             unsent_bytes=sum(int(record.get("unsent", 0)) for record in state["connections"]),
         )
+        report_upgrade()
 
 
 def _memfd(state: dict[str, Any]) -> int:
@@ -221,6 +225,11 @@ async def check_new_code(state: dict[str, Any]) -> str | None:
         return None
     said = (err or out).decode(errors="replace").strip().splitlines()
     return " | ".join(said[-3:]) or f"the new code's check exited with {child.returncode}"
+
+
+def check_code() -> str | None:
+    """`check_new_code` for a process with no connections (the --workers parent)."""
+    return asyncio.run(check_new_code({"version": STATE_VERSION}))
 
 
 def verify(argv: list[str]) -> int:

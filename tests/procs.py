@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -87,6 +88,14 @@ class ServerProcess:
         if self.proc.poll() is None or self.proc.stderr is None:
             return ""
         return self.proc.stderr.read().decode(errors="replace")
+
+    def end(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then `kill`: a --workers parent stops its workers, which a SIGKILL would orphan."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.kill()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

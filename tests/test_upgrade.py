@@ -16,7 +16,8 @@ import pytest
 
 from tests.clients import MudClient, RawClient, TermClient
 from tests.procs import ROOT, ServerProcess
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
+from tests.test_redis import worker_of
 from tests.test_tls import make_certificate, tls_connect
 
 WELCOME = "*** Welcome to telchat. Type help for commands."
@@ -317,3 +318,38 @@ async def test_redis_node_keeps_its_identity_and_nicks(tmp_path: Path, redis: Re
     finally:
         upgraded.kill()
         other.kill()
+
+
+async def test_workers_upgrade_one_at_a_time_then_the_parent(tmp_path: Path, redis: RedisServer) -> None:
+    tree = copied_tree(tmp_path)
+    port = free_port()
+    server = start(tree, f"--port={port}", "--workers=2", f"--store={redis.url}", "--flood-rate=0")
+    try:
+        first = server.wait_event("listening")["worker"]
+        server.wait_for(lambda r: r["event"] == "listening" and r["worker"] != first, "second worker listening")
+        # Connect until both workers serve someone: the kernel picks the worker.
+        clients: list[RawClient] = []
+        while len({worker_of(server, c) for c in clients}) < 2 and len(clients) < 40:
+            clients.append(await member(port, f"u{len(clients)}"))
+        workers = {worker_of(server, c) for c in clients}
+        assert len(workers) == 2
+        for client in clients:
+            await client.drain()
+        change_greeting(tree)
+        got = await upgrade_mid_stream(server, clients[0], "u0", tuple(clients[1:]))
+        assert got == [[f"line {n}" for n in range(LINES)]] * (len(clients) - 1)
+        upgrades = [
+            server.wait_for(lambda e, w=w: e["event"] == "upgrade" and e["worker"] == w, "upgrade") for w in workers
+        ]
+        assert {e["pid"] for e in upgrades} == workers
+        kept = server.wait_event("supervisor_upgraded")
+        assert kept["pid"] == server.proc.pid and sorted(kept["workers"]) == sorted(workers)
+        newcomer = await RawClient.connect(port, greet=False)
+        assert await newcomer.read_line() == NEW_WELCOME
+        await clients[1].send("who ops")
+        names = ", ".join(sorted((f"u{i}" for i in range(len(clients))), key=str.casefold))
+        assert await clients[1].read_line() == f"*** Users in #ops: {names}"
+        for client in (*clients, newcomer):
+            await client.close()
+    finally:
+        server.end()
