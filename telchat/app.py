@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+# An upgrade takes connections up this many at a time, each chunk given ADOPT_TURNS loop turns.
+ADOPT_CHUNK = 250
+ADOPT_TURNS = 4
 
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
@@ -225,14 +228,21 @@ class App:
 
             return make
 
-        results = await asyncio.gather(
-            *(loop.connect_accepted_socket(adopted(record), sock) for sock, record in carried.connections),
-            return_exceptions=True,
-        )
-        for (sock, record), result in zip(carried.connections, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("adopt_failed", conn_id=record["conn_id"], error=repr(result))
-                sock.close()
+        connections = carried.connections
+        for start in range(0, len(connections), ADOPT_CHUNK):
+            chunk = connections[start : start + ADOPT_CHUNK]
+            results = await asyncio.gather(
+                *(loop.connect_accepted_socket(adopted(record), sock) for sock, record in chunk),
+                return_exceptions=True,
+            )
+            for (sock, record), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("adopt_failed", conn_id=record["conn_id"], error=repr(result))
+                    sock.close()
+            # A few loop turns take this chunk's sessions from restored options to reading
+            # again: its users are back before the next chunk, not all only at the end.
+            for _ in range(ADOPT_TURNS):
+                await asyncio.sleep(0)
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
         if self._stopping:

@@ -19,6 +19,7 @@ OpenSSL): they are told so and closed cleanly before the exec.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -112,10 +113,13 @@ class Upgrader:
             return
         paused = time.time()
         await app.pause(listeners, PAUSE_GRACE)
+        # Nothing made from here to the exec is garbage: no full passes over every session.
+        gc.disable()
         state = self._state(app.carry(), listeners, paused)
         try:
             execute(state)
         except OSError as exc:
+            gc.enable()
             self.install()
             await app.resume(listeners)
             self._failed("exec", str(exc))
@@ -146,6 +150,7 @@ class Upgrader:
                 break
             await asyncio.sleep(0.005)
         state = handover.state
+        gc.enable()
         counters = app.telemetry.counters
         counters.inc(UPGRADES_COUNTER, amount=self._upgrades, result="ok")
         if state["failed"]:
@@ -158,10 +163,19 @@ class Upgrader:
             new_version=__version__,
             sessions=len(app.sessions),
             connections=len(state["connections"]),
-            pause_ms=round((time.time() - float(state["paused_at"])) * 1000, 1),
+            pause_ms=_ms(time.time() - float(state["paused_at"])),
+            # Its parts: the old image settling and writing its state, the exec and the new
+            # image's start, and taking everything up.
+            handover_ms=_ms(float(state["written_at"]) - float(state["paused_at"])),
+            start_ms=_ms(float(state["read_at"]) - float(state["written_at"])),
+            adopt_ms=_ms(time.time() - float(state["read_at"])),
             unsent_bytes=sum(int(record.get("unsent", 0)) for record in state["connections"]),
         )
         report_upgrade()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
 
 
 def _memfd(state: dict[str, Any]) -> int:
@@ -249,6 +263,7 @@ def verify(argv: list[str]) -> int:
 
 def execute(state: dict[str, Any]) -> None:
     """exec() this process's own command line with `state` and its sockets inherited."""
+    state["written_at"] = time.time()
     fd = _memfd(state)
     for inherited in (fd, *state["listeners"], *(record["fd"] for record in state["connections"])):
         os.set_inheritable(inherited, True)
@@ -270,10 +285,15 @@ def inherited() -> Handover | None:
     # Signals the old image blocked while it exec'd would stay blocked here.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2, signal.SIGTERM, signal.SIGINT})
     fd = int(value)
+    # Taking up thousands of sessions allocates millions of objects, and the parsed state
+    # holds a million more: the collector's full passes over them are most of the time it
+    # would take. Nothing made meanwhile is garbage yet; `resumed` collects again.
+    gc.disable()
     try:
         state = _read(fd)
     finally:
         os.close(fd)
+    state["read_at"] = time.time()
     problem = incompatible(state)
     if problem is not None:
         # The old image's check ran this same code and passed: only a change between the

@@ -72,7 +72,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         assert self.writer is not None
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
-        enable_keepalive(transport)
+        if carried is None:  # a carried socket keeps its options
+            enable_keepalive(transport)
         cast(LeanTelnetWriter, self.writer).on_malformed = self._malformed
         if self.guard is not None:
             self.guard.start()
@@ -193,12 +194,15 @@ def _restore(protocol: ChatTelnetServer, state: dict[str, Any]) -> None:
     writer = protocol.writer
     reader = protocol.reader
     assert writer is not None and reader is not None
-    for table, name in ((writer.local_option, "local"), (writer.remote_option, "remote")):
-        for key, value in state[name].items():
-            # Item assignment, as telnetlib3 itself does: the writer's BINARY state follows it.
-            table[bytes.fromhex(key)] = value
-    for key, value in state["pending"].items():
-        writer.pending_option[bytes.fromhex(key)] = value
+    for table, name in (
+        (writer.local_option, "local"),
+        (writer.remote_option, "remote"),
+        (writer.pending_option, "pending"),
+    ):
+        # Past telnetlib3's item assignment, which formats a debug line per option: its
+        # one side effect, the change callback, runs once below.
+        dict.update(table, {bytes.fromhex(key): value for key, value in state[name].items()})
+    writer._check_waiters()
     protocol._extra.update(state["extra"])
     protocol.passthrough = bool(state["passthrough"])
     protocol._late_checked = bool(state["late_checked"])
