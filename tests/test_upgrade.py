@@ -353,3 +353,33 @@ async def test_workers_upgrade_one_at_a_time_then_the_parent(tmp_path: Path, red
             await client.close()
     finally:
         server.end()
+
+
+async def test_password_typed_across_an_upgrade_never_reaches_the_chat(tmp_path: Path) -> None:
+    tree = copied_tree(tmp_path)
+    server = start(tree)
+    try:
+        frank = await member(server.port, "frank")
+        await frank.send("register s3cret-pw")
+        await frank.read_until("*** Nick frank is now registered to you")
+        await frank.send("quit")
+        await frank.wait_closed()
+        ann = await member(server.port, "ann")
+        bob = await member(server.port, "bob")
+        await ann.drain()
+        await bob.send("login frank")
+        await bob.read_until("*** Password for frank")
+        server.proc.send_signal(signal.SIGUSR2)
+        server.wait_event("upgrade")
+        await bob.send("s3cret-pw")
+        assert await bob.read_line() == (
+            "*** The server was upgraded while you typed that; your line was not used. Please try again."
+        )
+        await bob.send("after")
+        lines: list[str] = []
+        assert await said(ann, "bob", "after", others=lines) == ["after"]
+        assert not any("s3cret-pw" in line for line in lines)
+        for client in (ann, bob):
+            await client.close()
+    finally:
+        server.kill()
