@@ -360,13 +360,11 @@ class App:
 
     def listeners(self) -> list[socket.socket]:
         """The listening sockets, the plain one first; one per listener or an upgrade cannot carry them."""
-        found: list[socket.socket] = []
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                if len(server.sockets) != 1:
-                    raise HandoverError(f"a listener has {len(server.sockets)} sockets; --host must name one address")
-                found.append(socket.socket(fileno=os.dup(server.sockets[0].fileno())))
-        return found
+        servers = [server for server in (self._server, self._tls_server) if server is not None]
+        for server in servers:
+            if len(server.sockets) != 1:
+                raise HandoverError(f"a listener has {len(server.sockets)} sockets; --host must name one address")
+        return [socket.socket(fileno=os.dup(server.sockets[0].fileno())) for server in servers]
 
     async def pause(self, listeners: list[socket.socket], grace: float) -> None:
         """Stop accepting (new connections wait in the kernel's backlog of `listeners`, which

@@ -113,16 +113,18 @@ class Upgrader:
             return
         paused = time.time()
         await app.pause(listeners, PAUSE_GRACE)
-        # Nothing made from here to the exec is garbage: no full passes over every session.
-        gc.disable()
-        state = self._state(app.carry(), listeners, paused)
+        if app.stopping:  # SIGTERM meanwhile: the shutdown goes on, without us
+            return
         try:
-            execute(state)
-        except OSError as exc:
+            # Nothing made from here to the exec is garbage: no full passes over every session.
+            gc.disable()
+            execute(self._state(app.carry(), listeners, paused))
+        except Exception as exc:
+            # Everyone is still here, paused: read and accept again, on the old code.
             gc.enable()
             self.install()
             await app.resume(listeners)
-            self._failed("exec", str(exc))
+            self._failed("exec", repr(exc))
 
     def _state(self, records: list[dict[str, Any]], listeners: list[socket.socket], paused: float) -> dict[str, Any]:
         return {
