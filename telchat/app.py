@@ -367,20 +367,23 @@ class App:
         return [socket.socket(fileno=os.dup(server.sockets[0].fileno())) for server in servers]
 
     async def pause(self, listeners: list[socket.socket], grace: float) -> None:
-        """Stop accepting (new connections wait in the kernel's backlog of `listeners`, which
-        stay open), let go of TLS sessions, stop reading, let running lines finish and
-        write what was accepted, waiting at most `grace` seconds for the clients to take it."""
+        """Stop accepting (new telnet connections wait in the kernel's backlog of `listeners`,
+        which stay open), let go of the sessions that cannot be carried, stop reading, let
+        running lines finish and write what was accepted, waiting at most `grace` seconds
+        for the clients to take it."""
         deadline = time.monotonic() + grace
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()
-        for session, transport in list(self.sessions.items()):
-            if transport.get_extra_info("ssl_object") is not None:
-                # The kernel cannot carry a TLS session's keys across exec.
-                session.quit("server upgrade", reason="upgrade", farewell=replies.UPGRADE_TLS)
-            else:
+        for door in (self.web, self.ssh):
+            if door is not None:
+                door.stop_listening()
+        for session in list(self.sessions):
+            if self._carried_over(session):
                 self._hold(session, True)
-        # Lines running finish, and TLS sessions saying goodbye end, first.
+            else:
+                session.quit("server upgrade", reason="upgrade", farewell=replies.UPGRADE_UNCARRIED)
+        # Lines running finish, and the sessions saying goodbye end, first.
         while time.monotonic() < deadline:
             if self._settled():
                 break
@@ -389,10 +392,13 @@ class App:
         await self.store.drain(max(0.0, deadline - time.monotonic()))
         await self._drain(max(0.0, deadline - time.monotonic()))
 
+    def _carried_over(self, session: Session) -> bool:
+        # A plain telnet socket is all the kernel carries: TLS and SSH keys, and a
+        # WebSocket's framing, live in this process only.
+        return self._terminals[session].protocol.door == "telnet"
+
     def _settled(self) -> bool:
-        return all(s.settled for s in self.sessions) and not any(
-            t.get_extra_info("ssl_object") is not None for t in self.sessions.values()
-        )
+        return all(s.settled and self._carried_over(s) for s in self.sessions)
 
     def _hold(self, session: Session, held: bool) -> None:
         guard = self._terminals[session].protocol.guard
@@ -407,10 +413,15 @@ class App:
         """The upgrade failed after `pause`: accept and read again, on the same sockets."""
         for session in list(self.sessions):
             self._hold(session, False)
-        tls = server_context(self.config.tls_cert, self.config.tls_key) if self._tls_server is not None else None
-        self._server = await self._listen(self.config.port, listener=listeners[0])
+        config = self.config
+        tls = server_context(config.tls_cert, config.tls_key) if self._tls_server is not None else None
+        self._server = await self._listen(config.port, listener=listeners[0])
         if tls is not None:
-            self._tls_server = await self._listen(self.config.tls_port or 0, tls, listeners[1])
+            self._tls_server = await self._listen(config.tls_port or 0, tls, listeners[1])
+        if config.web_port is not None:
+            await self._open_web(config.web_port)
+        if config.ssh_port is not None:
+            await self._open_ssh(config.ssh_port)
 
     def carry(self, take_output: bool = True) -> list[dict[str, Any]]:
         """Every connection as plain data with its socket's descriptor (`fd`); with

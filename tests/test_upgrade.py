@@ -19,9 +19,13 @@ from tests.procs import ROOT, ServerProcess
 from tests.redis_server import RedisServer, free_port
 from tests.test_redis import worker_of
 from tests.test_tls import make_certificate, tls_connect
+from tests.webclient import WebClient
 
 WELCOME = "*** Welcome to telchat. Type help for commands."
 NEW_WELCOME = "*** Welcome to telchat, upgraded. Type help for commands."
+UNCARRIED = (
+    "*** The server is being upgraded and cannot keep TLS, SSH or web connections open. Please reconnect in a moment."
+)
 LINES = 100
 RATE = 50.0
 
@@ -222,27 +226,37 @@ async def test_second_signal_during_an_upgrade_is_ignored(tmp_path: Path) -> Non
         server.kill()
 
 
-async def test_tls_users_are_told_and_closed_cleanly(tmp_path: Path) -> None:
+async def test_tls_and_web_users_are_told_and_closed_cleanly(tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     tree = copied_tree(tmp_path)
-    server = start(tree, "--tls-port", "0", "--tls-cert", str(cert), "--tls-key", str(key))
+    server = start(tree, "--tls-port", "0", "--tls-cert", str(cert), "--tls-key", str(key), "--web-port", "0")
     try:
-        tls_port = int(server.wait_event("listening")["tls_port"])
+        listening = server.wait_event("listening")
+        tls_port = int(listening["tls_port"])
         plain = await member(server.port, "plain")
         secure = await tls_connect(tls_port, cert)
-        await secure.login("secure")
-        await secure.join("ops", "secure")
+        web = await WebClient.connect(int(listening["web_port"]))
+        for client, nick in ((secure, "secure"), (web, "webby")):
+            await client.login(nick)
+            await client.join("ops", nick)
         await plain.drain()
         server.proc.send_signal(signal.SIGUSR2)
-        assert (await secure.wait_closed(10)).endswith(
-            b"*** The server is being upgraded and cannot keep TLS connections open. Please reconnect in a moment.\r\n"
-        )
-        assert await plain.read_line(10) == "*** User secure quit (server upgrade)"
-        assert server.wait_event("upgrade")["sessions"] == 1
-        # The TLS listener itself was carried over.
+        for client in (secure, web):
+            assert (await client.wait_closed(10)).endswith(UNCARRIED.encode() + b"\r\n")
+        quits = {await plain.read_line(10), await plain.read_line(10)}
+        assert quits == {"*** User secure quit (server upgrade)", "*** User webby quit (server upgrade)"}
+        upgraded = server.wait_event("upgrade")
+        assert upgraded["sessions"] == 1
+        # The TLS listener itself was carried over; the web door is open again in the new image.
         again = await tls_connect(tls_port, cert)
         await again.login("secure")
-        for client in (plain, again):
+        web_again = await WebClient.connect(
+            int(
+                server.wait_for(lambda e: e["event"] == "listening" and e is not listening, "new listening")["web_port"]
+            )
+        )
+        await web_again.login("webby")
+        for client in (plain, again, web_again):
             await client.close()
     finally:
         server.kill()

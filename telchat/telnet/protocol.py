@@ -175,12 +175,13 @@ def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
 
 
 def open_fd(protocol: ChatTelnetServer) -> int | None:
-    """The connection's socket descriptor, unless it is closing (or never got going) or
-    speaks TLS: the kernel's socket alone does not carry a TLS session."""
+    """The connection's socket descriptor, unless it is closing (or never got going) or came
+    by another door than plain telnet: the kernel's socket alone does not carry a TLS or SSH
+    session, or a WebSocket."""
     transport = protocol._transport
     if transport is None or protocol._closing or transport.is_closing() or protocol.writer is None:
         return None
-    if transport.get_extra_info("ssl_object") is not None:
+    if protocol.door != "telnet":
         return None
     sock = transport.get_extra_info("socket")
     return int(sock.fileno()) if sock is not None else None
