@@ -226,6 +226,24 @@ async def test_second_signal_during_an_upgrade_is_ignored(tmp_path: Path) -> Non
         server.kill()
 
 
+async def test_a_signal_while_the_new_image_starts_is_ignored(tmp_path: Path) -> None:
+    tree = copied_tree(tmp_path)
+    server = start(tree)
+    try:
+        ann = await member(server.port, "ann")
+        server.proc.send_signal(signal.SIGUSR2)
+        server.wait_event("upgrade_exec")
+        # The new image is starting: its interpreter has not installed any handler yet.
+        server.proc.send_signal(signal.SIGUSR2)
+        server.wait_event("upgrade")
+        await ann.send("after")
+        assert await said(ann, "ann", "after") == ["after"]
+        assert server.proc.poll() is None
+        await ann.close()
+    finally:
+        server.kill()
+
+
 async def test_tls_and_web_users_are_told_and_closed_cleanly(tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     tree = copied_tree(tmp_path)
