@@ -97,6 +97,11 @@ SCENARIOS = {
 PROOF_TIMEOUT = 30.0
 QUICK: dict[str, Any] = {"warmup": 0.3, "duration": 1.5, "hold": 0.5, "probes": 20}
 QUICK_SESSIONS = 1000
+# Scenario d upgrades telchat in place (SIGUSR2) with every session held, when it can.
+UPGRADES = (ROOT / "telchat" / "upgrade.py").exists()
+UPGRADE_TIMEOUT = 60.0
+# After the upgrade, how long a client the handover dropped gets to be noticed.
+UPGRADE_SETTLE = 1.0
 
 
 # measuring processes
@@ -366,6 +371,17 @@ class Server:
     def stderr_tail(self, size: int = 2000) -> str:
         return self.err_path.read_bytes()[-size:].decode(errors="replace")
 
+    async def wait_event(self, names: set[str], within: float) -> dict[str, Any] | None:
+        """The first log event named one of `names`, waiting up to `within` seconds."""
+        deadline = time.monotonic() + within
+        while self.alive() and time.monotonic() < deadline:
+            for line in self.log_path.read_bytes().splitlines():
+                event = json.loads(line) if line.startswith(b"{") else {}
+                if event.get("event") in names:
+                    return event
+            await asyncio.sleep(0.05)
+        return None
+
     def log_count(self, needle: bytes) -> int:
         """Lines of the server's log that contain `needle`."""
         with self.log_path.open("rb") as log:
@@ -564,6 +580,8 @@ async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: 
     await asyncio.sleep(scenario.hold)
     meter.stop()
     sessions = max(1, len(clients))
+    if server.target.name == "telchat" and UPGRADES:
+        result |= await measure_upgrade(server, rec)
     result |= {
         "held_after": len(clients) - rec.closed_by_server,
         "closed_by_server": rec.closed_by_server,
@@ -578,6 +596,23 @@ async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: 
         "rss_per_session_kib": round((held_kib - idle_kib) / sessions, 2),
     }
     return result
+
+
+async def measure_upgrade(server: Server, rec: Recorder) -> dict[str, Any]:
+    """SIGUSR2 with every session held: the pause the upgrade in place logs, and whether
+    anyone was dropped (telchat only: the reference server has no upgrade in place)."""
+    closed = rec.closed_by_server
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGUSR2)
+    event = await server.wait_event({"upgrade", "upgrade_failed"}, UPGRADE_TIMEOUT)
+    await asyncio.sleep(UPGRADE_SETTLE)
+    logged = event if event is not None and event["event"] == "upgrade" else {}
+    return {
+        "upgrade_pause_ms": logged.get("pause_ms"),
+        "upgrade_parts_ms": {part: logged.get(f"{part}_ms") for part in ("handover", "start", "adopt")},
+        "upgrade_sessions": logged.get("sessions"),
+        "upgrade_dropped": rec.closed_by_server - closed,
+    }
 
 
 async def run_storm(server: Server, scenario: Scenario, rec: Recorder, args: argparse.Namespace) -> dict[str, Any]:
@@ -698,6 +733,10 @@ def targets(scenario: Scenario, telchat: dict[str, Any], ratio: dict[str, float 
         held = telchat.get("held_after")
         checks.append(check(f"{scenario.clients} sessions held", held, lambda v: v >= scenario.clients))
         checks.append(check("greeting p99 <= 20 ms", dig(telchat, ("probe_greeting_ms", "p99")), lambda v: v <= 20))
+        if "upgrade_pause_ms" in telchat:
+            pause = telchat["upgrade_pause_ms"]
+            checks.append(check("upgrade in place: pause <= 1 s", pause, lambda v: v <= 1000))
+            checks.append(check("upgrade in place: nobody dropped", telchat["upgrade_dropped"], lambda v: v == 0))
     return checks
 
 
@@ -731,6 +770,12 @@ ROWS: dict[str, tuple[str, ...]] = {
     "RSS MiB": ("rss_mib",),
     "RSS KiB per session": ("rss_per_session_kib",),
     "closed by server": ("closed_by_server",),
+    "upgrade pause ms": ("upgrade_pause_ms",),
+    "upgrade: handover ms": ("upgrade_parts_ms", "handover"),
+    "upgrade: exec, start ms": ("upgrade_parts_ms", "start"),
+    "upgrade: adopt ms": ("upgrade_parts_ms", "adopt"),
+    "upgrade: sessions kept": ("upgrade_sessions",),
+    "upgrade: dropped": ("upgrade_dropped",),
 }
 
 

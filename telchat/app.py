@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import time
+import weakref
 from asyncio import Transport
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from telchat.chat.outbox import Flusher, encode_line
 from telchat.chat.rooms import Chat, host_of
@@ -32,22 +35,27 @@ from telchat.telnet.protocol import (
     ClientClass,
     Door,
     TransportSink,
+    carry,
     log_negotiation,
     make_shell,
     negotiated_charset,
+    open_fd,
     peer_of,
     protocol_factory,
     pump,
 )
 from telchat.telnet.tls import TlsAcceptor, server_context
-from telchat.web.door import WebDoor
 
 if TYPE_CHECKING:
     from telchat.ssh.door import SshDoor
+    from telchat.web.door import WebDoor
 
 log = get_logger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+# An upgrade takes connections up this many at a time, each chunk given ADOPT_TURNS loop turns.
+ADOPT_CHUNK = 250
+ADOPT_TURNS = 4
 
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
@@ -62,6 +70,22 @@ def listen_backlog(configured: int | None) -> int:
         return int(SOMAXCONN.read_text())
     except (OSError, ValueError):
         return socket.SOMAXCONN
+
+
+class HandoverError(Exception):
+    """Why this server cannot hand its connections over to a new image."""
+
+
+@dataclass(slots=True)
+class Carried:
+    """What a server upgrade hands the next image (see telchat/upgrade.py): the listening
+    sockets, and each connection's socket with its record (`App.carry`)."""
+
+    listener: socket.socket | None
+    tls_listener: socket.socket | None
+    connections: list[tuple[socket.socket, dict[str, Any]]]
+    last_conn_id: int
+    store: dict[str, Any]
 
 
 class App:
@@ -80,7 +104,9 @@ class App:
         )
         self.metrics = MetricsServer(self)
         self.metrics_port: int | None = None
-        self._classes: dict[Session, tuple[ClientClass, Door]] = {}
+        self._terminals: dict[Session, Terminal] = {}
+        # Every connection, negotiating or not (an upgrade carries them all).
+        self._connections: weakref.WeakSet[ChatTelnetServer] = weakref.WeakSet()
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
         self._flusher = Flusher()
@@ -108,18 +134,25 @@ class App:
             return None
         return int(self._tls_server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
+    async def start(self, carried: Carried | None = None) -> None:
+        """Open the store and listen; or, after a server upgrade, take up the listeners and
+        connections `carried` over from the previous image."""
+        if carried is not None:
+            self.store.take_up(carried.store)
         await self.store.open(self.chat.deliver)
         await self.services.moderation.load()
         config = self.config
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
-        self._server = await self._listen(config.port)
+        self._server = await self._listen(config.port, listener=carried.listener if carried else None)
         if tls is not None and config.tls_port is not None:
-            self._tls_server = await self._listen(config.tls_port, tls)
+            tls_listener = carried.tls_listener if carried else None
+            self._tls_server = await self._listen(config.tls_port, tls, tls_listener)
         if config.web_port is not None:
             await self._open_web(config.web_port)
         if config.ssh_port is not None:
             await self._open_ssh(config.ssh_port)
+        if carried is not None:
+            await self._adopt(carried)
         self.status.port, self.status.tls_port = self.port, self.tls_port
         # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
@@ -139,11 +172,22 @@ class App:
 
     def _factory(self, door: Door) -> Callable[[], ChatTelnetServer]:
         """Every door's connections: one telnet protocol, one session runner."""
-        return protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards, door)
+        make = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards, door)
+
+        def factory() -> ChatTelnetServer:
+            protocol = make()
+            self._connections.add(protocol)
+            return protocol
+
+        return factory
 
     async def _open_web(self, port: int) -> None:
         config = self.config
         tls = server_context(config.web_tls_cert, config.web_tls_key) if config.web_tls_cert else None
+        # Imported only when used: aiohttp takes a third of a second to import, which every
+        # start pays, and every upgrade in place within its pause.
+        from telchat.web.door import WebDoor
+
         self.web = WebDoor(config, self._factory("web"), self.telemetry)
         self.web_port = await self.web.start(config.host, port, tls, self.backlog, reuse_port=config.workers > 1)
 
@@ -154,7 +198,10 @@ class App:
         self.ssh = SshDoor(self.config, self._factory("ssh"), self.guards)
         self.ssh_port = await self.ssh.start(self.config.host, port, self.backlog, reuse_port=self.config.workers > 1)
 
-    async def _listen(self, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    async def _listen(
+        self, port: int, tls: ssl.SSLContext | None = None, listener: socket.socket | None = None
+    ) -> asyncio.Server:
+        """Listen on `port`, or on the `listener` an upgrade carried over."""
         config = self.config
         factory = self._factory("telnet" if tls is None else "tls")
         accept: Callable[[], asyncio.Protocol] = factory
@@ -163,14 +210,50 @@ class App:
             def accept() -> asyncio.Protocol:
                 return TlsAcceptor(factory, tls, self.guards, config.tls_handshake_timeout)
 
-        return await asyncio.get_running_loop().create_server(
+        loop = asyncio.get_running_loop()
+        if listener is not None:
+            return await loop.create_server(accept, sock=listener, backlog=self.backlog)
+        return await loop.create_server(
             accept, config.host, port, backlog=self.backlog, reuse_port=config.workers > 1 or None
         )
+
+    async def _adopt(self, carried: Carried) -> None:
+        """Take up each connection carried over an upgrade: its protocol restores its telnet
+        state instead of negotiating, and `_run_session` resumes its session."""
+        self.telemetry.skip_conn_ids(carried.last_conn_id)
+        loop = asyncio.get_running_loop()
+        factory = self._factory("telnet")
+
+        def adopted(record: dict[str, Any]) -> Callable[[], ChatTelnetServer]:
+            def make() -> ChatTelnetServer:
+                protocol = factory()
+                protocol.carried = record
+                return protocol
+
+            return make
+
+        connections = carried.connections
+        for start in range(0, len(connections), ADOPT_CHUNK):
+            chunk = connections[start : start + ADOPT_CHUNK]
+            results = await asyncio.gather(
+                *(loop.connect_accepted_socket(adopted(record), sock) for sock, record in chunk),
+                return_exceptions=True,
+            )
+            for (sock, record), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("adopt_failed", conn_id=record["conn_id"], error=repr(result))
+                    sock.close()
+            # A few loop turns take this chunk's sessions from restored options to reading
+            # again: its users are back before the next chunk, not all only at the end.
+            for _ in range(ADOPT_TURNS):
+                await asyncio.sleep(0)
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
         if self._stopping:
             return
-        charset = negotiated_charset(protocol)
+        carried = protocol.carried if protocol.carried is not None and "session" in protocol.carried else None
+        protocol.carried = None
+        charset = str(carried["session"]["charset"]) if carried is not None else negotiated_charset(protocol)
         peer = peer_of(transport)
         refusal = self.services.moderation.refusal(host_of(peer))
         if refusal is not None:
@@ -179,7 +262,8 @@ class App:
             transport.close()
             return
         terminal = Terminal(protocol, self.config, self.status)
-        log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
+        if carried is None:
+            log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
         session = Session(
             self.chat,
             self.config,
@@ -195,31 +279,40 @@ class App:
             gate=protocol.guard.gate if protocol.guard is not None else None,
         )
         self.sessions[session] = transport
-        self._classes[session] = (terminal.client_class, protocol.door)
+        self._terminals[session] = terminal
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         reason: EndReason = "error"
         try:
-            terminal.attach(session)
-            session.start()
+            if carried is None:
+                terminal.attach(session)
+                session.start()
+            else:
+                terminal.attach(session, carried["terminal"])
+                session.resume(carried["session"])
+                reader.nudge()  # lines carried over waiting to run
             reason = await pump(reader, session)
         except Exception:
             log.exception("session_failed")
         finally:
             terminal.detach()
             self.sessions.pop(session, None)
-            self._classes.pop(session, None)
+            self._terminals.pop(session, None)
             session.finish(reason)
             if not transport.is_closing():
                 transport.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def accepting(self) -> bool:
         return self._server is not None and self._server.is_serving() and not self._stopping
 
     def session_classes(self) -> list[tuple[ClientClass, Door]]:
-        return list(self._classes.values())
+        return [(terminal.client_class, terminal.protocol.door) for terminal in self._terminals.values()]
 
     def live_bytes(self) -> tuple[int, int]:
         sessions = list(self.sessions)
@@ -266,6 +359,93 @@ class App:
                 await door.close()
         await self.store.close()
         log.info("shutdown", sessions=len(self.sessions), duration=round(time.monotonic() - started, 3))
+
+    # A server upgrade (telchat/upgrade.py): stop, settle, and hand everything over.
+
+    def listeners(self) -> list[socket.socket]:
+        """The listening sockets, the plain one first; one per listener or an upgrade cannot carry them."""
+        servers = [server for server in (self._server, self._tls_server) if server is not None]
+        for server in servers:
+            if len(server.sockets) != 1:
+                raise HandoverError(f"a listener has {len(server.sockets)} sockets; --host must name one address")
+        return [socket.socket(fileno=os.dup(server.sockets[0].fileno())) for server in servers]
+
+    async def pause(self, listeners: list[socket.socket], grace: float) -> None:
+        """Stop accepting (new telnet connections wait in the kernel's backlog of `listeners`,
+        which stay open), let go of the sessions that cannot be carried, stop reading, let
+        running lines finish and write what was accepted, waiting at most `grace` seconds
+        for the clients to take it."""
+        deadline = time.monotonic() + grace
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
+        for door in (self.web, self.ssh):
+            if door is not None:
+                door.stop_listening()
+        for session in list(self.sessions):
+            if self._carried_over(session):
+                self._hold(session, True)
+            else:
+                session.quit("server upgrade", reason="upgrade", farewell=replies.UPGRADE_UNCARRIED)
+        # Lines running finish, and the sessions saying goodbye end, first.
+        while time.monotonic() < deadline:
+            if self._settled():
+                break
+            await asyncio.sleep(0.01)
+        self._flusher.flush()
+        await self.store.drain(max(0.0, deadline - time.monotonic()))
+        await self._drain(max(0.0, deadline - time.monotonic()))
+
+    def _carried_over(self, session: Session) -> bool:
+        # A plain telnet socket is all the kernel carries: TLS and SSH keys, and a
+        # WebSocket's framing, live in this process only.
+        return self._terminals[session].protocol.door == "telnet"
+
+    def _settled(self) -> bool:
+        return all(s.settled and self._carried_over(s) for s in self.sessions)
+
+    def _hold(self, session: Session, held: bool) -> None:
+        guard = self._terminals[session].protocol.guard
+        if guard is None:
+            return
+        if held:
+            guard.gate.hold("upgrade")
+        else:
+            guard.gate.release("upgrade")
+
+    async def resume(self, listeners: list[socket.socket]) -> None:
+        """The upgrade failed after `pause`: accept and read again, on the same sockets."""
+        for session in list(self.sessions):
+            self._hold(session, False)
+        config = self.config
+        tls = server_context(config.tls_cert, config.tls_key) if self._tls_server is not None else None
+        self._server = await self._listen(config.port, listener=listeners[0])
+        if tls is not None:
+            self._tls_server = await self._listen(config.tls_port or 0, tls, listeners[1])
+        if config.web_port is not None:
+            await self._open_web(config.web_port)
+        if config.ssh_port is not None:
+            await self._open_ssh(config.ssh_port)
+
+    def carry(self, take_output: bool = True) -> list[dict[str, Any]]:
+        """Every connection as plain data with its socket's descriptor (`fd`); with
+        `take_output`, what each session has queued moves into its record."""
+        self._flusher.flush()
+        sessions = {terminal.protocol: (session, terminal) for session, terminal in self._terminals.items()}
+        records: list[dict[str, Any]] = []
+        for protocol in list(self._connections):
+            fd = open_fd(protocol)
+            if fd is None:
+                continue
+            record: dict[str, Any] = {"fd": fd, "conn_id": protocol.conn_id, "telnet": carry(protocol)}
+            # A connection still negotiating gets its session in the next image.
+            session, terminal = sessions.get(protocol, (None, None))
+            if session is not None and terminal is not None:
+                if session.closing:
+                    continue
+                record.update(terminal=terminal.snapshot(), session=session.snapshot(take_output))
+            records.append(record)
+        return records
 
     async def _wait_sessions_ended(self, deadline: float) -> None:
         if self._tasks:

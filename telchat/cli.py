@@ -12,12 +12,13 @@ from typing import Any
 
 import structlog
 
+from telchat import upgrade
 from telchat.app import App
 from telchat.config import Config, parse_config
 from telchat.obs.logs import configure_logging, get_logger
 from telchat.store.base import StoreError, masked
 from telchat.store.url import make_store
-from telchat.workers import supervise
+from telchat.workers import WORKER_ENV, supervise, worker_config
 
 EXIT_OK = 0
 EXIT_START_FAILED = 2
@@ -37,9 +38,10 @@ async def serve(config: Config) -> int:
     if config.workers > 1:
         # Every worker counts conn_id from 1: the pid tells their log lines apart.
         structlog.contextvars.bind_contextvars(worker=os.getpid())
+    handover = upgrade.inherited()
     try:
         app = App(config)
-        await app.start()
+        await app.start(handover.carried if handover is not None else None)
     except StoreError as exc:
         log.error("start_failed", error=str(exc), store=masked(config.store))
         print(f"telchat: {exc}", file=sys.stderr)
@@ -52,6 +54,10 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    upgrader = upgrade.Upgrader(app, handover)
+    upgrader.install()
+    if handover is not None:
+        await upgrader.resumed(handover)
     await stop.wait()
     log.info("signal", action="shutting down")
     await app.stop()
@@ -91,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_START_FAILED
     if config.workers == 1:
         return run(config)
+    worker = os.environ.get(WORKER_ENV)
+    if worker is not None:
+        # A worker that upgraded in place comes back as that worker, not as a new parent.
+        return run(worker_config(config, int(worker)))
     if not config.store.startswith("redis://") or config.port == 0:
         print("telchat: --workers above 1 needs a redis:// --store and a fixed --port", file=sys.stderr)
         return EXIT_START_FAILED
@@ -99,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"telchat: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
-    return supervise(config, run)
+    return supervise(config, run, upgrade.check_code)
 
 
 async def probe_store(config: Config) -> None:

@@ -3,45 +3,90 @@
 The kernel spreads new connections across the workers; the shared Redis store makes them
 one chat. The parent forwards SIGTERM/SIGINT, restarts a worker that dies on its own, and
 gives up (exit 1) when workers keep dying.
+
+SIGUSR2 upgrades in place (telchat/upgrade.py): the parent signals the workers one at a
+time, each handing its connections over to the new code and reporting back (SIGUSR1), and
+then exec()s itself, keeping its workers: they are still its children, and the new image
+takes them up from `SUPERVISED_ENV`.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass, replace
 from types import FrameType
 
 from telchat.config import Config
-from telchat.obs.logs import get_logger
+from telchat.obs.logs import flush_logs, get_logger
 
 log = get_logger(__name__)
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 STOP_TIMEOUT = 8.0
+#: How long the parent waits for one worker's upgrade before it goes on to the next.
+UPGRADE_TIMEOUT = 40.0
+#: Set in a worker (its index): an upgraded worker must come back as that worker.
+WORKER_ENV = "TELCHAT_WORKER"
+#: Set for the parent's new image: `index:pid,...` of the workers it keeps.
+SUPERVISED_ENV = "TELCHAT_SUPERVISED"
 
 
-def supervise(config: Config, run: Callable[[Config], int]) -> int:
-    """Run `run(config)` in config.workers processes until a signal; return the exit code."""
-    ctx = multiprocessing.get_context("fork")
-    stopping = False
+@dataclass(slots=True)
+class Worker:
+    index: int
+    pid: int
+    exitcode: int | None = None
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def alive(self) -> bool:
+        if self.exitcode is not None:
+            return False
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return True
+        self.exitcode = os.waitstatus_to_exitcode(status)
+        return False
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    workers = [_spawn(ctx, run, _worker_config(config, i)) for i in range(config.workers)]
+
+class Signals:
+    """What the parent was told since it last looked."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.upgrade = False
+        self.reported = False
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGUSR2, self._upgrade)
+        signal.signal(signal.SIGUSR1, self._report)
+
+    def _stop(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _upgrade(self, _signum: int, _frame: FrameType | None) -> None:
+        self.upgrade = True
+
+    def _report(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reported = True
+
+
+def supervise(config: Config, run: Callable[[Config], int], check: Callable[[], str | None]) -> int:
+    """Run `run(config)` in config.workers processes until a signal; return the exit code.
+    `check` checks the code on disk before the parent upgrades itself (None: fine)."""
+    signals = Signals()
+    workers = _kept() or [_spawn(run, config, i) for i in range(config.workers)]
     restarts: list[float] = []
-    while not stopping:
+    while not signals.stopping:
         time.sleep(0.2)
+        if signals.upgrade:
+            _upgrade(workers, signals, check)
+            signals.upgrade = False
         for i, worker in enumerate(workers):
-            if worker.is_alive() or stopping:
+            if worker.alive() or signals.stopping:
                 continue
             log.error("worker_died", pid=worker.pid, exitcode=worker.exitcode)
             now = time.monotonic()
@@ -50,38 +95,87 @@ def supervise(config: Config, run: Callable[[Config], int]) -> int:
                 log.error("workers_failing", restarts=len(restarts), window=RESTART_WINDOW)
                 _stop_all(workers)
                 return 1
-            workers[i] = _spawn(ctx, run, _worker_config(config, i))
+            workers[i] = _spawn(run, config, worker.index)
     _stop_all(workers)
     return 0
 
 
-def _worker_config(config: Config, index: int) -> Config:
+def worker_config(config: Config, index: int) -> Config:
     """Worker `index` serves metrics on --metrics-port + index: one port per process's numbers."""
     if not config.metrics_port:  # off, or 0 (a free port each)
         return config
     return replace(config, metrics_port=config.metrics_port + index)
 
 
-def _spawn(ctx: multiprocessing.context.ForkContext, run: Callable[[Config], int], config: Config) -> BaseProcess:
-    process = ctx.Process(target=_worker_main, args=(run, config), daemon=False)
-    process.start()
-    log.info("worker_started", pid=process.pid)
-    return process
+def _spawn(run: Callable[[Config], int], config: Config, index: int) -> Worker:
+    flush_logs()  # the child must not write the parent's pending lines a second time
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _worker_main(run, worker_config(config, index), index)
+        finally:
+            flush_logs()
+            os._exit(code)
+    log.info("worker_started", pid=pid)
+    return Worker(index, pid)
 
 
-def _worker_main(run: Callable[[Config], int], config: Config) -> None:
+def _worker_main(run: Callable[[Config], int], config: Config, index: int) -> int:
     # The parent's Python-level handlers must not run in the child: asyncio installs its own.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    raise SystemExit(run(config))
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # until the worker's loop handles it
+    os.environ[WORKER_ENV] = str(index)
+    return run(config)
 
 
-def _stop_all(workers: list[BaseProcess]) -> None:
+def _upgrade(workers: list[Worker], signals: Signals, check: Callable[[], str | None]) -> None:
+    """Each worker hands over in place, one at a time; then this process does."""
     for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
-            worker.terminate()
+        if signals.stopping or not worker.alive():
+            continue
+        signals.reported = False
+        os.kill(worker.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + UPGRADE_TIMEOUT
+        while not (signals.reported or signals.stopping) and time.monotonic() < deadline and worker.alive():
+            time.sleep(0.05)
+    problem = check()
+    if problem is not None:
+        log.error("upgrade_failed", stage="check", error=problem, sessions=0)
+        return
+    log.info("upgrade_exec", connections=0)
+    flush_logs()
+    env = {**os.environ, SUPERVISED_ENV: ",".join(f"{w.index}:{w.pid}" for w in workers)}
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # ignored across the exec, as in a worker
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def _kept() -> list[Worker]:
+    """The workers the previous image of this parent handed over, if it just upgraded."""
+    kept = os.environ.pop(SUPERVISED_ENV, "")
+    workers = [
+        Worker(int(index), int(pid)) for index, _, pid in (item.partition(":") for item in kept.split(",") if item)
+    ]
+    if workers:
+        log.info("supervisor_upgraded", pid=os.getpid(), workers=[w.pid for w in workers])
+    return workers
+
+
+def report_upgrade() -> None:
+    """In a worker: tell the parent that this worker's upgrade is over, one way or the other."""
+    if WORKER_ENV in os.environ:
+        os.kill(os.getppid(), signal.SIGUSR1)
+
+
+def _stop_all(workers: list[Worker]) -> None:
+    for worker in workers:
+        if worker.alive():
+            os.kill(worker.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():
-            worker.kill()
+        while worker.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if worker.alive():
+            os.kill(worker.pid, signal.SIGKILL)
+            os.waitpid(worker.pid, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
+        """`python server.py ARGS`, or `python COMMAND ARGS` (`-m telchat`, another tree's server.py)."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         # A working directory of its own: the default store, sqlite:///telchat.db, is then
         # this server's alone, not a file every test (and xdist worker) would share.
@@ -28,7 +30,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "server.py"),
+                *(command or [str(ROOT / "server.py")]),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -86,6 +88,14 @@ class ServerProcess:
         if self.proc.poll() is None or self.proc.stderr is None:
             return ""
         return self.proc.stderr.read().decode(errors="replace")
+
+    def end(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then `kill`: a --workers parent stops its workers, which a SIGKILL would orphan."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.kill()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

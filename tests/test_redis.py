@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import time
@@ -156,7 +155,7 @@ async def test_workers_share_one_port(redis: RedisServer, clients: list[RawClien
         while len(clients) < 8 or (len(served) < 2 and len(clients) < 40):
             client = await _connect_retry(port)
             clients.append(client)
-            served.add(_worker_of(proc, client))
+            served.add(worker_of(proc, client))
             await client.login(f"u{len(clients) - 1}")
             await client.join("r", f"u{len(clients) - 1}")
         assert served == {int(line.split()[1]) for line in _worker_pids(proc.proc.pid)}
@@ -175,12 +174,7 @@ async def test_workers_share_one_port(redis: RedisServer, clients: list[RawClien
             assert b"*** have a nice day ***" in await client.wait_closed(timeout=8)
         assert await asyncio.to_thread(proc.proc.wait, 10) == 0
     finally:
-        # SIGTERM first: the parent stops its workers, which a SIGKILL would orphan.
-        if proc.proc.poll() is None:
-            proc.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.proc.wait(10)
-        proc.kill()
+        proc.end()
 
 
 async def _connect_retry(port: int) -> RawClient:
@@ -192,7 +186,7 @@ async def _connect_retry(port: int) -> RawClient:
     raise AssertionError("workers did not start")
 
 
-def _worker_of(proc: ServerProcess, client: RawClient) -> int:
+def worker_of(proc: ServerProcess, client: RawClient) -> int:
     peer = f"127.0.0.1:{client.writer.get_extra_info('sockname')[1]}"
     return int(proc.wait_for(lambda r: r["event"] == "connect" and r["peer"] == peer, peer)["worker"])
 

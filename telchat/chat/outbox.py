@@ -184,6 +184,15 @@ class Outbox:
         if self._sink.write(data) > self._limit:
             self._overflow()
 
+    def take_queued(self) -> bytes:
+        """What is queued and not yet written, removed from the queue (a server upgrade
+        carries it to the next process)."""
+        if self._batch is not None:
+            self._unshare()
+        data = b"".join(self._chunks)
+        self._chunks = []
+        return data
+
     def close(self) -> None:
         """Drop anything queued and accept no more."""
         self.closed = True

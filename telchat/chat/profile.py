@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from telchat.rules import replies
 from telchat.rules.names import ascii_keys, nick_key
@@ -46,6 +47,29 @@ class Profile:
         if name not in SETTINGS:
             raise KeyError(name)
         setattr(self, name, value)
+
+    def snapshot(self) -> dict[str, Any]:
+        """As plain data; `active` as seconds idle, monotonic clocks differ between processes."""
+        return {
+            "away": self.away,
+            "ignored": sorted(self.ignored),
+            **self.settings(),
+            "connected": self.connected,
+            "idle": self.idle(),
+        }
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> Profile:
+        away = state["away"]
+        profile = cls(
+            away=None if away is None else str(away),
+            ignored={str(key) for key in state["ignored"]},
+            connected=float(state["connected"]),
+            active=time.monotonic() - float(state["idle"]),
+        )
+        for name in SETTINGS:
+            profile.change(name, bool(state[name]))
+        return profile
 
     def touch(self) -> None:
         self.active = time.monotonic()

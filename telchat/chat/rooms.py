@@ -9,7 +9,7 @@ its Outbox.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -222,13 +222,31 @@ class Chat:
         user.current = None
         return left
 
-    def attach_events(self, user: User, sink: ChatEvents) -> None:
-        """From now on, tell `sink` about `user`'s rooms, their members and their talk."""
+    def attach_events(self, user: User, sink: ChatEvents, tell: bool = True) -> None:
+        """From now on, tell `sink` about `user`'s rooms, their members and their talk
+        (and, if `tell`, what they are now)."""
         user.events = sink
         for room in user.rooms.values():
             room.listeners[user] = None
-        _channels_changed(user)
-        sink.players(players_of(user))
+        if tell:
+            _channels_changed(user)
+            sink.players(players_of(user))
+
+    def adopt(self, user: User, rooms: Sequence[tuple[str, str]], current: str | None) -> None:
+        """Take up a user carried over a server upgrade: back under its nick and in its rooms
+        (key, name) as it was, announced to no one: to everyone else, nothing happened."""
+        self.users[user] = None
+        if user.key is not None:
+            self.nicks[user.key] = user
+        for key, name in rooms:
+            room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
+            room.members[user] = None
+            room.output.reset()
+            if user.events is not None:
+                room.listeners[user] = None
+            user.rooms[key] = room
+        user.current = user.rooms.get(current) if current is not None else None
+        self.refresh(user)
 
     def refresh(self, user: User) -> None:
         """Call after `user.profile` changed: keeps the set of users with personal formatting."""

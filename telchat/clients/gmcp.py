@@ -83,11 +83,13 @@ class GmcpEvents:
             self.send("Comm.Channel.Players", [{"name": nick, "channels": rooms} for nick, rooms in players])
 
 
-def start(chat: Chat, user: User) -> GmcpEvents:
-    """The client enabled GMCP: greet it and start telling it about the user's rooms."""
+def start(chat: Chat, user: User, greet: bool = True) -> GmcpEvents:
+    """The client enabled GMCP: greet it and start telling it about the user's rooms
+    (not `greet`: it was told everything before a server upgrade; only go on)."""
     sink = GmcpEvents(user.outbox)
-    sink.send("Core.Hello", {"name": "telchat", "version": __version__})
-    chat.attach_events(user, sink)
+    if greet:
+        sink.send("Core.Hello", {"name": "telchat", "version": __version__})
+    chat.attach_events(user, sink, greet)
     return sink
 
 

@@ -80,6 +80,10 @@ class Terminal:
         self._writer.on_option_change = self._options_changed
 
     @property
+    def protocol(self) -> ChatTelnetServer:
+        return self._protocol
+
+    @property
     def mode(self) -> str:
         return "character" if self.character_mode else "line"
 
@@ -208,8 +212,19 @@ class Terminal:
 
     # lifecycle
 
-    def attach(self, session: Session) -> None:
-        """Set the connection up for its client class; call before `session.start()`."""
+    def snapshot(self) -> dict[str, Any]:
+        """What this terminal keeps beyond the telnet options, as plain data (an upgrade carries it)."""
+        return {
+            "editor": self._editor.snapshot() if self._editor is not None else None,
+            "gmcp": self._gmcp is not None,
+            "undecoded": self._undecoded.decode("latin-1"),
+            "prompt_room": self._prompt_room,
+        }
+
+    def attach(self, session: Session, carried: dict[str, Any] | None = None) -> None:
+        """Set the connection up for its client class; call before `session.start()`. A
+        terminal `carried` over a server upgrade (its `snapshot`) was set up then: it only
+        takes up where it was."""
         self._session = session
         session.intercept = LineProbes(session, self._status)
         if self.client_class == "raw":
@@ -219,16 +234,21 @@ class Terminal:
         # What the server wraps to the window (help): NAWS, kept up to date by `_resize`.
         session.user.columns = int(self._protocol.get_extra_info("cols") or session.user.columns)
         self._protocol.on_resize = self._resize
-        if self.client_class == "telnet" and not self.character_mode:
+        if self.client_class == "telnet" and not self.character_mode and carried is None:
             self._leave_binary()
         if self.character_mode:
             if self._protocol.guard is not None:
                 self._protocol.guard.edited = True
-            writer.iac(WILL, SGA)
-            writer.iac(WILL, ECHO)
+            if carried is None:
+                writer.iac(WILL, SGA)
+                writer.iac(WILL, ECHO)
+            elif self._editor is not None and carried["editor"] is not None:
+                self._editor.restore(carried["editor"])
+                self._undecoded = str(carried["undecoded"]).encode("latin-1")
+                self._prompt_room = carried["prompt_room"]
             session.set_framer(self)
-        self._start_gmcp(session)
-        if writer.local_option.enabled(MSSP):
+        self._start_gmcp(session, carried is None or bool(carried["gmcp"]), carried is None)
+        if carried is None and writer.local_option.enabled(MSSP):
             session.user.outbox.push(mssp.frame(self._status.variables()))
         self._start_watchdog(session)
 
@@ -258,7 +278,9 @@ class Terminal:
         if writer.remote_option.enabled(BINARY):
             writer.iac(DONT, BINARY)
 
-    def _start_gmcp(self, session: Session) -> None:
+    def _start_gmcp(self, session: Session, now: bool, greet: bool) -> None:
+        """Answer GMCP, and start it `now` if it is enabled (`greet`: with Core.Hello and
+        the user's rooms and players; not for a session carried over an upgrade)."""
         writer = self._writer
         user = session.user
 
@@ -272,8 +294,8 @@ class Terminal:
                 gmcp.receive(self._gmcp, user, package, data)
 
         writer.set_ext_callback(GMCP, on_gmcp)
-        if enabled():
-            self._gmcp = gmcp.start(session.chat, user)
+        if now and enabled():
+            self._gmcp = gmcp.start(session.chat, user, greet)
 
     def detach(self) -> None:
         if self._gmcp is not None:

@@ -34,5 +34,16 @@ LimitKind = Literal[
 # Why a connection ended: the `reason` of its `disconnect` event and counter. The reading
 # loop's own ends (eof, error, closed), the session's, and the limit that cut it, if one did.
 EndReason = Literal[
-    "eof", "error", "closed", "quit", "kicked", "readq", "sendq", "ping_timeout", "http", "shutdown", LimitKind
+    "eof",
+    "error",
+    "closed",
+    "quit",
+    "kicked",
+    "readq",
+    "sendq",
+    "ping_timeout",
+    "http",
+    "shutdown",
+    "upgrade",
+    LimitKind,
 ]

@@ -156,6 +156,16 @@ class Logger:
             _json.emit(level, event, fields)
 
 
+# Every output configured, for `flush_logs`.
+_outputs: list[_Output] = []
+
+
+def flush_logs() -> None:
+    """Write every pending log line now: before exec, which runs no atexit handler."""
+    for output in _outputs:
+        output.flush()
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[bytes] | None = None) -> None:
     """Configure telchat's loggers and structlog, and route the stdlib (telnetlib3) logger through them.
 
@@ -166,6 +176,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[bytes] 
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     threshold = _LEVELS[level]
     output = _Output(out)
+    _outputs.append(output)
     atexit.register(output.flush)
     # A forked worker must not write the parent's pending lines a second time.
     os.register_at_fork(before=output.flush)

@@ -92,6 +92,7 @@ class ChatCollector:
             yield CounterMetricFamily(name, doc, value=value)
         yield _labelled(counters, "telchat_disconnects", "Connections ended, by reason", "disconnects", "reason")
         yield _labelled(counters, "telchat_limit_hits", "Limits that fired, by kind", "limits", "kind")
+        yield _labelled(counters, "telchat_upgrades", "Upgrades in place (SIGUSR2), by result", "upgrades", "result")
 
 
 def _labelled(counters: Counters, name: str, doc: str, counter: str, label: str) -> Metric:

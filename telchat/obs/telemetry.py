@@ -27,6 +27,17 @@ class Telemetry:
     def next_conn_id(self) -> int:
         return next(self._conn_ids)
 
+    def skip_conn_ids(self, last: int) -> None:
+        """Go on from `last` (the previous image's, after a server upgrade): ids stay unique."""
+        self._conn_ids = itertools.count(last + 1)
+
+    @property
+    def last_conn_id(self) -> int:
+        """The last id given (peeked without using one up)."""
+        last = next(self._conn_ids) - 1
+        self._conn_ids = itertools.count(last + 1)
+        return last
+
     def limit(self, kind: LimitKind, *, level: str = "warning", **fields: Any) -> None:
         """A limit fired: one structured `limit` event and one counter, always both."""
         self.counters.inc(LIMITS_COUNTER, kind=kind)

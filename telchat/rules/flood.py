@@ -79,6 +79,17 @@ class TokenBucket:
         self._refill()
         return self._level >= self._burst
 
+    @property
+    def level(self) -> float:
+        """The tokens there now (negative: in debt)."""
+        self._refill()
+        return self._level
+
+    def restore(self, level: float) -> None:
+        """Start from `level` tokens now (an upgraded server takes up its old bucket)."""
+        self._level = min(self._burst, level)
+        self._stamp = self._clock()
+
 
 class Fakelag:
     """The pace of one connection's lines (or, for the telnet guard, of its command bytes)."""
@@ -92,6 +103,13 @@ class Fakelag:
     def ready(self, cost: float = 1.0) -> bool:
         """Whether a line of this cost taken now would not wait."""
         return self._bucket.wait_time(cost) <= 0
+
+    def snapshot(self) -> dict[str, float | bool]:
+        return {"level": self._bucket.level, "slowed": self.slowed}
+
+    def restore(self, state: dict[str, float | bool]) -> None:
+        self._bucket.restore(float(state["level"]))
+        self.slowed = bool(state["slowed"])
 
     def take(self, cost: float = 1.0) -> tuple[float, bool]:
         """This line's delay in seconds, and whether it begins a slowdown."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from wcwidth import iter_graphemes, width
 
@@ -124,6 +125,11 @@ def _segment(text: str) -> list[str]:
     return list(iter_graphemes(text))
 
 
+def _measured(text: str) -> _Entry:
+    graphemes = tuple(_segment(text))
+    return _Entry(graphemes, tuple(_cells(g) for g in graphemes), len(text))
+
+
 class LineEditor:
     __slots__ = (
         "_after_cr",
@@ -211,6 +217,38 @@ class LineEditor:
         self._prompt_cells = sum(_cells(g) for g in iter_graphemes(prompt))
         self._scroll()
         return self.redraw() if self._graphemes else ""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything typed and remembered, as plain data (a server upgrade carries it)."""
+        return {
+            "width": self.width,
+            "text": self.text,
+            "cursor": self._cursor,
+            "offset": self._offset,
+            "history": self.history,
+            "history_at": self._history_at,
+            "draft": self._draft.text,
+            "prompt": self._prompt,
+            "pending_escape": self._pending_escape,
+            "after_cr": self._after_cr,
+            "secret": self.secret,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up a `snapshot`: the same line, cursor, scroll and history."""
+        self.width = max(int(state["width"]), MIN_WIDTH)
+        line = _measured(str(state["text"]))
+        self._graphemes, self._cells, self._chars = list(line.graphemes), list(line.cells), line.chars
+        self._cursor = min(int(state["cursor"]), len(self._graphemes))
+        self._offset = min(int(state["offset"]), self._cursor)
+        self._history = [_measured(str(text)) for text in state["history"]][-self._history_size :]
+        self._history_at = min(int(state["history_at"]), len(self._history))
+        self._draft = _measured(str(state["draft"]))
+        self._prompt = str(state["prompt"])
+        self._prompt_cells = sum(_cells(g) for g in iter_graphemes(self._prompt))
+        self._pending_escape = str(state["pending_escape"])
+        self._after_cr = bool(state["after_cr"])
+        self.secret = bool(state["secret"])
 
     # drawing
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _CR = 0x0D
 _LF = 0x0A
@@ -72,6 +73,15 @@ class LineSplitter:
     def pending(self) -> int:
         """Bytes of the current, unterminated line (kept or dropped)."""
         return len(self._buf) + self._dropped
+
+    def snapshot(self) -> dict[str, Any]:
+        """The unterminated line, as plain data (bytes as latin-1 text)."""
+        return {"buf": self._buf.decode("latin-1"), "dropped": self._dropped, "skip_after_cr": self._skip_after_cr}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._buf = str(state["buf"]).encode("latin-1")
+        self._dropped = int(state["dropped"])
+        self._skip_after_cr = bool(state["skip_after_cr"])
 
     def feed(self, data: bytes) -> list[Line]:
         if self._skip_after_cr and data:

@@ -46,6 +46,10 @@ INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecti
 SENDQ_EXCEEDED = "too slow to read"
 SLOWED_DOWN = "*** You are sending faster than {rate} lines a second: your lines are delayed, not lost."
 INTERNAL_ERROR = "*** Internal error; your line was not processed. Please try again."
+PROMPT_INTERRUPTED = "*** The server was upgraded while you typed that; your line was not used. Please try again."
+UPGRADE_UNCARRIED = (
+    "*** The server is being upgraded and cannot keep TLS, SSH or web connections open. Please reconnect in a moment."
+)
 STORE_UNAVAILABLE = "*** The chat store is not answering; your line was not processed. Please try again."
 NICK_LOST = (
     "*** This server lost contact with the others for too long, and {nick} now belongs to someone"

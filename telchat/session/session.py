@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from telchat.chat.outbox import Flusher, Outbox, Sink
+from telchat.chat.profile import Profile
 from telchat.chat.rooms import Chat, User
 from telchat.config import Config
 from telchat.features.accounts import Answer
@@ -142,6 +143,9 @@ class Session:
         self._failure: Exception | None = None
         self._finished = False
         self._charset_hinted = False
+        # The line waiting out fakelag in the reading task, and whether a line is running there.
+        self._pacing: tuple[Cut, float] | None = None
+        self._running = False
         self.bytes_in = 0
         self._started = time.monotonic()
 
@@ -160,6 +164,65 @@ class Session:
     def start(self) -> None:
         self.chat.connect(self.user)
         self.user.send(replies.WELCOME)
+
+    # A server upgrade: the whole session as plain data, and back.
+
+    @property
+    def settled(self) -> bool:
+        """No line is running, nor decided and waiting to run: the session can be carried over."""
+        return not self._running and not any(isinstance(item, Decided) for item, _ in self._waiting)
+
+    def snapshot(self, take_output: bool = True) -> dict[str, Any]:
+        """Everything this session is, as plain data (bytes as latin-1 text), with what it
+        has queued for output (taken from its Outbox, with `take_output`). Call when `settled`."""
+        user = self.user
+        pacing = [self._pacing] if self._pacing is not None else []
+        return {
+            "nick": user.nick,
+            "key": user.key,
+            "account": user.account,
+            "operator": user.operator,
+            "charset": user.charset,
+            "rooms": [[room.key, room.name] for room in user.rooms.values()],
+            "current": user.current.key if user.current is not None else None,
+            "profile": user.profile.snapshot(),
+            "fakelag": self._fakelag.snapshot() if self._fakelag is not None else None,
+            "splitter": self._splitter.snapshot() if isinstance(self._splitter, LineSplitter) else None,
+            "waiting": [
+                _carried(item, cost) for item, cost in [*pacing, *self._waiting] if not isinstance(item, Decided)
+            ],
+            "secret": self._secret is not None,
+            "charset_hinted": self._charset_hinted,
+            "bytes_in": self.bytes_in,
+            "duration": time.monotonic() - self._started,
+            "output": user.outbox.take_queued().decode("latin-1") if take_output else "",
+        }
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Take up a `snapshot` in place of `start`: no greeting, and no one is told."""
+        user = self.user
+        user.nick, user.key = str(state["nick"]), state["key"]
+        user.account, user.operator = state["account"], bool(state["operator"])
+        user.profile = Profile.restored(state["profile"])
+        if self._fakelag is not None and state["fakelag"] is not None:
+            self._fakelag.restore(state["fakelag"])
+        if isinstance(self._splitter, LineSplitter) and state["splitter"] is not None:
+            self._splitter.restore(state["splitter"])
+        for kind, data, cost in state["waiting"]:
+            self._wait(_uncarried(kind, data), float(cost))
+        if state["secret"]:
+            # The prompt's answer cannot be carried: its line must still not reach the chat.
+            self._secret = self._interrupted
+        self._charset_hinted = bool(state["charset_hinted"])
+        self.bytes_in = int(state["bytes_in"])
+        self._started = time.monotonic() - float(state["duration"])
+        output = str(state["output"]).encode("latin-1")
+        if output:
+            user.outbox.push(output)
+        self.chat.adopt(user, [(str(key), str(name)) for key, name in state["rooms"]], state["current"])
+
+    async def _interrupted(self, text: str) -> None:
+        self.user.send(replies.PROMPT_INTERRUPTED)
 
     # Input: both ways in end in `_cut`.
 
@@ -201,7 +264,11 @@ class Session:
                 self._waiting_bytes -= _size(item)
                 if isinstance(item, Decided):
                     await self._run(item.decision)
-                elif await self._pace(cost):
+                    continue
+                self._pacing = (item, 0.0)  # its cost is taken: carried over an upgrade, it costs nothing more
+                paced = await self._pace(cost)
+                self._pacing = None
+                if paced:
                     await self._run(self._decide(item))
                 else:
                     self._gone = True
@@ -306,6 +373,7 @@ class Session:
         if self._now(decision):
             return
         nick = self.user.nick
+        self._running = True
         try:
             if isinstance(decision, Reply):
                 await commands.run(self, decision.answer(decision.text))
@@ -320,6 +388,8 @@ class Session:
                 structlog.contextvars.bind_contextvars(nick=self.user.nick)
         except Exception:
             self._failed()
+        finally:
+            self._running = False
 
     def _text(self, line: bytes | str) -> str:
         if isinstance(line, str):  # a character-mode line, edited (lineedit.py)
@@ -403,6 +473,22 @@ class Session:
             bytes_in=self.bytes_in,
             bytes_out=self.user.outbox.bytes_out,
         )
+
+
+def _carried(item: Cut, cost: float) -> tuple[str, str | int, float]:
+    if isinstance(item, bytes):
+        return ("bytes", item.decode("latin-1"), cost)
+    if isinstance(item, str):
+        return ("text", item, cost)
+    return ("oversize", item.length, cost)
+
+
+def _uncarried(kind: str, data: str | int) -> Cut:
+    if kind == "bytes":
+        return str(data).encode("latin-1")
+    if kind == "text":
+        return str(data)
+    return Oversize(int(data))
 
 
 def _size(item: Cut | Decided) -> int:

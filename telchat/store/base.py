@@ -21,6 +21,7 @@ import orjson
 
 from telchat.obs.logs import get_logger
 from telchat.obs.stats import Stats
+from telchat.store import events
 from telchat.store.events import EntryId, Event
 
 log = get_logger(__name__)
@@ -83,6 +84,18 @@ class Store(abc.ABC):
 
     def commit_before(self, flusher: Turn) -> None:  # noqa: B027 - only batching stores use it
         """Commit this turn's batch in `flusher`'s end-of-turn callback, before it writes."""
+
+    # A server upgrade in place (telchat/upgrade.py): the store's state, carried to the next image.
+
+    async def drain(self, within: float) -> None:  # noqa: B027 - local stores commit in the turn
+        """Send what is queued, waiting at most `within` seconds."""
+
+    def carry(self) -> dict[str, Any]:
+        """What the next image's store needs to go on as this one (plain data); call after `drain`."""
+        return {}
+
+    def take_up(self, state: dict[str, Any]) -> None:  # noqa: B027 - most stores keep nothing
+        """Go on from a `carry` of the previous image's store; call before `open`."""
 
     # Records: small JSON-able documents by kind and key (accounts, bans, mutes, topics).
 
@@ -297,6 +310,20 @@ class MemoryStore(LocalStore):
         if not lines or limit <= 0:
             return []
         return list(lines)[-limit:]
+
+    def carry(self) -> dict[str, Any]:
+        # Memory is all this store has: history and records go with the process.
+        return {
+            "seq": self._seq,
+            "rooms": {room: [events.carry(event) for event in lines] for room, lines in self._rooms.items()},
+            "records": {kind: {k: v.decode() for k, v in table.items()} for kind, table in self._records.items()},
+        }
+
+    def take_up(self, state: dict[str, Any]) -> None:
+        self._seq = int(state["seq"])
+        for room, lines in state["rooms"].items():
+            self._rooms[room] = deque((events.uncarry(line) for line in lines), maxlen=self._keep)
+        self._records = {kind: {k: v.encode() for k, v in table.items()} for kind, table in state["records"].items()}
 
     async def get_record(self, kind: str, key: str) -> Record | None:
         data = self._records.get(kind, {}).get(key)

@@ -91,6 +91,17 @@ def kind_of(value: str) -> Kind:
     return value  # type: ignore[return-value]  # checked against KINDS just above
 
 
+def carry(event: Event) -> list[Any]:
+    """`event` as plain data (a server upgrade carries a memory store's history)."""
+    return [event.kind, event.text, event.room, event.room_name, event.nick, list(event.rooms),
+            event.target, event.everyone, event.ts, list(event.id)]  # fmt: skip
+
+
+def uncarry(data: list[Any]) -> Event:
+    kind, text, room, room_name, nick, rooms, target, everyone, ts, entry_id = data
+    return Event(kind_of(kind), text, room, room_name, nick, tuple(rooms), target, everyone, ts, tuple(entry_id))
+
+
 def control_args(event: Event) -> dict[str, Any]:
     args = orjson.loads(event.text)
     return args if isinstance(args, dict) else {}

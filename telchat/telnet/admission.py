@@ -66,8 +66,12 @@ class Admission:
     def count(self, address: Address) -> int:
         return self._counts.get(address.key, 0)
 
-    def admit(self, address: Address) -> Refusal | None:
-        """Count the connection in, or say why not (and count nothing)."""
+    def admit(self, address: Address, carried: bool = False) -> Refusal | None:
+        """Count the connection in, or say why not (and count nothing). A connection
+        `carried` over a server upgrade was admitted before: it is only counted."""
+        if carried:
+            self._count_in(address)
+            return None
         if self.total >= self.max_connections:
             return Refusal(
                 "max_connections",
@@ -88,9 +92,12 @@ class Admission:
                     f"*** Too many new connections from your address. Try again in {math.ceil(wait)} s.",
                 )
             bucket.take()
+        self._count_in(address)
+        return None
+
+    def _count_in(self, address: Address) -> None:
         self.total += 1
         self._counts[address.key] = self.count(address) + 1
-        return None
 
     def release(self, address: Address) -> None:
         left = self.count(address) - 1

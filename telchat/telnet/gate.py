@@ -30,7 +30,8 @@ _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 # Who holds reading: fakelag (a line waits its turn with the input limit reached), telnetlib3's
 # reader ("backlog": its buffer is full), and the telnet guard ("pending": input not yet
 # handed on; "telnet": commands come faster than --telnet-rate).
-Hold = Literal["flood", "backlog", "pending", "telnet"]
+# "upgrade": the server is handing its connections over to its next image.
+Hold = Literal["flood", "backlog", "pending", "telnet", "upgrade"]
 
 
 class ReadGate:

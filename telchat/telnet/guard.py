@@ -82,6 +82,12 @@ class Guards:
         self.telemetry.limit(refusal.kind, peer=peer, listener=listener)
         return None
 
+    def carry_in(self, transport: asyncio.BaseTransport, peer: str) -> Address:
+        """Count in a connection carried over a server upgrade: admitted before, never refused."""
+        address = _address(transport, peer)
+        self.admission.admit(address, carried=True)
+        return address
+
     def release(self, address: Address) -> None:
         self.admission.release(address)
 
@@ -141,6 +147,10 @@ class ConnectionGuard:
         self._pending = self._pending[self._offset :] + data if self._pending else data
         self._offset = 0
         self._work()
+
+    def unprocessed(self) -> bytes:
+        """Input received but not yet handed on (a server upgrade carries it over)."""
+        return self._pending[self._offset :]
 
     def closed(self) -> None:
         self.gate.close()

@@ -47,14 +47,23 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     door: Door = "telnet"
     #: Set when the connection was counted in at accept already (TLS: before its handshake).
     admitted: Address | None = None
+    #: A connection carried over a server upgrade: its record (see `carry`); never renegotiated.
+    carried: dict[str, Any] | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        carried = self.carried
+        if carried is not None:
+            self.conn_id = int(carried["conn_id"])
         if self.guards is not None:
-            self.conn_id = self.guards.telemetry.next_conn_id()
-            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer_of(transport), self.admitted)
+            peer = peer_of(transport)
+            if carried is None:
+                self.conn_id = self.guards.telemetry.next_conn_id()
+            else:
+                self.admitted = self.guards.carry_in(transport, peer)
+            self.guard = self.guards.admit(self, cast(asyncio.Transport, transport), peer, self.admitted)
             if self.guard is None:
                 # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
                 self._closing = True
@@ -63,11 +72,28 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         assert self.writer is not None
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
-        enable_keepalive(transport)
+        if carried is None:  # a carried socket keeps its options
+            enable_keepalive(transport)
         cast(LeanTelnetWriter, self.writer).on_malformed = self._malformed
         if self.guard is not None:
             self.guard.start()
-        log.info("connect", conn_id=self.conn_id, peer=peer_of(transport), transport=self.door)
+        if carried is None:
+            log.info("connect", conn_id=self.conn_id, peer=peer_of(transport), transport=self.door)
+
+    def begin_negotiation(self) -> None:
+        if self.carried is None:
+            super().begin_negotiation()
+            return
+        # Negotiated by the server's previous image: clients do not expect a second
+        # negotiation, so take up its outcome and start the session at once.
+        try:
+            _restore(self, self.carried["telnet"])
+        except Exception:
+            log.exception("adopt_failed", conn_id=self.conn_id)
+            if self._transport is not None:
+                self._transport.close()
+            return
+        self._waiter_connected.set_result(None)
 
     def _malformed(self, option: bytes, error: Exception) -> None:
         if self.guard is not None:
@@ -126,6 +152,68 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         super().on_naws(rows, cols)
         if self.on_resize is not None:
             self.on_resize(cols)
+
+
+def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
+    """The connection's negotiated telnet state and unread input, as plain data (bytes as
+    latin-1 text), for the server's next image (`ChatTelnetServer.carried`)."""
+    writer = protocol.writer
+    reader = protocol.reader
+    assert writer is not None and reader is not None
+    return {
+        "local": _options(writer.local_option),
+        "remote": _options(writer.remote_option),
+        "pending": _options(writer.pending_option),
+        # TERM, cols, rows, charset, LANG and the rest that the client told us.
+        "extra": {k: v for k, v in protocol._extra.items() if isinstance(v, str | int | float | bool)},
+        "passthrough": protocol.passthrough,
+        "late_checked": protocol._late_checked,
+        "advanced": protocol._advanced,
+        "unread": bytes(reader._buffer).decode("latin-1"),
+        "unprocessed": protocol.guard.unprocessed().decode("latin-1") if protocol.guard is not None else "",
+    }
+
+
+def open_fd(protocol: ChatTelnetServer) -> int | None:
+    """The connection's socket descriptor, unless it is closing (or never got going) or came
+    by another door than plain telnet: the kernel's socket alone does not carry a TLS or SSH
+    session, or a WebSocket."""
+    transport = protocol._transport
+    if transport is None or protocol._closing or transport.is_closing() or protocol.writer is None:
+        return None
+    if protocol.door != "telnet":
+        return None
+    sock = transport.get_extra_info("socket")
+    return int(sock.fileno()) if sock is not None else None
+
+
+def _options(table: dict[bytes, bool]) -> dict[str, bool]:
+    return {key.hex(): value for key, value in table.items()}
+
+
+def _restore(protocol: ChatTelnetServer, state: dict[str, Any]) -> None:
+    writer = protocol.writer
+    reader = protocol.reader
+    assert writer is not None and reader is not None
+    for table, name in (
+        (writer.local_option, "local"),
+        (writer.remote_option, "remote"),
+        (writer.pending_option, "pending"),
+    ):
+        # Past telnetlib3's item assignment, which formats a debug line per option: its
+        # one side effect, the change callback, runs once below.
+        dict.update(table, {bytes.fromhex(key): value for key, value in state[name].items()})
+    writer._check_waiters()
+    protocol._extra.update(state["extra"])
+    protocol.passthrough = bool(state["passthrough"])
+    protocol._late_checked = bool(state["late_checked"])
+    protocol._advanced = bool(state["advanced"])
+    unread = str(state["unread"]).encode("latin-1")
+    if unread:
+        reader.feed_data(unread)
+    unprocessed = str(state["unprocessed"]).encode("latin-1")
+    if unprocessed:
+        protocol.data_received(unprocessed)
 
 
 def _late_negotiation(data: bytes) -> bool:
