@@ -141,6 +141,7 @@ class App:
             self.store.take_up(carried.store)
         await self.store.open(self.chat.deliver)
         await self.services.moderation.load()
+        self.services.continuity.start()
         config = self.config
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
         self._server = await self._listen(config.port, listener=carried.listener if carried else None)
@@ -357,6 +358,7 @@ class App:
         for door in (self.web, self.ssh):
             if door is not None:
                 await door.close()
+        await self.services.continuity.close()
         await self.store.close()
         log.info("shutdown", sessions=len(self.sessions), duration=round(time.monotonic() - started, 3))
 

@@ -24,6 +24,10 @@ class Config:
     history_replay: int = 20
     history_keep: int = 1000
     max_rooms_per_user: int = 50
+    catchup_max: int = 50
+    mail_max: int = 100
+    mail_per_sender: int = 20
+    marker_flush: float = 30.0
     announce_nicks: str = "auto"
     log_format: str = "auto"
     log_level: str = "info"
@@ -137,6 +141,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", port, "TCP port for telnet (0 picks a free one)"),
     Option("history_replay", lines, "lines of room history shown on join"),
     Option("history_keep", count, "lines of history kept per room"),
+    Option("catchup_max", lines, "missed lines shown per room when a registered user logs in"),
+    Option("mail_max", count, "messages that may wait for one offline registered user"),
+    Option("mail_per_sender", count, "of those, messages from one sender"),
+    Option("marker_flush", seconds, "how often the rooms and read markers of online users are saved"),
     Option(
         "announce_nicks",
         str,

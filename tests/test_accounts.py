@@ -310,7 +310,8 @@ async def test_registration_survives_restart(tmp_path: Path) -> None:
         line = await other.read_line()
         assert line.endswith(" *** User change nick anonymous --> frank"), line
         await other.send("set")
-        assert (await other.read_line()).endswith("*** Settings: charset utf-8, timestamps on, bell off, highlight on")
+        settings = "*** Settings: charset utf-8, timestamps on, bell off, highlight on, catchup on"
+        assert (await other.read_line()).endswith(settings)
         await other.close()
         record = await second.store.get_record(ACCOUNT, "frank")
         assert record is not None

@@ -354,7 +354,7 @@ async def test_bare_msg_and_tell_are_private(connect: Connect) -> None:
     await ann.drain()
     await bob.drain()
     await bob.send("msg carol are you there")
-    await bob.expect("*** carol is not online; the message was not sent")
+    await bob.expect("*** carol is offline; they will get your message when they log in.")
     await bob.send("after")
     assert await ann.read_until("#one:bob> after") == ["#one:bob> after"]
 

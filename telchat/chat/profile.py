@@ -20,7 +20,7 @@ BOLD = "\x1b[1m"
 RESET = "\x1b[0m"
 BELL = "\x07"
 
-SETTINGS = ("timestamps", "bell", "highlight")
+SETTINGS = ("timestamps", "bell", "highlight", "catchup")
 
 _WORD = re.compile(r"[\w-]+")
 
@@ -32,6 +32,8 @@ class Profile:
     timestamps: bool = False
     bell: bool = False
     highlight: bool = True
+    # At login, show each restored room's missed lines (off: the ordinary join replay).
+    catchup: bool = True
     connected: float = field(default_factory=time.time)
     active: float = field(default_factory=time.monotonic)
 
@@ -80,9 +82,9 @@ class Profile:
     def ignores(self, nick: str) -> bool:
         return bool(self.ignored) and nick_key(nick) in self.ignored
 
-    def render(self, text: str, ts: float | None = None) -> str:
-        """`text` as this user sees it: with a timestamp when they asked for one."""
-        return stamp(text, ts) if self.timestamps else text
+    def render(self, text: str, ts: float | None = None, *, dated: bool = False) -> str:
+        """`text` as this user sees it: with a timestamp when they asked for one, or `dated`."""
+        return stamp(text, ts) if self.timestamps or dated else text
 
     def mentioned(self, text: str) -> str:
         """A line that names this user: bold, and with the bell if they want it."""

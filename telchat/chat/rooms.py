@@ -81,9 +81,10 @@ class User:
         """This connection's name in cluster-wide presence."""
         return str(self.conn_id)
 
-    def send(self, text: str, ts: float | None = None) -> None:
-        """Queue one line for this user alone; `ts` is when it was said, for timestamps."""
-        fan_out(self.profile.render(text, ts), (self,))
+    def send(self, text: str, ts: float | None = None, *, dated: bool = False) -> None:
+        """Queue one line for this user alone; `ts` is when it was said, for timestamps
+        (`dated`: shown even to a user who turned timestamps off)."""
+        fan_out(self.profile.render(text, ts, dated=dated), (self,))
 
 
 @dataclass(eq=False, slots=True)
@@ -100,6 +101,9 @@ class Room:
     listeners: dict[User, None] = field(default_factory=dict)
     # Lines to all members; reset whenever `members` changes.
     output: Broadcast = field(default_factory=Broadcast)
+    # The newest history id its members have been given (replay or delivery): where a
+    # member who leaves now is up to (features/continuity.py's read markers).
+    last: EntryId = NO_ID
 
     @property
     def empty(self) -> bool:
@@ -137,6 +141,10 @@ def _listing(head: str, listing: tuple[list[str], str], number: int, command: st
         return wrap(head, page.items, tail) + after
     more = replies.MORE_PAGES.format(page=page.number, pages=page.count, command=command, next=page.number + 1)
     return [*wrap(head, page.items), more]
+
+
+# Shows a joiner the history `Chat.join` loaded for it (the ordinary replay, or catch-up).
+Replay = Callable[["User", "Room", list[Event]], None]
 
 
 def check_nick_or_error(raw: str) -> str:
@@ -184,6 +192,8 @@ class Chat:
         self.topics: dict[str, tuple[str, str]] = {}
         # Control event kind -> its handler on this node (moderation, whois).
         self.controls: dict[str, Callable[[Event], None]] = {}
+        # Called with a user about to leave everything (features/continuity.py saves its rooms).
+        self.departures: list[Callable[[User], None]] = []
         store.on_nick_lost(self.lose_nick)
         # Notices to everyone: one shared batch per loop turn, as a room's lines.
         self.everyone = Broadcast()
@@ -199,6 +209,8 @@ class Chat:
         """Forget `user` everywhere; members of its rooms see it go."""
         if user not in self.users:
             return
+        for departure in self.departures:
+            departure(user)
         del self.users[user]
         self.everyone.reset()
         self.special.pop(user, None)
@@ -342,7 +354,9 @@ class Chat:
 
     # rooms
 
-    async def join(self, user: User, raw: str) -> None:
+    async def join(self, user: User, raw: str, since: EntryId | None = None, replay: Replay | None = None) -> None:
+        """Join `raw`, shown its last `history_replay` lines; or, given `since`, the lines after
+        that id (all that are kept), shown by `replay`."""
         name = check_room_or_error(raw)
         key = room_key(name)
         room = self.rooms.get(key)
@@ -363,7 +377,10 @@ class Chat:
 
         room.pending[user] = []
         try:
-            history = await self.store.recent(key, self.history_replay)
+            if since is None:
+                history = await self.store.recent(key, self.history_replay)
+            else:
+                history = await self.store.after(key, since)
         except BaseException:
             self._drop_pending(room, user)
             raise
@@ -371,11 +388,20 @@ class Chat:
         if held is None or user not in self.users:
             self._drop_pending(room, user)
             return  # the user left while the store answered
-        self._admit(room, user, history, held)
+        self._admit(room, user, history, held, since=since or NO_ID, replay=replay or self._replay)
 
-    def _admit(self, room: Room, user: User, history: list[Event], held: list[tuple[EntryId, str]]) -> None:
-        seen = last_id(history)
-        self._replay(user, room, history)
+    def _admit(
+        self,
+        room: Room,
+        user: User,
+        history: list[Event],
+        held: list[tuple[EntryId, str]],
+        *,
+        since: EntryId,
+        replay: Replay,
+    ) -> None:
+        seen = max(last_id(history), since)
+        replay(user, room, history)
         topic = self.topics.get(room.key)
         if topic is not None:
             user.send(replies.TOPIC_IS.format(room=room.name, topic=topic[0], nick=topic[1]))
@@ -387,6 +413,7 @@ class Chat:
         if user.events is not None:
             room.listeners[user] = None
         room.since[user] = seen
+        room.last = max(room.last, seen)
         user.rooms[room.key] = room
         user.current = room
         _log("join", user, room=room.name)
@@ -501,7 +528,8 @@ class Chat:
             raise ChatError(replies.LOGIN_FIRST)
 
     @staticmethod
-    def _format(room: Room, entry: Event) -> str:
+    def format_entry(room: Room, entry: Event) -> str:
+        """A history entry as a room line."""
         template = replies.EMOTE if entry.kind == EMOTE else replies.SAY
         return template.format(room=room.name, nick=entry.nick, text=entry.text)
 
@@ -511,8 +539,9 @@ class Chat:
         if event.in_history:
             room = self.rooms.get(event.room)
             if room is not None:
+                room.last = max(room.last, event.id)
                 started = perf_counter()
-                line = self._format(room, event)
+                line = self.format_entry(room, event)
                 self._deliver_room(room, event, line)
                 self.stats.fanout_seconds.observe(perf_counter() - started)
                 if room.listeners:
@@ -677,7 +706,7 @@ class Chat:
         user.send(replies.HISTORY_HEADER.format(room=room.name))
         for entry in entries:
             if not user.profile.ignores(entry.nick):
-                user.send(self._format(room, entry), entry.ts)
+                user.send(self.format_entry(room, entry), entry.ts)
 
     def broadcast_local(self, text: str) -> None:
         """Tell every user connected to this node, now (shutdown)."""

@@ -96,6 +96,8 @@ class Accounts:
         # Failure counter -> attempts being verified now: each counts as a failure until
         # it is known not to be one.
         self._attempts: Counter[str] = Counter()
+        # Run, in order, once a user proved their password and took the nick (mail, rooms).
+        self.logins: list[Callable[[User], Awaitable[None]]] = []
 
     async def login(self, asker: Asker, raw_nick: str, password: str | None) -> None:
         """`login NICK [PASSWORD]`: a registered nick without a password asks for one."""
@@ -131,6 +133,10 @@ class Accounts:
         self._grant(user, key, record)
         log.info("login", conn_id=user.conn_id, peer=user.peer, account=key, operator=user.operator)
         await self._take(user, nick)
+        # The nick change first: what the hooks show comes after it.
+        await self.store.settled()
+        for welcome in self.logins:
+            await welcome(user)
 
     async def register(self, user: User, password: str) -> None:
         if user.key is None:
@@ -162,11 +168,15 @@ class Accounts:
 
     async def registered(self, raw_nick: str) -> bool:
         """Whether `raw_nick` names a registered account."""
+        return await self.record_of(raw_nick) is not None
+
+    async def record_of(self, raw_nick: str) -> Record | None:
+        """The account record `raw_nick` names, or None."""
         try:
             nick = check_nick_or_error(raw_nick)
         except ChatError:
-            return False
-        return await self._account(nick) is not None
+            return None
+        return await self._account(nick)
 
     async def _account(self, nick: str) -> Record | None:
         """The account record of `nick`; one stored under the key it had before keys came

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from telchat.chat.rooms import Chat
 from telchat.config import Config
 from telchat.features.accounts import Accounts, Hasher
+from telchat.features.continuity import Continuity
+from telchat.features.mailbox import Mailbox
 from telchat.features.moderation import Moderation
 from telchat.features.social import Social
 from telchat.rules.names import nick_key
@@ -17,6 +19,8 @@ class Services:
     accounts: Accounts
     moderation: Moderation
     social: Social
+    mailbox: Mailbox
+    continuity: Continuity
 
 
 def operator_keys(operators: str) -> frozenset[str]:
@@ -29,4 +33,7 @@ def make_services(chat: Chat, config: Config) -> Services:
     )
     moderation = Moderation(chat, operator_keys(config.operators))
     accounts = Accounts(chat, moderation, hasher, config.login_failures)
-    return Services(accounts, moderation, Social(chat, accounts))
+    # Registered in this order, they run at login in this order: what waited, then the rooms.
+    mailbox = Mailbox(chat, accounts, config.mail_max, config.mail_per_sender)
+    continuity = Continuity(chat, accounts, config.catchup_max, config.marker_flush)
+    return Services(accounts, moderation, Social(chat, accounts), mailbox, continuity)

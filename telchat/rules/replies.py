@@ -39,7 +39,6 @@ NO_SUCH_USER = "*** No such user: {nick}"
 NO_SUCH_COMMAND = "*** No such command: {name}. Type help for commands."
 UNKNOWN_COMMAND = "*** Unknown command /{name}. Type help for commands."
 DID_YOU_MEAN = "*** Unknown command {name}. Did you mean {suggestion}?"
-NOT_ONLINE = "*** {nick} is not online; the message was not sent"
 USAGE = "*** Usage: {usage}"
 LINE_TOO_LONG = "*** Line too long ({length} bytes, limit {limit}); it was not sent."
 INPUT_OVERFLOW = "*** Input of over {limit} bytes without a newline; disconnecting."
@@ -133,3 +132,13 @@ WHOIS_IDLE = "*** {nick} has been idle {idle}, online for {online}"
 WHOIS_REGISTERED = "*** {nick} is a registered user"
 WHOIS_OPERATOR = "*** {nick} is an operator"
 WHOIS_ADDRESS = "*** {nick} connects from {address}"
+
+# continuity
+CATCHUP = "*** #{room}: {count} new lines since you left"
+CATCHUP_CAPPED = (
+    "*** #{room}: {count} new lines since you left; the last {shown} follow (history {count} shows them all)"
+)
+MAIL_STORED = "*** {nick} is offline; they will get your message when they log in."
+MAIL_BOX_FULL = "*** {nick} already has {limit} messages waiting; yours was not stored. Try again later."
+MAIL_SENDER_FULL = "*** You already have {limit} messages waiting for {nick}; yours was not stored."
+MAIL_WAITING = "*** {count} messages waited for you while you were offline:"

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telchat.chat.rooms import Chat, ChatError, NotOnline, User
+from telchat.chat.rooms import Chat, ChatError, User
 from telchat.features.accounts import Answer
 from telchat.features.services import Services
 from telchat.obs.logs import get_logger
@@ -106,12 +106,7 @@ async def _me(ctx: Context, args: list[str]) -> None:
 
 
 async def _msg(ctx: Context, args: list[str]) -> None:
-    try:
-        await ctx.chat.private(ctx.user, args[0], args[1])
-    except NotOnline:
-        if not await ctx.services.accounts.registered(args[0]):
-            raise
-        raise ChatError(replies.NOT_ONLINE.format(nick=args[0])) from None
+    await ctx.services.mailbox.msg(ctx.user, args[0], args[1])
 
 
 async def _who(ctx: Context, args: list[str]) -> None:
@@ -313,7 +308,7 @@ IGNORE = _command(
 UNIGNORE = _command("unignore", "unignore <nick>", "see a nick's messages again", _unignore, words=1, bare=(1,))
 SET = _command(
     "set",
-    "set [charset <name> | timestamps|bell|highlight on|off]",
+    "set [charset <name> | timestamps|bell|highlight|catchup on|off]",
     "show or change your settings; charsets: utf-8, cp1251, koi8-r, latin-1",
     _set,
     words=2,

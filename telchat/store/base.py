@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,6 +44,10 @@ Record = dict[str, Any]
 RETRY_SECONDS = 0.5
 # Local failure counters are swept of stale keys once there are this many.
 FAILURE_SWEEP_AT = 1024
+# Record kind of the local stores' mailboxes.
+MAIL = "mail"
+# What `add_mail` did: stored it, or refused it as the box or the sender's share is full.
+Posted = Literal["ok", "box_full", "sender_full"]
 
 
 class StoreError(Exception):
@@ -78,6 +82,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def recent(self, room: str, limit: int) -> list[Event]:
         """The last `limit` committed messages of `room` (a room key), oldest first."""
+
+    @abc.abstractmethod
+    async def after(self, room: str, entry_id: EntryId) -> list[Event]:
+        """The committed messages of `room` newer than `entry_id`, oldest first: at most the
+        kept history (`--history-keep`)."""
+
+    # Mailboxes: what waits for a user who is offline, taken (and so removed) once.
+
+    @abc.abstractmethod
+    async def add_mail(self, box: str, sender: str, item: Record, box_max: int, sender_max: int) -> Posted:
+        """Append `item` to `box` durably, unless the box holds `box_max` items or `sender_max`
+        of `sender`'s."""
+
+    @abc.abstractmethod
+    async def take_mail(self, box: str) -> list[Record]:
+        """Remove and return `box`'s items, oldest first: no two calls get the same item."""
 
     async def check(self) -> None:  # noqa: B027 - local stores have nothing to check
         """Raise StoreError when the store does not answer."""
@@ -173,8 +193,9 @@ class LocalStore(Store):
     nothing is delivered before the batch that holds it is committed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 1000) -> None:
         super().__init__()
+        self._keep = keep
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
         self._scheduled = False
@@ -183,6 +204,8 @@ class LocalStore(Store):
         self._flushed: asyncio.Future[None] | None = None
         # Failure times per key, oldest first; in memory, as nothing else shares them.
         self._failures: dict[str, deque[float]] = {}
+        # A mailbox is a record read, changed and written back: one change at a time.
+        self._mail_lock = asyncio.Lock()
 
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -255,6 +278,30 @@ class LocalStore(Store):
 
         Raise StoreError, having changed nothing, when the commit fails."""
 
+    async def after(self, room: str, entry_id: EntryId) -> list[Event]:
+        return [event for event in await self.recent(room, self._keep) if event.id > entry_id]
+
+    async def add_mail(self, box: str, sender: str, item: Record, box_max: int, sender_max: int) -> Posted:
+        async with self._mail_lock:
+            record = await self.get_record(MAIL, box)
+            items: list[Record] = record["items"] if record is not None else []
+            if len(items) >= box_max:
+                return "box_full"
+            if sum(1 for old in items if old["sender"] == sender) >= sender_max:
+                return "sender_full"
+            items.append({**item, "sender": sender})
+            await self.put_record(MAIL, box, {"items": items})
+            return "ok"
+
+    async def take_mail(self, box: str) -> list[Record]:
+        async with self._mail_lock:
+            record = await self.get_record(MAIL, box)
+            if record is None:
+                return []
+            await self.put_record(MAIL, box, None)
+            items: list[Record] = record["items"]
+            return items
+
     async def failures(self, key: str, window: float) -> int:
         times = self._failures.get(key)
         if times is None:
@@ -282,8 +329,7 @@ class MemoryStore(LocalStore):
     """History in process memory: fast, gone on restart. A commit is immediate."""
 
     def __init__(self, keep: int = 1000) -> None:
-        super().__init__()
-        self._keep = keep
+        super().__init__(keep)
         self._rooms: dict[str, deque[Event]] = {}
         self._seq = 0
         # Encoded like the other stores' records, so a caller never shares a live dict.

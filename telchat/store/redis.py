@@ -29,7 +29,7 @@ import contextlib
 import itertools
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,7 +43,17 @@ from redis.retry import Retry
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.store import events as ev
-from telchat.store.base import Deliver, NickLost, Record, Store, StoreError, decode_record, encode_record, masked
+from telchat.store.base import (
+    Deliver,
+    NickLost,
+    Posted,
+    Record,
+    Store,
+    StoreError,
+    decode_record,
+    encode_record,
+    masked,
+)
 from telchat.store.events import EntryId, Event
 
 log = get_logger(__name__)
@@ -133,6 +143,18 @@ for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 """
+
+# A mailbox: a list of JSON items and a hash of how many each sender has in it.
+# KEYS: list, sender counts; ARGV: item json, box max, sender, sender max
+# Returns: 0 stored, 1 box full, 2 sender's share full.
+MAIL_LUA = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 1 end
+if tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= tonumber(ARGV[4]) then return 2 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+return 0
+"""
+POSTED: tuple[Posted, ...] = ("ok", "box_full", "sender_full")
 
 Op = Callable[[Any], Awaitable[Any]]
 
@@ -509,8 +531,17 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         entries = await self._call("history read", lambda client: client.xrevrange(_key("h", room), count=limit))
+        return self._history(reversed(entries))
+
+    async def after(self, room: str, entry_id: EntryId) -> list[Event]:
+        # Stream ids are the history ids: an exclusive range reads only what is newer.
+        start = f"({entry_id[0]}-{entry_id[1]}" if entry_id != ev.NO_ID else "-"
+        entries = await self._call("history read", lambda client: client.xrange(_key("h", room), min=start))
+        return self._history(entries)
+
+    def _history(self, entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
         events = []
-        for entry_id, fields in reversed(entries):
+        for entry_id, fields in entries:
             try:
                 events.append(_decode(fields["e"], parse_id(entry_id)))
             except (BadEntry, KeyError) as exc:
@@ -587,6 +618,25 @@ class RedisStore(Store):
     async def records(self, kind: str) -> dict[str, Record]:
         table = await self._call("record read", lambda client: client.hgetall(_key("rec", kind)))
         return {key: decode_record(data) for key, data in table.items()}
+
+    async def add_mail(self, box: str, sender: str, item: Record, box_max: int, sender_max: int) -> Posted:
+        data = encode_record({**item, "sender": sender})
+        keys = (_key("mail", box), _key("mailfrom", box))
+        code = await self._call(
+            "mail write", lambda client: client.eval(MAIL_LUA, 2, *keys, data, box_max, sender, sender_max)
+        )
+        return POSTED[int(code)]
+
+    async def take_mail(self, box: str) -> list[Record]:
+        async def run(client: Any) -> list[str]:
+            # One transaction: a second taker (another node's session) finds the box empty.
+            pipe = client.pipeline(transaction=True)
+            pipe.lrange(_key("mail", box), 0, -1)
+            pipe.delete(_key("mail", box), _key("mailfrom", box))
+            items, _ = await pipe.execute()
+            return list(items)
+
+        return [decode_record(data) for data in await self._call("mail read", run)]
 
     async def failures(self, key: str, window: float) -> int:
         return await self._count_failures(key, window, add=False)

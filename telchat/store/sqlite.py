@@ -89,9 +89,8 @@ Chunk = tuple[int, int, str, str, int, str]
 
 class SqliteStore(LocalStore):
     def __init__(self, path: str, keep: int = 1000) -> None:
-        super().__init__()
+        super().__init__(keep)
         self.path = path
-        self._keep = keep
         # Whole chunks past `keep` go at every commit (usually one row: no burst of
         # deletes); the oldest kept chunk is cut down once `slack` of its lines are over.
         self._slack = max(1, keep // 10)

@@ -1,0 +1,248 @@
+"""Continuity for registered users: rooms and missed lines at login, messages that wait."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from telchat.app import App
+from telchat.config import Config
+from tests.clients import RawClient
+from tests.conftest import Connect, running, user
+from tests.procs import ServerProcess
+from tests.redis_server import RedisServer, login
+
+PASSWORD = "s3cret-pw"
+CHEAP_HASHES = ("--argon2-time-cost=1", "--argon2-memory-kib=8")
+STAMPED = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d (.*)$")
+
+
+async def registered(port: int, nick: str, *rooms: str) -> RawClient:
+    """A client that registered `nick` and joined `rooms`, in order."""
+    client = await RawClient.connect(port)
+    await client.login(nick)
+    await client.send(f"register {PASSWORD}")
+    await client.read_until(f"*** Nick {nick} is now registered")
+    for room in rooms:
+        await client.join(room, nick)
+    return client
+
+
+async def gone(client: RawClient) -> None:
+    await client.send("quit")
+    await client.wait_closed()
+
+
+async def back(port: int, nick: str, last: str) -> tuple[RawClient, list[str]]:
+    """`nick` logs in again with its password; the lines from its nick change through the
+    first that ends with `last`."""
+    client = await RawClient.connect(port)
+    await client.send(f"login {nick} {PASSWORD}")
+    lines = [(await client.read_until(f"*** User change nick anonymous --> {nick}"))[-1]]
+    while not lines[-1].endswith(last):
+        lines.append(await client.read_line())
+    return client, lines
+
+
+async def test_rooms_come_back_at_login(app: App, connect: Connect) -> None:
+    frank = await registered(app.port, "frank", "a", "b", "c")
+    await frank.send("join b")
+    await frank.read_until("*** Current room is now #b")
+    watcher = await user(connect, "ann", "a")
+    await gone(frank)
+    again, lines = await back(app.port, "frank", "*** User frank joined room #b")
+    # Nothing was said: no catch-up, only the joins, the current room (b) last.
+    assert lines == [
+        "*** User change nick anonymous --> frank",
+        "*** User frank joined room #a",
+        "*** User frank joined room #c",
+        "*** User frank joined room #b",
+    ]
+    assert (await watcher.read_until("*** User frank joined"))[-1] == "*** User frank joined room #a"
+    await again.send("hello")
+    await again.expect("#b:frank> hello")
+
+
+async def test_missed_lines_then_the_cap(config: Config) -> None:
+    async with running(replace(config, catchup_max=3)) as app:
+        frank = await registered(app.port, "frank", "quiet", "room")
+        bob = await user(lambda: RawClient.connect(app.port), "bob", "room")
+        await bob.send("before")
+        await frank.read_until("#room:bob> before")
+        await gone(frank)
+        await bob.read_until("*** User frank quit")
+        for i in range(2):
+            await bob.send(f"missed {i}")
+        await bob.read_until("#room:bob> missed 1")
+        again, lines = await back(app.port, "frank", "*** User frank joined room #room")
+        assert lines == [
+            "*** User change nick anonymous --> frank",
+            "*** User frank joined room #quiet",
+            "*** #room: 2 new lines since you left",
+            "#room:bob> missed 0",
+            "#room:bob> missed 1",
+            "*** User frank joined room #room",
+        ]
+        await gone(again)
+        await bob.read_until("*** User frank quit")
+        for i in range(5):
+            await bob.send(f"late {i}")
+        await bob.read_until("#room:bob> late 4")
+        _, lines = await back(app.port, "frank", "*** User frank joined room #room")
+        assert lines[2:] == [
+            "*** #room: 5 new lines since you left; the last 3 follow (history 5 shows them all)",
+            "#room:bob> late 2",
+            "#room:bob> late 3",
+            "#room:bob> late 4",
+            "*** User frank joined room #room",
+        ]
+
+
+async def test_catchup_off_gets_the_ordinary_replay(app: App, connect: Connect) -> None:
+    bot = await registered(app.port, "bot", "room")
+    await bot.send("set catchup off")
+    await bot.expect("*** catchup is now off")
+    talker = await user(connect, "ann", "room")
+    await gone(bot)
+    await talker.read_until("*** User bot quit")
+    await talker.send("while away")
+    await talker.read_until("#room:ann> while away")
+    _, lines = await back(app.port, "bot", "*** User bot joined room #room")
+    assert lines[1:] == ["*** #room history", "#room:ann> while away", "*** User bot joined room #room"]
+
+
+async def test_a_waiting_message_is_shown_once(app: App, connect: Connect) -> None:
+    await gone(await registered(app.port, "frank"))
+    bob = await user(connect, "bob")
+    await bob.send("/msg frank see you tomorrow")
+    await bob.expect("*** frank is offline; they will get your message when they log in.")
+    await bob.send("/msg nobody hello")
+    await bob.expect("*** No such user: nobody")
+    frank, lines = await back(app.port, "frank", "*bob*> see you tomorrow")
+    assert lines[1] == "*** 1 messages waited for you while you were offline:"
+    stamped = STAMPED.match(lines[2])
+    assert stamped is not None and stamped.group(2) == "*bob*> see you tomorrow"
+    await gone(frank)
+    frank, lines = await back(app.port, "frank", "*** User change nick anonymous --> frank")
+    await frank.send("who")
+    assert await frank.read_until("*** Users online") == ["*** Users online: bob, frank"]
+
+
+async def test_waiting_messages_are_capped(config: Config) -> None:
+    async with running(replace(config, mail_max=3, mail_per_sender=2)) as app:
+        await gone(await registered(app.port, "frank"))
+        bob = await user(lambda: RawClient.connect(app.port), "bob")
+        ann = await user(lambda: RawClient.connect(app.port), "ann")
+        await bob.read_until("*** User change nick anonymous --> ann")
+        offline = "*** frank is offline; they will get your message when they log in."
+        for i in range(2):
+            await bob.send(f"/msg frank bob {i}")
+            await bob.expect(offline)
+        await bob.send("/msg frank bob 2")
+        await bob.expect("*** You already have 2 messages waiting for frank; yours was not stored.")
+        await ann.send("/msg frank ann 0")
+        await ann.expect(offline)
+        await ann.send("/msg frank ann 1")
+        await ann.expect("*** frank already has 3 messages waiting; yours was not stored. Try again later.")
+        _, lines = await back(app.port, "frank", "*ann*> ann 0")
+        assert [STAMPED.sub(r"\2", line) for line in lines[1:]] == [
+            "*** 3 messages waited for you while you were offline:",
+            "*bob*> bob 0",
+            "*bob*> bob 1",
+            "*ann*> ann 0",
+        ]
+
+
+async def test_waiting_message_survives_a_restart_once(tmp_path: Path, config: Config) -> None:
+    config = replace(config, store=f"sqlite:///{tmp_path / 'restart.db'}")
+    async with running(config) as app:
+        await gone(await registered(app.port, "frank", "room"))
+        bob = await user(lambda: RawClient.connect(app.port), "bob", "room")
+        await bob.send("/msg frank across the restart")
+        await bob.expect("*** frank is offline; they will get your message when they log in.")
+        await bob.send("said before the restart")
+        await bob.read_until("#room:bob> said before the restart")
+    async with running(config) as app:
+        frank, lines = await back(app.port, "frank", "*** User frank joined room #room")
+        assert [STAMPED.sub(r"\2", line) for line in lines[1:]] == [
+            "*** 1 messages waited for you while you were offline:",
+            "*bob*> across the restart",
+            "*** #room: 1 new lines since you left",
+            "#room:bob> said before the restart",
+            "*** User frank joined room #room",
+        ]
+        await gone(frank)
+    async with running(config) as app:
+        _, lines = await back(app.port, "frank", "*** User frank joined room #room")
+        assert lines[1:] == ["*** User frank joined room #room"]
+
+
+async def test_waiting_message_survives_kill_9(tmp_path: Path) -> None:
+    store = f"--store=sqlite:///{tmp_path / 'kill.db'}"
+    server = ServerProcess(store, *CHEAP_HASHES)
+    try:
+        await gone(await registered(server.port, "frank"))
+        sender = await user(lambda: RawClient.connect(server.port), "bob")
+        await sender.send("/msg frank survive this")
+        await sender.expect("*** frank is offline; they will get your message when they log in.")
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+        await sender.close()
+    finally:
+        server.kill()
+    server = ServerProcess(store, *CHEAP_HASHES)
+    try:
+        _, lines = await back(server.port, "frank", "*bob*> survive this")
+        assert STAMPED.sub(r"\2", lines[-1]) == "*bob*> survive this"
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def nodes(redis: RedisServer) -> Iterator[list[ServerProcess]]:
+    procs = [ServerProcess(f"--store={redis.url}", "--node-ttl=1", *CHEAP_HASHES) for _ in range(2)]
+    yield procs
+    for proc in procs:
+        proc.kill()
+
+
+async def test_continuity_across_redis_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    frank = await registered(nodes[0].port, "frank", "quiet", "r")
+    clients.append(frank)
+    bob = await login(clients, nodes[1], "bob", "r")
+    await bob.send("seen before he left")
+    await frank.read_until("#r:bob> seen before he left")
+    await gone(frank)
+    await bob.read_until("*** User frank quit")
+    await bob.send("/msg frank from the other node")
+    await bob.expect("*** frank is offline; they will get your message when they log in.")
+    for i in range(2):
+        await bob.send(f"missed {i}")
+    await bob.read_until("#r:bob> missed 1")
+    again, lines = await back(nodes[1].port, "frank", "*** User frank joined room #r")
+    clients.append(again)
+    assert [STAMPED.sub(r"\2", line) for line in lines] == [
+        "*** User change nick anonymous --> frank",
+        "*** 1 messages waited for you while you were offline:",
+        "*bob*> from the other node",
+        "*** User frank joined room #quiet",
+        "*** #r: 2 new lines since you left",
+        "#r:bob> missed 0",
+        "#r:bob> missed 1",
+        "*** User frank joined room #r",
+    ]
+    await gone(again)
+    await bob.read_until("*** User frank quit")
+    # Taken once: the other node has nothing left to show.
+    last, lines = await back(nodes[0].port, "frank", "*** User frank joined room #r")
+    clients.append(last)
+    assert lines == [
+        "*** User change nick anonymous --> frank",
+        "*** User frank joined room #quiet",
+        "*** User frank joined room #r",
+    ]
