@@ -141,6 +141,7 @@ class App:
             self.store.take_up(carried.store)
         await self.store.open(self.chat.deliver)
         await self.services.moderation.load()
+        await self.services.mailbox.load()
         self.services.continuity.start()
         config = self.config
         tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None

@@ -221,28 +221,48 @@ async def test_continuity_across_redis_nodes(nodes: list[ServerProcess], clients
     await bob.read_until("*** User frank quit")
     await bob.send("/msg frank from the other node")
     await bob.expect("*** frank is offline; they will get your message when they log in.")
-    for i in range(2):
-        await bob.send(f"missed {i}")
-    await bob.read_until("#r:bob> missed 1")
+    await bob.send("missed 0")
+    await bob.send("frank: missed 1")  # frank registered on the other node
+    await bob.read_until("#r:bob> frank: missed 1")
     again, lines = await back(nodes[1].port, "frank", "*** User frank joined room #r")
     clients.append(again)
     assert [STAMPED.sub(r"\2", line) for line in lines] == [
         "*** User change nick anonymous --> frank",
         "*** 1 messages waited for you while you were offline:",
         "*bob*> from the other node",
+        "*** You were mentioned 1 times while you were offline; type mentions to see them.",
         "*** User frank joined room #quiet",
         "*** #r: 2 new lines since you left",
         "#r:bob> missed 0",
-        "#r:bob> missed 1",
+        "#r:bob> frank: missed 1",
         "*** User frank joined room #r",
     ]
     await gone(again)
     await bob.read_until("*** User frank quit")
-    # Taken once: the other node has nothing left to show.
+    # The message was taken once; the mentions wait until read.
     last, lines = await back(nodes[0].port, "frank", "*** User frank joined room #r")
     clients.append(last)
     assert lines == [
         "*** User change nick anonymous --> frank",
+        "*** You were mentioned 1 times while you were offline; type mentions to see them.",
         "*** User frank joined room #quiet",
         "*** User frank joined room #r",
     ]
+
+
+async def test_mentions_of_an_offline_user_wait(app: App, connect: Connect) -> None:
+    await gone(await registered(app.port, "frank", "room"))
+    bob = await user(connect, "bob", "room")
+    await bob.send("frank: are you there?")
+    await bob.send("bob talks to himself")
+    await bob.send("where is Frank")
+    await bob.read_until("#room:bob> where is Frank")
+    frank, lines = await back(app.port, "frank", "*** User frank joined room #room")
+    assert lines[1] == "*** You were mentioned 2 times while you were offline; type mentions to see them."
+    await frank.send("mentions")
+    assert [STAMPED.sub(r"\2", await frank.read_line()) for _ in range(2)] == [
+        "#room:bob> frank: are you there?",
+        "#room:bob> where is Frank",
+    ]
+    await frank.send("mentions")
+    await frank.expect("*** No mentions are waiting.")

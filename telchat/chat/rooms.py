@@ -194,6 +194,8 @@ class Chat:
         self.controls: dict[str, Callable[[Event], None]] = {}
         # Called with a user about to leave everything (features/continuity.py saves its rooms).
         self.departures: list[Callable[[User], None]] = []
+        # Called with each room message as it is published, on the speaker's node only.
+        self.said: list[Callable[[User, Room, str], None]] = []
         store.on_nick_lost(self.lose_nick)
         # Notices to everyone: one shared batch per loop turn, as a room's lines.
         self.everyone = Broadcast()
@@ -468,6 +470,8 @@ class Chat:
         self.stats.messages += 1
         _log("message", user, room=room.name, kind=kind, **self._text(text))
         self.store.publish(events.message(kind, room.key, room.name, user.nick, text))
+        for watcher in self.said:
+            watcher(user, room, text)
 
     def emote(self, user: User, text: str) -> None:
         self.say(user, text, EMOTE)

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -29,11 +29,14 @@ from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.rules.addresses import group_key
 from telchat.rules.names import legacy_nick_key, look_key, nick_key
+from telchat.store import events
 from telchat.store.base import Record
 
 log = get_logger(__name__)
 
 ACCOUNT = "account"
+# The control event that tells every node of a new account (features/mailbox.py).
+REGISTERED: Final = "registered"
 FAILURE_WINDOW = 60.0
 MIN_PASSWORD = 6
 MAX_PASSWORD = 128
@@ -147,6 +150,7 @@ class Accounts:
             raise ChatError(replies.ALREADY_REGISTERED.format(nick=nick))
         record: Record = {"nick": nick, "hash": await self.hasher.hash(password), "created": time.time()}
         await self.store.put_record(ACCOUNT, key, record)
+        self.store.publish(events.control(REGISTERED, key))
         self._grant(user, key, record)
         await self.remember(user)
         log.info("account_registered", conn_id=user.conn_id, peer=user.peer, nick=nick, account=key)

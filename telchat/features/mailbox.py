@@ -5,23 +5,36 @@ A mailbox is taken (read and emptied) in one store operation, so a message is sh
 to the first session that logs in after it was stored, on any node, across restarts. It is
 bounded per recipient (`--mail-max`) and, within that, per sender (`--mail-per-sender`),
 so one sender cannot fill another's box.
+
+A room line that names a registered user who is offline is kept the same way, in a second
+box (`mentions`), and counted at login. Which nicks are accounts is known from a set
+loaded at start and grown by the `registered` control event, which every node hears:
+checking a line costs the speaker's node one set intersection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from telchat.chat.rooms import Chat, ChatError, NotOnline, User
-from telchat.features.accounts import Accounts
+from telchat.chat.profile import mention_keys
+from telchat.chat.rooms import Chat, ChatError, NotOnline, Room, User
+from telchat.features.accounts import ACCOUNT, REGISTERED, Accounts
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
 from telchat.rules.names import nick_key
+from telchat.store.base import StoreError
+from telchat.store.events import Event
 
 log = get_logger(__name__)
 
 
 def box_of(key: str) -> str:
     return f"msg:{key}"
+
+
+def mentions_of(key: str) -> str:
+    return f"mention:{key}"
 
 
 class Mailbox:
@@ -31,7 +44,15 @@ class Mailbox:
         self.box_max = box_max
         self.per_sender = per_sender
         self._accounts = accounts
+        # Nick keys of the accounts this node knows of (see above).
+        self.known: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         accounts.logins.append(self.deliver)
+        chat.controls[REGISTERED] = self._registered
+        chat.said.append(self._said)
+
+    async def load(self) -> None:
+        self.known = set(await self.store.records(ACCOUNT))
 
     async def msg(self, user: User, raw_nick: str, text: str) -> None:
         """`msg NICK TEXT`: sent now to an online user, kept for a registered offline one."""
@@ -60,12 +81,47 @@ class Mailbox:
         log.info("private_message_stored", conn_id=user.conn_id, peer=user.peer, nick=user.nick, to=nick)
 
     async def deliver(self, user: User) -> None:
-        """Show `user` what waited for their account, oldest first, and empty the box."""
+        """Show `user` what waited for their account, oldest first, and empty the box; count
+        the mentions."""
         if user.account is None:
             return
         items = await self.store.take_mail(box_of(user.account))
-        if not items:
-            return
-        user.send(replies.MAIL_WAITING.format(count=len(items)))
+        if items:
+            user.send(replies.MAIL_WAITING.format(count=len(items)))
         for item in items:
             user.send(replies.PRIVATE_IN.format(nick=item["nick"], text=item["text"]), float(item["ts"]), dated=True)
+        mentioned = await self.store.mail_count(mentions_of(user.account))
+        if mentioned:
+            user.send(replies.MENTIONS_WAITING.format(count=mentioned))
+
+    async def mentions(self, user: User) -> None:
+        """`mentions`: the lines that named this account while it was offline, once."""
+        if user.account is None:
+            raise ChatError(replies.NICK_NOT_REGISTERED)
+        items = await self.store.take_mail(mentions_of(user.account))
+        if not items:
+            raise ChatError(replies.MENTIONS_NONE)
+        for item in items:
+            line = replies.SAY.format(room=item["room"], nick=item["nick"], text=item["text"])
+            user.send(line, float(item["ts"]), dated=True)
+
+    def _registered(self, event: Event) -> None:
+        self.known.add(event.target)
+
+    def _said(self, user: User, room: Room, text: str) -> None:
+        named = mention_keys(text) & self.known
+        if not named or user.key is None:
+            return
+        item = {"nick": user.nick, "room": room.name, "text": text, "ts": time.time()}
+        for key in named - self.chat.nicks.keys() - {user.key}:
+            task = asyncio.create_task(self._keep_mention(user.key, key, item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _keep_mention(self, sender: str, key: str, item: dict[str, object]) -> None:
+        try:
+            if not await self.store.remote_nick(key):
+                # A full box drops the mention: unlike a message, no one is waiting to be told.
+                await self.store.add_mail(mentions_of(key), sender, item, self.box_max, self.per_sender)
+        except StoreError as exc:
+            log.warning("store_error", during="mention", error=str(exc), account=key)

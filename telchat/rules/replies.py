@@ -142,3 +142,5 @@ MAIL_STORED = "*** {nick} is offline; they will get your message when they log i
 MAIL_BOX_FULL = "*** {nick} already has {limit} messages waiting; yours was not stored. Try again later."
 MAIL_SENDER_FULL = "*** You already have {limit} messages waiting for {nick}; yours was not stored."
 MAIL_WAITING = "*** {count} messages waited for you while you were offline:"
+MENTIONS_WAITING = "*** You were mentioned {count} times while you were offline; type mentions to see them."
+MENTIONS_NONE = "*** No mentions are waiting."

@@ -109,6 +109,10 @@ async def _msg(ctx: Context, args: list[str]) -> None:
     await ctx.services.mailbox.msg(ctx.user, args[0], args[1])
 
 
+async def _mentions(ctx: Context, args: list[str]) -> None:
+    await ctx.services.mailbox.mentions(ctx.user)
+
+
 async def _who(ctx: Context, args: list[str]) -> None:
     page = _page(args[1], WHO) if len(args) > 1 else 1
     _send_lines(ctx, await ctx.chat.who(ctx.user, args[0] if args else None, page))
@@ -280,6 +284,7 @@ WHO = _command(
 ROOMS_CMD = _command(
     "rooms", "rooms [page]", "rooms with their member counts", _rooms, words=1, optional=1, bare=(0,), aliases=("list",)
 )
+MENTIONS = _command("mentions", "mentions", "the lines that named you while you were offline", _mentions, bare=(0,))
 HISTORY = _command(
     "history", "history [N]", "the current room's last N lines", _history, words=1, optional=1, bare=(0, 1)
 )
@@ -381,6 +386,7 @@ COMMANDS: tuple[Command, ...] = (
     BANS,
     MUTE,
     UNMUTE,
+    MENTIONS,
 )
 BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 

@@ -96,6 +96,10 @@ class Store(abc.ABC):
         of `sender`'s."""
 
     @abc.abstractmethod
+    async def mail_count(self, box: str) -> int:
+        """How many items wait in `box`."""
+
+    @abc.abstractmethod
     async def take_mail(self, box: str) -> list[Record]:
         """Remove and return `box`'s items, oldest first: no two calls get the same item."""
 
@@ -292,6 +296,10 @@ class LocalStore(Store):
             items.append({**item, "sender": sender})
             await self.put_record(MAIL, box, {"items": items})
             return "ok"
+
+    async def mail_count(self, box: str) -> int:
+        record = await self.get_record(MAIL, box)
+        return len(record["items"]) if record is not None else 0
 
     async def take_mail(self, box: str) -> list[Record]:
         async with self._mail_lock:

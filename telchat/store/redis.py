@@ -627,6 +627,9 @@ class RedisStore(Store):
         )
         return POSTED[int(code)]
 
+    async def mail_count(self, box: str) -> int:
+        return int(await self._call("mail read", lambda client: client.llen(_key("mail", box))))
+
     async def take_mail(self, box: str) -> list[Record]:
         async def run(client: Any) -> list[str]:
             # One transaction: a second taker (another node's session) finds the box empty.
