@@ -310,7 +310,7 @@ async def test_registration_survives_restart(tmp_path: Path) -> None:
         line = await other.read_line()
         assert line.endswith(" *** User change nick anonymous --> frank"), line
         await other.send("set")
-        settings = "*** Settings: charset utf-8, timestamps on, bell off, highlight on, catchup on"
+        settings = "*** Settings: charset utf-8, timestamps on, bell off, highlight on, catchup on, tz server"
         assert (await other.read_line()).endswith(settings)
         await other.close()
         record = await second.store.get_record(ACCOUNT, "frank")

@@ -174,9 +174,9 @@ async def test_set_charset_errors(connect: Connect) -> None:
     await client.send("set charset ebcdic")
     await client.expect("*** Unknown charset ebcdic; choose from utf-8, cp1251, koi8-r, latin-1")
     await client.send("/set colour red")
-    await client.expect("*** Unknown setting 'colour': choose from charset, timestamps, bell, highlight, catchup")
+    await client.expect("*** Unknown setting 'colour': choose from charset, timestamps, bell, highlight, catchup, tz")
     await client.send("/set charset")
-    await client.expect("*** Usage: set [charset <name> | timestamps|bell|highlight|catchup on|off]")
+    await client.expect("*** Usage: set [charset <name> | timestamps|bell|highlight|catchup on|off | tz <zone>]")
     await client.send("set charset KOI8-R")
     await client.expect("*** Charset is now koi8-r")
 

@@ -253,9 +253,9 @@ async def test_history(connect: Connect) -> None:
     await bob.send("/history")
     assert await bob.read_until("#one:bob> line 4") == ["*** #one history"] + [f"#one:bob> line {i}" for i in range(5)]
     await bob.send("/history zero")
-    await bob.expect("*** Usage: history [N] (N from 1 to 1000)")
+    await bob.expect("*** Usage: history [N | since 2h|14:00|2026-12-01] (N from 1 to 1000)")
     await bob.send("/history 0")
-    await bob.expect("*** Usage: history [N] (N from 1 to 1000)")
+    await bob.expect("*** Usage: history [N | since 2h|14:00|2026-12-01] (N from 1 to 1000)")
 
 
 async def test_history_replay_order_and_limit(connect: Connect) -> None:
@@ -281,7 +281,7 @@ async def test_help(connect: Connect) -> None:
     await bob.expect(
         "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit,",
         "***   register, password, away, back, ignore, unignore, set, whois, topic,",
-        "***   mentions",
+        "***   mentions, search",
         "*** Type help <command> for one command's usage.",
     )
     await bob.send("help msg")

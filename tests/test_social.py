@@ -200,12 +200,15 @@ async def test_whois(connect: Connect) -> None:
 async def test_settings(connect: Connect) -> None:
     ann = await user(connect, "ann")
     for line, reply in [
-        ("set", "*** Settings: charset utf-8, timestamps off, bell off, highlight on, catchup on"),
-        ("set colour on", "*** Unknown setting 'colour': choose from charset, timestamps, bell, highlight, catchup"),
+        ("set", "*** Settings: charset utf-8, timestamps off, bell off, highlight on, catchup on, tz server"),
+        (
+            "set colour on",
+            "*** Unknown setting 'colour': choose from charset, timestamps, bell, highlight, catchup, tz",
+        ),
         ("set bell maybe", "*** Setting bell takes on or off"),
-        ("/set bell", "*** Usage: set [charset <name> | timestamps|bell|highlight|catchup on|off]"),
+        ("/set bell", "*** Usage: set [charset <name> | timestamps|bell|highlight|catchup on|off | tz <zone>]"),
         ("set BELL ON", "*** bell is now on"),
-        ("set", "*** Settings: charset utf-8, timestamps off, bell on, highlight on, catchup on"),
+        ("set", "*** Settings: charset utf-8, timestamps off, bell on, highlight on, catchup on, tz server"),
     ]:
         await ann.send(line)
         await ann.expect(reply)

@@ -191,7 +191,7 @@ async def test_a_version_1_database_is_converted(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("SELECT count(*) FROM messages WHERE room = 'r0'").fetchone() == (125,)
         assert db.execute("SELECT id, nick, text FROM messages ORDER BY id DESC LIMIT 1").fetchone() == (
             251,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from telchat.rules import replies
 from telchat.rules.names import ascii_keys, nick_key
@@ -34,6 +36,8 @@ class Profile:
     highlight: bool = True
     # At login, show each restored room's missed lines (off: the ordinary join replay).
     catchup: bool = True
+    # The time zone of every time shown to this user; None: the server's.
+    zone: ZoneInfo | None = None
     connected: float = field(default_factory=time.time)
     active: float = field(default_factory=time.monotonic)
 
@@ -58,6 +62,7 @@ class Profile:
             **self.settings(),
             "connected": self.connected,
             "idle": self.idle(),
+            "tz": self.zone.key if self.zone is not None else None,
         }
 
     @classmethod
@@ -70,7 +75,10 @@ class Profile:
             active=time.monotonic() - float(state["idle"]),
         )
         for name in SETTINGS:
-            profile.change(name, bool(state[name]))
+            if name in state:  # a process of an older version may not know the newer ones
+                profile.change(name, bool(state[name]))
+        if state.get("tz"):
+            profile.zone = zone_named(str(state["tz"]))
         return profile
 
     def touch(self) -> None:
@@ -84,19 +92,32 @@ class Profile:
 
     def render(self, text: str, ts: float | None = None, *, dated: bool = False) -> str:
         """`text` as this user sees it: with a timestamp when they asked for one, or `dated`."""
-        return stamp(text, ts) if self.timestamps or dated else text
+        return stamp(text, ts, zone=self.zone) if self.timestamps or dated else text
 
     def mentioned(self, text: str) -> str:
         """A line that names this user: bold, and with the bell if they want it."""
         return f"{BOLD}{text}{RESET}{BELL if self.bell else ''}"
 
 
-def stamp(text: str, ts: float | None = None, now: float | None = None) -> str:
-    """`HH:MM text`, or `YYYY-MM-DD HH:MM text` for a moment before today (server time)."""
-    today = time.localtime(now)
-    moment = time.localtime(ts) if ts is not None else today
-    fmt = "%H:%M" if moment[:3] >= today[:3] else "%Y-%m-%d %H:%M"
-    return f"{time.strftime(fmt, moment)} {text}"
+def stamp(text: str, ts: float | None = None, now: float | None = None, zone: tzinfo | None = None) -> str:
+    """`HH:MM text`, or `YYYY-MM-DD HH:MM text` for a moment before today, in `zone` (default:
+    the server's time)."""
+    if zone is None:
+        today = time.localtime(now)
+        moment = time.localtime(ts) if ts is not None else today
+        fmt = "%H:%M" if moment[:3] >= today[:3] else "%Y-%m-%d %H:%M"
+        return f"{time.strftime(fmt, moment)} {text}"
+    day = datetime.fromtimestamp(now if now is not None else time.time(), zone)
+    when = datetime.fromtimestamp(ts, zone) if ts is not None else day
+    return f"{when.strftime('%H:%M' if when.date() >= day.date() else '%Y-%m-%d %H:%M')} {text}"
+
+
+def zone_named(name: str) -> ZoneInfo | None:
+    """The IANA time zone `name` (`Europe/Moscow`), or None if there is no such zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def mention_keys(text: str) -> set[str]:

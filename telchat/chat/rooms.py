@@ -532,10 +532,10 @@ class Chat:
             raise ChatError(replies.LOGIN_FIRST)
 
     @staticmethod
-    def format_entry(room: Room, entry: Event) -> str:
-        """A history entry as a room line."""
+    def format_entry(room: str, entry: Event) -> str:
+        """A history entry as a line of the room named `room`."""
         template = replies.EMOTE if entry.kind == EMOTE else replies.SAY
-        return template.format(room=room.name, nick=entry.nick, text=entry.text)
+        return template.format(room=room, nick=entry.nick, text=entry.text)
 
     # delivery of committed events (called by the store)
 
@@ -545,7 +545,7 @@ class Chat:
             if room is not None:
                 room.last = max(room.last, event.id)
                 started = perf_counter()
-                line = self.format_entry(room, event)
+                line = self.format_entry(room.name, event)
                 self._deliver_room(room, event, line)
                 self.stats.fanout_seconds.observe(perf_counter() - started)
                 if room.listeners:
@@ -710,7 +710,7 @@ class Chat:
         user.send(replies.HISTORY_HEADER.format(room=room.name))
         for entry in entries:
             if not user.profile.ignores(entry.nick):
-                user.send(self.format_entry(room, entry), entry.ts)
+                user.send(self.format_entry(room.name, entry), entry.ts)
 
     def broadcast_local(self, text: str) -> None:
         """Tell every user connected to this node, now (shutdown)."""

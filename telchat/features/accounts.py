@@ -22,7 +22,7 @@ from typing import Final, Protocol
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from telchat.chat.profile import SETTINGS
+from telchat.chat.profile import SETTINGS, zone_named
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
 from telchat.features.moderation import Moderation, disconnect_event
 from telchat.obs.logs import get_logger
@@ -207,6 +207,7 @@ class Accounts:
             return
         record["settings"] = user.profile.settings()
         record["ignored"] = sorted(user.profile.ignored)
+        record["tz"] = user.profile.zone.key if user.profile.zone is not None else None
         await self.store.put_record(ACCOUNT, user.account, record)
 
     async def _verified(self, user: User, key: str, nick: str, password: str) -> Record:
@@ -245,6 +246,8 @@ class Accounts:
         if "ignored" in record:
             # Keys saved before confusables data are brought to today's form.
             user.profile.ignored = {nick_key(ignored) for ignored in record["ignored"]} - {key}
+        if record.get("tz"):
+            user.profile.zone = zone_named(record["tz"])
         self.chat.refresh(user)
 
     async def _take(self, user: User, nick: str) -> None:

@@ -96,7 +96,7 @@ class Continuity:
         else:
             user.send(replies.CATCHUP.format(room=room.name, count=count))
         for entry in tail:
-            user.send(self.chat.format_entry(room, entry), entry.ts)
+            user.send(self.chat.format_entry(room.name, entry), entry.ts)
 
     def _departed(self, user: User) -> None:
         account = _owner(user)

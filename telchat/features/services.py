@@ -10,6 +10,7 @@ from telchat.features.accounts import Accounts, Hasher
 from telchat.features.continuity import Continuity
 from telchat.features.mailbox import Mailbox
 from telchat.features.moderation import Moderation
+from telchat.features.search import Search
 from telchat.features.social import Social
 from telchat.rules.names import nick_key
 
@@ -21,6 +22,7 @@ class Services:
     social: Social
     mailbox: Mailbox
     continuity: Continuity
+    search: Search
 
 
 def operator_keys(operators: str) -> frozenset[str]:
@@ -36,4 +38,4 @@ def make_services(chat: Chat, config: Config) -> Services:
     # Registered in this order, they run at login in this order: what waited, then the rooms.
     mailbox = Mailbox(chat, accounts, config.mail_max, config.mail_per_sender)
     continuity = Continuity(chat, accounts, config.catchup_max, config.marker_flush)
-    return Services(accounts, moderation, Social(chat, accounts), mailbox, continuity)
+    return Services(accounts, moderation, Social(chat, accounts), mailbox, continuity, Search(chat))

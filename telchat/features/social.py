@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from telchat.chat.profile import SETTINGS, away_notice
+from telchat.chat.profile import SETTINGS, away_notice, zone_named
 from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
 from telchat.features.accounts import Accounts
 from telchat.features.moderation import span
@@ -22,6 +22,8 @@ from telchat.store.events import Event
 WHOIS: Final = "whois"
 MAX_IGNORED = 100
 SWITCH = {"on": True, "off": False}
+# `set tz server` goes back to the server's time zone.
+SERVER_ZONE = "server"
 
 
 class Social:
@@ -73,14 +75,18 @@ class Social:
         profile = user.profile
         if name is None:
             shown = ", ".join(f"{key} {'on' if on else 'off'}" for key, on in profile.settings().items())
-            user.send(replies.SETTINGS.format(settings=f"charset {user.charset}, {shown}"))
+            zone = profile.zone.key if profile.zone is not None else SERVER_ZONE
+            user.send(replies.SETTINGS.format(settings=f"charset {user.charset}, {shown}, tz {zone}"))
             return
         name = name.lower()
         if name == "charset":
             self._set_charset(user, value or "")
             return
+        if name == "tz":
+            await self._set_zone(user, value or "")
+            return
         if name not in SETTINGS:
-            raise ChatError(replies.BAD_SETTING.format(name=name, names=", ".join(("charset", *SETTINGS))))
+            raise ChatError(replies.BAD_SETTING.format(name=name, names=", ".join(("charset", *SETTINGS, "tz"))))
         switch = SWITCH.get((value or "").lower())
         if switch is None:
             raise ChatError(replies.BAD_SETTING_VALUE.format(name=name))
@@ -96,6 +102,15 @@ class Social:
             raise ChatError(replies.BAD_CHARSET.format(name=value, names=", ".join(charsets.SUPPORTED)))
         user.charset = charset
         user.send(replies.CHARSET_SET.format(charset=charset))
+
+    async def _set_zone(self, user: User, value: str) -> None:
+        # Per account (saved with it), unlike the charset: the same person in the same place.
+        zone = None if value.lower() == SERVER_ZONE else zone_named(value)
+        if zone is None and value.lower() != SERVER_ZONE:
+            raise ChatError(replies.BAD_ZONE.format(name=value))
+        user.profile.zone = zone
+        await self._changed(user)
+        user.send(replies.ZONE_SET.format(zone=zone.key if zone is not None else SERVER_ZONE))
 
     async def _changed(self, user: User) -> None:
         self.chat.refresh(user)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from telchat.chat.rooms import Chat, ChatError, User
 from telchat.features.accounts import Answer
+from telchat.features.search import SEARCH_USAGE
 from telchat.features.services import Services
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
@@ -55,6 +56,8 @@ class Command:
     aliases: tuple[str, ...] = ()
     # Only operators may use it: `help` lists it to them alone.
     operator: bool = False
+    # Whether arguments that fit `bare` make a bare line this command (default: any do).
+    bare_if: Callable[[list[str]], bool] | None = None
 
     def split(self, text: str) -> list[str] | None:
         """Split the argument text, or None when the count does not fit the syntax."""
@@ -109,6 +112,10 @@ async def _msg(ctx: Context, args: list[str]) -> None:
     await ctx.services.mailbox.msg(ctx.user, args[0], args[1])
 
 
+async def _search(ctx: Context, args: list[str]) -> None:
+    await ctx.services.search.search(ctx.user, args[0].split())
+
+
 async def _mentions(ctx: Context, args: list[str]) -> None:
     await ctx.services.mailbox.mentions(ctx.user)
 
@@ -134,6 +141,11 @@ def _send_lines(ctx: Context, lines: list[str]) -> None:
 
 
 async def _history(ctx: Context, args: list[str]) -> None:
+    if len(args) == 2 and args[0].lower() == "since":
+        await ctx.services.search.history_since(ctx.user, args[1])
+        return
+    if len(args) == 2:
+        raise ChatError(replies.USAGE.format(usage=HISTORY.usage))
     count = ctx.chat.history_replay
     if args:
         if not args[0].isdigit() or not 1 <= int(args[0]) <= 1000:
@@ -242,8 +254,9 @@ def _command(
     bare: tuple[int, ...] = (),
     aliases: tuple[str, ...] = (),
     operator: bool = False,
+    bare_if: Callable[[list[str]], bool] | None = None,
 ) -> Command:
-    return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases, operator)
+    return Command(name, usage, summary, words, optional, rest, frozenset(bare), handler, aliases, operator, bare_if)
 
 
 LOGIN = _command(
@@ -284,9 +297,26 @@ WHO = _command(
 ROOMS_CMD = _command(
     "rooms", "rooms [page]", "rooms with their member counts", _rooms, words=1, optional=1, bare=(0,), aliases=("list",)
 )
+SEARCH = _command(
+    "search",
+    SEARCH_USAGE,
+    "find lines in the rooms' history, newest first (bare: only search more)",
+    _search,
+    words=1,
+    rest=True,
+    bare=(1,),
+    bare_if=lambda args: args[0].lower() == "more",
+)
 MENTIONS = _command("mentions", "mentions", "the lines that named you while you were offline", _mentions, bare=(0,))
 HISTORY = _command(
-    "history", "history [N]", "the current room's last N lines", _history, words=1, optional=1, bare=(0, 1)
+    "history",
+    "history [N | since 2h|14:00|2026-12-01]",
+    "the current room's last N lines, or its lines since then",
+    _history,
+    words=2,
+    optional=2,
+    bare=(0, 1, 2),
+    bare_if=lambda args: len(args) < 2 or args[0].lower() == "since",
 )
 HELP = _command("help", "help [command]", "list commands, or show one's usage", _help, words=1, optional=1, bare=(0, 1))
 QUIT = _command("quit", "quit [reason]", "leave the chat", _quit, words=1, optional=1, rest=True, bare=(0,))
@@ -313,7 +343,7 @@ IGNORE = _command(
 UNIGNORE = _command("unignore", "unignore <nick>", "see a nick's messages again", _unignore, words=1, bare=(1,))
 SET = _command(
     "set",
-    "set [charset <name> | timestamps|bell|highlight|catchup on|off]",
+    "set [charset <name> | timestamps|bell|highlight|catchup on|off | tz <zone>]",
     "show or change your settings; charsets: utf-8, cp1251, koi8-r, latin-1",
     _set,
     words=2,
@@ -387,6 +417,7 @@ COMMANDS: tuple[Command, ...] = (
     MUTE,
     UNMUTE,
     MENTIONS,
+    SEARCH,
 )
 BY_NAME: dict[str, Command] = {name: command for command in COMMANDS for name in (command.name, *command.aliases)}
 
@@ -426,7 +457,9 @@ def parse(line: str) -> Parsed:
 
 def _fits_bare(command: Command, rest: str) -> list[str] | None:
     args = command.split(rest) if command.bare else None
-    return args if args is not None and len(args) in command.bare else None
+    if args is None or len(args) not in command.bare:
+        return None
+    return args if command.bare_if is None or command.bare_if(args) else None
 
 
 def _typo_of(name: str) -> str | None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ import orjson
 
 from telchat.obs.logs import get_logger
 from telchat.obs.stats import Stats
+from telchat.rules.names import nick_key
 from telchat.store import events
 from telchat.store.events import EntryId, Event
 
@@ -50,15 +53,51 @@ MAIL = "mail"
 Posted = Literal["ok", "box_full", "sender_full"]
 
 
+# Where a page of search results ended: (ts, id) of its oldest line; the next page is older.
+Cursor = tuple[float, EntryId]
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A history search: lines with every word (whole words, any case), optionally only of
+    one room (key) and one nick (key), said at or after `since` (epoch seconds)."""
+
+    words: tuple[str, ...] = ()
+    room: str = ""
+    nick: str = ""
+    since: float = 0.0
+
+
+def words_of(text: str) -> set[str]:
+    return set(_WORD.findall(text.casefold()))
+
+
+def matches(query: Query, event: Event, before: Cursor | None) -> bool:
+    if event.ts < query.since or (before is not None and (event.ts, event.id) >= before):
+        return False
+    if query.room and event.room != query.room:
+        return False
+    if query.nick and nick_key(event.nick) != query.nick:
+        return False
+    return not query.words or words_of(event.text).issuperset(query.words)
+
+
+def newest(events: Iterable[Event], limit: int) -> list[Event]:
+    """Up to `limit` of `events`, newest first."""
+    return sorted(events, key=lambda event: (event.ts, event.id), reverse=True)[:limit]
+
+
 class StoreError(Exception):
     """The store cannot be used (bad URL, unreachable, not answering); the message is for the
     operator. Every store call that can fail raises this, and only this."""
 
 
 class Store(abc.ABC):
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 1000) -> None:
         #: The hot-path statistics this store counts into; the App hands over its own.
         self.stats = Stats()
+        self._keep = keep
 
     @abc.abstractmethod
     async def open(self, deliver: Deliver) -> None:
@@ -83,10 +122,23 @@ class Store(abc.ABC):
     async def recent(self, room: str, limit: int) -> list[Event]:
         """The last `limit` committed messages of `room` (a room key), oldest first."""
 
-    @abc.abstractmethod
     async def after(self, room: str, entry_id: EntryId) -> list[Event]:
         """The committed messages of `room` newer than `entry_id`, oldest first: at most the
         kept history (`--history-keep`)."""
+        return [event for event in await self.recent(room, self._keep) if event.id > entry_id]
+
+    @abc.abstractmethod
+    async def history_rooms(self) -> list[str]:
+        """The keys of the rooms that have history."""
+
+    async def search(self, query: Query, before: Cursor | None, limit: int) -> list[Event]:
+        """Up to `limit` committed messages that match `query` and are older than `before`,
+        newest first. This default reads the kept history of every room it may match."""
+        rooms = [query.room] if query.room else await self.history_rooms()
+        found: list[Event] = []
+        for room in rooms:
+            found += [event for event in await self.recent(room, self._keep) if matches(query, event, before)]
+        return newest(found, limit)
 
     # Mailboxes: what waits for a user who is offline, taken (and so removed) once.
 
@@ -198,8 +250,7 @@ class LocalStore(Store):
     """
 
     def __init__(self, keep: int = 1000) -> None:
-        super().__init__()
-        self._keep = keep
+        super().__init__(keep)
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
         self._scheduled = False
@@ -281,9 +332,6 @@ class LocalStore(Store):
         """Make the history events among `events` durable; return all, ids assigned.
 
         Raise StoreError, having changed nothing, when the commit fails."""
-
-    async def after(self, room: str, entry_id: EntryId) -> list[Event]:
-        return [event for event in await self.recent(room, self._keep) if event.id > entry_id]
 
     async def add_mail(self, box: str, sender: str, item: Record, box_max: int, sender_max: int) -> Posted:
         async with self._mail_lock:
@@ -378,6 +426,9 @@ class MemoryStore(LocalStore):
         for room, lines in state["rooms"].items():
             self._rooms[room] = deque((events.uncarry(line) for line in lines), maxlen=self._keep)
         self._records = {kind: {k: v.encode() for k, v in table.items()} for kind, table in state["records"].items()}
+
+    async def history_rooms(self) -> list[str]:
+        return list(self._rooms)
 
     async def get_record(self, kind: str, key: str) -> Record | None:
         data = self._records.get(kind, {}).get(key)

@@ -225,10 +225,9 @@ def _ignore_lost(key: str) -> None:
 
 class RedisStore(Store):
     def __init__(self, url: str, keep: int = 1000, node_ttl: float = 15.0) -> None:
-        super().__init__()
+        super().__init__(keep)
         self.url = url
         self.shown_url = masked(url)
-        self._keep = keep
         self.node = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.node_ttl = node_ttl
         self.nick_ttl = max(60, int(node_ttl * 4))
@@ -538,6 +537,15 @@ class RedisStore(Store):
         start = f"({entry_id[0]}-{entry_id[1]}" if entry_id != ev.NO_ID else "-"
         entries = await self._call("history read", lambda client: client.xrange(_key("h", room), min=start))
         return self._history(entries)
+
+    async def history_rooms(self) -> list[str]:
+        # SCAN, not KEYS: Redis keeps answering others meanwhile.
+        pattern, cut = _key("h", "*"), len(_key("h", ""))
+
+        async def run(client: Any) -> list[str]:
+            return [name[cut:] async for name in client.scan_iter(match=pattern, count=1000)]
+
+        return list(await self._call("history rooms", run))
 
     def _history(self, entries: Iterable[tuple[str, dict[str, str]]]) -> list[Event]:
         events = []

@@ -27,7 +27,17 @@ from typing import TypeVar
 import orjson
 
 from telchat.obs.logs import get_logger
-from telchat.store.base import Deliver, LocalStore, Record, StoreError, decode_record, encode_record
+from telchat.rules.names import nick_key
+from telchat.store.base import (
+    Cursor,
+    Deliver,
+    LocalStore,
+    Query,
+    Record,
+    StoreError,
+    decode_record,
+    encode_record,
+)
 from telchat.store.checkpoint import Checkpointer
 from telchat.store.events import Event, kind_of
 
@@ -58,6 +68,10 @@ CREATE VIEW IF NOT EXISTS messages AS
     SELECT line.value ->> 0 AS id, chunks.room, chunks.room_name, line.value ->> 1 AS nick,
            line.value ->> 2 AS kind, line.value ->> 3 AS text, line.value ->> 4 AS ts
     FROM chunks, json_each(chunks.lines) AS line;
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
+    text, room UNINDEXED, room_name UNINDEXED, nick UNINDEXED, who UNINDEXED, kind UNINDEXED, ts UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 0'
+);
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -66,6 +80,14 @@ CREATE TABLE IF NOT EXISTS records (
 );
 """
 INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
+# Search indexes lines one by one (rowid = line id), in the transaction that adds their chunk
+# and removes them with the chunk's trim; `who` is the nick's key, for `from NICK`.
+INDEX = "INSERT INTO search (rowid, text, room, room_name, nick, who, kind, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+UNINDEX = "DELETE FROM search WHERE rowid = ?"
+DROPPED = "SELECT lines FROM chunks WHERE room = ? AND first <= ?"
+SEARCH = "SELECT rowid, room, room_name, nick, kind, text, ts FROM search WHERE search MATCH ?"
+HISTORY_ROOMS = "SELECT DISTINCT room FROM chunks"
+ALL_LINES = "SELECT id, text, room, room_name, nick, kind, ts FROM messages"
 RECENT = "SELECT room_name, lines FROM chunks WHERE room = ? ORDER BY first DESC"
 # A scan, once at start-up: rooms are not ordered by their ids.
 LAST_ID = "SELECT coalesce(max(last), 0) FROM chunks"
@@ -79,10 +101,13 @@ PUT_RECORD = "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)
 DELETE_RECORD = "DELETE FROM records WHERE kind = ? AND key = ?"
 ALL_RECORDS = "SELECT key, value FROM records WHERE kind = ?"
 # Version 1 kept a row per line in a `messages` table; opening such a file converts it.
-SCHEMA_VERSION = 2
+# Version 3 added the search index; opening a version 2 file builds it.
+SCHEMA_VERSION = 3
 OLD_MESSAGES = "SELECT id, room, room_name, nick, kind, text, ts FROM messages ORDER BY room, id"
 
 Line = tuple[int, str, str, str, float]
+# A row of `search`: id, text, room key, room name, nick, nick key, kind, ts.
+Indexed = tuple[int, str, str, str, str, str, str, float]
 # A row of `chunks`: first id, last id, room key, room name, line count, the lines as JSON.
 Chunk = tuple[int, int, str, str, int, str]
 
@@ -177,6 +202,7 @@ class SqliteStore(LocalStore):
             db.execute("BEGIN")
             stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
             db.executemany(INSERT, chunks)
+            db.executemany(INDEX, [_indexed(event) for event in committed if event.in_history])
             lines = {room: self._trim(db, room, count) for room, count in stored.items()}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -234,13 +260,17 @@ class SqliteStore(LocalStore):
                 straddling = first
                 break
             dropped, over, stored = first, over - count, stored - count
+        gone: list[Line] = []
         if dropped is not None:
+            gone += [line for (lines,) in db.execute(DROPPED, (room, dropped)) for line in orjson.loads(lines)]
             db.execute(DELETE_UPTO, (room, dropped))
         if straddling is not None and over >= self._slack:
             (lines,) = db.execute(GET_LINES, (room, straddling)).fetchone()
-            kept = orjson.loads(lines)[over:]
-            db.execute(SET_LINES, (orjson.dumps(kept).decode(), len(kept), room, straddling))
+            chunk = orjson.loads(lines)
+            gone += chunk[:over]
+            db.execute(SET_LINES, (orjson.dumps(chunk[over:]).decode(), len(chunk) - over, room, straddling))
             stored -= over
+        db.executemany(UNINDEX, [(line[0],) for line in gone])
         return stored
 
     async def recent(self, room: str, limit: int) -> list[Event]:
@@ -269,6 +299,33 @@ class SqliteStore(LocalStore):
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite history read failed: {exc}") from exc
         return found
+
+    async def history_rooms(self) -> list[str]:
+        return [room for (room,) in await self._read(lambda db: db.execute(HISTORY_ROOMS).fetchall())]
+
+    async def search(self, query: Query, before: Cursor | None, limit: int) -> list[Event]:
+        if not query.words:
+            return await super().search(query, before, limit)
+        sql = [SEARCH]
+        params: list[str | float] = [" ".join('"' + word.replace('"', '""') + '"' for word in query.words)]
+        for clause, value, wanted in (
+            ("room = ?", query.room, query.room),
+            ("who = ?", query.nick, query.nick),
+            ("ts >= ?", query.since, query.since),
+        ):
+            if wanted:
+                sql.append(f"AND {clause}")
+                params.append(value)
+        if before is not None:
+            sql.append("AND (ts < ? OR (ts = ? AND rowid < ?))")
+            params += [before[0], before[0], before[1][0]]
+        sql.append("ORDER BY ts DESC, rowid DESC LIMIT ?")
+        params.append(limit)
+        rows = await self._read(lambda db: db.execute(" ".join(sql), params).fetchall())
+        return [
+            Event(kind_of(kind), text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
+            for line_id, room, name, nick, kind, text, ts in rows
+        ]
 
     # Records are written outside the per-turn batch: autocommit, so durable on return.
 
@@ -330,6 +387,7 @@ def _upgrade(db: sqlite3.Connection) -> None:
             if statement.strip():
                 db.execute(statement)
         db.executemany(INSERT, _old_chunks(rows))
+        db.executemany(INDEX, [_with_key(row) for row in db.execute(ALL_LINES).fetchall()])
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -344,6 +402,16 @@ def _old_chunks(rows: list[tuple[int, str, str, str, str, str, float]]) -> list[
         lines = [(row_id, nick, kind, text, ts) for row_id, _, _, nick, kind, text, ts in group]
         chunks += [_chunk(room, room_name, lines[start : start + 100]) for start in range(0, len(lines), 100)]
     return chunks
+
+
+def _indexed(event: Event) -> Indexed:
+    return _with_key((event.id[0], event.text, event.room, event.room_name, event.nick, event.kind, event.ts))
+
+
+def _with_key(row: tuple[int, str, str, str, str, str, float]) -> Indexed:
+    """A `messages` row (id, text, room, room name, nick, kind, ts) as a `search` row."""
+    line_id, text, room, room_name, nick, kind, ts = row
+    return (line_id, text, room, room_name, nick, nick_key(nick), kind, ts)
 
 
 def _chunk(room: str, room_name: str, lines: list[Line]) -> Chunk:
