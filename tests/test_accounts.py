@@ -69,7 +69,7 @@ async def test_one_line_login_is_a_command_not_a_message(connect: Connect) -> No
     await talker.read_until("*** User change nick bob --> frank")
     # A first word that takes a password never makes a message, whatever follows it.
     await talker.send("login bob two words")
-    await talker.expect("*** Usage: login <nick> [password]")
+    await talker.expect("*** Usage: login <nick> [password [ghost]]")
     await talker.send("said")
     lines = await listener.read_until("#room:frank> said")
     assert not any("s3cret-pw" in line or "two words" in line for line in lines)
@@ -130,7 +130,7 @@ async def test_right_password_takes_the_nick_from_its_ghost(connect: Connect) ->
     watcher = await user(connect, "ann", "room")
     await watcher.drain()
     again = await connect()
-    await again.send("login frank s3cret-pw")
+    await again.send("login frank s3cret-pw ghost")
     await again.read_until("*** User change nick anonymous --> frank")
     assert b"*** frank logged in from another connection with its password" in await ghost.wait_closed()
     assert "*** User frank quit (logged in from elsewhere)" in await watcher.read_until("*** User frank quit")

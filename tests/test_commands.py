@@ -322,9 +322,9 @@ async def test_bare_commands_match_in_any_case(connect: Connect) -> None:
 @pytest.mark.parametrize(
     ("line", "answer"),
     [
-        ("login", "*** Usage: login <nick> [password]"),
-        ("Login boss pw extra words", "*** Usage: login <nick> [password]"),
-        ("nick boss pw extra words", "*** Usage: login <nick> [password]"),
+        ("login", "*** Usage: login <nick> [password [ghost]]"),
+        ("Login boss pw extra words", "*** Usage: login <nick> [password [ghost]]"),
+        ("nick boss pw extra words", "*** Usage: login <nick> [password [ghost]]"),
         ("register correct horse battery", "*** Usage: register <password>"),
         ("PASSWORD only-one", "*** Usage: password <old> <new>"),
         ("msg", "*** Usage: msg <nick> <text>"),

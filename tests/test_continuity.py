@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 from collections.abc import Iterator
@@ -266,3 +267,79 @@ async def test_mentions_of_an_offline_user_wait(app: App, connect: Connect) -> N
     ]
     await frank.send("mentions")
     await frank.expect("*** No mentions are waiting.")
+
+
+async def test_two_sessions_of_one_account(app: App, connect: Connect) -> None:
+    laptop = await registered(app.port, "frank", "room")
+    ann = await user(connect, "ann", "room")
+    await laptop.read_until("*** User ann joined")
+    phone, lines = await back(app.port, "frank", "*** User frank joined room #room")
+    assert lines == ["*** User change nick anonymous --> frank", "*** User frank joined room #room"]
+    await phone.send("from the phone")
+    for screen in (phone, laptop, ann):
+        assert (await screen.read_until("#room:frank> from the phone"))[-1] == "#room:frank> from the phone"
+    await ann.send("who")
+    assert await ann.read_until("*** Users in") == ["*** Users in #room: ann, frank"]
+    await ann.send("/msg frank to both")
+    await ann.expect("-> *frank*> to both")
+    for screen in (phone, laptop):
+        await screen.expect("*ann*> to both")
+    # The account leaves the room with its last session only.
+    await gone(phone)
+    await ann.send("still here?")
+    assert await ann.read_until("#room:ann> still here?") == ["#room:ann> still here?"]
+    await laptop.read_until("#room:ann> still here?")
+    await gone(laptop)
+    assert await ann.read_until("*** User frank quit") == ["*** User frank quit (quit)"]
+    # Unregistered nicks keep one connection each.
+    bob = await user(connect, "bob")
+    other = await connect()
+    await other.send("login bob")
+    await other.expect("*** Nick bob is already taken")
+    await gone(bob)
+
+
+async def test_ghost_ends_the_other_sessions(app: App, connect: Connect) -> None:
+    laptop = await registered(app.port, "frank", "room")
+    phone, _ = await back(app.port, "frank", "*** User frank joined room #room")
+    ann = await user(connect, "ann", "room")
+    await ann.drain()
+    third = await RawClient.connect(app.port)
+    await third.send(f"login frank {PASSWORD} ghost")
+    await third.read_until("*** User change nick anonymous --> frank")
+    for screen in (laptop, phone):
+        assert b"*** frank logged in from another connection with its password" in await screen.wait_closed()
+    assert "*** User frank quit (logged in from elsewhere)" in await ann.read_until("*** User frank quit")
+    await third.read_until("*** User frank joined room #room")
+    await third.send(f"login frank {PASSWORD} now")
+    await third.expect("*** Usage: login <nick> [password [ghost]]")
+
+
+async def test_two_sessions_on_two_redis_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    laptop = await registered(nodes[0].port, "frank", "r")
+    clients.append(laptop)
+    ann = await login(clients, nodes[0], "ann", "r")
+    await laptop.read_until("*** User ann joined")
+    phone, lines = await back(nodes[1].port, "frank", "*** User frank joined room #r")
+    clients.append(phone)
+    assert lines == ["*** User change nick anonymous --> frank", "*** User frank joined room #r"]
+    await phone.send("from the other node")
+    for screen in (phone, laptop, ann):
+        assert (await screen.read_until("#r:frank> from the other node"))[-1] == "#r:frank> from the other node"
+    await ann.send("/msg frank to both nodes")
+    for screen in (phone, laptop):
+        await screen.expect("*ann*> to both nodes")
+    await ann.send("who r")
+    assert (await ann.read_until("*** Users in"))[-1] == "*** Users in #r: ann, frank"
+    await gone(laptop)
+    await ann.send("still here?")
+    assert await ann.read_until("#r:ann> still here?") == ["#r:ann> still here?"]
+    # The phone's node takes the nick over at its next heartbeat (--node-ttl / 3): frank is
+    # still online.
+    await asyncio.sleep(0.7)
+    other = await login(clients, nodes[0], "bob")
+    await other.send("/msg frank you there")
+    await other.expect("-> *frank*> you there")
+    await phone.read_until("*bob*> you there")
+    await gone(phone)
+    assert (await ann.read_until("*** User frank quit"))[-1] == "*** User frank quit (quit)"

@@ -33,9 +33,15 @@ async def test_accounts_are_shared(nodes: list[ServerProcess], clients: list[Raw
     await other.send("login frank")
     await other.read_until("*** Password for frank")
     await other.send("s3cret-pw")
-    # The old connection on the other node is the ghost: it goes, the nick moves.
+    # The account is online on the other node: this connection is one more session of it.
     await other.read_until("*** User change nick anonymous --> frank", timeout=5)
-    assert b"*** frank logged in from another connection" in await frank.wait_closed()
+    # With ghost, a login ends every other session of the account, on every node.
+    third = await RawClient.connect(nodes[1].port)
+    clients.append(third)
+    await third.send("login frank s3cret-pw ghost")
+    await third.read_until("*** User change nick anonymous --> frank", timeout=5)
+    for ghost in (frank, other):
+        assert b"*** frank logged in from another connection" in await ghost.wait_closed()
 
 
 async def test_moderation_reaches_every_node(nodes: list[ServerProcess], clients: list[RawClient]) -> None:

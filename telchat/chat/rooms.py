@@ -8,6 +8,7 @@ its Outbox.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from telchat.rules import replies
 from telchat.rules.names import NameError_, check_nick, check_room, look_key, lookalikes, nick_key, room_key
 from telchat.rules.pages import page_count, page_of, wrap
 from telchat.store import events
-from telchat.store.base import Store, last_id
+from telchat.store.base import Store, StoreError, last_id
 from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event, MessageKind
 
 log = get_logger(__name__)
@@ -121,6 +122,10 @@ def _log(event: str, user: User, **fields: Any) -> None:
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
 
+def _any_in(users: list[User], room: Room) -> bool:
+    return any(user in room.members for user in users)
+
+
 def _names(nicks: Iterable[str], anonymous: int) -> tuple[list[str], str]:
     """A listing's items and tail. `nicks` may include other nodes' anonymous users,
     listed as `anonymous`."""
@@ -192,8 +197,14 @@ class Chat:
         self.topics: dict[str, tuple[str, str]] = {}
         # Control event kind -> its handler on this node (moderation, whois).
         self.controls: dict[str, Callable[[Event], None]] = {}
+        # Nick key -> this node's further sessions of an account logged in more than once
+        # (features/accounts.py); its first session is the one in `nicks`.
+        self.sessions: dict[str, list[User]] = {}
+        self._quits: set[asyncio.Future[None]] = set()
         # Called with a user about to leave everything (features/continuity.py saves its rooms).
         self.departures: list[Callable[[User], None]] = []
+        # Called with a user who joined or left a room (features/continuity.py saves its rooms).
+        self.moved: list[Callable[[User], None]] = []
         # Called with each room message as it is published, on the speaker's node only.
         self.said: list[Callable[[User, Room, str], None]] = []
         store.on_nick_lost(self.lose_nick)
@@ -216,16 +227,86 @@ class Chat:
         del self.users[user]
         self.everyone.reset()
         self.special.pop(user, None)
+        peers = self.peers(user)
         if user.key is not None:
-            self.nicks.pop(user.key, None)
-            self._forget_look(user)
-            self.store.release_nick(user.key)
+            self._drop_session(user, user.key)
         rooms = tuple(user.rooms)
         left = self._leave_all(user)
         self.store.offline(user.member_id, rooms)
-        if rooms:
-            self.store.publish(events.notice(replies.QUIT.format(nick=user.nick, reason=reason), rooms=rooms))
+        # The account stays in the rooms where another of its sessions is.
+        gone = tuple(room.key for room in left if not _any_in(peers, room))
+        quit_notice = replies.QUIT.format(nick=user.nick, reason=reason)
+        if gone and user.account is not None and self.store.clustered:
+            task = asyncio.ensure_future(self._quit_unless_elsewhere(user, gone, quit_notice))
+            self._quits.add(task)
+            task.add_done_callback(self._quits.discard)
+        elif gone:
+            self.store.publish(events.notice(quit_notice, rooms=gone))
         _players_changed(left)
+
+    async def _quit_unless_elsewhere(self, user: User, rooms: tuple[str, ...], text: str) -> None:
+        """Announce a registered user's quit to the rooms where no session of its account on
+        another node still is."""
+        gone = []
+        for room in rooms:
+            try:
+                if not await self._elsewhere(user, room):
+                    gone.append(room)
+            except StoreError:
+                gone.append(room)
+        if gone:
+            self.store.publish(events.notice(text, rooms=tuple(gone)))
+
+    async def _elsewhere(self, user: User, room: str) -> bool:
+        """Whether a session of `user`'s account on another node is in `room`."""
+        if user.account is None or user.key != user.account or not self.store.clustered:
+            return False
+        return any(nick_key(nick) == user.key for nick in await self.store.remote_members(room))
+
+    def sessions_of(self, key: str) -> list[User]:
+        """This node's sessions holding nick `key`: one, or several of one account."""
+        first = self.nicks.get(key)
+        return [first, *self.sessions.get(key, ())] if first is not None else []
+
+    def peers(self, user: User) -> list[User]:
+        """The other sessions here of `user`'s account."""
+        if user.key is None or user.key not in self.sessions:
+            return []
+        return [peer for peer in self.sessions_of(user.key) if peer is not user]
+
+    def add_session(self, user: User, nick: str) -> None:
+        """`user` becomes one more session of the account holding `nick`, here or on another
+        node (whose claim it shares: store.share_nick). Only its own screen shows the change."""
+        key = nick_key(nick)
+        old = user.nick
+        if user.key is not None:
+            self._drop_session(user, user.key)
+        user.nick, user.key = nick, key
+        if key in self.nicks:
+            self.sessions.setdefault(key, []).append(user)
+        else:
+            self.nicks[key] = user
+            self.looks[look_key(nick)] = user
+            self.store.share_nick(key, nick)
+        _log("session", user, old=old)
+        self.store.renamed(user.member_id, nick, tuple(user.rooms))
+        user.send(replies.NICK_CHANGE.format(old=old, new=nick))
+
+    def _drop_session(self, user: User, key: str) -> None:
+        """`user` gives up nick `key`: the next session of its account (if any) holds it."""
+        rest = self.sessions.get(key)
+        if rest is not None and user in rest:
+            rest.remove(user)
+        elif self.nicks.get(key) is user:
+            self._forget_look(user)
+            if rest:
+                self.nicks[key] = rest.pop(0)
+                self.looks[look_key(user.nick)] = self.nicks[key]
+            else:
+                del self.nicks[key]
+                self.store.release_nick(key)
+        if rest is not None and not rest:
+            del self.sessions[key]
 
     def _leave_all(self, user: User) -> list[Room]:
         """Take `user` out of every room, telling no one; return the rooms it was in."""
@@ -289,8 +370,7 @@ class Chat:
             await self._claim(user, key, nick)
         old, old_key = user.nick, user.key
         if old_key is not None and old_key != key:
-            del self.nicks[old_key]
-            self.store.release_nick(old_key)
+            self._drop_session(user, old_key)
         self._forget_look(user)
         self.looks[look] = user
         user.nick, user.key = nick, key
@@ -323,16 +403,16 @@ class Chat:
         """The store found `key` owned by another node (this node was cut off for longer
         than the node TTL, or Redis lost the claim and someone took it): the local holder
         must go, or two people would answer to one nick."""
-        user = self.nicks.pop(key, None)
-        if user is None:
-            return
-        _log("nick_lost", user)
-        # The nick is someone else's now: nothing to release, and no quit under it to its
-        # rooms, which already saw this user quit when its node was declared dead.
-        user.key = None
-        _players_changed(self._leave_all(user))
-        user.send(replies.NICK_LOST.format(nick=user.nick))
-        user.hangup(replies.NICK_LOST_REASON)
+        for user in self.sessions_of(key):
+            _log("nick_lost", user)
+            # The nick is someone else's now: nothing to release, and no quit under it to its
+            # rooms, which already saw this user quit when its node was declared dead.
+            user.key = None
+            _players_changed(self._leave_all(user))
+            user.send(replies.NICK_LOST.format(nick=user.nick))
+            user.hangup(replies.NICK_LOST_REASON)
+        self.nicks.pop(key, None)
+        self.sessions.pop(key, None)
 
     def _lookalike_held(self, user: User, nick: str) -> bool:
         """Whether someone else here holds a nick that reads like `nick` (names.lookalikes)."""
@@ -383,6 +463,7 @@ class Chat:
                 history = await self.store.recent(key, self.history_replay)
             else:
                 history = await self.store.after(key, since)
+            elsewhere = await self._elsewhere(user, key)
         except BaseException:
             self._drop_pending(room, user)
             raise
@@ -390,7 +471,8 @@ class Chat:
         if held is None or user not in self.users:
             self._drop_pending(room, user)
             return  # the user left while the store answered
-        self._admit(room, user, history, held, since=since or NO_ID, replay=replay or self._replay)
+        quiet = elsewhere or _any_in(self.peers(user), room)
+        self._admit(room, user, history, held, since=since or NO_ID, replay=replay or self._replay, quiet=quiet)
 
     def _admit(
         self,
@@ -401,6 +483,7 @@ class Chat:
         *,
         since: EntryId,
         replay: Replay,
+        quiet: bool,
     ) -> None:
         seen = max(last_id(history), since)
         replay(user, room, history)
@@ -420,8 +503,14 @@ class Chat:
         user.current = room
         _log("join", user, room=room.name)
         self.store.joined(room.key, room.name, user.member_id, user.nick)
-        self.store.publish(events.notice(replies.JOINED.format(nick=user.nick, room=room.name), rooms=(room.key,)))
+        joined = replies.JOINED.format(nick=user.nick, room=room.name)
+        if quiet:
+            user.send(joined)  # the account was here already: only this session sees it come
+        else:
+            self.store.publish(events.notice(joined, rooms=(room.key,)))
         _membership_changed(user, room)
+        for moved in self.moved:
+            moved(user)
 
     def _drop_pending(self, room: Room, user: User) -> None:
         room.pending.pop(user, None)
@@ -435,12 +524,15 @@ class Chat:
         user.send(text)
         self._remove_member(room, user)
         del user.rooms[room.key]
-        self.store.publish(events.notice(text, rooms=(room.key,)))
+        if not _any_in(self.peers(user), room):
+            self.store.publish(events.notice(text, rooms=(room.key,)))
         if user.current is room:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
                 user.send(replies.SWITCHED.format(room=user.current.name))
         _membership_changed(user, room)
+        for moved in self.moved:
+            moved(user)
 
     def _remove_member(self, room: Room, user: User) -> None:
         room.members.pop(user, None)
@@ -561,13 +653,15 @@ class Chat:
                 handler(event)
 
     def _deliver_private(self, event: Event) -> None:
-        target = self.nicks.get(event.target)
-        if target is None or target.profile.ignores(event.nick):
+        targets = self.sessions_of(event.target)
+        if not targets or targets[0].profile.ignores(event.nick):
             return
         line = replies.PRIVATE_IN.format(nick=event.nick, text=event.text)
-        target.send(line)
-        self.stats.deliveries += 1
-        _channel_text((target,), f"tell {event.nick}", event.nick, line)
+        for target in targets:
+            target.send(line)
+        self.stats.deliveries += len(targets)
+        _channel_text(targets, f"tell {event.nick}", event.nick, line)
+        target = targets[0]
         if target.profile.away is not None:
             # Published, not sent: the sender may be connected to another node.
             self.store.publish(events.notice(away_notice(target.nick, target.profile), target=nick_key(event.nick)))
@@ -587,9 +681,8 @@ class Chat:
                 audience.update(room.members)
                 for held in room.pending.values():
                     held.append((NO_ID, event.text))
-        target = self.nicks.get(event.target) if event.target else None
-        if target is not None:
-            audience[target] = None
+        if event.target:
+            audience.update(dict.fromkeys(self.sessions_of(event.target)))
         self._fan_out(event.text, audience)
 
     def _fan_out(self, text: str, recipients: Iterable[User]) -> None:
@@ -632,9 +725,9 @@ class Chat:
         """Members whose copy of this message is their own -> whether it names them."""
         personal = {user: False for user in self.special if user in room.members}
         for key in mention_keys(event.text):
-            user = self.nicks.get(key)
-            if user is not None and user in room.members and user.profile.highlight and user.nick != event.nick:
-                personal[user] = True
+            for user in self.sessions_of(key):
+                if user in room.members and user.profile.highlight and user.nick != event.nick:
+                    personal[user] = True
         return personal
 
     def _send_personal(

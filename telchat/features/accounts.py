@@ -37,6 +37,8 @@ log = get_logger(__name__)
 ACCOUNT = "account"
 # The control event that tells every node of a new account (features/mailbox.py).
 REGISTERED: Final = "registered"
+# `login NICK PASSWORD ghost`: end the account's other sessions instead of joining them.
+GHOST = "ghost"
 FAILURE_WINDOW = 60.0
 MIN_PASSWORD = 6
 MAX_PASSWORD = 128
@@ -102,8 +104,9 @@ class Accounts:
         # Run, in order, once a user proved their password and took the nick (mail, rooms).
         self.logins: list[Callable[[User], Awaitable[None]]] = []
 
-    async def login(self, asker: Asker, raw_nick: str, password: str | None) -> None:
-        """`login NICK [PASSWORD]`: a registered nick without a password asks for one."""
+    async def login(self, asker: Asker, raw_nick: str, password: str | None, *, ghost: bool = False) -> None:
+        """`login NICK [PASSWORD [ghost]]`: a registered nick without a password asks for one.
+        A nick its account holds elsewhere gets one more session, or with `ghost` this one alone."""
         user = asker.user
         self.moderation.check_login(user, raw_nick)
         nick = check_nick_or_error(raw_nick)
@@ -117,14 +120,14 @@ class Accounts:
                 raise ChatError(replies.NICK_TAKEN.format(nick=nick))  # reads as a registered nick
             await self.chat.set_nick(user, nick)
         elif user.account == key:
-            await self._take(user, nick)
+            await self._take(user, nick, ghost=ghost)
         elif password is None:
             prompt = replies.PASSWORD_PROMPT.format(nick=nick)
             asker.ask_secret(prompt, lambda answer: self.identify(user, nick, answer))
         else:
-            await self.identify(user, nick, password)
+            await self.identify(user, nick, password, ghost=ghost)
 
-    async def identify(self, user: User, nick: str, password: str) -> None:
+    async def identify(self, user: User, nick: str, password: str, *, ghost: bool = False) -> None:
         """Check `password` for the account `nick`; on success take the nick."""
         if not password:
             raise ChatError(replies.LOGIN_CANCELLED)
@@ -135,7 +138,7 @@ class Accounts:
             await self.store.put_record(ACCOUNT, key, record)
         self._grant(user, key, record)
         log.info("login", conn_id=user.conn_id, peer=user.peer, account=key, operator=user.operator)
-        await self._take(user, nick)
+        await self._take(user, nick, ghost=ghost)
         # The nick change first: what the hooks show comes after it.
         await self.store.settled()
         for welcome in self.logins:
@@ -250,10 +253,15 @@ class Accounts:
             user.profile.zone = zone_named(record["tz"])
         self.chat.refresh(user)
 
-    async def _take(self, user: User, nick: str) -> None:
-        """Take `nick`, first disconnecting whoever holds it (a ghost of this account)."""
+    async def _take(self, user: User, nick: str, *, ghost: bool) -> None:
+        """Take `nick`: as one more session of its account if another connection (here or on
+        another node) holds it, or, with `ghost`, after disconnecting that connection."""
         key = nick_key(nick)
-        if await self._held_by_other(user, key):
+        held = await self._held_by_other(user, key)
+        if held and not ghost:
+            self.chat.add_session(user, nick)
+            return
+        if held:
             notice = replies.GHOST_NOTICE.format(nick=nick)
             self.store.publish(disconnect_event(f"nick:{key}", notice, replies.GHOST_REASON, spare=user))
             # The holder may be on another node: poll for the nick coming free.

@@ -51,6 +51,9 @@ class Continuity:
         self._writes: dict[str, asyncio.Task[None]] = {}
         self._flusher: asyncio.Task[None] | None = None
         chat.departures.append(self._departed)
+        chat.moved.append(self._moved)
+        # Users whose rooms are being restored: their joins are not saved one by one.
+        self._restoring: set[User] = set()
         accounts.logins.append(self.restore)
 
     def start(self) -> None:
@@ -70,21 +73,37 @@ class Continuity:
         account = user.account
         if account is None:
             return
+        peers = self.chat.peers(user)
+        if peers:
+            await self._share_rooms(user, peers[0])
+            return
         pending = self._writes.get(account)
         if pending is not None:
             await pending  # its last session's rooms, written as it left
         state = await self.store.get_record(SEEN, account)
         if state is None:
             return
-        for name in state.get("rooms", []):
-            since = _marker(state, room_key(name)) if user.profile.catchup else None
-            if since is None:
-                await self.chat.join(user, name)
-            else:
-                await self.chat.join(user, name, since=since, replay=self._catch_up)
-            # Its join notice before the next room's lines, on a store that delivers later.
-            await self.store.settled()
+        self._restoring.add(user)
+        try:
+            for name in state.get("rooms", []):
+                since = _marker(state, room_key(name)) if user.profile.catchup else None
+                if since is None:
+                    await self.chat.join(user, name)
+                else:
+                    await self.chat.join(user, name, since=since, replay=self._catch_up)
+                # Its join notice before the next room's lines, on a store that delivers later.
+                await self.store.settled()
+        finally:
+            self._restoring.discard(user)
         self._saved[account] = state_of(user)
+
+    async def _share_rooms(self, user: User, peer: User) -> None:
+        """A second session here: it joins the rooms of the first, which has seen it all."""
+        for room in state_of(peer)["rooms"]:
+            joined = self.chat.rooms.get(room_key(room))
+            since = joined.last if joined is not None else None
+            await self.chat.join(user, room, since=since, replay=self._catch_up)
+            await self.store.settled()
 
     def _catch_up(self, user: User, room: Room, missed: list[Event]) -> None:
         shown = [entry for entry in missed if not user.profile.ignores(entry.nick)]
@@ -100,21 +119,30 @@ class Continuity:
 
     def _departed(self, user: User) -> None:
         account = _owner(user)
-        if account is None:
-            return
+        if account is None or self.chat.peers(user):
+            return  # its last session saves the account's rooms
         self._saved.pop(account, None)
         self._write(account, state_of(user))
+
+    def _moved(self, user: User) -> None:
+        # Rooms are saved as they change (markers only at the flush): a session of the account
+        # on another node, or a login after a crash, finds them.
+        if user not in self._restoring:
+            self._save_changed(user)
 
     def flush(self) -> None:
         """Write the state of every online registered user whose rooms or markers changed."""
         for user in self.chat.users:
-            account = _owner(user)
-            if account is None:
-                continue
-            state = state_of(user)
-            if self._saved.get(account) != state:
-                self._saved[account] = state
-                self._write(account, state)
+            self._save_changed(user)
+
+    def _save_changed(self, user: User) -> None:
+        account = _owner(user)
+        if account is None or self.chat.nicks.get(account) is not user:
+            return  # one session per account: the one holding the nick
+        state = state_of(user)
+        if self._saved.get(account) != state:
+            self._saved[account] = state
+            self._write(account, state)
 
     async def _flush_every(self) -> None:
         while True:

@@ -343,8 +343,7 @@ class Moderation:
         address ban spares operators."""
         kind, _, value = target.partition(":")
         if kind == "nick":
-            user = self.chat.nicks.get(value)
-            return [user] if user is not None else []
+            return self.chat.sessions_of(value)
         if kind == "account":
             return [user for user in self.chat.users if user.account == value]
         network = parse_network(value)

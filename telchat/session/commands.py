@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from telchat.chat.rooms import Chat, ChatError, User
-from telchat.features.accounts import Answer
+from telchat.features.accounts import GHOST, Answer
 from telchat.features.search import SEARCH_USAGE
 from telchat.features.services import Services
 from telchat.obs.logs import get_logger
@@ -89,7 +89,10 @@ Parsed = Say | Invocation | Unknown
 
 
 async def _login(ctx: Context, args: list[str]) -> None:
-    await ctx.services.accounts.login(ctx, args[0], args[1] if len(args) > 1 else None)
+    ghost = len(args) == 3
+    if ghost and args[2].lower() != GHOST:
+        raise ChatError(replies.USAGE.format(usage=LOGIN.usage))
+    await ctx.services.accounts.login(ctx, args[0], args[1] if len(args) > 1 else None, ghost=ghost)
 
 
 async def _join(ctx: Context, args: list[str]) -> None:
@@ -261,12 +264,13 @@ def _command(
 
 LOGIN = _command(
     "login",
-    "login <nick> [password]",
-    "set or change your nick; a registered nick needs its password (asked for if not given)",
+    "login <nick> [password [ghost]]",
+    "set or change your nick; a registered nick needs its password (asked for if not given);"
+    " ghost ends the account's other sessions instead of joining them",
     _login,
-    words=2,
-    optional=1,
-    bare=(1, 2),
+    words=3,
+    optional=2,
+    bare=(1, 2, 3),
     aliases=("nick",),
 )
 JOIN = _command("join", "join <room>", "join a room (creating it) and make it current", _join, words=1, bare=(1,))

@@ -99,6 +99,9 @@ class StoreError(Exception):
 
 
 class Store(abc.ABC):
+    #: Whether other nodes share this store (and may have sessions of a local user's account).
+    clustered = False
+
     def __init__(self, keep: int = 1000) -> None:
         #: The hot-path statistics this store counts into; the App hands over its own.
         self.stats = Stats()
@@ -217,6 +220,10 @@ class Store(abc.ABC):
 
     def release_nick(self, key: str) -> None:
         return None
+
+    def share_nick(self, key: str, nick: str) -> None:  # noqa: B027 - one process has no other node
+        """A local session joins an account whose nick `key` another node holds: hold it
+        too, and take the claim over should the other node let go of it."""
 
     def joined(self, room: str, room_name: str, member: str, nick: str) -> None:
         return None

@@ -224,6 +224,8 @@ def _ignore_lost(key: str) -> None:
 
 
 class RedisStore(Store):
+    clustered = True
+
     def __init__(self, url: str, keep: int = 1000, node_ttl: float = 15.0) -> None:
         super().__init__(keep)
         self.url = url
@@ -250,6 +252,8 @@ class RedisStore(Store):
         self._last_bus_id = "0-0"
         self._carried_bus_id: str | None = None
         self._nicks: set[str] = set()
+        # Nicks of accounts with a session here whose claim another node holds (share_nick).
+        self._shared: set[str] = set()
         # This node's own presence, to write again when Redis has lost it.
         self._online: dict[str, str] = {}
         self._members: dict[str, dict[str, str]] = {}
@@ -575,7 +579,24 @@ class RedisStore(Store):
 
     def release_nick(self, key: str) -> None:
         self._nicks.discard(key)
+        self._shared.discard(key)
         self._release(key)
+
+    def share_nick(self, key: str, nick: str) -> None:
+        self._shared.add(key)
+
+    async def _take_shared(self) -> None:
+        """Claim the shared nicks whose holder let go: their sessions here are the account now."""
+        client = self._client()
+        for key in list(self._shared):
+            if not await client.set(_key("nick", key), self.node, nx=True, ex=self.nick_ttl):
+                continue
+            if key not in self._shared:
+                self._release(key)  # its last session here left meanwhile
+                continue
+            self._shared.discard(key)
+            self._nicks.add(key)
+            await client.sadd(_key("nicks", self.node), key)
 
     def _release(self, key: str) -> None:
         def op(pipe: Any) -> None:
@@ -814,6 +835,7 @@ class RedisStore(Store):
                 self._release(key)
         for key in lost:
             self._lose(key)
+        await self._take_shared()
         if not alive and self._online:
             log.warning("redis_presence_restored", node=self.node, users=len(self._online), nicks_lost=len(lost))
             self._restore()
