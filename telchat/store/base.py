@@ -56,7 +56,8 @@ Posted = Literal["ok", "box_full", "sender_full"]
 
 # Where a page of search results ended: (ts, id) of its oldest line; the next page is older.
 Cursor = tuple[float, EntryId]
-_WORD = re.compile(r"\w+")
+# Words as SQLite's unicode61 tokenizer cuts them (`_` separates), so every store agrees.
+_WORD = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True, slots=True)

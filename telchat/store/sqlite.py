@@ -27,7 +27,6 @@ from typing import TypeVar
 import orjson
 
 from telchat.obs.logs import get_logger
-from telchat.rules.names import nick_key
 from telchat.store.base import (
     Cursor,
     Deliver,
@@ -37,6 +36,8 @@ from telchat.store.base import (
     StoreError,
     decode_record,
     encode_record,
+    matches,
+    newest,
 )
 from telchat.store.checkpoint import Checkpointer
 from telchat.store.events import Event, kind_of
@@ -69,8 +70,8 @@ CREATE VIEW IF NOT EXISTS messages AS
            line.value ->> 2 AS kind, line.value ->> 3 AS text, line.value ->> 4 AS ts
     FROM chunks, json_each(chunks.lines) AS line;
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
-    text, room UNINDEXED, room_name UNINDEXED, nick UNINDEXED, who UNINDEXED, kind UNINDEXED, ts UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 0'
+    text, room UNINDEXED, last UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 0', detail = none, columnsize = 0
 );
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
@@ -80,14 +81,16 @@ CREATE TABLE IF NOT EXISTS records (
 );
 """
 INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
-# Search indexes lines one by one (rowid = line id), in the transaction that adds their chunk
-# and removes them with the chunk's trim; `who` is the nick's key, for `from NICK`.
-INDEX = "INSERT INTO search (rowid, text, room, room_name, nick, who, kind, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# Search indexes chunks, as history keeps them: one row per chunk (rowid = its first id, the
+# text of its lines), added by the transaction that adds the chunk and deleted by the one
+# that drops it. An index row costs about what a chunk costs, not a row per line; a chunk cut
+# down by the trim keeps the words of its cut lines, and a search checks each line found.
+INDEX = "INSERT INTO search (rowid, text, room, last) VALUES (?, ?, ?, ?)"
 UNINDEX = "DELETE FROM search WHERE rowid = ?"
-DROPPED = "SELECT lines FROM chunks WHERE room = ? AND first <= ?"
-SEARCH = "SELECT rowid, room, room_name, nick, kind, text, ts FROM search WHERE search MATCH ?"
+SEARCH = "SELECT rowid, room, last FROM search WHERE search MATCH ?"
+CHUNK = "SELECT room_name, lines FROM chunks WHERE room = ? AND first = ?"
+ALL_CHUNKS = "SELECT first, last, room, lines FROM chunks"
 HISTORY_ROOMS = "SELECT DISTINCT room FROM chunks"
-ALL_LINES = "SELECT id, text, room, room_name, nick, kind, ts FROM messages"
 RECENT = "SELECT room_name, lines FROM chunks WHERE room = ? ORDER BY first DESC"
 # A scan, once at start-up: rooms are not ordered by their ids.
 LAST_ID = "SELECT coalesce(max(last), 0) FROM chunks"
@@ -106,8 +109,8 @@ SCHEMA_VERSION = 3
 OLD_MESSAGES = "SELECT id, room, room_name, nick, kind, text, ts FROM messages ORDER BY room, id"
 
 Line = tuple[int, str, str, str, float]
-# A row of `search`: id, text, room key, room name, nick, nick key, kind, ts.
-Indexed = tuple[int, str, str, str, str, str, str, float]
+# A row of `search`: the chunk's first id, its lines' text, room key, last id.
+Indexed = tuple[int, str, str, int]
 # A row of `chunks`: first id, last id, room key, room name, line count, the lines as JSON.
 Chunk = tuple[int, int, str, str, int, str]
 
@@ -197,12 +200,12 @@ class SqliteStore(LocalStore):
 
     def _commit(self, events: list[Event]) -> list[Event]:
         db = self._connection()
-        committed, chunks, last = self._number(events)
+        committed, chunks, indexed, last = self._number(events)
         try:
             db.execute("BEGIN")
             stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
             db.executemany(INSERT, chunks)
-            db.executemany(INDEX, [_indexed(event) for event in committed if event.in_history])
+            db.executemany(INDEX, indexed)
             lines = {room: self._trim(db, room, count) for room, count in stored.items()}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -223,9 +226,9 @@ class SqliteStore(LocalStore):
             self.stats.store_errors += 1
             log.error("store_error", error=f"SQLite checkpoint failed: {exc}", pending=0)
 
-    def _number(self, events: list[Event]) -> tuple[list[Event], list[Chunk], int]:
+    def _number(self, events: list[Event]) -> tuple[list[Event], list[Chunk], list[Indexed], int]:
         """The events with the ids they get if the commit succeeds, the batch's chunk rows
-        (one per room), and the last id given."""
+        (one per room) and their search rows, and the last id given."""
         committed: list[Event] = []
         lines: dict[tuple[str, str], list[Line]] = {}
         last = self._last_id
@@ -239,7 +242,9 @@ class SqliteStore(LocalStore):
             if room is None:
                 room = lines[event.room, event.room_name] = []
             room.append((last, event.nick, event.kind, event.text, event.ts))
-        return committed, [_chunk(room, name, room_lines) for (room, name), room_lines in lines.items()], last
+        chunks = [_chunk(room, name, room_lines) for (room, name), room_lines in lines.items()]
+        indexed = [_indexed(room, room_lines) for (room, _), room_lines in lines.items()]
+        return committed, chunks, indexed, last
 
     def _stored(self, db: sqlite3.Connection, room: str) -> int:
         """Lines of `room` in the file: counted once per process, then kept up to date."""
@@ -254,23 +259,22 @@ class SqliteStore(LocalStore):
         over = stored - self._keep
         if over <= 0:
             return stored
-        dropped = straddling = None
+        dropped: list[int] = []
+        straddling = None
         for first, count in db.execute(OLDEST, (room,)):
             if count > over:
                 straddling = first
                 break
-            dropped, over, stored = first, over - count, stored - count
-        gone: list[Line] = []
-        if dropped is not None:
-            gone += [line for (lines,) in db.execute(DROPPED, (room, dropped)) for line in orjson.loads(lines)]
-            db.execute(DELETE_UPTO, (room, dropped))
+            dropped.append(first)
+            over, stored = over - count, stored - count
+        if dropped:
+            db.execute(DELETE_UPTO, (room, dropped[-1]))
+            db.executemany(UNINDEX, [(first,) for first in dropped])
         if straddling is not None and over >= self._slack:
             (lines,) = db.execute(GET_LINES, (room, straddling)).fetchone()
-            chunk = orjson.loads(lines)
-            gone += chunk[:over]
-            db.execute(SET_LINES, (orjson.dumps(chunk[over:]).decode(), len(chunk) - over, room, straddling))
+            kept = orjson.loads(lines)[over:]
+            db.execute(SET_LINES, (orjson.dumps(kept).decode(), len(kept), room, straddling))
             stored -= over
-        db.executemany(UNINDEX, [(line[0],) for line in gone])
         return stored
 
     async def recent(self, room: str, limit: int) -> list[Event]:
@@ -279,11 +283,7 @@ class SqliteStore(LocalStore):
         if limit <= 0:
             return []
         found = await self._off_loop(lambda: self._recent(room, limit))
-        return [
-            Event(kind_of(kind), text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
-            for chunk in reversed(found)
-            for name, (line_id, nick, kind, text, ts) in chunk
-        ]
+        return [_event(room, name, line) for chunk in reversed(found) for name, line in chunk]
 
     def _recent(self, room: str, limit: int) -> list[list[tuple[str, Line]]]:
         """On the worker: `room`'s newest chunks, newest first, cut to `limit` lines."""
@@ -306,26 +306,36 @@ class SqliteStore(LocalStore):
     async def search(self, query: Query, before: Cursor | None, limit: int) -> list[Event]:
         if not query.words:
             return await super().search(query, before, limit)
+        return await self._read(lambda db: self._search(db, query, before, limit))
+
+    def _search(self, db: sqlite3.Connection, query: Query, before: Cursor | None, limit: int) -> list[Event]:
+        """On the worker: the chunks the index finds, newest first, read until `limit` lines
+        match and no older chunk can hold a newer one."""
         sql = [SEARCH]
-        params: list[str | float] = [" ".join('"' + word.replace('"', '""') + '"' for word in query.words)]
-        for clause, value, wanted in (
-            ("room = ?", query.room, query.room),
-            ("who = ?", query.nick, query.nick),
-            ("ts >= ?", query.since, query.since),
-        ):
-            if wanted:
-                sql.append(f"AND {clause}")
-                params.append(value)
+        params: list[str | int] = [" ".join('"' + word.replace('"', '""') + '"' for word in query.words)]
+        if query.room:
+            sql.append("AND room = ?")
+            params.append(query.room)
         if before is not None:
-            sql.append("AND (ts < ? OR (ts = ? AND rowid < ?))")
-            params += [before[0], before[0], before[1][0]]
-        sql.append("ORDER BY ts DESC, rowid DESC LIMIT ?")
-        params.append(limit)
-        rows = await self._read(lambda db: db.execute(" ".join(sql), params).fetchall())
-        return [
-            Event(kind_of(kind), text, room=room, room_name=name, nick=nick, ts=ts, id=(line_id, 0))
-            for line_id, room, name, nick, kind, text, ts in rows
-        ]
+            sql.append("AND rowid <= ?")
+            params.append(before[1][0])
+        sql.append("ORDER BY rowid DESC")
+        found: list[Event] = []
+        floor = 0
+        for first, room, last in db.execute(" ".join(sql), params).fetchall():
+            if len(found) >= limit and last < floor:
+                break
+            row = db.execute(CHUNK, (room, first)).fetchone()
+            if row is None:
+                continue
+            lines = [_event(room, row[0], line) for line in orjson.loads(row[1])]
+            if lines and lines[-1].ts < query.since:
+                break  # chunks are in commit order: the rest are older still
+            found += [event for event in lines if matches(query, event, before)]
+            if len(found) >= limit:
+                found = newest(found, limit)
+                floor = found[-1].id[0]
+        return newest(found, limit)
 
     # Records are written outside the per-turn batch: autocommit, so durable on return.
 
@@ -387,7 +397,7 @@ def _upgrade(db: sqlite3.Connection) -> None:
             if statement.strip():
                 db.execute(statement)
         db.executemany(INSERT, _old_chunks(rows))
-        db.executemany(INDEX, [_with_key(row) for row in db.execute(ALL_LINES).fetchall()])
+        db.executemany(INDEX, [_indexed(room, orjson.loads(lines)) for _, _, room, lines in db.execute(ALL_CHUNKS)])
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -404,14 +414,13 @@ def _old_chunks(rows: list[tuple[int, str, str, str, str, str, float]]) -> list[
     return chunks
 
 
-def _indexed(event: Event) -> Indexed:
-    return _with_key((event.id[0], event.text, event.room, event.room_name, event.nick, event.kind, event.ts))
+def _indexed(room: str, lines: list[Line]) -> Indexed:
+    return (lines[0][0], "\n".join(line[3] for line in lines), room, lines[-1][0])
 
 
-def _with_key(row: tuple[int, str, str, str, str, str, float]) -> Indexed:
-    """A `messages` row (id, text, room, room name, nick, kind, ts) as a `search` row."""
-    line_id, text, room, room_name, nick, kind, ts = row
-    return (line_id, text, room, room_name, nick, nick_key(nick), kind, ts)
+def _event(room: str, room_name: str, line: Line) -> Event:
+    line_id, nick, kind, text, ts = line
+    return Event(kind_of(kind), text, room=room, room_name=room_name, nick=nick, ts=ts, id=(line_id, 0))
 
 
 def _chunk(room: str, room_name: str, lines: list[Line]) -> Chunk:
