@@ -210,3 +210,29 @@ async def test_search_across_redis_nodes(nodes: list[ServerProcess], clients: li
         "#ops:bob> release notes ready",
         "*** End of results",
     ]
+
+
+async def test_index_rows_of_dropped_chunks_never_show_and_are_pruned(tmp_path: Path) -> None:
+    """Dropped chunks' index rows are deleted in batches; until then a search skips them,
+    and an open after a crash (here: rows put back by hand) prunes them."""
+    path = tmp_path / "stale.db"
+    store = SqliteStore(str(path), keep=5)
+    await store.open(lambda event: None)
+    try:
+        for i in range(20):
+            store.publish(Event("say", f"needle {i}", room="r", room_name="r", nick="bob"))
+            await store.settled()
+        found = await store.search(Query(words=("needle",)), None, 100)
+        assert [e.text for e in found] == [f"needle {i}" for i in range(19, 14, -1)]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO search (rowid, text, room, last) VALUES (1, 'needle gone', 'r', 1)")
+    store = SqliteStore(str(path), keep=5)
+    await store.open(lambda event: None)
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert (
+            db.execute("SELECT rowid FROM search ORDER BY rowid").fetchall()
+            == db.execute("SELECT first FROM chunks ORDER BY first").fetchall()
+        )

@@ -82,11 +82,15 @@ CREATE TABLE IF NOT EXISTS records (
 """
 INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
 # Search indexes chunks, as history keeps them: one row per chunk (rowid = its first id, the
-# text of its lines), added by the transaction that adds the chunk and deleted by the one
-# that drops it. An index row costs about what a chunk costs, not a row per line; a chunk cut
-# down by the trim keeps the words of its cut lines, and a search checks each line found.
+# text of its lines), added by the transaction that adds the chunk. An index row costs about
+# what a chunk costs, not a row per line; a chunk cut down by the trim keeps the words of its
+# cut lines, and a search checks each line it finds, and that its chunk is still there. So
+# the rows of dropped chunks are deleted in batches (an FTS5 delete is dear in a transaction
+# of its own), by a later history commit, at close, or at the next open after a crash.
 INDEX = "INSERT INTO search (rowid, text, room, last) VALUES (?, ?, ?, ?)"
 UNINDEX = "DELETE FROM search WHERE rowid = ?"
+UNINDEX_BATCH = 64
+PRUNE = "DELETE FROM search WHERE rowid NOT IN (SELECT first FROM chunks)"
 SEARCH = "SELECT rowid, room, last FROM search WHERE search MATCH ?"
 CHUNK = "SELECT room_name, lines FROM chunks WHERE room = ? AND first = ?"
 ALL_CHUNKS = "SELECT first, last, room, lines FROM chunks"
@@ -126,6 +130,8 @@ class SqliteStore(LocalStore):
         self._db: sqlite3.Connection | None = None
         self._checkpointer: Checkpointer | None = None
         self._last_id = 0
+        # Index rows of dropped chunks, deleted UNINDEX_BATCH at a time.
+        self._stale: list[int] = []
         self._worker: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._worker_dbs: list[sqlite3.Connection] = []
@@ -149,6 +155,7 @@ class SqliteStore(LocalStore):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA busy_timeout={WORKER_BUSY_MS}")
         _upgrade(db)
+        db.execute(PRUNE)
         (last,) = db.execute(LAST_ID).fetchone()
         if self.path != ":memory:":
             self._checkpointer = Checkpointer(self.path)
@@ -172,6 +179,7 @@ class SqliteStore(LocalStore):
 
     async def close(self) -> None:
         await super().close()
+        self._unindex_stale()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -206,7 +214,11 @@ class SqliteStore(LocalStore):
             stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
             db.executemany(INSERT, chunks)
             db.executemany(INDEX, indexed)
-            lines = {room: self._trim(db, room, count) for room, count in stored.items()}
+            stale = list(self._stale)
+            lines = {room: self._trim(db, room, count, stale) for room, count in stored.items()}
+            if len(stale) >= UNINDEX_BATCH:
+                db.executemany(UNINDEX, [(first,) for first in stale])
+                stale = []
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -214,9 +226,25 @@ class SqliteStore(LocalStore):
             raise StoreError(f"SQLite commit failed: {exc}") from exc
         self._last_id = last
         self._lines.update(lines)
+        self._stale = stale
         if self._checkpointer is not None and self._checkpointer.committed():
             self._restart_wal(db)
         return committed
+
+    def _unindex_stale(self) -> None:
+        if not self._stale or self._db is None:
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            db.executemany(UNINDEX, [(first,) for first in self._stale])
+            db.execute("COMMIT")
+            self._stale = []
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            # Harmless: searches skip them, and the next open prunes them.
+            log.error("store_error", error=f"SQLite index cleanup failed: {exc}", pending=0)
 
     def _restart_wal(self, db: sqlite3.Connection) -> None:
         try:
@@ -253,9 +281,10 @@ class SqliteStore(LocalStore):
             (stored,) = db.execute(ROOM_LINES, (room,)).fetchone()
         return int(stored)
 
-    def _trim(self, db: sqlite3.Connection, room: str, stored: int) -> int:
-        """Drop `room`'s chunks that lie wholly past its newest `keep` lines; cut the oldest
-        kept one once `slack` of its lines are past. Return the lines left."""
+    def _trim(self, db: sqlite3.Connection, room: str, stored: int, stale: list[int]) -> int:
+        """Drop `room`'s chunks that lie wholly past its newest `keep` lines (their index rows
+        go to `stale`); cut the oldest kept one once `slack` of its lines are past. Return the
+        lines left."""
         over = stored - self._keep
         if over <= 0:
             return stored
@@ -269,7 +298,7 @@ class SqliteStore(LocalStore):
             over, stored = over - count, stored - count
         if dropped:
             db.execute(DELETE_UPTO, (room, dropped[-1]))
-            db.executemany(UNINDEX, [(first,) for first in dropped])
+            stale += dropped
         if straddling is not None and over >= self._slack:
             (lines,) = db.execute(GET_LINES, (room, straddling)).fetchone()
             kept = orjson.loads(lines)[over:]
