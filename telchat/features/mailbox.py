@@ -109,8 +109,10 @@ class Mailbox:
         self.known.add(event.target)
 
     def _said(self, user: User, room: Room, text: str) -> None:
+        if not self.known or user.key is None:
+            return
         named = mention_keys(text) & self.known
-        if not named or user.key is None:
+        if not named:
             return
         item = {"nick": user.nick, "room": room.name, "text": text, "ts": time.time()}
         for key in named - self.chat.nicks.keys() - {user.key}:
