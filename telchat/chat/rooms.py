@@ -331,7 +331,9 @@ class Chat:
         """Take up a user carried over a server upgrade: back under its nick and in its rooms
         (key, name) as it was, announced to no one: to everyone else, nothing happened."""
         self.users[user] = None
-        if user.key is not None:
+        if user.key is not None and user.key in self.nicks:
+            self.sessions.setdefault(user.key, []).append(user)  # another session of an account
+        elif user.key is not None:
             self.nicks[user.key] = user
         for key, name in rooms:
             room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))

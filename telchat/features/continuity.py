@@ -158,10 +158,23 @@ class Continuity:
         if after is not None:
             await after
         try:
-            await self.store.put_record(SEEN, account, state)
+            await self.store.put_record(SEEN, account, await self._merged(account, state))
         except StoreError as exc:
             # Not fatal: the next login rejoins the rooms of an older state.
             log.warning("store_error", during="continuity", error=str(exc), account=account)
+
+    async def _merged(self, account: str, state: Record) -> Record:
+        """`state` with no marker older than the saved one: markers only move on. A room taken
+        over from a process before an upgrade has no `last` yet, until its next line."""
+        saved = await self.store.get_record(SEEN, account)
+        if saved is None:
+            return state
+        state = {**state, "markers": dict(state["markers"])}  # not the one `_saved` holds
+        for key, marker in state["markers"].items():
+            before = _marker(saved, key)
+            if before is not None and before > tuple(marker):
+                state["markers"][key] = list(before)
+        return state
 
     def _written(self, account: str, task: asyncio.Task[None]) -> None:
         if self._writes.get(account) is task:

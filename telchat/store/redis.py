@@ -360,6 +360,7 @@ class RedisStore(Store):
             "seen_own": self._seen_own,
             "bus_id": self._last_bus_id,
             "nicks": sorted(self._nicks),
+            "shared": sorted(self._shared),
             "online": self._online,
             "members": self._members,
             "names": self._names,
@@ -376,6 +377,7 @@ class RedisStore(Store):
         self._seq = itertools.count(self._published + 1)
         self._carried_bus_id = str(state["bus_id"])
         self._nicks = {str(key) for key in state["nicks"]}
+        self._shared = {str(key) for key in state.get("shared", ())}
         self._online = {str(k): str(v) for k, v in state["online"].items()}
         self._members = {room: {str(k): str(v) for k, v in m.items()} for room, m in state["members"].items()}
         self._names = {str(k): str(v) for k, v in state["names"].items()}
