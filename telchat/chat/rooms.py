@@ -367,8 +367,7 @@ class Chat:
             raise ChatError(replies.NICK_TAKEN.format(nick=nick))
         look = look_key(nick)
         if owner is None:
-            if look != key and await self.store.remote_nick(look):
-                raise ChatError(replies.NICK_TAKEN.format(nick=nick))
+            # The store claims the look key with the identity key (Store.claim_nick).
             await self._claim(user, key, nick)
         old, old_key = user.nick, user.key
         if old_key is not None and old_key != key:

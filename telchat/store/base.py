@@ -210,6 +210,8 @@ class Store(abc.ABC):
     # Cluster-wide views; a single-process store has nothing beyond the local node.
 
     async def claim_nick(self, key: str, nick: str) -> bool:
+        """Claim `nick` (identity `key`) cluster-wide, unless another node holds it or a
+        nick that reads like it (either of names.lookalikes); release_nick frees both."""
         return True
 
     def on_nick_lost(self, handler: NickLost) -> None:  # noqa: B027 - one process never loses a nick

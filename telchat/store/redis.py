@@ -29,7 +29,8 @@ import contextlib
 import itertools
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ from redis.retry import Retry
 
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
+from telchat.rules.names import look_key, nick_key
 from telchat.store import events as ev
 from telchat.store.base import (
     Deliver,
@@ -70,6 +72,9 @@ BUS_VERSION = 1
 CHUNK = 1000
 # `rooms` lists at most this many rooms: one script, one round trip, a bounded reply.
 ROOMS_LISTED = 1000
+# Connections to Redis per node: the reader's blocking read, the writer, the heartbeat and
+# janitor, and the commands in flight.
+POOL_CONNECTIONS = 64
 
 # KEYS: dedupe key, bus stream, history stream ("" for none)
 # ARGV: event json, bus maxlen, history maxlen, dedupe seconds, event id
@@ -87,24 +92,96 @@ RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: node key, nodes set, the node's nicks set, then nick keys
-# ARGV: node, version, node ttl, nick ttl, then the bare nick keys (ARGV[i + 1] is KEYS[i])
-# Returns: whether the node key existed, and the nicks now owned by another node.
+# KEYS: nick key, look key, then the keys it must not read like: look:{nick key}, nick:{look key}
+# ARGV: node, nick ttl, node key prefix
+# Claims both keys unless a live node (one whose node key exists) holds any of the four; a
+# dead node's claims are taken over. Returns {1, ""}, or {0, the live holder}.
+CLAIM_LUA = """
+for i = 1, #KEYS do
+  local owner = redis.call('GET', KEYS[i])
+  if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+    return {0, owner}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return {1, ''}
+"""
+# Declare a node dead (delete its node key) unless it beat within the grace seconds.
+# KEYS: node key, beats hash; ARGV: node, grace. Returns 1 when declared.
+DECLARE_DEAD_LUA = """
+local beat = redis.call('HGET', KEYS[2], ARGV[1])
+if not beat or tonumber(redis.call('TIME')[1]) - tonumber(beat) < tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS: node key, nodes set, beats hash, then pairs (nick or look key, the node's set of them)
+# ARGV: node, version, node ttl, nick ttl, then each pair's bare key
+# Returns: whether the node key existed, and the positions (from 1) of the pairs whose key
+# another node owns now.
 HEARTBEAT_LUA = """
 local alive = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], redis.call('TIME')[1])
 local lost = {}
-for i = 4, #KEYS do
+local pair = 0
+for i = 4, #KEYS, 2 do
+  pair = pair + 1
   local owner = redis.call('GET', KEYS[i])
   if owner == ARGV[1] or not owner then
     redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
-    redis.call('SADD', KEYS[3], ARGV[i + 1])
+    redis.call('SADD', KEYS[i + 1], ARGV[4 + pair])
   else
-    lost[#lost + 1] = ARGV[i + 1]
+    lost[#lost + 1] = pair
   end
 end
 return {alive, lost}
+"""
+# Every trace of a node, in one pass over its own sets: its presence in the rooms it had
+# members in (all live rooms for a node of a version that kept no such set), its nick and
+# look claims, its liveness. KEYS: its nicks, looks, rooms sets, node key, beats, nodes,
+# online, rooms, roomnames; ARGV: node, key prefix.
+# Returns {nick, room, nick, room, ...} of its members, and the nick keys another node
+# has taken over (their users are back).
+BURY_LUA = """
+local node, prefix = ARGV[1], ARGV[2]
+local mine = node .. ':'
+local quits, back = {}, {}
+local rooms = redis.call('SMEMBERS', KEYS[3])
+if #rooms == 0 then rooms = redis.call('SMEMBERS', KEYS[8]) end
+for _, room in ipairs(rooms) do
+  local members = prefix .. 'members:' .. room
+  local flat = redis.call('HGETALL', members)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, #mine) == mine then
+      redis.call('HDEL', members, flat[i])
+      quits[#quits + 1] = flat[i + 1]
+      quits[#quits + 1] = room
+    end
+  end
+  if redis.call('EXISTS', members) == 0 then
+    redis.call('SREM', KEYS[8], room)
+    redis.call('HDEL', KEYS[9], room)
+  end
+end
+for _, field in ipairs(redis.call('HKEYS', KEYS[7])) do
+  if string.sub(field, 1, #mine) == mine then redis.call('HDEL', KEYS[7], field) end
+end
+for set, kind in ipairs({'nick:', 'look:'}) do
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[set])) do
+    local owner = redis.call('GET', prefix .. kind .. key)
+    if owner == node then
+      redis.call('DEL', prefix .. kind .. key)
+    elseif owner and set == 1 then
+      back[#back + 1] = key
+    end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('HDEL', KEYS[5], node)
+redis.call('SREM', KEYS[6], node)
+return {quits, back}
 """
 # Remove presence fields from a room; the room's last member takes the room with it.
 # KEYS: members hash, rooms set, roomnames hash; ARGV: room key, then fields
@@ -251,9 +328,17 @@ class RedisStore(Store):
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_bus_id = "0-0"
         self._carried_bus_id: str | None = None
-        self._nicks: set[str] = set()
-        # Nicks of accounts with a session here whose claim another node holds (share_nick).
-        self._shared: set[str] = set()
+        # Nick key -> its look key (names.look_key), both claimed in Redis for a local user.
+        self._nicks: dict[str, str] = {}
+        # How many of those nicks have each look key: renaming to a nick that looks the
+        # same must not release the look key the new nick claimed.
+        self._looks: Counter[str] = Counter()
+        # Nicks (key -> look key) of accounts with a session here whose claim another node
+        # holds (share_nick).
+        self._shared: dict[str, str] = {}
+        # When each other node's liveness was last probed (`_proven_dead`), by node.
+        self._probed: dict[str, float] = {}
+        self._janitor_wake = asyncio.Event()
         # This node's own presence, to write again when Redis has lost it.
         self._online: dict[str, str] = {}
         self._members: dict[str, dict[str, str]] = {}
@@ -271,15 +356,22 @@ class RedisStore(Store):
         if not parts.hostname:
             raise StoreError(f"bad Redis URL {self.shown_url!r}: use redis://HOST:PORT/DB")
         self._deliver = deliver
-        self._redis = aioredis.Redis.from_url(
+        # A blocking pool: a storm of logins waits its turn for a connection (up to the
+        # command timeout) instead of failing on redis-py's default cap of 100.
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=POOL_CONNECTIONS,
+            timeout=self.timeout,
             socket_connect_timeout=3,
             socket_timeout=self.timeout,
             # One retry: a reconnect after a Redis restart, not minutes on a stalled one.
             retry=Retry(ExponentialWithJitterBackoff(base=RETRY_MIN, cap=RETRY_MAX), 1),
             health_check_interval=10,
             decode_responses=True,
+            # How other nodes tell that this process is gone: Redis drops its connections.
+            client_name=_client_name(self.node),
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         try:
             await self._redis.ping()
             last = await self._redis.xrevrange(_key("bus"), count=1)
@@ -297,7 +389,7 @@ class RedisStore(Store):
             self._start(self._writer(), "redis-writer"),
             self._start(self._reader(), "redis-reader"),
             self._start(self._every(self.node_ttl / 3, self._heartbeat_once), "redis-heartbeat"),
-            self._start(self._every(self.node_ttl / 3, self._janitor_once), "redis-janitor"),
+            self._start(self._every(self.node_ttl / 3, self._janitor_once, self._janitor_wake), "redis-janitor"),
         ]
         log.info("redis_open", node=self.node, url=self.shown_url, bus_id=self._last_bus_id, version=BUS_VERSION)
 
@@ -351,6 +443,10 @@ class RedisStore(Store):
     async def drain(self, within: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), within)
+        # A fresh heartbeat: while the image is replaced, this node has no connection to
+        # Redis, and must not look dead to other nodes (`_proven_dead`) meanwhile.
+        with contextlib.suppress(RedisError, OSError):
+            await self._beat()
 
     def carry(self) -> dict[str, Any]:
         return {
@@ -359,8 +455,8 @@ class RedisStore(Store):
             "published": self._published,
             "seen_own": self._seen_own,
             "bus_id": self._last_bus_id,
-            "nicks": sorted(self._nicks),
-            "shared": sorted(self._shared),
+            "nicks": self._nicks,
+            "shared": self._shared,
             "online": self._online,
             "members": self._members,
             "names": self._names,
@@ -376,9 +472,10 @@ class RedisStore(Store):
         self._seen_own = int(state["seen_own"])
         self._seq = itertools.count(self._published + 1)
         self._carried_bus_id = str(state["bus_id"])
-        self._nicks = {str(key) for key in state["nicks"]}
-        self._shared = {str(key) for key in state.get("shared", ())}
         self._online = {str(k): str(v) for k, v in state["online"].items()}
+        self._nicks = _with_looks(state["nicks"], self._online)
+        self._looks = Counter(self._nicks.values())
+        self._shared = _with_looks(state.get("shared", {}), self._online)
         self._members = {room: {str(k): str(v) for k, v in m.items()} for room, m in state["members"].items()}
         self._names = {str(k): str(v) for k, v in state["names"].items()}
         for event_id, event in state["queued"]:
@@ -565,54 +662,117 @@ class RedisStore(Store):
     # nicks
 
     async def claim_nick(self, key: str, nick: str) -> bool:
-        name = _key("nick", key)
+        look = look_key(nick)
         try:
-            claimed = await self._client().set(name, self.node, nx=True, ex=self.nick_ttl)
+            owner = await self._claim(key, look)
+            if owner and await self._proven_dead(owner):
+                owner = await self._claim(key, look)
         except (RedisError, OSError) as exc:
             # The claim may have been applied with its reply lost. The caller still holds
             # the nick locally, so no one here can own it: take it back if it is ours.
             with contextlib.suppress(RedisError, OSError):
-                await self._client().eval(RELEASE_LUA, 1, name, self.node)
+                await self._client().eval(RELEASE_LUA, 1, _key("nick", key), self.node)
+                if not self._looks[look]:
+                    await self._client().eval(RELEASE_LUA, 1, _key("look", look), self.node)
             raise StoreError(f"Redis nick claim failed: {exc}") from exc
-        if claimed:
-            self._nicks.add(key)
-            self._enqueue("op", lambda pipe: pipe.sadd(_key("nicks", self.node), key))
-        return bool(claimed)
+        if owner:
+            return False
+        self._hold(key, look)
+        return True
+
+    def _hold(self, key: str, look: str) -> None:
+        """`key` and `look` are claimed for a local user: keep them, listed for cleanup."""
+        self._nicks[key] = look
+        self._looks[look] += 1
+
+        def op(pipe: Any) -> None:
+            pipe.sadd(_key("nicks", self.node), key)
+            pipe.sadd(_key("looks", self.node), look)
+
+        self._enqueue("op", op)
+
+    async def _claim(self, key: str, look: str) -> str:
+        """Claim nick `key` and its `look` in one script; "" if claimed, else the live node
+        that holds one of them (or a nick that reads like it)."""
+        claimed, owner = await self._client().eval(
+            CLAIM_LUA,
+            4,
+            _key("nick", key),
+            _key("look", look),
+            _key("look", key),
+            _key("nick", look),
+            self.node,
+            self.nick_ttl,
+            _key("node", ""),
+        )
+        return "" if claimed else str(owner)
+
+    async def _proven_dead(self, node: str) -> bool:
+        """Whether `node`, whose liveness key has not expired yet, is dead all the same: it
+        has no connection to Redis (a killed process's are closed at once) and has not
+        beaten for a heartbeat interval (a live node reconnecting after a Redis restart
+        beats within one). Then its key is deleted, as its expiry would, and it is buried
+        now instead of `--node-ttl` later. Probed at most once a second per node."""
+        now = asyncio.get_running_loop().time()
+        if now - self._probed.get(node, -1.0) < 1.0:
+            return False
+        self._probed[node] = now
+        client = self._client()
+        try:
+            if any(c.get("name") == _client_name(node) for c in await client.client_list()):
+                return False
+        except RedisError:
+            return False  # CLIENT LIST not allowed: wait for the key to expire
+        if not await client.eval(DECLARE_DEAD_LUA, 2, _key("node", node), _key("beats"), node, self.node_ttl / 3):
+            return False
+        log.warning("redis_node_dead", node=node, by=self.node)
+        self._janitor_wake.set()
+        return True
 
     def release_nick(self, key: str) -> None:
-        self._nicks.discard(key)
-        self._shared.discard(key)
-        self._release(key)
+        self._shared.pop(key, None)
+        self._release(key, self._forget_nick(key))
 
     def share_nick(self, key: str, nick: str) -> None:
-        self._shared.add(key)
+        self._shared[key] = look_key(nick)
 
     async def _take_shared(self) -> None:
         """Claim the shared nicks whose holder let go: their sessions here are the account now."""
-        client = self._client()
-        for key in list(self._shared):
-            if not await client.set(_key("nick", key), self.node, nx=True, ex=self.nick_ttl):
+        for key, look in list(self._shared.items()):
+            if await self._claim(key, look):
                 continue
             if key not in self._shared:
-                self._release(key)  # its last session here left meanwhile
+                self._release(key, look)  # its last session here left meanwhile
                 continue
-            self._shared.discard(key)
-            self._nicks.add(key)
-            await client.sadd(_key("nicks", self.node), key)
+            del self._shared[key]
+            self._hold(key, look)
 
-    def _release(self, key: str) -> None:
+    def _forget_nick(self, key: str) -> str | None:
+        """Stop holding `key`; return its look key if no other nick held here has it."""
+        look = self._nicks.pop(key, None)
+        if look is None:
+            return None
+        self._looks[look] -= 1
+        if self._looks[look] > 0:
+            return None
+        del self._looks[look]
+        return look
+
+    def _release(self, key: str, look: str | None) -> None:
         def op(pipe: Any) -> None:
             pipe.eval(RELEASE_LUA, 1, _key("nick", key), self.node)
             pipe.srem(_key("nicks", self.node), key)
+            if look is not None:
+                pipe.eval(RELEASE_LUA, 1, _key("look", look), self.node)
+                pipe.srem(_key("looks", self.node), look)
 
         self._enqueue("op", op)
 
     def _lose(self, key: str) -> None:
-        """Another node owns `key` now: forget it here and have its local holder dropped."""
+        """Another node owns `key` (or its look) now: forget it here and have its local holder dropped."""
         if key not in self._nicks:
             return
-        self._nicks.discard(key)
-        self._enqueue("op", lambda pipe: pipe.srem(_key("nicks", self.node), key))
+        self._release(key, self._forget_nick(key))
         log.warning("redis_nick_lost", node=self.node, nick_key=key)
         try:
             self._nick_lost(key)
@@ -707,14 +867,15 @@ class RedisStore(Store):
 
     def offline(self, member: str, rooms: tuple[str, ...]) -> None:
         self._online.pop(member, None)
-        for room in rooms:
-            self._forget_member(room, member)
+        gone = [room for room in rooms if self._forget_member(room, member)]
         field = self._field(member)
 
         def op(pipe: Any) -> None:
             pipe.hdel(_key("online"), field)
             for room in rooms:
                 _remove_fields(pipe, room, [field])
+            if gone:
+                pipe.srem(_key("noderooms", self.node), *gone)
 
         self._enqueue("op", op)
 
@@ -741,22 +902,32 @@ class RedisStore(Store):
             pipe.hset(_key("members", room), field, nick)
             pipe.sadd(_key("rooms"), room)
             pipe.hsetnx(_key("roomnames"), room, room_name)
+            pipe.sadd(_key("noderooms", self.node), room)
 
         self._enqueue("op", op)
 
     def left(self, room: str, member: str) -> None:
-        self._forget_member(room, member)
+        gone = self._forget_member(room, member)
         field = self._field(member)
-        self._enqueue("op", lambda pipe: _remove_fields(pipe, room, [field]))
 
-    def _forget_member(self, room: str, member: str) -> None:
+        def op(pipe: Any) -> None:
+            _remove_fields(pipe, room, [field])
+            if gone:
+                pipe.srem(_key("noderooms", self.node), room)
+
+        self._enqueue("op", op)
+
+    def _forget_member(self, room: str, member: str) -> bool:
+        """Drop `member` from this node's copy of `room`; whether the node has no one left there."""
         members = self._members.get(room)
         if members is None:
-            return
+            return False
         members.pop(member, None)
-        if not members:
-            del self._members[room]
-            self._names.pop(room, None)
+        if members:
+            return False
+        del self._members[room]
+        self._names.pop(room, None)
+        return True
 
     def _restore(self) -> None:
         """Write this node's presence again, as it is now (Redis lost it, or a janitor removed it)."""
@@ -776,6 +947,7 @@ class RedisStore(Store):
                 pipe.hset(_key("members", room), mapping=fields)
                 pipe.sadd(_key("rooms"), room)
                 pipe.hsetnx(_key("roomnames"), room, names[room])
+                pipe.sadd(_key("noderooms", self.node), room)
 
         self._enqueue("op", op)
 
@@ -800,41 +972,54 @@ class RedisStore(Store):
 
     # liveness and cleanup of dead nodes
 
-    async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self, seconds: float, action: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None
+    ) -> None:
+        """Run `action` every `seconds`, or as soon as `wake` is set."""
+        wake = wake or asyncio.Event()
         while not self._closing:
-            await asyncio.sleep(seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), seconds)
+            wake.clear()
             try:
                 await action()
             except (RedisError, OSError) as exc:
                 log.warning("store_error", store="redis", error=str(exc), during=action.__name__)
 
+    async def _beat(self, chunk: Sequence[tuple[str, str, str]] = ()) -> tuple[int, list[int]]:
+        """Say this node is alive and re-claim `chunk`'s keys, (kind, bare key, nick key)
+        each; return whether the node key existed, and the positions of the lost ones."""
+        existed, taken = await self._client().eval(
+            HEARTBEAT_LUA,
+            3 + 2 * len(chunk),
+            _key("node", self.node),
+            _key("nodes"),
+            _key("beats"),
+            *(name for kind, bare, _ in chunk for name in (_key(kind, bare), _key(f"{kind}s", self.node))),
+            self.node,
+            BUS_VERSION,
+            max(1, round(self.node_ttl)),
+            self.nick_ttl,
+            *(bare for _, bare, _ in chunk),
+        )
+        return int(existed), list(taken)
+
     async def _heartbeat_once(self) -> None:
         """Say this node is alive and re-claim its nicks; notice what Redis or a janitor took."""
-        client = self._client()
-        held = list(self._nicks)
+        held = list(self._nicks.items())
+        # Each held nick is two claims: its key and its look key.
+        pairs = [claim for key, look in held for claim in (("nick", key, key), ("look", look, key))]
         alive: bool | None = None
-        lost: list[str] = []
-        for start in range(0, len(held) or 1, CHUNK):
-            chunk = held[start : start + CHUNK]
-            existed, taken = await client.eval(
-                HEARTBEAT_LUA,
-                3 + len(chunk),
-                _key("node", self.node),
-                _key("nodes"),
-                _key("nicks", self.node),
-                *(_key("nick", key) for key in chunk),
-                self.node,
-                BUS_VERSION,
-                max(1, round(self.node_ttl)),
-                self.nick_ttl,
-                *chunk,
-            )
+        lost: set[str] = set()
+        for start in range(0, len(pairs) or 1, CHUNK):
+            chunk = pairs[start : start + CHUNK]
+            existed, taken = await self._beat(chunk)
             alive = bool(existed) if alive is None else alive
-            lost.extend(taken)
-        for key in held:
-            if key not in self._nicks:
+            lost.update(chunk[position - 1][2] for position in taken)
+        for key, look in held:
+            if self._nicks.get(key) != look:
                 # Released while the script ran, which may have just claimed it again.
-                self._release(key)
+                self._release(key, look if not self._looks[look] else None)
         for key in lost:
             self._lose(key)
         await self._take_shared()
@@ -852,34 +1037,49 @@ class RedisStore(Store):
                 await self._bury(node)
 
     async def _bury(self, node: str) -> None:
-        """Remove a dead node's users: presence, nicks, and a quit notice to their rooms."""
-        quits = await self._forget_node(node)
-        for nick, rooms in quits.items():
-            self.publish(ev.notice(replies.QUIT.format(nick=nick, reason="server lost"), rooms=tuple(rooms)))
-        log.warning("redis_node_lost", node=node, users=len(quits))
-
-    async def _forget_node(self, node: str) -> dict[str, list[str]]:
-        """Delete every trace of `node`; return its users' nicks and their rooms."""
-        client = self._client()
-        prefix = f"{node}:"
+        """Remove a dead node's users: presence, nicks, and a quit notice to their rooms,
+        except for users already back on another node under their nick."""
+        quits, back = await self._forget_node(node)
         rooms_of: dict[str, list[str]] = {}
-        for room in await client.smembers(_key("rooms")):
-            mapping = await client.hgetall(_key("members", room))
-            fields = [field for field in mapping if field.startswith(prefix)]
-            for start in range(0, len(fields), CHUNK):
-                pipe = client.pipeline(transaction=False)
-                _remove_fields(pipe, room, fields[start : start + CHUNK])
-                await pipe.execute()
-            for field in fields:
-                rooms_of.setdefault(mapping[field], []).append(room)
-        online = [field for field in await client.hkeys(_key("online")) if field.startswith(prefix)]
-        if online:
-            await client.hdel(_key("online"), *online)
-        for key in await client.smembers(_key("nicks", node)):
-            await client.eval(RELEASE_LUA, 1, _key("nick", key), node)
-        await client.delete(_key("nicks", node), _key("node", node))
-        await client.srem(_key("nodes"), node)
-        return rooms_of
+        for i in range(0, len(quits), 2):
+            rooms_of.setdefault(quits[i], []).append(quits[i + 1])
+        for nick, rooms in rooms_of.items():
+            if nick_key(nick) not in back:
+                self.publish(ev.notice(replies.QUIT.format(nick=nick, reason="server lost"), rooms=tuple(rooms)))
+        log.warning("redis_node_lost", node=node, users=len(rooms_of), back=len(back))
+
+    async def _forget_node(self, node: str) -> tuple[list[str], set[str]]:
+        """Delete every trace of `node` in one script; return its members as (nick, room)
+        pairs, flat, and the keys of its nicks other nodes hold now."""
+        quits, back = await self._client().eval(
+            BURY_LUA,
+            9,
+            _key("nicks", node),
+            _key("looks", node),
+            _key("noderooms", node),
+            _key("node", node),
+            _key("beats"),
+            _key("nodes"),
+            _key("online"),
+            _key("rooms"),
+            _key("roomnames"),
+            node,
+            PREFIX,
+        )
+        return list(quits), set(back)
+
+
+def _with_looks(held: Any, online: dict[str, str]) -> dict[str, str]:
+    """Carried nicks as nick key -> look key. An image from before look keys carried the
+    keys alone: its users' nicks give their looks (the heartbeat then claims them)."""
+    if isinstance(held, list):
+        looks = {nick_key(nick): look_key(nick) for nick in online.values()}
+        return {str(key): looks.get(str(key)) or str(key) for key in held}
+    return {str(key): str(look) for key, look in held.items()}
+
+
+def _client_name(node: str) -> str:
+    return f"telchat:{node}"
 
 
 def _remove_fields(pipe: Any, room: str, fields: list[str]) -> None:
