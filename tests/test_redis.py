@@ -75,6 +75,30 @@ async def test_nick_taken_across_nodes(nodes: list[ServerProcess], clients: list
     await other.expect("*** Nick FRANK is already taken")
 
 
+@pytest.mark.parametrize(("first", "second"), [("alice", "aIice"), ("aIice", "alice")])
+async def test_lookalike_nick_taken_across_nodes_either_way_round(
+    nodes: list[ServerProcess], clients: list[RawClient], first: str, second: str
+) -> None:
+    holder = await login(clients, nodes[0], first)
+    other = await RawClient.connect(nodes[1].port)
+    clients.append(other)
+    await other.send(f"login {second}")
+    await other.expect(f"*** Nick {second} is already taken")
+    # Both of the holder's keys are released with the nick.
+    await holder.send("quit")
+    await holder.wait_closed()
+    line = ""
+    for _ in range(50):
+        await other.send(f"login {second}")
+        line = await other.read_line()
+        if line != f"*** Nick {second} is already taken":
+            break
+        await asyncio.sleep(0.05)
+    assert line == f"*** User change nick anonymous --> {second}"
+    await other.send("who")
+    assert (await other.read_until("*** Users online"))[-1] == f"*** Users online: {second}"
+
+
 async def test_private_message_across_nodes(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
     a = await login(clients, nodes[0], "alice")
     b = await login(clients, nodes[1], "bob")
