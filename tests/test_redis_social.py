@@ -81,3 +81,24 @@ async def test_whois_and_away_across_nodes(nodes: list[ServerProcess], clients: 
     assert lines[-1] == "*** bob is away: on a call"
     await ann.send("/msg bob ping")
     await ann.expect("-> *bob*> ping", "*** bob is away: on a call")
+
+
+async def test_parallel_guesses_over_two_nodes_are_throttled_together(
+    redis: RedisServer, clients: list[RawClient]
+) -> None:
+    # Real hashing cost: guesses wait for their verification while the others arrive.
+    pair = [ServerProcess(f"--store={redis.url}", "--hash-concurrency=1") for _ in range(2)]
+    try:
+        owner = await login(clients, pair[0], "frank")
+        await register(owner, "frank", "right-pw")
+        guessers = [await RawClient.connect(pair[i % 2].port) for i in range(12)]
+        clients += guessers
+        for guesser in guessers:
+            await guesser.send("login frank wrong-pw")
+        answers = [await guesser.read_line(timeout=10) for guesser in guessers]
+    finally:
+        for node in pair:
+            node.kill()
+    # --login-failures (3) verifications in all, not 3 on each node.
+    assert answers.count("*** Wrong password for frank") == 3, answers
+    assert answers.count("*** Too many failed logins; wait a minute and try again") == 9, answers

@@ -6,16 +6,15 @@ other connection linked to the account. Hashes are computed in worker threads, a
 time (`--hash-concurrency`), so a burst of logins neither stalls the event loop nor takes
 every core. Failed logins are counted in the store, per address (an IPv6 address by its /64)
 and per address and nick, so every node of a cluster throttles alike; never per nick alone,
-so that strangers cannot lock an owner out. An attempt is counted as in flight before its
-password is verified, so parallel guesses cannot all pass the check before any fails. No
-password is ever logged, stored or echoed.
+so that strangers cannot lock an owner out. An attempt is reserved in the store, for every
+node to count, before its password is verified, so parallel guesses cannot all pass the
+check before any fails. No password is ever logged, stored or echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -98,9 +97,6 @@ class Accounts:
         self.moderation = moderation
         self.hasher = hasher
         self.max_failures = max_failures
-        # Failure counter -> attempts being verified now: each counts as a failure until
-        # it is known not to be one.
-        self._attempts: Counter[str] = Counter()
         # Run, in order, once a user proved their password and took the nick (mail, rooms).
         self.logins: list[Callable[[User], Awaitable[None]]] = []
 
@@ -218,10 +214,13 @@ class Accounts:
         address and nick, counting attempts still being verified."""
         group = group_key(user.ip)
         counters = (f"login:ip:{group}", f"login:ip-nick:{group} {key}")
-        self._attempts.update(counters)
+        # Each attempt counts as a failure, on every node, until it is known not to be one.
+        reserved: list[tuple[str, str]] = []
         try:
             for counter in counters:
-                if await self.store.failures(counter, FAILURE_WINDOW) + self._attempts[counter] > self.max_failures:
+                count, token = await self.store.reserve_attempt(counter, FAILURE_WINDOW)
+                reserved.append((counter, token))
+                if count > self.max_failures:
                     self.chat.telemetry.limit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
                     raise ChatError(replies.TOO_MANY_FAILURES)
             record = await self.store.get_record(ACCOUNT, key)
@@ -234,10 +233,8 @@ class Accounts:
                 raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
             return record
         finally:
-            self._attempts.subtract(counters)
-            for counter in counters:
-                if self._attempts[counter] <= 0:
-                    del self._attempts[counter]
+            for counter, token in reserved:
+                self.store.release_attempt(counter, token)
 
     def _grant(self, user: User, key: str, record: Record) -> None:
         user.account = key

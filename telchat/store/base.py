@@ -13,7 +13,7 @@ import asyncio
 import heapq
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
@@ -207,6 +207,17 @@ class Store(abc.ABC):
     async def add_failure(self, key: str, window: float) -> int:
         """Count one failure under `key`; return the count in the last `window` seconds."""
 
+    @abc.abstractmethod
+    async def reserve_attempt(self, key: str, window: float) -> tuple[int, str]:
+        """Count an attempt under `key` as a failure until `release_attempt(key, token)`
+        (it is being verified now, here or on another node); return the failures in the last
+        `window` seconds plus the attempts in flight, this one included, and the token."""
+
+    @abc.abstractmethod
+    def release_attempt(self, key: str, token: str) -> None:
+        """The attempt `token` is over (a failure it turned out to be is counted by
+        `add_failure`). Never raises: a lost release only expires later."""
+
     # Cluster-wide views; a single-process store has nothing beyond the local node.
 
     async def claim_nick(self, key: str, nick: str) -> bool:
@@ -277,6 +288,8 @@ class LocalStore(Store):
         self._failures: dict[str, deque[float]] = {}
         # A mailbox is a record read, changed and written back: one change at a time.
         self._mail_lock = asyncio.Lock()
+        # Attempts being verified now, per key.
+        self._attempts: Counter[str] = Counter()
 
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -391,6 +404,15 @@ class LocalStore(Store):
         times.append(now)
         _expire(times, now - window)
         return len(times)
+
+    async def reserve_attempt(self, key: str, window: float) -> tuple[int, str]:
+        self._attempts[key] += 1
+        return await self.failures(key, window) + self._attempts[key], key
+
+    def release_attempt(self, key: str, token: str) -> None:
+        self._attempts[key] -= 1
+        if self._attempts[key] <= 0:
+            del self._attempts[key]
 
     def _sweep(self, cutoff: float) -> None:
         for key in [k for k, times in self._failures.items() if times[-1] <= cutoff]:

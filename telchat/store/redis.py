@@ -72,6 +72,8 @@ BUS_VERSION = 1
 CHUNK = 1000
 # `rooms` lists at most this many rooms: one script, one round trip, a bounded reply.
 ROOMS_LISTED = 1000
+# How long a login attempt being verified counts, at most (its node may die meanwhile).
+ATTEMPT_SECONDS = 30
 # Connections to Redis per node: the reader's blocking read, the writer, the heartbeat and
 # janitor, and the commands in flight.
 POOL_CONNECTIONS = 64
@@ -855,6 +857,29 @@ class RedisStore(Store):
             return int(count)
 
         return int(await self._call("failure count", run))
+
+    async def reserve_attempt(self, key: str, window: float) -> tuple[int, str]:
+        token = os.urandom(8).hex()
+        failures, attempts = _key("fail", key), _key("attempt", key)
+
+        async def run(client: Any) -> int:
+            seconds, micros = await client.time()
+            now = seconds + micros / 1e6
+            pipe = client.pipeline(transaction=True)
+            pipe.zremrangebyscore(failures, "-inf", now - window)
+            pipe.zcard(failures)
+            # An attempt whose node died before releasing it counts only this long.
+            pipe.zremrangebyscore(attempts, "-inf", now - ATTEMPT_SECONDS)
+            pipe.zadd(attempts, {token: now})
+            pipe.expire(attempts, ATTEMPT_SECONDS)
+            pipe.zcard(attempts)
+            _, failed, _, _, _, flying = await pipe.execute()
+            return int(failed) + int(flying)
+
+        return int(await self._call("attempt count", run)), token
+
+    def release_attempt(self, key: str, token: str) -> None:
+        self._enqueue("op", lambda pipe: pipe.zrem(_key("attempt", key), token))
 
     # presence
 
