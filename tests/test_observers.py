@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from telchat.chat.observers import Players
@@ -19,8 +20,8 @@ class Recorder:
     def channel_text(self, channel: str, talker: str, text: str) -> None:
         self.heard.append(("text", (channel, talker, text)))
 
-    def players(self, players: Players) -> None:
-        self.heard.append(("players", players))
+    def players(self, players: Callable[[], Players]) -> None:
+        self.heard.append(("players", players()))
 
     def take(self) -> list[tuple[str, Any]]:
         heard, self.heard = self.heard, []

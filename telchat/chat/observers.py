@@ -9,6 +9,7 @@ names no room-manager type, so the room manager and its observers do not import 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 Players = list[tuple[str, list[str]]]
@@ -21,5 +22,7 @@ class ChatEvents(Protocol):
     def channel_text(self, channel: str, talker: str, text: str) -> None:
         """`talker` said `text` (the line as shown) in `channel`."""
 
-    def players(self, players: Players) -> None:
-        """Who shares a room with the user: (nick, the shared rooms) each."""
+    def players(self, players: Callable[[], Players]) -> None:
+        """Who shares a room with the user changed: `players()` lists them, (nick, the
+        shared rooms) each. It costs the size of the user's rooms: a sink that coalesces
+        changes calls it only when it sends."""

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -325,7 +326,7 @@ class Chat:
             room.listeners[user] = None
         if tell:
             _channels_changed(user)
-            sink.players(players_of(user))
+            sink.players(partial(players_of, user))
 
     def adopt(self, user: User, rooms: Sequence[tuple[str, str]], current: str | None) -> None:
         """Take up a user carried over a server upgrade: back under its nick and in its rooms
@@ -335,6 +336,7 @@ class Chat:
             self.sessions.setdefault(user.key, []).append(user)  # another session of an account
         elif user.key is not None:
             self.nicks[user.key] = user
+            self.looks[look_key(user.nick)] = user
         for key, name in rooms:
             room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
             room.members[user] = None
@@ -846,7 +848,7 @@ def _players_changed(rooms: Iterable[Room], also: User | None = None) -> None:
         listeners.update(room.listeners)
     for listener in listeners:
         if listener.events is not None:
-            listener.events.players(players_of(listener))
+            listener.events.players(partial(players_of, listener))
 
 
 def _channel_text(listeners: Iterable[User], channel: str, talker: str, text: str) -> None:

@@ -8,6 +8,8 @@ charset, as GMCP requires.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -39,13 +41,15 @@ class GmcpEvents:
     joining and leaving at the flood rate would send a room of 400 GMCP members megabytes a
     second. Changes are coalesced instead: the latest list goes out at once (the next loop
     turn) if none went out in the last `PLAYERS_INTERVAL` seconds, else when that is over.
+    The list is built then, not at each change: a flood of joins and leaves costs each
+    member one list a second, not one per change.
     """
 
     __slots__ = ("_due", "_outbox", "_players", "_sent_at")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._players: Players | None = None
+        self._players: Callable[[], Players] | None = None
         self._due: asyncio.TimerHandle | None = None
         self._sent_at = -PLAYERS_INTERVAL
 
@@ -58,14 +62,14 @@ class GmcpEvents:
     def channel_text(self, channel: str, talker: str, text: str) -> None:
         self.send("Comm.Channel.Text", {"channel": channel, "talker": talker, "text": text})
 
-    def players(self, players: Players) -> None:
+    def players(self, players: Callable[[], Players]) -> None:
         self._players = players
         if self._due is None:
             loop = asyncio.get_running_loop()
             wait = max(0.0, self._sent_at + PLAYERS_INTERVAL - loop.time())
             self._due = loop.call_later(wait, self._send_players)
 
-    def players_now(self, players: Players) -> None:
+    def players_now(self, players: Callable[[], Players]) -> None:
         """The client asked: the list now, and nothing pending after it."""
         self._players = players
         self._send_players()
@@ -80,7 +84,7 @@ class GmcpEvents:
         players, self._players = self._players, None
         if players is not None:
             self._sent_at = asyncio.get_running_loop().time()
-            self.send("Comm.Channel.Players", [{"name": nick, "channels": rooms} for nick, rooms in players])
+            self.send("Comm.Channel.Players", [{"name": nick, "channels": rooms} for nick, rooms in players()])
 
 
 def start(chat: Chat, user: User, greet: bool = True) -> GmcpEvents:
@@ -97,7 +101,7 @@ def receive(sink: GmcpEvents, user: User, package: str, data: Any) -> None:
     """Answer what a client asks for over GMCP; anything else is only logged."""
     name = package.lower()
     if name == "comm.channel.players":
-        sink.players_now(players_of(user))
+        sink.players_now(partial(players_of, user))
     elif name == "core.ping":
         sink.send("Core.Ping")
     elif name == "core.hello" and isinstance(data, dict):
