@@ -8,14 +8,16 @@
 - Publishing: a single writer task sends queued events in order, pipelined, through a
   Lua script that dedupes on an event id, writes history and bus atomically. A failed
   round trip is retried with the same ids, so a retry after a lost reply adds nothing.
-- Nicks: `nick:{key}` SET NX with a TTL. Each heartbeat re-claims every nick the node holds
-  (one script): a key Redis lost is written again, a key another node took is reported to
-  the room manager, which drops that user here.
+- Nicks: `nick:{key}` and `look:{look}` (names.nick_key, names.look_key), claimed together
+  by one script that also takes them over from a dead node. Each heartbeat re-claims every
+  key the node holds (one script): a key Redis lost is written again, a key another node
+  took is reported to the room manager, which drops that user here.
 - Presence: hashes of `node:member -> nick` per room and online, and the set of live rooms;
   a room leaves the set with its last member. A node's liveness key expires when it dies,
-  and a surviving node's janitor removes its users and nicks. The node keeps a copy of its
-  own presence and writes it all again when a heartbeat finds its liveness key gone (Redis
-  lost it, or others declared the node dead).
+  or is deleted sooner by a node that finds it has no connection to Redis left, and a
+  surviving node's janitor removes its users and nicks in one script over the dead node's
+  own sets. The node keeps a copy of its own presence and writes it all again when a
+  heartbeat finds its liveness key gone (Redis lost it, or others declared the node dead).
 - Versions: bus entries and liveness keys carry BUS_VERSION; a node refuses to start
   beside live nodes of another version, and skips (logging once) entries of another.
 - Records: one hash per kind (`rec:{kind}`, key -> JSON); failure counters: one sorted set
