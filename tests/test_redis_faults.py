@@ -118,6 +118,27 @@ async def test_paused_node_drops_the_nicks_taken_meanwhile(
     assert one.wait_event("nick_lost")["nick"] == "alice"
 
 
+async def test_a_paused_node_is_not_declared_dead_before_its_ttl(
+    redis: RedisServer, procs: list[ServerProcess], clients: list[RawClient]
+) -> None:
+    """A node that stopped beating but still has its connections to Redis (SIGSTOP, a long
+    pause) is alive until its --node-ttl: only a node with no connection is dead sooner."""
+    procs += [ServerProcess(f"--store={redis.url}", "--node-ttl=6", "--flood-rate=0") for _ in range(2)]
+    one, two = procs
+    await login(clients, one, "alice")
+    one.proc.send_signal(signal.SIGSTOP)
+    try:
+        other = await RawClient.connect(two.port)
+        clients.append(other)
+        # Past a heartbeat interval (2 s) without a beat, well within the TTL.
+        await asyncio.sleep(3)
+        await other.send("login alice")
+        await other.expect("*** Nick alice is already taken")
+    finally:
+        one.proc.send_signal(signal.SIGCONT)
+    assert "redis_node_dead" not in logged(two)
+
+
 async def test_redis_restart_without_persistence_keeps_nicks_unique(
     forgetful: RedisServer, procs: list[ServerProcess], clients: list[RawClient]
 ) -> None:
