@@ -764,9 +764,12 @@ class RedisStore(Store):
 
     def _release(self, key: str, look: str | None) -> None:
         def op(pipe: Any) -> None:
-            pipe.eval(RELEASE_LUA, 1, _key("nick", key), self.node)
-            pipe.srem(_key("nicks", self.node), key)
-            if look is not None:
+            # Decided when sent: a claim here since then (its user came back to this node)
+            # wrote the same keys, and they are its now.
+            if key not in self._nicks:
+                pipe.eval(RELEASE_LUA, 1, _key("nick", key), self.node)
+                pipe.srem(_key("nicks", self.node), key)
+            if look is not None and not self._looks[look]:
                 pipe.eval(RELEASE_LUA, 1, _key("look", look), self.node)
                 pipe.srem(_key("looks", self.node), look)
 
@@ -1056,7 +1059,10 @@ class RedisStore(Store):
 
     async def _janitor_once(self) -> None:
         client = self._client()
-        for node in await client.smembers(_key("nodes")):
+        nodes = await client.smembers(_key("nodes"))
+        for gone in self._probed.keys() - nodes:
+            del self._probed[gone]
+        for node in nodes:
             if node == self.node or await client.exists(_key("node", node)):
                 continue
             # One janitor per dead node, however many nodes notice at once.
