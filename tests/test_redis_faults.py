@@ -118,6 +118,22 @@ async def test_paused_node_drops_the_nicks_taken_meanwhile(
     assert one.wait_event("nick_lost")["nick"] == "alice"
 
 
+async def test_paused_node_drops_a_nick_whose_lookalike_was_taken_meanwhile(
+    pair: list[ServerProcess], clients: list[RawClient]
+) -> None:
+    """The heartbeat re-claims look keys too: `aIice` taken while `alice`'s node was buried
+    reads like `alice`, so the old alice goes, though her own key was still free."""
+    one, two = pair
+    alice = await login(clients, one, "alice")
+    one.proc.send_signal(signal.SIGSTOP)
+    try:
+        two.wait_event("redis_node_lost", timeout=10)
+        await login(clients, two, "aIice")
+    finally:
+        one.proc.send_signal(signal.SIGCONT)
+    assert replies.NICK_LOST.format(nick="alice") in (await alice.wait_closed(timeout=10)).decode()
+
+
 async def test_a_paused_node_is_not_declared_dead_before_its_ttl(
     redis: RedisServer, procs: list[ServerProcess], clients: list[RawClient]
 ) -> None:
