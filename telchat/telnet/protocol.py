@@ -29,6 +29,9 @@ log = get_logger(__name__)
 # The way a connection came in: the telnet listener, the TLS one, the web page's WebSocket
 # (telnet over it: telchat/web/), or SSH. Each reaches the same ChatTelnetServer.
 Door = Literal["telnet", "tls", "web", "ssh"]
+# Doors whose input is the client's own bytes: a line there before any telnet answer is a raw
+# client's (the SSH door types `login <user>` itself, ahead of its shim's telnet answers).
+RAW_DOORS: frozenset[Door] = frozenset({"telnet", "tls"})
 # What a malformed subnegotiation is charged to the telnet budget beyond its bytes, in bytes:
 # raising and catching its error costs about as much as parsing that many command bytes.
 MALFORMED_COST = 64
@@ -172,11 +175,16 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
             return
         with self._corked():  # the answers to one chunk of negotiation go out in one write
             super().data_received(data)
-        if b"\n" in data and not self._waiter_connected.done() and client_class(self) == "raw":
+        if (
+            b"\n" in data
+            and self.door in RAW_DOORS
+            and not self._waiter_connected.done()
+            and client_class(self) == "raw"
+        ):
             self._end_negotiation()
 
     def _end_negotiation(self) -> None:
-        """A client that typed a line without a word of telnet is not going to answer:
+        """A client that sent a line without a word of telnet is not going to answer:
         start its session now rather than at --connect-maxwait (telnetlib3's timeout path)."""
         if self._check_later is not None:
             self._check_later.cancel()
