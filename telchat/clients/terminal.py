@@ -44,6 +44,29 @@ PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds
 
 
 class Terminal:
+    __slots__ = (
+        "_config",
+        "_decoder",
+        "_decoder_charset",
+        "_editor",
+        "_gmcp",
+        "_hide_line_mode",
+        "_inner",
+        "_mark",
+        "_plain",
+        "_prompt_room",
+        "_prompting",
+        "_protocol",
+        "_session",
+        "_status",
+        "_undecoded",
+        "_watchdog",
+        "_writer",
+        "character_mode",
+        "client_class",
+        "term",
+    )
+
     def __init__(self, protocol: ChatTelnetServer, config: Config, status: mssp.ServerStatus) -> None:
         self._protocol = protocol
         self._writer = cast(LeanTelnetWriter, protocol.writer)
@@ -253,20 +276,35 @@ class Terminal:
         self._start_watchdog(session)
 
     def _start_watchdog(self, session: Session) -> None:
-        writer = self._writer
-        answer_within = self._config.idle_timeout
-        farewell = PING_TIMEOUT.format(seconds=f"{answer_within:g}")
+        # Bound methods, not closures: every telnet session holds these for its lifetime.
         self._watchdog = watchdog = Watchdog(
-            idle=lambda: float(self._protocol.idle),
-            ping=lambda: writer.iac(DO, TM),
-            expire=lambda: session.quit("ping timeout", reason="ping_timeout", farewell=farewell),
+            idle=self._idle,
+            ping=self._ping,
+            expire=self._ping_timeout,
             ping_after=self._config.idle_ping,
-            answer_within=answer_within,
-            nop=lambda: writer.send_iac(IAC + NOP),
-            deaf=lambda: set_user_timeout(writer.transport, answer_within),
+            answer_within=self._config.idle_timeout,
+            nop=self._nop,
+            deaf=self._deaf,
         )
-        writer.on_timing_mark = watchdog.answered
+        self._writer.on_timing_mark = watchdog.answered
         watchdog.start()
+
+    def _idle(self) -> float:
+        return float(self._protocol.idle)
+
+    def _ping(self) -> None:
+        self._writer.iac(DO, TM)
+
+    def _nop(self) -> None:
+        self._writer.send_iac(IAC + NOP)
+
+    def _deaf(self) -> None:
+        set_user_timeout(self._writer.transport, self._config.idle_timeout)
+
+    def _ping_timeout(self) -> None:
+        assert self._session is not None
+        farewell = PING_TIMEOUT.format(seconds=f"{self._config.idle_timeout:g}")
+        self._session.quit("ping timeout", reason="ping_timeout", farewell=farewell)
 
     def _leave_binary(self) -> None:
         """A terminal that stays in line mode cooks its own input and output, and in BINARY
@@ -281,21 +319,21 @@ class Terminal:
     def _start_gmcp(self, session: Session, now: bool, greet: bool) -> None:
         """Answer GMCP, and start it `now` if it is enabled (`greet`: with Core.Hello and
         the user's rooms and players; not for a session carried over an upgrade)."""
+        self._writer.set_ext_callback(GMCP, self._on_gmcp)
+        if now and self._gmcp_enabled():
+            self._gmcp = gmcp.start(session.chat, session.user, greet)
+
+    def _gmcp_enabled(self) -> bool:
         writer = self._writer
-        user = session.user
+        return bool(writer.local_option.enabled(GMCP) or writer.remote_option.enabled(GMCP))
 
-        def enabled() -> bool:
-            return bool(writer.local_option.enabled(GMCP) or writer.remote_option.enabled(GMCP))
-
-        def on_gmcp(package: str, data: Any) -> None:
-            if self._gmcp is None and enabled():
-                self._gmcp = gmcp.start(session.chat, user)
-            if self._gmcp is not None:
-                gmcp.receive(self._gmcp, user, package, data)
-
-        writer.set_ext_callback(GMCP, on_gmcp)
-        if now and enabled():
-            self._gmcp = gmcp.start(session.chat, user, greet)
+    def _on_gmcp(self, package: str, data: Any) -> None:
+        session = self._session
+        assert session is not None
+        if self._gmcp is None and self._gmcp_enabled():
+            self._gmcp = gmcp.start(session.chat, session.user)
+        if self._gmcp is not None:
+            gmcp.receive(self._gmcp, session.user, package, data)
 
     def detach(self) -> None:
         if self._gmcp is not None:

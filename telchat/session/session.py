@@ -132,7 +132,8 @@ class Session:
         self._gate = gate
         self._fakelag = Fakelag(config.flood_burst, config.flood_rate) if config.flood_rate else None
         # Lines cut but not yet run, in order, each with its flood cost (a Decided one is paced).
-        self._waiting: deque[tuple[Cut | Decided, float]] = deque()
+        # None while nothing waits: an empty deque is 760 bytes, held by every idle session.
+        self._waiting: deque[tuple[Cut | Decided, float]] | None = None
         self._waiting_bytes = 0
         self._paste = PasteMeter()
         # The reading task is running a line: newer lines wait behind it.
@@ -170,7 +171,7 @@ class Session:
     @property
     def settled(self) -> bool:
         """No line is running, nor decided and waiting to run: the session can be carried over."""
-        return not self._running and not any(isinstance(item, Decided) for item, _ in self._waiting)
+        return not self._running and not any(isinstance(item, Decided) for item, _ in self._waiting or ())
 
     def snapshot(self, take_output: bool = True) -> dict[str, Any]:
         """Everything this session is, as plain data (bytes as latin-1 text), with what it
@@ -189,7 +190,9 @@ class Session:
             "fakelag": self._fakelag.snapshot() if self._fakelag is not None else None,
             "splitter": self._splitter.snapshot() if isinstance(self._splitter, LineSplitter) else None,
             "waiting": [
-                _carried(item, cost) for item, cost in [*pacing, *self._waiting] if not isinstance(item, Decided)
+                _carried(item, cost)
+                for item, cost in [*pacing, *(self._waiting or ())]
+                if not isinstance(item, Decided)
             ],
             "secret": self._secret is not None,
             "charset_hinted": self._charset_hinted,
@@ -272,8 +275,8 @@ class Session:
                     await self._run(self._decide(item))
                 else:
                     self._gone = True
-            if self._gone:
-                self._waiting.clear()
+            if self._gone or not self._waiting:
+                self._waiting = None
                 self._waiting_bytes = 0
         finally:
             self._busy = False
@@ -297,6 +300,8 @@ class Session:
                 self._wait(Decided(decision), 0.0)
 
     def _wait(self, item: Cut | Decided, cost: float) -> None:
+        if self._waiting is None:
+            self._waiting = deque()
         self._waiting.append((item, cost))
         self._waiting_bytes += _size(item)
 

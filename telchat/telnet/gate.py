@@ -35,14 +35,17 @@ Hold = Literal["flood", "backlog", "pending", "telnet", "upgrade"]
 
 
 class ReadGate:
-    __slots__ = ("_closed", "_holds", "_on_release", "_transport", "cut")
+    __slots__ = ("_closed", "_holds", "_on_release", "_transport", "_wake", "cut")
 
     def __init__(self, transport: asyncio.Transport, on_release: Callable[[], None] | None = None) -> None:
         self._transport = transport
         # Called soon after any hold is released, paused or not: its owner may have input waiting.
         self._on_release = on_release
         self._holds: set[Hold] = set()
-        self._closed = asyncio.Event()
+        self._closed = False
+        # What sleepers wait on, made by the first sleep: an asyncio.Event per connection
+        # would cost 1 KiB (its deque) that most connections never use.
+        self._wake: asyncio.Future[None] | None = None
         #: Why the connection layer cut this connection, if it did.
         self.cut: LimitKind | None = None
 
@@ -56,7 +59,7 @@ class ReadGate:
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed
 
     def hold(self, name: Hold) -> None:
         if not self._holds and not self.closed:
@@ -77,7 +80,9 @@ class ReadGate:
     def close(self) -> None:
         """The connection is gone: wake every sleeper."""
         self._holds.clear()
-        self._closed.set()
+        self._closed = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def sleep(self, seconds: float, hold: Hold | None) -> bool:
         """Sleep, with reading held under `hold` unless it is None; False (early, if need be)
@@ -86,9 +91,10 @@ class ReadGate:
             return False
         if hold is not None:
             self.hold(hold)
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().create_future()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), seconds)
+            await asyncio.wait((self._wake,), timeout=seconds)
         finally:
             if hold is not None:
                 self.release(hold)

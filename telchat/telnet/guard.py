@@ -216,7 +216,7 @@ class ConnectionGuard:
         return data[start:end] if start or end < len(data) else data
 
     def _over_limit(self) -> bool:
-        sb_bytes = len(self._protocol.writer._sb_buffer)
+        sb_bytes = self._protocol.writer.subnegotiation_bytes()
         if sb_bytes > self._max_subneg:
             self._cut("subnegotiation", f"*** Telnet subnegotiation over {self._max_subneg} bytes; disconnecting.")
         elif getattr(self._protocol, "_mccp3_decompressor", None) is not None:
@@ -234,7 +234,7 @@ class ConnectionGuard:
             kind,
             conn_id=self._protocol.conn_id,
             peer=self._peer,
-            subneg_bytes=len(self._protocol.writer._sb_buffer),
+            subneg_bytes=self._protocol.writer.subnegotiation_bytes(),
             sendq=self._transport.get_write_buffer_size(),
         )
         if notice is None:

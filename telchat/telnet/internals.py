@@ -6,14 +6,30 @@ when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter
 `_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
 `default_slc_tab`; `handle_will`, `handle_do`, `handle_wont` and `handle_subnegotiation`
 (overridden here: the options agreed to, TIMING-MARK answers, malformed subnegotiations),
-`pending_option`; and `TelnetServer._check_negotiation_timer` and `_waiter_connected`
-(overridden in protocol.py). tests/test_lean_writer.py and the negotiation tests fail if
-one of them changes meaning.
+`pending_option`; and `TelnetServer._check_negotiation_timer`, `_waiter_connected`,
+`_check_later` and `_tasks` (protocol.py overrides the first and ends a raw client's
+negotiation with the others, as telnetlib3's own timeout does), and asyncio's
+`FlowControlMixin._drain_waiters` (made on first use there). tests/test_lean_writer.py,
+tests/test_session_cost.py and the negotiation tests fail if one of them changes meaning.
+
+Per-connection memory: telnetlib3's writer __init__ gives every connection eight empty sets
+and two empty deques (about 3 KiB; an empty deque alone is 760 bytes) that a chat server's
+connection mostly never fills. In 5.0.1, on the server side, `always_will`, `always_do`,
+`always_wont`, `always_dont` and `passive_do` are only read (`in`; only telnetlib3's client
+fills them), so they share one empty frozenset (`_Unused`); `rejected_will`, `rejected_do`
+and `directional_refusals` are added to when a client offers something refused, and
+`_sb_buffer` (a subnegotiation being read) and `_slc_buffer` (LINEMODE SLC replies) are
+used only by clients that send those, so each is made on first use (`OnFirstUse`).
+The writer's own `_sb_buffer` is read (for the guard's subnegotiation limit) through
+`subnegotiation_bytes`, which does not make it. `send_iac` (every IAC telnetlib3 writes goes
+through it, but LINEMODE's, which a chat server never negotiates) is what `Corked` batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any
 
 from telnetlib3 import slc
@@ -35,7 +51,12 @@ class ChunkReader(TelnetReaderUnicode):
     """
 
     take: Callable[[bytes, Callable[[], None]], bool] | None = None
-    _nudged = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set here, not first in `nudge`: an attribute added after __init__ turns the
+        # instance's compact attribute array into a full dict (some 800 bytes).
+        self._nudged = False
 
     def feed_data(self, data: bytes) -> None:
         take = self.take
@@ -79,6 +100,8 @@ class _Handlers(dict[bytes, Callable[..., Any]]):
 
     def __setitem__(self, key: bytes, func: Callable[..., Any]) -> None:
         writer = self._writer
+        if writer is not None and writer.initializing and key in self._defaults:
+            return  # __init__ registering its default again: learnt from the first writer
         name = getattr(func, "__name__", "")
         if writer is not None and getattr(func, "__self__", None) is writer:
             if getattr(writer, "initializing", False):
@@ -110,6 +133,76 @@ class _Handlers(dict[bytes, Callable[..., Any]]):
         self._writer = None
 
 
+_ABSENT = object()
+
+
+def shared_defaults(defaults: Mapping[str, object]) -> Callable[[type[Any]], type[Any]]:
+    """A class decorator: `defaults` (attribute -> immutable value) become class attributes,
+    for `compact` to drop each instance's copy that still holds the same value."""
+
+    def share(cls: type[Any]) -> type[Any]:
+        for name, value in defaults.items():
+            setattr(cls, name, value)
+        cls.shared = defaults
+        return cls
+
+    return share
+
+
+def compact(instance: Any) -> None:
+    """Drop the attributes of `instance` still at their class's shared default (reads see
+    the same value; a write makes it the instance's again), and rebuild its attribute dict
+    at the size it then needs: a dict never shrinks by itself, and past 42 keys it takes
+    1584 bytes, at most 42 832 (telnetlib3's writer has 47 and its protocol 41)."""
+    attributes = instance.__dict__
+    for name, value in type(instance).shared.items():
+        current = attributes.get(name, _ABSENT)
+        if current is value or (type(current) is type(value) and current == value):
+            del attributes[name]
+    instance.__dict__ = dict(attributes)
+
+
+class OnFirstUse:
+    """An attribute that telnetlib3's (or asyncio's) __init__ sets to an empty container for
+    every connection, made only when something first uses it (most connections never do).
+    Setting it to an empty container forgets it: the next use makes a fresh one."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = "_lean" + name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        found = instance.__dict__.get(self._key)
+        if found is None:
+            found = instance.__dict__[self._key] = self._factory()
+        return found
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        if value:
+            instance.__dict__[self._key] = value
+        else:
+            instance.__dict__.pop(self._key, None)
+
+
+class _Unused(OnFirstUse):
+    """A writer attribute only telnetlib3's client fills: on a server, always empty and
+    only read, so one frozenset serves every connection (filling it would raise)."""
+
+    EMPTY: frozenset[bytes] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__(frozenset)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return instance.__dict__.get(self._key, self.EMPTY)
+
+
 class _HandlersAttribute:
     """Makes a writer's `_iac_callback` (and the like) a `_Handlers`, from its __init__ on."""
 
@@ -137,6 +230,32 @@ CLIENT_OPTIONS = frozenset({BINARY, SGA, TTYPE, NAWS, NEW_ENVIRON, CHARSET, GMCP
 SERVER_OPTIONS = frozenset({BINARY, ECHO, SGA, EOR, CHARSET, GMCP, MSSP})
 
 
+# What telnetlib3's writer __init__ (and our connection set-up) sets the same for every
+# connection, and mostly never changes: `compact` drops each writer's copy.
+WRITER_DEFAULTS: Mapping[str, object] = {
+    "_closed_fut": None,
+    "_compressed_remainder": None,
+    "_connection_closed": False,
+    "_corked": None,
+    "_encoding_explicit": False,
+    "_forwardmask": None,
+    "_in_loop_detection": False,
+    "_mccp2_activated": False,
+    "_sb_overflow": False,
+    "_slc_sent": False,
+    "compression": None,
+    "encoding_errors": "replace",
+    "environ_encoding": "ascii",
+    "environ_send_raw": None,
+    "initializing": False,
+    "mccp2_active": False,
+    "mccp3_active": False,
+    "slc_received": None,
+    "slc_simulated": False,
+}
+
+
+@shared_defaults(WRITER_DEFAULTS)
 class LeanTelnetWriter(TelnetWriterUnicode):
     """telnetlib3's writer, with a fraction of its per-connection memory and objects.
 
@@ -145,7 +264,6 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     line-mode chat server negotiates no LINEMODE, so normally never.
     """
 
-    initializing = False
     #: Called after any option's state changes (the Terminal caches what it depends on).
     on_option_change: Callable[[], None] | None = None
     #: Called with the option and the error of a subnegotiation that could not be parsed.
@@ -157,11 +275,36 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     _ext_callback = _HandlersAttribute()
     _ext_send_callback = _HandlersAttribute()
     _ext_offer_callback = _HandlersAttribute()
+    always_will = _Unused()
+    always_do = _Unused()
+    always_wont = _Unused()
+    always_dont = _Unused()
+    passive_do = _Unused()
+    rejected_will = OnFirstUse(set)
+    rejected_do = OnFirstUse(set)
+    directional_refusals = OnFirstUse(set)
+    _sb_buffer = OnFirstUse(deque)
+    _slc_buffer = OnFirstUse(deque)
+    #: While corked (`Corked`), what send_iac would have written, to go out in one write.
+    _corked: list[bytes] | None
+    initializing: bool
+    shared: Mapping[str, object]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.initializing = True
         super().__init__(*args, **kwargs)
         self.initializing = False
+
+    def subnegotiation_bytes(self) -> int:
+        """The length of the subnegotiation being read (without making its buffer)."""
+        return len(self.__dict__.get("_lean_sb_buffer") or ())
+
+    def send_iac(self, buf: bytes) -> None:
+        corked = self._corked
+        if corked is None:
+            super().send_iac(buf)
+        elif not self.is_closing():
+            corked.append(buf)
 
     def handle_will(self, opt: bytes) -> None:
         if opt == TM:
@@ -215,3 +358,29 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     def slctab(self, table: dict[bytes, Any]) -> None:
         # __init__ sets the default table: drop it, it is made again when first read.
         self.__dict__["_lean_slctab"] = None if self.initializing else table
+
+
+class Corked:
+    """Within the block, the writer's telnet commands are collected and written at its end
+    in one write: one send() for a negotiation step instead of one per command. Nested
+    blocks write once, at the outermost end."""
+
+    __slots__ = ("_outer", "_writer")
+
+    def __init__(self, writer: LeanTelnetWriter) -> None:
+        self._writer = writer
+        self._outer = False
+
+    def __enter__(self) -> None:
+        writer = self._writer
+        if writer._corked is None:
+            writer._corked = []
+            self._outer = True
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        writer = self._writer
+        if not self._outer or writer._corked is None:
+            return
+        corked, writer._corked = writer._corked, None
+        if corked:
+            TelnetWriterUnicode.send_iac(writer, b"".join(corked))

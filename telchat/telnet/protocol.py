@@ -8,6 +8,7 @@ between the socket and it, and makes sure every way a connection can end reaches
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol, cast
 
@@ -20,7 +21,7 @@ from telchat.obs.logs import get_logger
 from telchat.rules import charsets
 from telchat.telnet.admission import Address
 from telchat.telnet.guard import ConnectionGuard, Guards
-from telchat.telnet.internals import ChunkReader, LeanTelnetWriter
+from telchat.telnet.internals import ChunkReader, Corked, LeanTelnetWriter, OnFirstUse, compact, shared_defaults
 from telchat.telnet.liveness import enable_keepalive
 
 log = get_logger(__name__)
@@ -28,11 +29,42 @@ log = get_logger(__name__)
 # The way a connection came in: the telnet listener, the TLS one, the web page's WebSocket
 # (telnet over it: telchat/web/), or SSH. Each reaches the same ChatTelnetServer.
 Door = Literal["telnet", "tls", "web", "ssh"]
+# Doors whose input is the client's own bytes: a line there before any telnet answer is a raw
+# client's (the SSH door types `login <user>` itself, ahead of its shim's telnet answers).
+RAW_DOORS: frozenset[Door] = frozenset({"telnet", "tls"})
 # What a malformed subnegotiation is charged to the telnet budget beyond its bytes, in bytes:
 # raising and catching its error costs about as much as parsing that many command bytes.
 MALFORMED_COST = 64
 
 
+# What telnetlib3's protocol __init__ (as `protocol_factory` configures it) sets the same for
+# every connection, and mostly never changes: `compact` drops each connection's copy.
+PROTOCOL_DEFAULTS = {
+    "_compression": None,
+    "_connection_lost": False,
+    "_echo_negotiated": False,
+    "_encoding_errors": "replace",
+    "_environ_requested": False,
+    "_limit": None,
+    "_mccp2_compressor": None,
+    "_mccp2_enabled": False,
+    "_mccp2_orig_write": None,
+    "_mccp2_pending": False,
+    "_paused": False,
+    "_reader_factory": telnetlib3.TelnetReader,
+    "_reader_factory_encoding": ChunkReader,
+    "_timer": None,
+    "_writer_factory": telnetlib3.TelnetWriter,
+    "_writer_factory_encoding": LeanTelnetWriter,
+    "default_encoding": "utf8",
+    "door": "telnet",
+    "force_binary": True,
+    "line_mode": True,
+    "never_send_ga": False,
+}
+
+
+@shared_defaults(PROTOCOL_DEFAULTS)
 class ChatTelnetServer(telnetlib3.TelnetServer):
     conn_id = 0
     # Set for clients that never spoke telnet: their bytes (0xFF included) are all text.
@@ -49,6 +81,9 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     admitted: Address | None = None
     #: A connection carried over a server upgrade: its record (see `carry`); never renegotiated.
     carried: dict[str, Any] | None = None
+    # asyncio's FlowControlMixin gives each connection an empty deque (760 bytes) for drain()
+    # waiters; nothing here calls drain(), so normally it is never made.
+    _drain_waiters = OnFirstUse(deque)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
@@ -109,12 +144,17 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 note="logged once per connection",
             )
 
+    def _corked(self) -> Corked:
+        """A negotiation step's telnet commands, written at once (one send, not one each)."""
+        return Corked(cast(LeanTelnetWriter, self.writer))
+
     def begin_advanced_negotiation(self) -> None:
-        super().begin_advanced_negotiation()
-        assert self.writer is not None
-        # Offered to everyone who speaks telnet: MUD clients accept, terminals refuse.
-        for option in (EOR, GMCP, MSSP):
-            self.writer.iac(WILL, option)
+        with self._corked():
+            super().begin_advanced_negotiation()
+            assert self.writer is not None
+            # Offered to everyone who speaks telnet: MUD clients accept, terminals refuse.
+            for option in (EOR, GMCP, MSSP):
+                self.writer.iac(WILL, option)
 
     def data_received(self, data: bytes) -> None:
         if self.guard is None:
@@ -130,7 +170,28 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 self.reader.feed_data(data)
                 return
             self.passthrough = False
-        super().data_received(data)
+        if self._waiter_connected.done():
+            super().data_received(data)
+            return
+        with self._corked():  # the answers to one chunk of negotiation go out in one write
+            super().data_received(data)
+        if (
+            b"\n" in data
+            and self.door in RAW_DOORS
+            and not self._waiter_connected.done()
+            and client_class(self) == "raw"
+        ):
+            self._end_negotiation()
+
+    def _end_negotiation(self) -> None:
+        """A client that sent a line without a word of telnet is not going to answer:
+        start its session now rather than at --connect-maxwait (telnetlib3's timeout path)."""
+        if self._check_later is not None:
+            self._check_later.cancel()
+            if self._check_later in self._tasks:
+                self._tasks.remove(self._check_later)
+            self._check_later = None
+        self._waiter_connected.set_result(None)
 
     def _check_negotiation_timer(self) -> None:
         # Under uvloop the check that begin_negotiation queued can still run after
@@ -138,7 +199,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         # InvalidStateError setting the cancelled waiter. Nothing is left to decide.
         if self._waiter_connected.done():
             return
-        super()._check_negotiation_timer()
+        with self._corked():
+            super()._check_negotiation_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.guard is not None:
@@ -343,6 +405,9 @@ def make_shell(run: SessionRunner) -> Shell:
         structlog.contextvars.bind_contextvars(
             conn_id=protocol.conn_id, peer=peer_of(transport), transport=protocol.door
         )
+        # Negotiation is over: what telnetlib3 set up for it and left as it was, the class holds.
+        compact(protocol)
+        compact(writer)
         await run(reader, protocol, transport)
 
     return shell
