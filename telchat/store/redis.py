@@ -33,6 +33,7 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -304,6 +305,19 @@ def _ignore_lost(key: str) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An event for the writer to publish, under the id that makes a retry harmless."""
+
+    event_id: str
+    event: Event
+
+
+# What the writer sends, in order: an event to publish, or any other write, as a function
+# that adds its commands to the writer's pipeline.
+Queued = Pending | Callable[[Any], object]
+
+
 class RedisStore(Store):
     clustered = True
 
@@ -321,7 +335,7 @@ class RedisStore(Store):
         self._redis: Any = None
         self._deliver: Deliver | None = None
         self._nick_lost: NickLost = _ignore_lost
-        self._queue: list[tuple[str, Any]] = []
+        self._queue: list[Queued] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -466,7 +480,7 @@ class RedisStore(Store):
             "names": self._names,
             # What the writer had not sent yet (a Redis too slow for the pause): sent again by
             # the next image; the event ids make a repeat harmless.
-            "queued": [[item[0], ev.carry(item[1])] for kind, item in self._queue if kind == "event"],
+            "queued": [[item.event_id, ev.carry(item.event)] for item in self._queue if isinstance(item, Pending)],
         }
 
     def take_up(self, state: dict[str, Any]) -> None:
@@ -483,7 +497,7 @@ class RedisStore(Store):
         self._members = {room: {str(k): str(v) for k, v in m.items()} for room, m in state["members"].items()}
         self._names = {str(k): str(v) for k, v in state["names"].items()}
         for event_id, event in state["queued"]:
-            self._enqueue("event", (str(event_id), ev.uncarry(event)))
+            self._enqueue(Pending(str(event_id), ev.uncarry(event)))
 
     async def check(self) -> None:
         if self._broken is not None:
@@ -508,7 +522,7 @@ class RedisStore(Store):
 
     def publish(self, event: Event) -> None:
         self._published = next(self._seq)
-        self._enqueue("event", (f"{self.node}:{self._published}", event))
+        self._enqueue(Pending(f"{self.node}:{self._published}", event))
 
     async def settled(self) -> None:
         if self._broken is not None or self._seen_own >= self._published:
@@ -536,8 +550,8 @@ class RedisStore(Store):
                 still.append((wanted, waiter))
         self._waiters = still
 
-    def _enqueue(self, kind: str, item: Any) -> None:
-        self._queue.append((kind, item))
+    def _enqueue(self, item: Queued) -> None:
+        self._queue.append(item)
         self._idle.clear()
         self._wake.set()
 
@@ -562,11 +576,11 @@ class RedisStore(Store):
                 del self._queue[: len(batch)]
             self._idle.set()
 
-    async def _send(self, batch: list[tuple[str, Any]]) -> None:
+    async def _send(self, batch: list[Queued]) -> None:
         pipe = self._client().pipeline(transaction=False)
-        for kind, item in batch:
-            if kind == "event":
-                self._add_publish(pipe, *item)
+        for item in batch:
+            if isinstance(item, Pending):
+                self._add_publish(pipe, item.event_id, item.event)
             else:
                 item(pipe)
         await pipe.execute()
@@ -693,7 +707,7 @@ class RedisStore(Store):
             pipe.sadd(_key("nicks", self.node), key)
             pipe.sadd(_key("looks", self.node), look)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     async def _claim(self, key: str, look: str) -> str:
         """Claim nick `key` and its `look` in one script; "" if claimed, else the live node
@@ -773,7 +787,7 @@ class RedisStore(Store):
                 pipe.eval(RELEASE_LUA, 1, _key("look", look), self.node)
                 pipe.srem(_key("looks", self.node), look)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     def _lose(self, key: str) -> None:
         """Another node owns `key` (or its look) now: forget it here and have its local holder dropped."""
@@ -884,7 +898,7 @@ class RedisStore(Store):
         return int(await self._call("attempt count", run)), token
 
     def release_attempt(self, key: str, token: str) -> None:
-        self._enqueue("op", lambda pipe: pipe.zrem(_key("attempt", key), token))
+        self._enqueue(lambda pipe: pipe.zrem(_key("attempt", key), token))
 
     # presence
 
@@ -893,7 +907,7 @@ class RedisStore(Store):
 
     def online(self, member: str, nick: str) -> None:
         self._online[member] = nick
-        self._enqueue("op", lambda pipe: pipe.hset(_key("online"), self._field(member), nick))
+        self._enqueue(lambda pipe: pipe.hset(_key("online"), self._field(member), nick))
 
     def offline(self, member: str, rooms: tuple[str, ...]) -> None:
         self._online.pop(member, None)
@@ -907,7 +921,7 @@ class RedisStore(Store):
             if gone:
                 pipe.srem(_key("noderooms", self.node), *gone)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     def renamed(self, member: str, nick: str, rooms: tuple[str, ...]) -> None:
         self._online[member] = nick
@@ -920,7 +934,7 @@ class RedisStore(Store):
             for room in rooms:
                 pipe.hset(_key("members", room), field, nick)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     def joined(self, room: str, room_name: str, member: str, nick: str) -> None:
         self._members.setdefault(room, {})[member] = nick
@@ -934,7 +948,7 @@ class RedisStore(Store):
             pipe.hsetnx(_key("roomnames"), room, room_name)
             pipe.sadd(_key("noderooms", self.node), room)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     def left(self, room: str, member: str) -> None:
         gone = self._forget_member(room, member)
@@ -945,7 +959,7 @@ class RedisStore(Store):
             if gone:
                 pipe.srem(_key("noderooms", self.node), room)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     def _forget_member(self, room: str, member: str) -> bool:
         """Drop `member` from this node's copy of `room`; whether the node has no one left there."""
@@ -979,7 +993,7 @@ class RedisStore(Store):
                 pipe.hsetnx(_key("roomnames"), room, names[room])
                 pipe.sadd(_key("noderooms", self.node), room)
 
-        self._enqueue("op", op)
+        self._enqueue(op)
 
     def _remote(self, mapping: dict[str, str]) -> list[str]:
         mine = f"{self.node}:"
