@@ -25,6 +25,7 @@ from telchat.obs.logs import get_logger
 from telchat.obs.metrics import MetricsServer
 from telchat.obs.telemetry import Telemetry
 from telchat.rules import replies
+from telchat.session import commands
 from telchat.session.session import Session
 from telchat.store.base import Store, StoreError
 from telchat.store.url import make_store
@@ -197,7 +198,7 @@ class App:
         # Imported only when used: asyncssh (and cryptography) cost time and memory at import.
         from telchat.ssh.door import SshDoor
 
-        self.ssh = SshDoor(self.config, self._factory("ssh"), self.guards)
+        self.ssh = SshDoor(self.config, self._factory("ssh"), self.guards, self.services.accounts)
         self.ssh_port = await self.ssh.start(self.config.host, port, self.backlog, reuse_port=self.config.workers > 1)
 
     async def _listen(
@@ -291,6 +292,8 @@ class App:
             if carried is None:
                 terminal.attach(session)
                 session.start()
+                if protocol.proven_nick is not None:  # its door proved the account's
+                    await commands.run(session, self.services.accounts.login_proven(session.user, protocol.proven_nick))
             else:
                 terminal.attach(session, carried["terminal"])
                 session.resume(carried["session"])

@@ -280,7 +280,7 @@ async def test_help(connect: Connect) -> None:
     # A short list that fits an 80-column terminal; operator commands are for operators only.
     await bob.expect(
         "*** Commands: login, join, left, say, me, msg, who, rooms, history, help, quit,",
-        "***   register, password, away, back, ignore, unignore, set, whois, topic,",
+        "***   register, password, key, away, back, ignore, unignore, set, whois, topic,",
         "***   mentions, search",
         "*** Type help <command> for one command's usage.",
     )

@@ -1,12 +1,16 @@
 """The SSH door with the real OpenSSH client in tmux, and asyncssh as a scripted client:
 a character-mode session as the SSH user name, chat with a telnet user, PTY resizes as
-NAWS, the host key made once and kept, one session per connection, and admission."""
+NAWS, the host key made once and kept, one session per connection, and admission. A
+registered nick logs in with a key its account added (`key add`, `key list`, `key remove`)
+or with its password through keyboard-interactive, and is not asked it again."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import stat
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -17,6 +21,7 @@ import pytest
 from telchat.app import App
 from telchat.config import Config
 from telchat.telnet.protocol import ChatTelnetServer
+from tests.clients import LineClient
 from tests.conftest import TEST_CONFIG, Connect, room_with, running, user
 from tests.health import assert_healthy, session_of
 from tests.tmux import Pane, require
@@ -98,25 +103,6 @@ async def test_openssh_user_chats_with_a_telnet_user(app: App, connect: Connect,
         await pane.type("quit")
         await pane.keys("Enter")
         await ann.read_until("*** User frank quit")
-    finally:
-        await pane.close()
-
-
-async def test_a_registered_nick_asks_its_password_over_ssh(app: App, connect: Connect, tmp_path: Path) -> None:
-    require("ssh", "tmux")
-    assert app.ssh_port is not None
-    owner = await user(connect, "boss")
-    await owner.send("register s3cret-pw")
-    await owner.read_until("*** Nick boss is now registered")
-    await owner.send("quit")
-    await owner.wait_closed()
-    pane = await Pane.start(ssh_command(app.ssh_port, "boss", tmp_path))
-    try:
-        await pane.wait_line("*** Password for boss (typing is hidden; an empty line cancels):", timeout=10)
-        await pane.type("s3cret-pw")
-        await pane.keys("Enter")
-        screen = await pane.wait_line("*** User change nick anonymous --> boss", timeout=10)
-        assert not any("s3cret" in line for line in screen)
     finally:
         await pane.close()
 
@@ -257,3 +243,156 @@ def test_an_unusable_host_key_stops_the_start(tmp_path: Path) -> None:
     result = run_server("--host=127.0.0.1", "--port=0", "--ssh-port=0", f"--ssh-host-key={bad}", "--store=memory://")
     assert result.returncode == 2
     assert f"SSH host key {bad}" in result.stderr
+
+
+PASSWORD = "s3cret-pw"
+DENIED = "Permission denied"
+WELCOME = "*** Welcome to telchat."
+
+
+def keypair(tmp_path: Path, name: str) -> tuple[Path, str, str]:
+    """A new Ed25519 key from ssh-keygen: its private key file, public key line and fingerprint."""
+    path = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f", str(path)], check=True)
+    public = path.with_suffix(".pub").read_text().strip()
+    listed = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], check=True, capture_output=True, text=True)
+    return path, public, listed.stdout.split()[1]
+
+
+async def ssh_pane(app: App, nick: str, *options: str) -> Pane:
+    """OpenSSH as a user runs it, in tmux; the pane stays to show how ssh ended."""
+    assert app.ssh_port is not None
+    command = [
+        "ssh", "-tt", "-F", "/dev/null", "-p", str(app.ssh_port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        *options, f"{nick}@127.0.0.1",
+    ]  # fmt: skip
+    return await Pane.start(["sh", "-c", shlex.join(command) + "; echo ssh-exit=$?; sleep 30"])
+
+
+async def with_key(app: App, nick: str, key: Path) -> Pane:
+    return await ssh_pane(app, nick, "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes")
+
+
+async def owner(connect: Connect, nick: str) -> LineClient:
+    client = await user(connect, nick)
+    await client.send(f"register {PASSWORD}")
+    await client.read_until(f"*** Nick {nick} is now registered")
+    return client
+
+
+async def refused(pane: Pane) -> list[str]:
+    try:
+        screen = await pane.wait_line("ssh-exit=", timeout=10)
+    finally:
+        await pane.close()
+    assert any(DENIED in line for line in screen), screen
+    assert not any(WELCOME in line for line in screen)
+    return screen
+
+
+async def enter(pane: Pane, line: str) -> None:
+    await pane.type(line)
+    await pane.keys("Enter")
+
+
+async def test_a_key_logs_in_once_the_account_added_it(app: App, connect: Connect, tmp_path: Path) -> None:
+    require("ssh", "ssh-keygen", "tmux")
+    key, public, fingerprint = keypair(tmp_path, "boss")
+    boss = await owner(connect, "boss")
+    # Before `key add`: the key proves nothing, and without a password there is no way in.
+    await refused(await with_key(app, "boss", key))
+
+    await boss.send(f"key add {public}")
+    await boss.read_until(f"*** Key {fingerprint} added")
+    await boss.send("key list")
+    await boss.read_until(f"*** Key 1: {fingerprint} boss@laptop")
+    await boss.send("quit")
+    await boss.wait_closed()
+
+    pane = await with_key(app, "boss", key)
+    try:
+        screen = await pane.wait_line("*** User change nick anonymous --> boss", timeout=10)
+        assert not any("Password" in line for line in screen)
+        # Logged in to the account itself: its commands work.
+        await enter(pane, "key remove 1")
+        await pane.wait_line(f"*** Key {fingerprint} removed")
+        await enter(pane, "key list")
+        await pane.wait_line("*** No keys; add one with key add <openssh public key>")
+        await enter(pane, "quit")
+        await pane.wait_line("ssh-exit=")
+    finally:
+        await pane.close()
+    await refused(await with_key(app, "boss", key))
+
+
+async def test_another_accounts_key_does_not_log_in(app: App, connect: Connect, tmp_path: Path) -> None:
+    require("ssh", "ssh-keygen", "tmux")
+    key, public, fingerprint = keypair(tmp_path, "ann")
+    ann = await owner(connect, "ann")
+    await ann.send(f"key add {public}")
+    await ann.read_until(f"*** Key {fingerprint} added")
+    bob = await owner(connect, "bob")
+    await refused(await with_key(app, "bob", key))
+    await bob.send("still here")
+    await ann.close()
+
+
+async def test_keyboard_interactive_takes_the_password(app: App, connect: Connect, tmp_path: Path) -> None:
+    require("ssh", "tmux")
+    boss = await owner(connect, "boss")
+    await boss.send("quit")
+    await boss.wait_closed()
+    options = ("-o", "PreferredAuthentications=keyboard-interactive", "-o", "NumberOfPasswordPrompts=1")
+
+    pane = await ssh_pane(app, "boss", *options)
+    try:
+        await pane.wait_line("Password:", timeout=10)
+        await enter(pane, "wrong-password")
+    except BaseException:
+        await pane.close()
+        raise
+    await refused(pane)
+
+    pane = await ssh_pane(app, "boss", *options)
+    try:
+        await pane.wait_line("Password:", timeout=10)
+        await enter(pane, PASSWORD)
+        screen = await pane.wait_line("*** User change nick anonymous --> boss", timeout=10)
+        # Asked once, by SSH: not again inside the session, and never shown.
+        assert not any("*** Password for boss" in line for line in screen)
+        assert not any(PASSWORD in line for line in screen)
+    finally:
+        await pane.close()
+
+
+async def test_key_commands_refuse_bad_input(app: App, connect: Connect, tmp_path: Path) -> None:
+    anon = await user(connect, "anon")
+    await anon.send("key list")
+    await anon.read_until("*** Your nick is not registered; type register <password> first")
+    boss = await owner(connect, "boss")
+    for line, reply in (
+        ("key add not-a-key", "*** Not an OpenSSH public key"),
+        ("key remove 1", "*** No key 1; key list shows them"),
+        ("key frobnicate", "*** Usage: key add <openssh public key>"),
+        ("key list", "*** No keys; add one with key add <openssh public key>"),
+    ):
+        await boss.send(line)
+        await boss.read_until(reply)
+    _, public, fingerprint = keypair(tmp_path, "boss")
+    await boss.send(f"key add {public}")
+    await boss.read_until(f"*** Key {fingerprint} added")
+    await boss.send(f"key add {public}")
+    await boss.read_until(f"*** Key {fingerprint} is already added")
+    for number in range(2, 11):
+        _, public, added = keypair(tmp_path, f"k{number}")
+        await boss.send(f"key add {public}")
+        await boss.read_until(f"*** Key {added} added")
+    _, public, _ = keypair(tmp_path, "eleventh")
+    await boss.send(f"key add {public}")
+    await boss.read_until("*** An account holds at most 10 keys")
+    await boss.send(f"key remove {fingerprint}")
+    await boss.read_until(f"*** Key {fingerprint} removed")
+    await boss.send("key list")
+    lines = await boss.read_until("*** Key 9: ")
+    assert fingerprint not in "".join(lines)

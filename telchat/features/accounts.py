@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -22,7 +23,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from telchat.chat.profile import SETTINGS, zone_named
-from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error
+from telchat.chat.rooms import Chat, ChatError, User, check_nick_or_error, host_of
 from telchat.features.moderation import Moderation, disconnect_event
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
@@ -44,6 +45,8 @@ MAX_PASSWORD = 128
 # How long a login with the right password waits for the nick's old holder to go.
 GHOST_POLL = 0.05
 GHOST_POLLS = 60
+# SSH keys per account: enough for a person's machines, small enough for one record.
+MAX_KEYS = 10
 
 Answer = Callable[[str], Awaitable[None]]
 
@@ -90,6 +93,26 @@ def check_password(password: str) -> None:
         raise ChatError(replies.PASSWORD_RULE)
 
 
+def parse_public_key(text: str) -> Record:
+    """An OpenSSH public key line (`ssh-ed25519 AAAA... comment`), as the account stores it:
+    its OpenSSH text, SHA256 fingerprint (as `ssh-keygen -l` shows it) and comment."""
+    # Imported here: asyncssh (and cryptography) cost time and memory, paid only when used.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography's DSA deprecation, on import
+        import asyncssh
+    try:
+        key = asyncssh.import_public_key(text.strip())
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise ChatError(replies.KEY_INVALID) from exc
+    comment = key.get_comment() or ""
+    key.set_comment(None)
+    return {
+        "key": key.export_public_key("openssh").decode().strip(),
+        "fingerprint": key.get_fingerprint(),
+        "comment": comment,
+    }
+
+
 class Accounts:
     def __init__(self, chat: Chat, moderation: Moderation, hasher: Hasher, max_failures: int) -> None:
         self.chat = chat
@@ -128,10 +151,101 @@ class Accounts:
         if not password:
             raise ChatError(replies.LOGIN_CANCELLED)
         key = nick_key(nick)
-        record = await self._verified(user, key, nick, password)
+        record = await self._verified(user.peer, user.conn_id, key, nick, password)
+        await self._rehash(key, record, password)
+        await self._enter(user, nick, key, record, ghost=ghost)
+
+    async def login_proven(self, user: User, raw_nick: str) -> None:
+        """Log in to the account `raw_nick` whose ownership another door proved (an SSH key
+        or password): what `identify` does once the password is verified."""
+        self.moderation.check_login(user, raw_nick)
+        nick = check_nick_or_error(raw_nick)
+        record = await self._account(nick)
+        if record is None:
+            raise ChatError(replies.NOT_REGISTERED.format(nick=nick))
+        # As a password login: one more session if the account is online elsewhere.
+        await self._enter(user, nick, nick_key(nick), record, ghost=False)
+
+    async def password_proves(self, raw_nick: str, password: str, peer: str) -> bool:
+        """Whether `password` is the account's, for a door that asks it before any session
+        (SSH): the same hasher and the same failure throttling as `login`."""
+        try:
+            nick = check_nick_or_error(raw_nick)
+            record = await self._verified(peer, None, nick_key(nick), nick, password)
+        except ChatError:
+            return False
+        await self._rehash(nick_key(nick), record, password)
+        return True
+
+    async def key_proves(self, raw_nick: str, fingerprint: str) -> bool:
+        """Whether the account `raw_nick` has added the public key with `fingerprint`."""
+        try:
+            nick = check_nick_or_error(raw_nick)
+        except ChatError:
+            return False
+        record = await self._account(nick)
+        return record is not None and any(held["fingerprint"] == fingerprint for held in record.get("keys", []))
+
+    async def key_add(self, user: User, text: str) -> None:
+        """`key add <openssh public key>`: one more key that logs in to the account over SSH."""
+        key, record = await self._own_record(user)
+        added = parse_public_key(text)
+        keys: list[Record] = record.setdefault("keys", [])
+        if any(held["fingerprint"] == added["fingerprint"] for held in keys):
+            raise ChatError(replies.KEY_ALREADY_ADDED.format(fingerprint=added["fingerprint"]))
+        if len(keys) >= MAX_KEYS:
+            raise ChatError(replies.KEY_LIMIT.format(limit=MAX_KEYS))
+        keys.append(added)
+        await self.store.put_record(ACCOUNT, key, record)
+        log.info(
+            "account_key_added", conn_id=user.conn_id, peer=user.peer, account=key, fingerprint=added["fingerprint"]
+        )
+        user.send(replies.KEY_ADDED.format(fingerprint=added["fingerprint"]))
+
+    async def key_list(self, user: User) -> None:
+        """`key list`: the account's keys, numbered, by fingerprint and comment."""
+        _, record = await self._own_record(user)
+        keys = record.get("keys", [])
+        if not keys:
+            user.send(replies.KEYS_NONE)
+        for number, held in enumerate(keys, 1):
+            user.send(replies.KEY_LINE.format(number=number, fingerprint=held["fingerprint"], comment=held["comment"]))
+
+    async def key_remove(self, user: User, which: str) -> None:
+        """`key remove <fingerprint|number>`."""
+        key, record = await self._own_record(user)
+        keys: list[Record] = record.get("keys", [])
+        numbered = int(which) - 1 if which.isdigit() else -1
+        found = [held for number, held in enumerate(keys) if number == numbered or held["fingerprint"] == which]
+        if not found:
+            raise ChatError(replies.KEY_NOT_FOUND.format(which=which))
+        keys.remove(found[0])
+        await self.store.put_record(ACCOUNT, key, record)
+        log.info(
+            "account_key_removed",
+            conn_id=user.conn_id,
+            peer=user.peer,
+            account=key,
+            fingerprint=found[0]["fingerprint"],
+        )
+        user.send(replies.KEY_REMOVED.format(fingerprint=found[0]["fingerprint"]))
+
+    async def _own_record(self, user: User) -> tuple[str, Record]:
+        """The account record of the user's proven account."""
+        if user.account is None:
+            raise ChatError(replies.NICK_NOT_REGISTERED)
+        record = await self.store.get_record(ACCOUNT, user.account)
+        if record is None:
+            raise ChatError(replies.NICK_NOT_REGISTERED)
+        return user.account, record
+
+    async def _rehash(self, key: str, record: Record, password: str) -> None:
         if self.hasher.outdated(record["hash"]):
             record["hash"] = await self.hasher.hash(password)
             await self.store.put_record(ACCOUNT, key, record)
+
+    async def _enter(self, user: User, nick: str, key: str, record: Record, *, ghost: bool) -> None:
+        """Log in to an account whose ownership is proven."""
         self._grant(user, key, record)
         log.info("login", conn_id=user.conn_id, peer=user.peer, account=key, operator=user.operator)
         await self._take(user, nick, ghost=ghost)
@@ -160,7 +274,7 @@ class Accounts:
             raise ChatError(replies.NICK_NOT_REGISTERED)
         check_password(new)
         key = user.account
-        record = await self._verified(user, key, user.nick, old)
+        record = await self._verified(user.peer, user.conn_id, key, user.nick, old)
         record["hash"] = await self.hasher.hash(new)
         await self.store.put_record(ACCOUNT, key, record)
         log.info("password_changed", conn_id=user.conn_id, peer=user.peer, account=key)
@@ -209,10 +323,10 @@ class Accounts:
         record["tz"] = user.profile.zone.key if user.profile.zone is not None else None
         await self.store.put_record(ACCOUNT, user.account, record)
 
-    async def _verified(self, user: User, key: str, nick: str, password: str) -> Record:
+    async def _verified(self, peer: str, conn_id: int | None, key: str, nick: str, password: str) -> Record:
         """The account record, once `password` proved right; throttled per address, and per
         address and nick, counting attempts still being verified."""
-        group = group_key(user.ip)
+        group = group_key(host_of(peer))
         counters = (f"login:ip:{group}", f"login:ip-nick:{group} {key}")
         # Each attempt counts as a failure, on every node, until it is known not to be one.
         reserved: list[tuple[str, str]] = []
@@ -221,7 +335,7 @@ class Accounts:
                 count, token = await self.store.reserve_attempt(counter, FAILURE_WINDOW)
                 reserved.append((counter, token))
                 if count > self.max_failures:
-                    self.chat.telemetry.limit("login_failures", conn_id=user.conn_id, peer=user.peer, account=key)
+                    self.chat.telemetry.limit("login_failures", conn_id=conn_id, peer=peer, account=key)
                     raise ChatError(replies.TOO_MANY_FAILURES)
             record = await self.store.get_record(ACCOUNT, key)
             if record is None:
@@ -229,7 +343,7 @@ class Accounts:
             if not await self.hasher.verify(record["hash"], password):
                 for counter in counters:
                     await self.store.add_failure(counter, FAILURE_WINDOW)
-                log.warning("login_failed", conn_id=user.conn_id, peer=user.peer, account=key)
+                log.warning("login_failed", conn_id=conn_id, peer=peer, account=key)
                 raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
             return record
         finally:

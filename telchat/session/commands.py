@@ -190,6 +190,18 @@ async def _password(ctx: Context, args: list[str]) -> None:
     await ctx.services.accounts.change_password(ctx.user, args[0], args[1])
 
 
+async def _key(ctx: Context, args: list[str]) -> None:
+    accounts, action, rest = ctx.services.accounts, args[0].lower(), args[1:]
+    if action == "add" and rest:
+        await accounts.key_add(ctx.user, rest[0])
+    elif action == "list" and not rest:
+        await accounts.key_list(ctx.user)
+    elif action == "remove" and len(rest) == 1 and len(rest[0].split()) == 1:
+        await accounts.key_remove(ctx.user, rest[0])
+    else:
+        raise ChatError(replies.USAGE.format(usage=KEY.usage))
+
+
 async def _away(ctx: Context, args: list[str]) -> None:
     ctx.services.social.away(ctx.user, args[0] if args else "")
 
@@ -333,6 +345,16 @@ REGISTER = _command(
     bare=(1,),
 )
 PASSWORD = _command("password", "password <old> <new>", "change your account's password", _password, words=2, bare=(2,))
+KEY = _command(
+    "key",
+    "key add <openssh public key> | key list | key remove <fingerprint|number>",
+    "the SSH public keys that log in to your registered nick (ssh -p PORT nick@host)",
+    _key,
+    words=2,
+    optional=1,
+    rest=True,
+    bare=(1, 2),
+)
 AWAY = _command("away", "away [message]", "mark yourself away", _away, words=1, optional=1, rest=True, bare=(0,))
 BACK = _command("back", "back", "clear your away mark", _back, bare=(0,))
 IGNORE = _command(
@@ -407,6 +429,7 @@ COMMANDS: tuple[Command, ...] = (
     QUIT,
     REGISTER,
     PASSWORD,
+    KEY,
     AWAY,
     BACK,
     IGNORE,

@@ -3,8 +3,10 @@
 asyncssh does SSH; each session channel drives a `ChatTelnetServer` from the telnet
 listener's own `protocol_factory`, through `SshTransport` and the in-process
 `TelnetShim`: admission, the telnet guard, negotiation, the client class and the
-character-mode line editor are the telnet listener's. The SSH user name is typed as
-`login <name>` for the user, so a registered nick asks its password as it does on telnet.
+character-mode line editor are the telnet listener's. An SSH user name that is not a
+registered nick needs no authentication and is typed as `login <name>` for the user; a
+registered nick must prove itself to SSH, with a key its account added (`key add`) or its
+password (keyboard-interactive or password auth), and its session starts logged in.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 with warnings.catch_warnings():
     # cryptography warns on import about DSA, which telchat neither offers nor accepts.
@@ -32,7 +34,7 @@ from telchat.telnet.protocol import ChatTelnetServer
 log = get_logger(__name__)
 
 HOST_KEY_TYPE = "ssh-ed25519"
-# An SSH client has this long to authenticate (which needs no secret here) and open its session.
+# An SSH client has this long to authenticate and open its session.
 LOGIN_TIMEOUT = 15.0
 # SSH keepalives find dead peers; the telnet layer's TIMING-MARK pings are answered by the shim.
 KEEPALIVE_INTERVAL = 60.0
@@ -55,11 +57,22 @@ def host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+class Owners(Protocol):
+    """Who owns a registered nick, as the accounts (above this layer) know it."""
+
+    async def registered(self, raw_nick: str) -> bool: ...
+
+    async def key_proves(self, raw_nick: str, fingerprint: str) -> bool: ...
+
+    async def password_proves(self, raw_nick: str, password: str, peer: str) -> bool: ...
+
+
 class SshDoor:
-    def __init__(self, config: Config, factory: Callable[[], ChatTelnetServer], guards: Guards) -> None:
+    def __init__(self, config: Config, factory: Callable[[], ChatTelnetServer], guards: Guards, owners: Owners) -> None:
         self._config = config
         self._factory = factory
         self._guards = guards
+        self._owners = owners
         self._server: asyncssh.SSHAcceptor | None = None
 
     async def start(self, host: str, port: int, backlog: int, reuse_port: bool) -> int:
@@ -70,7 +83,7 @@ class SshDoor:
             # An OSError, as for an unreadable TLS key: the server says so and exits 2.
             raise OSError(f"SSH host key {path}: {exc}") from exc
         self._server = await asyncssh.create_server(
-            lambda: ChatSshServer(self._factory, self._guards),
+            lambda: ChatSshServer(self._factory, self._guards, self._owners),
             host,
             port,
             server_host_keys=[key],
@@ -98,12 +111,16 @@ class SshDoor:
 
 
 class ChatSshServer(asyncssh.SSHServer):
-    """One SSH connection: counted in at accept, no authentication of its own, one chat
-    session at most."""
+    """One SSH connection: counted in at accept, authenticated only for a registered nick,
+    one chat session at most."""
 
-    def __init__(self, factory: Callable[[], ChatTelnetServer], guards: Guards) -> None:
+    def __init__(self, factory: Callable[[], ChatTelnetServer], guards: Guards, owners: Owners) -> None:
         self._factory = factory
         self._guards = guards
+        self._owners = owners
+        # The registered nick this connection is proving (or proved, once authenticated).
+        self._claimed: str | None = None
+        self._peer = "-:0"
         self._conn: asyncssh.SSHServerConnection | None = None
         self._session: ChatSshSession | None = None
         # Counted in, and not yet handed to a started session (whose telnet guard releases it).
@@ -113,8 +130,9 @@ class ChatSshServer(asyncssh.SSHServer):
         # Like TLS: counted before the key exchange, the costly part, so that a flood of
         # handshakes meets the same per-address and server limits as telnet connections.
         peer = conn.get_extra_info("peername") or ("-", 0)
+        self._peer = f"{peer[0]}:{peer[1]}"
         # count_in reads only get_extra_info("peername"), which the connection answers as its socket.
-        self._address = self._guards.count_in(cast(asyncio.BaseTransport, conn), f"{peer[0]}:{peer[1]}", "ssh")
+        self._address = self._guards.count_in(cast(asyncio.BaseTransport, conn), self._peer, "ssh")
         if self._address is None:
             conn.abort()  # before the key exchange: there is no channel to say why on
             return
@@ -125,15 +143,30 @@ class ChatSshServer(asyncssh.SSHServer):
         if address is not None:
             self._guards.release(address)
 
-    def begin_auth(self, username: str) -> bool:
-        # Any key, or none: the nick is claimed by `login`, which asks a registered nick's password.
-        return False
+    async def begin_auth(self, username: str) -> bool:
+        # Any key, or none, for a nick nobody registered, as ssh-chat does: `login` claims it.
+        self._claimed = username if await self._owners.registered(username) else None
+        return self._claimed is not None
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return await self._owners.key_proves(username, key.get_fingerprint())
+
+    def password_auth_supported(self) -> bool:
+        # asyncssh asks the same password through keyboard-interactive, which is what
+        # OpenSSH's default configuration offers.
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        return await self._owners.password_proves(username, password, self._peer)
 
     def session_requested(self) -> ChatSshSession | bool:
         # One session per connection: the connection was counted once.
         if self._session is not None or self._conn is None:
             return False
-        self._session = ChatSshSession(self._conn, self._factory, self._hand_over)
+        self._session = ChatSshSession(self._conn, self._factory, self._hand_over, self._claimed)
         return self._session
 
     def _hand_over(self) -> Address | None:
@@ -147,8 +180,11 @@ class ChatSshSession(asyncssh.SSHServerSession[bytes]):
         conn: asyncssh.SSHServerConnection,
         factory: Callable[[], ChatTelnetServer],
         admitted: Callable[[], Address | None],
+        proven: str | None,
     ) -> None:
         self._conn = conn
+        # The registered nick the connection authenticated as; None: nobody's.
+        self._proven = proven
         self._factory = factory
         # The connection's place in the admission count, taken over when the session starts.
         self._admitted = admitted
@@ -177,10 +213,11 @@ class ChatSshSession(asyncssh.SSHServerSession[bytes]):
         self._transport = SshTransport(self._chan, self._conn, self._shim)
         self._protocol = self._factory()
         self._protocol.admitted = self._admitted()
+        self._protocol.proven_nick = self._proven
         self._transport.set_protocol(self._protocol)
         self._protocol.connection_made(self._transport)
         nick = self._conn.get_extra_info("username") or ""
-        if nick and nick.isprintable() and not any(ch.isspace() for ch in nick):
+        if self._proven is None and nick and nick.isprintable() and not any(ch.isspace() for ch in nick):
             self._input(f"login {nick}\r\n".encode())
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:

@@ -79,6 +79,9 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     door: Door = "telnet"
     #: Set when the connection was counted in at accept already (TLS: before its handshake).
     admitted: Address | None = None
+    #: The registered nick its door already proved the user owns (SSH authentication):
+    #: the session logs in to it without asking the password.
+    proven_nick: str | None = None
     #: A connection carried over a server upgrade: its record (see `carry`); never renegotiated.
     carried: dict[str, Any] | None = None
     # asyncio's FlowControlMixin gives each connection an empty deque (760 bytes) for drain()
