@@ -367,14 +367,17 @@ async def test_keyboard_interactive_takes_the_password(app: App, connect: Connec
 
 
 async def test_key_commands_refuse_bad_input(app: App, connect: Connect, tmp_path: Path) -> None:
-    anon = await user(connect, "anon")
+    anon = await user(connect, "anon", "room")
     await anon.send("key list")
     await anon.read_until("*** Your nick is not registered; type register <password> first")
+    # Bare, only its three actions make the command: other lines are messages.
+    await anon.send("key points are clear")
+    await anon.read_until("#room:anon> key points are clear")
     boss = await owner(connect, "boss")
     for line, reply in (
         ("key add not-a-key", "*** Not an OpenSSH public key"),
         ("key remove 1", "*** No key 1; key list shows them"),
-        ("key frobnicate", "*** Usage: key add <openssh public key>"),
+        ("/key frobnicate", "*** Usage: key add <openssh public key>"),
         ("key list", "*** No keys; add one with key add <openssh public key>"),
     ):
         await boss.send(line)

@@ -190,6 +190,9 @@ async def _password(ctx: Context, args: list[str]) -> None:
     await ctx.services.accounts.change_password(ctx.user, args[0], args[1])
 
 
+KEY_ACTIONS = frozenset({"add", "list", "remove"})
+
+
 async def _key(ctx: Context, args: list[str]) -> None:
     accounts, action, rest = ctx.services.accounts, args[0].lower(), args[1:]
     if action == "add" and rest:
@@ -354,6 +357,8 @@ KEY = _command(
     optional=1,
     rest=True,
     bare=(1, 2),
+    # "key points are..." is a message: bare, only the three actions make the command.
+    bare_if=lambda args: args[0].lower() in KEY_ACTIONS,
 )
 AWAY = _command("away", "away [message]", "mark yourself away", _away, words=1, optional=1, rest=True, bare=(0,))
 BACK = _command("back", "back", "clear your away mark", _back, bare=(0,))
