@@ -399,3 +399,55 @@ async def test_key_commands_refuse_bad_input(app: App, connect: Connect, tmp_pat
     await boss.send("key list")
     lines = await boss.read_until("*** Key 9: ")
     assert fingerprint not in "".join(lines)
+
+
+async def test_ssh_password_guesses_are_throttled_with_telnet_logins(app: App, connect: Connect) -> None:
+    assert app.ssh_port is not None
+    boss = await owner(connect, "boss")
+    await boss.send("quit")
+    await boss.wait_closed()
+    guesser = await connect()
+    await guesser.send("login boss wrong-one")
+    await guesser.read_until("*** Wrong password for boss")
+    for _ in range(app.config.login_failures - 1):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _password_login(app.ssh_port, "boss", "wrong-two")
+    # The failures of both doors add up: now even the right password is refused, unverified.
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _password_login(app.ssh_port, "boss", PASSWORD)
+    assert app.telemetry.counters.value("limits", kind="login_failures") >= 1
+    await guesser.send(f"login boss {PASSWORD}")
+    await guesser.read_until("*** Too many")
+
+
+async def test_ssh_keys_are_kept_in_the_account_on_sqlite(tmp_path: Path) -> None:
+    config = ssh_config(tmp_path, store=f"sqlite:///{tmp_path / 'telchat.db'}")
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="boss@desk")
+    public = key.export_public_key("openssh").decode().strip()
+    async with running(config) as app:
+        boss = await owner(_connector(app.port), "boss")
+        await boss.send(f"key add {public}")
+        await boss.read_until(f"*** Key {key.get_fingerprint()} added")
+        await boss.close()
+    async with running(config) as app:  # a restart: the key is read back from the database
+        assert app.ssh_port is not None
+        async with asyncssh.connect(
+            "127.0.0.1", app.ssh_port, username="boss", known_hosts=None, client_keys=[key]
+        ) as conn:
+            process = await conn.create_process(term_type="xterm", encoding=None)
+            await _line_starting(process, "*** User change nick anonymous --> boss")
+            process.close()
+
+
+async def _password_login(port: int, nick: str, password: str) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1", port, username=nick, password=password, known_hosts=None, client_keys=None
+    ):
+        pass
+
+
+async def _line_starting(process: asyncssh.SSHClientProcess[bytes], prefix: str) -> None:
+    for _ in range(20):
+        if (await _first_line(process)).startswith(prefix):
+            return
+    raise AssertionError(f"no line {prefix!r}")
