@@ -36,7 +36,7 @@ VENV="${TELCHAT_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt -e .
 
-export PATH="$PWD/$VENV/bin:$PATH"
+export PATH="$(cd "$VENV" && pwd)/bin:$PATH"  # $TELCHAT_VENV may be absolute
 echo "== ruff check"; ruff check telchat tests scripts server.py
 echo "== ruff format --check"; ruff format --check telchat tests scripts server.py
 echo "== mypy --strict telchat"; mypy --strict telchat
