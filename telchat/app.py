@@ -35,7 +35,6 @@ from telchat.telnet.protocol import (
     ChatTelnetServer,
     ClientClass,
     Door,
-    TransportSink,
     carry,
     log_negotiation,
     make_shell,
@@ -270,7 +269,7 @@ class App:
         session = Session(
             self.chat,
             self.config,
-            sink=terminal.wrap(TransportSink(transport)),
+            sink=terminal.wrap(protocol.sink),
             flusher=self._flusher,
             close=transport.close,
             abort=transport.abort,

@@ -171,7 +171,8 @@ class Upgrader:
             handover_ms=_ms(float(state["written_at"]) - float(state["paused_at"])),
             start_ms=_ms(float(state["read_at"]) - float(state["written_at"])),
             adopt_ms=_ms(time.time() - float(state["read_at"])),
-            unsent_bytes=sum(int(record.get("unsent", 0)) for record in state["connections"]),
+            unsent_bytes=sum(len(record["telnet"].get("unsent", "")) for record in state["connections"]),
+            lost_bytes=sum(int(record["telnet"].get("lost", 0)) for record in state["connections"]),
         )
         report_upgrade()
 

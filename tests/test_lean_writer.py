@@ -12,7 +12,7 @@ from telnetlib3.stream_writer import TelnetWriterUnicode
 from telnetlib3.telopt import GMCP, NAWS, NOP, TM, TTYPE
 
 from telchat.app import App
-from telchat.telnet.internals import WRITER_DEFAULTS, LeanTelnetWriter, compact
+from telchat.telnet.internals import WRITER_DEFAULTS, LeanTelnetWriter, compact, learn
 from telchat.telnet.protocol import PROTOCOL_DEFAULTS, ChatTelnetServer
 from tests.clients import RawClient
 
@@ -109,3 +109,70 @@ async def test_a_sessions_protocol_is_compacted(app: App) -> None:
         assert len(protocol.writer.__dict__) <= 42  # the dict's smaller size (see `compact`)
     finally:
         await client.close()
+
+
+def given(transport: asyncio.Transport) -> dict[str, Any]:
+    """The keywords telnetlib3's protocol makes each writer with."""
+    protocol = ChatTelnetServer(encoding="utf8", encoding_errors="replace", force_binary=True, line_mode=True)
+    return {
+        "transport": transport,
+        "protocol": protocol,
+        "reader": None,
+        "server": True,
+        "fn_encoding": protocol.encoding,
+        "encoding_errors": "replace",
+    }
+
+
+def made(transport: asyncio.Transport) -> Any:
+    return LeanTelnetWriter(**given(transport))
+
+
+def by_init(transport: asyncio.Transport) -> Any:
+    """A writer made by telnetlib3's __init__, past the recipe."""
+    return type.__call__(LeanTelnetWriter, **given(transport))
+
+
+def state(writer: Any) -> dict[str, Any]:
+    """What a writer holds, by attribute: its own values, with the writer itself replaced."""
+    return {
+        name: (type(value), dict(value)) if isinstance(value, dict) else value
+        for name, value in writer.__dict__.items()
+        # The context __init__ makes, the recipe leaves to be made on first use (`ctx`).
+        if name not in ("_transport", "_protocol", "fn_encoding", "_leanctx")
+    }
+
+
+async def test_writers_made_by_the_recipe_are_those_init_makes() -> None:
+    transport = Transport()
+    made(transport)  # the first (in this process) teaches the recipe
+    assert LeanTelnetWriter._recipe is not None, "telnetlib3's writer __init__ changed"
+    first, second, third = by_init(transport), made(transport), made(transport)
+    for writer in (first, second, third):
+        compact(writer)
+    assert state(second) == state(first)
+    for name, value in second.__dict__.items():
+        if isinstance(value, dict | list):  # made for each writer, not shared
+            assert value is not third.__dict__[name], name
+    for table in ("local_option", "remote_option", "pending_option"):
+        assert getattr(second, table)._on_change == second._check_waiters
+    assert second._iac_callback[TM].__self__ is second
+    assert second.ctx is not third.ctx and second.ctx.gmcp_data == {}
+    # They negotiate alike: the same answers to the same commands.
+    answers: list[list[bytes]] = []
+    for writer in (first, second):
+        sent: list[bytes] = []
+        writer.send_iac = sent.append
+        for byte in b"\xff\xfb\x1f\xff\xfd\x01\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0":
+            writer.feed_byte(bytes([byte]))
+        answers.append(sent)
+    assert answers[0] == answers[1] and answers[0]
+    assert first.remote_option == second.remote_option and first.local_option == second.local_option
+
+
+async def test_an_unknown_attribute_leaves_init_to_make_every_writer() -> None:
+    keywords = given(Transport())
+    writer = type.__call__(LeanTelnetWriter, **keywords)
+    assert learn(writer, keywords) is not None
+    writer.__dict__["_something_new"] = object()  # what a telnetlib3 upgrade might add
+    assert learn(writer, keywords) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -400,5 +401,37 @@ async def test_password_typed_across_an_upgrade_never_reaches_the_chat(tmp_path:
         assert not any("s3cret-pw" in line for line in lines)
         for client in (ann, bob):
             await client.close()
+    finally:
+        server.kill()
+
+
+async def test_a_slow_readers_backlog_is_carried_over(tmp_path: Path) -> None:
+    # A small kernel send buffer: most of the backlog then sits in the transport's buffer,
+    # which dies with the old image unless the upgrade carries it.
+    server = start(copied_tree(tmp_path), "--max-sndbuf", "8192")
+    try:
+        sloth_sock = socket.socket()
+        sloth_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sloth_sock.connect(("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sloth_sock)
+        sloth = RawClient(reader, writer)
+        await sloth.read_until(WELCOME)
+        await sloth.login("sloth")
+        await sloth.join("ops", "sloth")
+        talker = await member(server.port, "talker")
+        sloth.writer.transport.pause_reading()  # and the kernel buffers fill
+        payload = "p" * 900
+        lines = 60  # some 55 KB: within the sendq, far past what the kernel holds for it
+        for number in range(lines):
+            await talker.send(f"{number} {payload}")
+        await talker.read_until(f"#ops:talker> {lines - 1} ")
+        server.proc.send_signal(signal.SIGUSR2)
+        upgrade = server.wait_event("upgrade")
+        assert upgrade["unsent_bytes"] > 16384 and upgrade["lost_bytes"] == 0
+        sloth.writer.transport.resume_reading()
+        got = await said(sloth, "talker", f"{lines - 1} {payload}")
+        assert got == [f"{number} {payload}" for number in range(lines)]
+        await talker.close()
+        await sloth.close()
     finally:
         server.kill()

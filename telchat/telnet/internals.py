@@ -6,7 +6,10 @@ when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter
 `_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
 `default_slc_tab`; `handle_will`, `handle_do`, `handle_wont` and `handle_subnegotiation`
 (overridden here: the options agreed to, TIMING-MARK answers, malformed subnegotiations),
-`pending_option`; and `TelnetServer._check_negotiation_timer`, `_waiter_connected`,
+`pending_option`; `Option` (its `name`, `log` and `_on_change`) and `TelnetSessionContext`,
+which `_Recipe` makes for each writer as __init__ does (`learn` refuses any attribute it
+does not know how to make, and then every writer is made by __init__); and
+`TelnetServer._check_negotiation_timer`, `_waiter_connected`,
 `_check_later` and `_tasks` (protocol.py overrides the first and ends a raw client's
 negotiation with the others, as telnetlib3's own timeout does), and asyncio's
 `FlowControlMixin._drain_waiters` (made on first use there). tests/test_lean_writer.py,
@@ -27,14 +30,16 @@ through it, but LINEMODE's, which a chat server never negotiates) is what `Corke
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from telnetlib3 import slc
+from telnetlib3._session_context import TelnetSessionContext
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
-from telnetlib3.stream_writer import TelnetWriterUnicode
+from telnetlib3.stream_writer import Option, TelnetWriterUnicode
 from telnetlib3.telopt import BINARY, CHARSET, DO, DONT, ECHO, EOR, GMCP, MSSP, NAWS, NEW_ENVIRON, SGA, TM, TTYPE, WONT
 
 READ_CHUNK = 65536
@@ -255,8 +260,123 @@ WRITER_DEFAULTS: Mapping[str, object] = {
 }
 
 
+# What a writer is given, by name of the attribute telnetlib3's __init__ keeps it in.
+_GIVEN = {
+    "_transport": "transport",
+    "_protocol": "protocol",
+    "_reader": "reader",
+    "fn_encoding": "fn_encoding",
+    "encoding_errors": "encoding_errors",
+}
+# Values a writer's __init__ may set that every connection can share.
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, frozenset, tuple, logging.Logger)
+_EMPTY_CONTAINERS = (list, dict, set, deque)
+_Maker = Callable[["LeanTelnetWriter"], object]
+
+
+class _Recipe:
+    """How telnetlib3's writer __init__ sets a writer up, learnt from one writer it made, to
+    set up the next ones without running it: its some 60 handler registrations and SLC table
+    (discarded by `LeanTelnetWriter`) are most of a connection's set-up (about 100 us).
+
+    Each attribute __init__ left is shared (an immutable value, the same for all), given
+    (the transport, protocol, reader and encoding), or made afresh the way __init__ made it
+    (an option table, a handler table, an empty container, a default object). An attribute
+    of any other kind means the recipe cannot be trusted: `learn` returns None, and every
+    writer is made by __init__ (tests/test_lean_writer.py fails first).
+    """
+
+    __slots__ = ("flags", "fresh", "shared")
+
+    def __init__(self, flags: dict[str, object], shared: dict[str, object], fresh: dict[str, _Maker]) -> None:
+        #: The keywords besides `_GIVEN`'s (server=True) the recipe was learnt with.
+        self.flags = flags
+        self.shared = shared
+        self.fresh = fresh
+
+    def make(self, given: Mapping[str, object]) -> LeanTelnetWriter:
+        writer: LeanTelnetWriter = LeanTelnetWriter.__new__(LeanTelnetWriter)
+        attributes = dict(self.shared)
+        for name, keyword in _GIVEN.items():
+            value = given[keyword]
+            if LeanTelnetWriter.shared.get(name, _ABSENT) != value:
+                attributes[name] = value
+        for name, make in self.fresh.items():
+            attributes[name] = make(writer)
+        writer.__dict__ = attributes
+        return writer
+
+
+def _maker(writer: LeanTelnetWriter, value: object) -> _Maker | None:
+    """How to make `value` (one of writer's attributes, as __init__ made it) for another writer."""
+    if type(value) is Option:
+        if dict.__len__(value) or value._on_change != writer._check_waiters:
+            return None
+        name, log = value.name, value.log
+        return lambda other: Option(name, log, on_change=other._check_waiters)
+    if type(value) is _Handlers:
+        if dict.__len__(value):
+            return None
+        defaults = value._defaults
+        return lambda other: _Handlers(other, defaults)
+    kind = type(value)
+    if kind in _EMPTY_CONTAINERS:
+        return (lambda other: kind()) if not value else None
+    try:  # a default object, such as the LINEMODE state
+        same = vars(kind()) == vars(value)
+    except TypeError:
+        return None
+    return (lambda other: kind()) if same else None
+
+
+def learn(writer: LeanTelnetWriter, given: Mapping[str, object]) -> _Recipe | None:
+    """The recipe for writers like `writer`, which __init__ made from `given`; None if it has
+    an attribute whose making is not known (a telnetlib3 upgrade changed __init__)."""
+    shared: dict[str, object] = {}
+    fresh: dict[str, _Maker] = {}
+    lazy = {"_lean" + name for name, kind in vars(LeanTelnetWriter).items() if isinstance(kind, OnFirstUse)}
+    for name, value in writer.__dict__.items():
+        if name in _GIVEN:
+            expected = given[_GIVEN[name]]
+            if value is not expected and value != expected:
+                return None
+        elif name in lazy:
+            continue
+        elif type(value) in _IMMUTABLE:
+            if LeanTelnetWriter.shared.get(name, _ABSENT) != value:
+                shared[name] = value
+        else:
+            make = _maker(writer, value)
+            if make is None:
+                return None
+            fresh[name] = make
+    return _Recipe(_flags(given), shared, fresh)
+
+
+def _flags(given: Mapping[str, object]) -> dict[str, object]:
+    return {key: value for key, value in given.items() if key not in _GIVEN.values()}
+
+
+class _Learning(type):
+    """LeanTelnetWriter's metaclass: the first writer made with keywords (as telnetlib3's
+    protocol makes each) is made by __init__, and teaches the recipe the rest are made by."""
+
+    _recipe: _Recipe | None = None
+    _tried = False
+
+    def __call__(cls, *args: Any, **given: Any) -> Any:
+        recipe = cls._recipe
+        if not args and recipe is not None and _flags(given) == recipe.flags:
+            return recipe.make(given)
+        writer = super().__call__(*args, **given)
+        if not args and not cls._tried:
+            cls._tried = True
+            cls._recipe = learn(writer, given)
+        return writer
+
+
 @shared_defaults(WRITER_DEFAULTS)
-class LeanTelnetWriter(TelnetWriterUnicode):
+class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
     """telnetlib3's writer, with a fraction of its per-connection memory and objects.
 
     Its callback tables hold no bound methods (`_Handlers`), and its SLC table (30 entries,
@@ -270,6 +390,8 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     on_malformed: Callable[[bytes, Exception], None] | None = None
     #: Called when the client answers our DO TIMING-MARK (WILL or WONT).
     on_timing_mark: Callable[[], None] | None = None
+    #: Called with each telnet command written to the transport (the sink keeps count).
+    sent: Callable[[bytes], object] | None = None
     _iac_callback = _HandlersAttribute()
     _slc_callback = _HandlersAttribute()
     _ext_callback = _HandlersAttribute()
@@ -285,6 +407,8 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     directional_refusals = OnFirstUse(set)
     _sb_buffer = OnFirstUse(deque)
     _slc_buffer = OnFirstUse(deque)
+    # Filled only by the MUD data a client sends in ZMP, ATCP, Aardwolf or MSSP subnegotiations.
+    ctx = OnFirstUse(TelnetSessionContext)
     #: While corked (`Corked`), what send_iac would have written, to go out in one write.
     _corked: list[bytes] | None
     initializing: bool
@@ -302,9 +426,15 @@ class LeanTelnetWriter(TelnetWriterUnicode):
     def send_iac(self, buf: bytes) -> None:
         corked = self._corked
         if corked is None:
-            super().send_iac(buf)
+            self._send(buf)
         elif not self.is_closing():
             corked.append(buf)
+
+    def _send(self, buf: bytes) -> None:
+        closing = self.is_closing()
+        TelnetWriterUnicode.send_iac(self, buf)
+        if not closing and self.sent is not None:
+            self.sent(buf)
 
     def handle_will(self, opt: bytes) -> None:
         if opt == TM:
@@ -383,4 +513,4 @@ class Corked:
             return
         corked, writer._corked = writer._corked, None
         if corked:
-            TelnetWriterUnicode.send_iac(writer, b"".join(corked))
+            writer._send(b"".join(corked))

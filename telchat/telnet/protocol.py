@@ -84,6 +84,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     proven_nick: str | None = None
     #: A connection carried over a server upgrade: its record (see `carry`); never renegotiated.
     carried: dict[str, Any] | None = None
+    #: Where every byte to the client goes (set in connection_made).
+    sink: TransportSink
     # asyncio's FlowControlMixin gives each connection an empty deque (760 bytes) for drain()
     # waiters; nothing here calls drain(), so normally it is never made.
     _drain_waiters = OnFirstUse(deque)
@@ -106,8 +108,10 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 # Refused before any negotiation: telnetlib3 never started, so has nothing to tear down.
                 self._closing = True
                 return
+        self.sink = TransportSink(cast(asyncio.WriteTransport, transport))
         super().connection_made(transport)
         assert self.writer is not None
+        cast(LeanTelnetWriter, self.writer).sent = self.sink.wrote
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
         if carried is None:  # a carried socket keeps its options
@@ -225,6 +229,7 @@ def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
     writer = protocol.writer
     reader = protocol.reader
     assert writer is not None and reader is not None
+    unsent, lost = protocol.sink.unsent()
     return {
         "local": _options(writer.local_option),
         "remote": _options(writer.remote_option),
@@ -235,6 +240,9 @@ def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
         "late_checked": protocol._late_checked,
         "advanced": protocol._advanced,
         "unread": bytes(reader._buffer).decode("latin-1"),
+        # Output the old image's transport still held: the new one writes it first.
+        "unsent": unsent.decode("latin-1"),
+        "lost": lost,
         "unprocessed": protocol.guard.unprocessed().decode("latin-1") if protocol.guard is not None else "",
     }
 
@@ -273,6 +281,9 @@ def _restore(protocol: ChatTelnetServer, state: dict[str, Any]) -> None:
     protocol.passthrough = bool(state["passthrough"])
     protocol._late_checked = bool(state["late_checked"])
     protocol._advanced = bool(state["advanced"])
+    unsent = str(state.get("unsent", "")).encode("latin-1")
+    if unsent:
+        protocol.sink.write(unsent)
     unread = str(state["unread"]).encode("latin-1")
     if unread:
         reader.feed_data(unread)
@@ -324,21 +335,48 @@ def peer_of(transport: asyncio.BaseTransport | None) -> str:
 
 
 class TransportSink:
-    """The Outbox's way out: a transport, written only while it is open."""
+    """The connection's way out: its transport, written only while it is open, keeping a copy
+    of the bytes the transport holds unsent (a slow reader's backlog) for a server upgrade to
+    carry over: the transport's buffer dies with the process image, the socket does not."""
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_transport", "_unsent")
 
     def __init__(self, transport: asyncio.WriteTransport) -> None:
         self._transport = transport
+        # The last bytes written, at least as many as the transport holds; None while it holds none.
+        self._unsent: bytearray | None = None
 
     def write(self, data: bytes) -> int:
         transport = self._transport
-        if not transport.is_closing():
-            transport.write(data)
-        return transport.get_write_buffer_size()
+        if transport.is_closing():
+            return transport.get_write_buffer_size()
+        transport.write(data)
+        return self.wrote(data)
+
+    def wrote(self, data: bytes) -> int:
+        """Note `data`, just written to the transport (by `write` or the telnet writer's
+        commands); return the bytes it holds unsent. A transport sends from the front of its
+        buffer, so what it holds is always the last that many bytes written."""
+        held = self._transport.get_write_buffer_size()
+        unsent = self._unsent
+        if not held:
+            self._unsent = None
+        elif unsent is None:
+            self._unsent = bytearray(data[-held:])
+        else:
+            unsent += data
+            del unsent[: max(0, len(unsent) - held)]
+        return held
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
+
+    def unsent(self) -> tuple[bytes, int]:
+        """What the transport holds unsent, and how many bytes of it were written past this
+        sink (none are: every write goes through `write` or `wrote`)."""
+        held = self._transport.get_write_buffer_size()
+        kept = bytes(self._unsent or b"")[-held:] if held else b""
+        return kept, held - len(kept)
 
 
 def negotiated_charset(protocol: telnetlib3.TelnetServer) -> str:
