@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 MAX_NICK = 24
@@ -67,6 +67,11 @@ def _is_room_char(ch: str) -> bool:
     return _is_visible_letter(ch) or _is_ascii_digit(ch) or ch in "_-."
 
 
+# A login, a join and each message's mentions look the same few nicks up again and again.
+KEYS_CACHED = 16384
+
+
+@lru_cache(maxsize=KEYS_CACHED)
 def nick_key(nick: str) -> str:
     """The identity of a nick: case- and lookalike-insensitive."""
     return skeleton(unicodedata.normalize("NFKC", nick).casefold()).casefold()
@@ -79,6 +84,7 @@ def ascii_keys() -> dict[int, str]:
     return {code: nick_key(chr(code)) for code in range(128)}
 
 
+@lru_cache(maxsize=KEYS_CACHED)
 def look_key(nick: str) -> str:
     """What a nick looks like: its skeleton with the case kept, then case-folded."""
     return skeleton(unicodedata.normalize("NFKC", nick)).casefold()
