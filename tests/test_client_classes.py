@@ -534,3 +534,29 @@ async def test_help_wraps_to_the_window_naws_reports(port: int) -> None:
         assert len(lines) > 3 and all(len(line) <= 40 for line in lines[:-1])
     finally:
         await term.close()
+
+
+async def test_a_command_split_over_chunks_is_not_taken_for_text(port: int) -> None:
+    """A chunk without IAC skips telnetlib3's parser only when it is text: the middle of a
+    subnegotiation (or a command) begun in the chunk before is not."""
+    term = await MudClient.connect(port)
+    listener = await RawClient.connect(port)
+    try:
+        await listener.login("lis")
+        await listener.join("split", "lis")
+        await term.send("login splitter")
+        await term.read_until("*** User change nick")
+        await term.send("join split")
+        await term.read_until("*** User splitter joined room #split")
+        await listener.drain()
+        for piece in (bytes([IAC, SB, NAWS]), b"\x00\x28\x00\x0a", bytes([IAC, SE]), bytes([IAC, WILL])):
+            await term.send_bytes(piece)
+            await asyncio.sleep(0.05)  # each its own chunk
+        await term.send_bytes(bytes([200]) + b"after\r\n")  # the option byte of IAC WILL, then a line
+        assert await listener.read_line() == "#split:splitter> after"
+        await term.send("help")
+        lines = await term.read_until("*** Type help <command>")
+        assert all(len(line) <= 40 for line in lines[:-1]), "the split NAWS set 40 columns"
+    finally:
+        await term.close()
+        await listener.close()

@@ -11,7 +11,9 @@ which `_Recipe` makes for each writer as __init__ does (`learn` refuses any attr
 does not know how to make, and then every writer is made by __init__); and
 `TelnetServer._check_negotiation_timer`, `_waiter_connected`,
 `_check_later` and `_tasks` (protocol.py overrides the first and ends a raw client's
-negotiation with the others, as telnetlib3's own timeout does), and asyncio's
+negotiation with the others, as telnetlib3's own timeout does), `_tls_checked`,
+`_mccp3_decompressor`, `_rx_bytes` and the writer's `iac_received` and `cmd_received`
+(protocol.py feeds a chunk without IAC past telnetlib3 when they say it is all text), and asyncio's
 `FlowControlMixin._drain_waiters` (made on first use there). tests/test_lean_writer.py,
 tests/test_session_cost.py and the negotiation tests fail if one of them changes meaning.
 

@@ -178,7 +178,12 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 return
             self.passthrough = False
         if self._waiter_connected.done():
-            super().data_received(data)
+            if IAC not in data and self._in_band():
+                self._rx_bytes += len(data)
+                assert self.reader is not None
+                self.reader.feed_data(data)
+            else:
+                super().data_received(data)
             return
         with self._corked():  # the answers to one chunk of negotiation go out in one write
             super().data_received(data)
@@ -189,6 +194,21 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
             and client_class(self) == "raw"
         ):
             self._end_negotiation()
+
+    def _in_band(self) -> bool:
+        """Whether a chunk without IAC is all text, as telnetlib3 would find byte by byte: not
+        inside a command or subnegotiation begun in an earlier chunk, nor compressed (no
+        MCCP3), nor the first (its TLS check). Such a chunk (every line, normally) skips
+        telnetlib3's per-chunk work, whose one effect then is its idle clock, unused here
+        (timeout=0)."""
+        writer = self.writer
+        return (
+            writer is not None
+            and not (writer.iac_received or writer.cmd_received)
+            and self._tls_checked
+            and self._mccp3_decompressor is None
+            and not writer.slc_simulated
+        )
 
     def _end_negotiation(self) -> None:
         """A client that sent a line without a word of telnet is not going to answer:
