@@ -542,12 +542,9 @@ async def test_a_command_split_over_chunks_is_not_taken_for_text(port: int) -> N
     term = await MudClient.connect(port)
     listener = await RawClient.connect(port)
     try:
-        await listener.login("lis")
-        await listener.join("split", "lis")
-        await term.send("login splitter")
-        await term.read_until("*** User change nick")
-        await term.send("join split")
-        await term.read_until("*** User splitter joined room #split")
+        for client, nick in ((listener, "lis"), (term, "splitter")):
+            await client.login(nick)
+            await client.join("split", nick)
         await listener.drain()
         for piece in (bytes([IAC, SB, NAWS]), b"\x00\x28\x00\x0a", bytes([IAC, SE]), bytes([IAC, WILL])):
             await term.send_bytes(piece)
