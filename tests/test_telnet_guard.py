@@ -15,6 +15,7 @@ from tests.clients import DO, IAC, SB, SE, WILL, RawClient, TermClient, assert_i
 from tests.conftest import Connect, user, with_config
 from tests.health import Memory, assert_healthy, session_of
 from tests.procs import ServerProcess
+from tests.test_redis_faults import eventually
 
 MiB = 1 << 20
 NOP, TTYPE, MCCP3, NAWS = 241, 24, 87, 31
@@ -79,6 +80,8 @@ async def test_iac_floods_are_slowed_and_others_talk_on(connect: Connect, app: A
     with Memory() as memory:
         eve.flood(flood)
         eve_session = await session_of(app, "eve")
+        # The slowdown begins once her budget's burst is spent: soon, or later on a busy machine.
+        await eventually(lambda: app.telemetry.counters.value("limits", kind="telnet_flood") > before, 30)
         for i in range(20):
             await ann.send(f"ann {i}")
             await asyncio.sleep(0.01)

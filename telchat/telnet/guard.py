@@ -134,7 +134,8 @@ class ConnectionGuard:
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self.gate = ReadGate(transport, on_release=self._schedule)
-        cap_send_buffer(transport, config.max_sndbuf)
+        if protocol.carried is None:  # a socket carried over an upgrade keeps its options
+            cap_send_buffer(transport, config.max_sndbuf)
 
     def start(self) -> None:
         """telnetlib3 is set up: let its reader pause us when its buffer is full."""
