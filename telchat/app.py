@@ -81,8 +81,8 @@ class Carried:
     """What a server upgrade hands the next image (see telchat/upgrade.py): the listening
     sockets, and each connection's socket with its record (`App.carry`)."""
 
-    listener: socket.socket | None
-    tls_listener: socket.socket | None
+    #: Each door's listening socket, by door (telnet, tls, web, ssh).
+    listeners: dict[str, socket.socket]
     connections: list[tuple[socket.socket, dict[str, Any]]]
     last_conn_id: int
     store: dict[str, Any]
@@ -144,15 +144,7 @@ class App:
         await self.services.mailbox.load()
         self.services.continuity.start()
         config = self.config
-        tls = server_context(config.tls_cert, config.tls_key) if config.tls_port is not None else None
-        self._server = await self._listen(config.port, listener=carried.listener if carried else None)
-        if tls is not None and config.tls_port is not None:
-            tls_listener = carried.tls_listener if carried else None
-            self._tls_server = await self._listen(config.tls_port, tls, tls_listener)
-        if config.web_port is not None:
-            await self._open_web(config.web_port)
-        if config.ssh_port is not None:
-            await self._open_ssh(config.ssh_port)
+        await self._open_doors(carried.listeners if carried is not None else {})
         if carried is not None:
             await self._adopt(carried)
         self.status.port, self.status.tls_port = self.port, self.tls_port
@@ -183,7 +175,20 @@ class App:
 
         return factory
 
-    async def _open_web(self, port: int) -> None:
+    async def _open_doors(self, listeners: dict[str, socket.socket]) -> None:
+        """Listen at every configured door, on the socket `listeners` has for it if any (an
+        upgrade carried it over, or the upgrade failed and it is listened on again)."""
+        config = self.config
+        self._server = await self._listen(config.port, listener=listeners.get("telnet"))
+        if config.tls_port is not None:
+            tls = server_context(config.tls_cert, config.tls_key)
+            self._tls_server = await self._listen(config.tls_port, tls, listeners.get("tls"))
+        if config.web_port is not None:
+            await self._open_web(config.web_port, listeners.get("web"))
+        if config.ssh_port is not None:
+            await self._open_ssh(config.ssh_port, listeners.get("ssh"))
+
+    async def _open_web(self, port: int, listener: socket.socket | None) -> None:
         config = self.config
         tls = server_context(config.web_tls_cert, config.web_tls_key) if config.web_tls_cert else None
         # Imported only when used: aiohttp takes a third of a second to import, which every
@@ -191,14 +196,18 @@ class App:
         from telchat.web.door import WebDoor
 
         self.web = WebDoor(config, self._factory("web"), self.telemetry)
-        self.web_port = await self.web.start(config.host, port, tls, self.backlog, reuse_port=config.workers > 1)
+        self.web_port = await self.web.start(
+            config.host, port, tls, self.backlog, reuse_port=config.workers > 1, listener=listener
+        )
 
-    async def _open_ssh(self, port: int) -> None:
+    async def _open_ssh(self, port: int, listener: socket.socket | None) -> None:
         # Imported only when used: asyncssh (and cryptography) cost time and memory at import.
         from telchat.ssh.door import SshDoor
 
         self.ssh = SshDoor(self.config, self._factory("ssh"), self.guards, self.services.accounts)
-        self.ssh_port = await self.ssh.start(self.config.host, port, self.backlog, reuse_port=self.config.workers > 1)
+        self.ssh_port = await self.ssh.start(
+            self.config.host, port, self.backlog, reuse_port=self.config.workers > 1, listener=listener
+        )
 
     async def _listen(
         self, port: int, tls: ssl.SSLContext | None = None, listener: socket.socket | None = None
@@ -367,16 +376,26 @@ class App:
 
     # A server upgrade (telchat/upgrade.py): stop, settle, and hand everything over.
 
-    def listeners(self) -> list[socket.socket]:
-        """The listening sockets, the plain one first; one per listener or an upgrade cannot carry them."""
-        servers = [server for server in (self._server, self._tls_server) if server is not None]
-        for server in servers:
-            if len(server.sockets) != 1:
-                raise HandoverError(f"a listener has {len(server.sockets)} sockets; --host must name one address")
-        return [socket.socket(fileno=os.dup(server.sockets[0].fileno())) for server in servers]
+    def listeners(self) -> dict[str, socket.socket]:
+        """Each door's listening socket (a duplicate, which outlives its server), by door; one
+        per door or an upgrade cannot carry them."""
+        listening = {
+            "telnet": self._server.sockets if self._server is not None else None,
+            "tls": self._tls_server.sockets if self._tls_server is not None else None,
+            "web": self.web.sockets() if self.web is not None else None,
+            "ssh": self.ssh.sockets() if self.ssh is not None else None,
+        }
+        carried: dict[str, socket.socket] = {}
+        for door, sockets in listening.items():
+            if sockets is None:
+                continue
+            if len(sockets) != 1:
+                raise HandoverError(f"the {door} listener has {len(sockets)} sockets; --host must name one address")
+            carried[door] = socket.socket(fileno=os.dup(sockets[0].fileno()))
+        return carried
 
-    async def pause(self, listeners: list[socket.socket], grace: float) -> None:
-        """Stop accepting (new telnet connections wait in the kernel's backlog of `listeners`,
+    async def pause(self, listeners: dict[str, socket.socket], grace: float) -> None:
+        """Stop accepting (new connections wait in the kernel's backlog of `listeners`,
         which stay open), let go of the sessions that cannot be carried, stop reading, let
         running lines finish and write what was accepted, waiting at most `grace` seconds
         for the clients to take it."""
@@ -418,19 +437,11 @@ class App:
         else:
             guard.gate.release("upgrade")
 
-    async def resume(self, listeners: list[socket.socket]) -> None:
+    async def resume(self, listeners: dict[str, socket.socket]) -> None:
         """The upgrade failed after `pause`: accept and read again, on the same sockets."""
         for session in list(self.sessions):
             self._hold(session, False)
-        config = self.config
-        tls = server_context(config.tls_cert, config.tls_key) if self._tls_server is not None else None
-        self._server = await self._listen(config.port, listener=listeners[0])
-        if tls is not None:
-            self._tls_server = await self._listen(config.tls_port or 0, tls, listeners[1])
-        if config.web_port is not None:
-            await self._open_web(config.web_port)
-        if config.ssh_port is not None:
-            await self._open_ssh(config.ssh_port)
+        await self._open_doors(listeners)
 
     def carry(self, take_output: bool = True) -> list[dict[str, Any]]:
         """Every connection as plain data with its socket's descriptor (`fd`); with

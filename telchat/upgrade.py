@@ -106,7 +106,7 @@ class Upgrader:
             return
         problem = await check_new_code(self._state(app.carry(take_output=False), listeners, time.time()))
         if problem is not None or app.stopping:
-            for listener in listeners:
+            for listener in listeners.values():
                 listener.close()
             if problem is not None:
                 self._failed("check", problem)
@@ -126,12 +126,14 @@ class Upgrader:
             await app.resume(listeners)
             self._failed("exec", repr(exc))
 
-    def _state(self, records: list[dict[str, Any]], listeners: list[socket.socket], paused: float) -> dict[str, Any]:
+    def _state(
+        self, records: list[dict[str, Any]], listeners: dict[str, socket.socket], paused: float
+    ) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "telchat": __version__,
             "paused_at": paused,
-            "listeners": [listener.fileno() for listener in listeners],
+            "listeners": {door: listener.fileno() for door, listener in listeners.items()},
             "last_conn_id": self._app.telemetry.last_conn_id,
             "upgrades": self._upgrades + 1,
             "failed": self._app.telemetry.counters.value(UPGRADES_COUNTER, result="failed"),
@@ -274,7 +276,7 @@ def execute(state: dict[str, Any]) -> None:
     """exec() this process's own command line with `state` and its sockets inherited."""
     state["written_at"] = time.time()
     fd = _memfd(state)
-    for inherited in (fd, *state["listeners"], *(record["fd"] for record in state["connections"])):
+    for inherited in (fd, *state["listeners"].values(), *(record["fd"] for record in state["connections"])):
         os.set_inheritable(inherited, True)
     env = {**os.environ, HANDOVER_ENV: str(fd)}
     log.info("upgrade_exec", connections=len(state["connections"]))
@@ -309,16 +311,24 @@ def inherited() -> Handover | None:
         # check and the exec gets here.
         log.error("upgrade_refused", error=problem)
         return None
-    listeners = [_adopted(fd) for fd in state["listeners"]]
+    listeners = {door: _adopted(fd) for door, fd in _listeners(state).items()}
     connections = [(_adopted(record["fd"]), record) for record in state["connections"]]
     carried = Carried(
-        listener=listeners[0] if listeners else None,
-        tls_listener=listeners[1] if len(listeners) > 1 else None,
+        listeners=listeners,
         connections=connections,
         last_conn_id=int(state["last_conn_id"]),
         store=state["store"],
     )
     return Handover(carried, state)
+
+
+def _listeners(state: dict[str, Any]) -> dict[str, int]:
+    """The listeners' descriptors by door; an image before the web and SSH listeners were
+    carried too handed over a list, the plain one first, then the TLS one."""
+    listeners = state["listeners"]
+    if isinstance(listeners, list):
+        return dict(zip(("telnet", "tls"), listeners, strict=False))
+    return {str(door): int(fd) for door, fd in listeners.items()}
 
 
 def _adopted(fd: int) -> socket.socket:

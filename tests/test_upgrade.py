@@ -235,9 +235,12 @@ async def test_a_second_signal_during_an_upgrade_is_ignored(tmp_path: Path, duri
 async def test_tls_and_web_users_are_told_and_closed_cleanly(tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     tree = copied_tree(tmp_path)
-    server = start(tree, "--tls-port", "0", "--tls-cert", str(cert), "--tls-key", str(key), "--web-port", "0")
+    server = start(
+        tree, "--tls-port", "0", "--tls-cert", str(cert), "--tls-key", str(key), "--web-port", "0", "--ssh-port", "0"
+    )
     try:
         listening = server.wait_event("listening")
+        doors = {door: listening_socket(int(listening[door])) for door in ("port", "tls_port", "web_port", "ssh_port")}
         tls_port = int(listening["tls_port"])
         plain = await member(server.port, "plain")
         secure = await tls_connect(tls_port, cert)
@@ -253,19 +256,27 @@ async def test_tls_and_web_users_are_told_and_closed_cleanly(tmp_path: Path) -> 
         assert quits == {"*** User secure quit (server upgrade)", "*** User webby quit (server upgrade)"}
         upgraded = server.wait_event("upgrade")
         assert upgraded["sessions"] == 1
-        # The TLS listener itself was carried over; the web door is open again in the new image.
+        # Every listener was carried over, the same socket (a connect meanwhile waited in its backlog).
+        relistening = server.wait_for(lambda e: e["event"] == "listening" and e is not listening, "new listening")
+        assert {door: listening_socket(int(relistening[door])) for door in doors} == doors
         again = await tls_connect(tls_port, cert)
         await again.login("secure")
-        web_again = await WebClient.connect(
-            int(
-                server.wait_for(lambda e: e["event"] == "listening" and e is not listening, "new listening")["web_port"]
-            )
-        )
+        web_again = await WebClient.connect(int(relistening["web_port"]))
         await web_again.login("webby")
         for client in (plain, again, web_again):
             await client.close()
     finally:
         server.kill()
+
+
+def listening_socket(port: int) -> int:
+    """The inode of the socket listening on `port` (/proc/net/tcp: state 0A is LISTEN)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return int(fields[9])
+    raise AssertionError(f"nothing listens on {port}")
 
 
 # Each way to start telchat, with the store each test runs it on: history must survive either.

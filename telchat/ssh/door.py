@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -75,17 +76,20 @@ class SshDoor:
         self._owners = owners
         self._server: asyncssh.SSHAcceptor | None = None
 
-    async def start(self, host: str, port: int, backlog: int, reuse_port: bool) -> int:
+    async def start(
+        self, host: str, port: int, backlog: int, *, reuse_port: bool, listener: socket.socket | None = None
+    ) -> int:
+        """Listen on `host` and `port`, or on `listener` (carried over a server upgrade)."""
         path = Path(self._config.ssh_host_key)
         try:
             key = host_key(path)
         except (asyncssh.KeyImportError, ValueError) as exc:
             # An OSError, as for an unreadable TLS key: the server says so and exits 2.
             raise OSError(f"SSH host key {path}: {exc}") from exc
+        where: dict[str, Any] = {"sock": listener} if listener is not None else {"host": host, "port": port}
         self._server = await asyncssh.create_server(
             lambda: ChatSshServer(self._factory, self._guards, self._owners),
-            host,
-            port,
+            **where,
             server_host_keys=[key],
             encoding=None,
             allow_pty=True,
@@ -95,11 +99,14 @@ class SshDoor:
             keepalive_interval=KEEPALIVE_INTERVAL,
             keepalive_count_max=KEEPALIVE_COUNT_MAX,
             backlog=backlog,
-            reuse_port=reuse_port or None,
+            reuse_port=(reuse_port or None) if listener is None else None,
         )
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("ssh_listening", host=host, port=bound, fingerprint=key.get_fingerprint())
         return bound
+
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server is not None else []
 
     def stop_listening(self) -> None:
         if self._server is not None:

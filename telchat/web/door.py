@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,7 +51,17 @@ class WebDoor:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None, backlog: int, reuse_port: bool) -> int:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        backlog: int,
+        *,
+        reuse_port: bool,
+        listener: socket.socket | None = None,
+    ) -> int:
+        """Listen on `host` and `port`, or on `listener` (carried over a server upgrade)."""
         app = web.Application(client_max_size=MAX_REQUEST_BODY)
         app.router.add_get("/", self._page)
         app.router.add_get("/telnet", self._websocket)
@@ -59,12 +70,19 @@ class WebDoor:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         assert self._runner.server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server, host, port, ssl=tls, backlog=backlog, reuse_port=reuse_port or None
-        )
+        loop = asyncio.get_running_loop()
+        if listener is not None:
+            self._server = await loop.create_server(self._runner.server, sock=listener, ssl=tls, backlog=backlog)
+        else:
+            self._server = await loop.create_server(
+                self._runner.server, host, port, ssl=tls, backlog=backlog, reuse_port=reuse_port or None
+            )
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("web_listening", host=host, port=bound, tls=tls is not None)
         return bound
+
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server is not None else []
 
     def stop_listening(self) -> None:
         if self._server is not None:
