@@ -1,16 +1,20 @@
-"""SQLite history: WAL, one writer, one commit per event-loop turn.
+"""SQLite history: WAL, one writer thread, one commit per event-loop turn or fewer.
 
-A batch is committed on the loop thread at the end of the turn that produced it: in WAL
-mode with synchronous=NORMAL a commit is a write() into the WAL (no fsync), which costs
-tens of microseconds and survives `kill -9` of the server (not a power cut, which would
-need synchronous=FULL). Only after the commit are the batch's events delivered.
+Every write runs on one writer thread, with the one connection that writes: a turn's batch
+(its history chunks and their search index rows, one transaction), record writes, and WAL
+restarts. The loop hands a batch over at the end of the turn that produced it and goes on;
+when the commit returns, the thread hands the batch back and the loop delivers it (persist,
+then deliver). One batch is under way at a time (see LocalStore): what is published
+meanwhile waits and is the next batch, so while commits are slow a transaction gathers the
+lines of several turns, and deliveries keep their order. In WAL mode with
+synchronous=NORMAL a commit is a write() into the WAL (no fsync), which survives `kill -9`
+of the server (not a power cut, which would need synchronous=FULL).
 
-Nothing on the loop waits for SQLite: the loop's connection has no busy timeout, so when
-another process holds the file's write lock a commit fails at once (the batch is retried,
-see LocalStore) instead of freezing every session for the timeout. Whatever may take long
-runs on one worker thread with a connection of its own that does wait: reads (history of
-any size, records), opening (schema conversion), and a record write the lock refused on the
-loop. sqlite3 releases the GIL while SQLite works.
+Nothing on the loop waits for SQLite. The writer's connection waits up to WORKER_BUSY_MS
+for a lock another process holds (a batch it still cannot commit is retried, in order).
+Reads (history of any size, records) and opening (schema conversion) run on a second
+worker thread with a connection of its own, so that a long read never holds up a commit.
+sqlite3 releases the GIL while SQLite works.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,7 +49,7 @@ from telchat.store.events import Event, kind_of
 log = get_logger(__name__)
 
 T = TypeVar("T")
-# How long the worker thread's connection waits for a lock another process holds.
+# How long the threads' connections wait for a lock another process holds.
 WORKER_BUSY_MS = 5000
 
 # History is kept in chunks: the lines of one room committed in one transaction are one
@@ -133,24 +137,27 @@ class SqliteStore(LocalStore):
         # Index rows of dropped chunks, deleted UNINDEX_BATCH at a time.
         self._stale: list[int] = []
         self._worker: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._worker_dbs: list[sqlite3.Connection] = []
 
     async def open(self, deliver: Deliver) -> None:
         await super().open(deliver)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite-writer")
+        # ":memory:" is one database per connection: there one thread does it all, with one.
+        self._worker = self._writer
+        if self.path != ":memory:":
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite")
         try:
-            self._db, self._last_id = await self._off_loop(self._open)
+            self._db, self._last_id = await self._on_writer(self._open)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
-        """The loop's connection (opened on the worker: a conversion may wait on a lock)."""
+        """The writer's connection, on the writer thread (a conversion may wait on a lock)."""
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # ":memory:" is one database per connection: there the worker shares the loop's
-        # (sqlite3.threadsafety is 3, serialized: a connection may be shared by threads).
-        db = self._worker_db() if self.path == ":memory:" else _connect(self.path)
+        db = self._local.db = _connect(self.path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA busy_timeout={WORKER_BUSY_MS}")
@@ -160,11 +167,10 @@ class SqliteStore(LocalStore):
         if self.path != ":memory:":
             self._checkpointer = Checkpointer(self.path)
             self._checkpointer.configure(db)
-            db.execute("PRAGMA busy_timeout=0")
         return db, int(last)
 
     def _worker_db(self) -> sqlite3.Connection:
-        """The worker thread's own connection (it waits for locks)."""
+        """The reading thread's own connection (the writer's, for ":memory:")."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = _connect(self.path)
@@ -177,18 +183,24 @@ class SqliteStore(LocalStore):
             raise StoreError("SQLite store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
+    async def _on_writer(self, work: Callable[[], T]) -> T:
+        if self._writer is None:
+            raise StoreError("SQLite store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, work)
+
     async def close(self) -> None:
         await super().close()
-        self._unindex_stale()
+        if self._db is not None:
+            await self._on_writer(self._unindex_stale)
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+        for executor in {self._worker, self._writer} - {None}:
+            assert executor is not None
+            executor.shutdown(wait=True)
+        self._worker = self._writer = None
         for db in self._worker_dbs:
-            if db is not self._db:
-                db.close()
+            db.close()
         self._worker_dbs = []
         if self._db is not None:
             # The last connection to close checkpoints the WAL and removes it.
@@ -196,17 +208,44 @@ class SqliteStore(LocalStore):
             self._db = None
 
     async def check(self) -> None:
-        try:
-            self._connection().execute("SELECT 1").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        # On the writer: a writer stuck behind another process's lock is a store not answering.
+        def work() -> None:
+            try:
+                self._connection().execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+        await self._on_writer(work)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError("SQLite store is closed")
         return self._db
 
+    def _begin(self, events: list[Event]) -> None:
+        """Hand the batch to the writer thread; `_written` takes it back on the loop."""
+        if self._writer is None or not any(event.in_history for event in events):
+            super()._begin(events)  # nothing to store, or closed: no thread to wait for
+            return
+        loop = asyncio.get_running_loop()
+        future = self._writer.submit(self._timed_commit, events)
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._written, done))
+
+    def _written(self, future: Future[tuple[list[Event], float]]) -> None:
+        try:
+            committed, seconds = future.result()
+        except StoreError as exc:
+            self._done(exc, 0.0)
+            return
+        except Exception as exc:  # a bug must not leave the batch under way forever
+            log.exception("store_error", error=repr(exc), pending=len(self._pending))
+            self._done(StoreError(f"SQLite commit failed: {exc!r}"), 0.0)
+            return
+        self._done(committed, seconds)
+
     def _commit(self, events: list[Event]) -> list[Event]:
+        """On the writer thread (one batch at a time): one transaction of the batch's chunks
+        and index rows, and the trim of their rooms; then maybe a WAL restart."""
         db = self._connection()
         committed, chunks, indexed, last = self._number(events)
         try:
@@ -366,7 +405,8 @@ class SqliteStore(LocalStore):
                 floor = found[-1].id[0]
         return newest(found, limit)
 
-    # Records are written outside the per-turn batch: autocommit, so durable on return.
+    # Records are written outside the per-turn batch, on the writer: autocommit, so durable
+    # on return.
 
     async def get_record(self, kind: str, key: str) -> Record | None:
         row = await self._read(lambda db: db.execute(GET_RECORD, (kind, key)).fetchone())
@@ -378,16 +418,14 @@ class SqliteStore(LocalStore):
             sql, params = DELETE_RECORD, (kind, key)
         else:
             sql, params = PUT_RECORD, (kind, key, encode_record(record).decode())
-        try:
-            self._connection().execute(sql, params)
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+
+        def work() -> None:
+            try:
+                self._connection().execute(sql, params)
+            except sqlite3.Error as exc:
                 raise StoreError(f"SQLite record write failed: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite record write failed: {exc}") from exc
-        # Another process holds the write lock: wait for it on the worker, not here.
-        await self._read(lambda db: db.execute(sql, params))
+
+        await self._on_writer(work)
 
     async def records(self, kind: str) -> dict[str, Record]:
         rows = await self._read(lambda db: db.execute(ALL_RECORDS, (kind,)).fetchall())
