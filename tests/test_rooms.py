@@ -58,9 +58,9 @@ async def test_one_write_per_member_per_loop_turn() -> None:
         assert sink.writes[0] == b"".join(encode_line(f"#room:u0> line {n}", "utf-8") for n in range(10))
 
 
-async def test_a_batching_store_commits_then_writes_a_turn_at_once(tmp_path: Path) -> None:
-    """With SQLite, a turn's lines are one commit on the writer thread, written together
-    once it returned, never before; events published while delivering get their own commit."""
+async def test_a_batching_store_commits_and_writes_in_one_turn(tmp_path: Path) -> None:
+    """With SQLite, a turn's lines are committed in the flusher's callback and written in
+    that same callback; events published while delivering still get their own commit."""
     flusher = Flusher()
     store = SqliteStore(str(tmp_path / "t.db"))
     chat = Chat(store)
@@ -80,27 +80,17 @@ async def test_a_batching_store_commits_then_writes_a_turn_at_once(tmp_path: Pat
         for n in range(3):
             chat.say(users[0][0], f"line {n}")
         assert not any(sink.writes for sink in sinks)
-        flusher.flush()  # the turn ends: the batch goes to the writer, nothing is written yet
-        assert not any(sink.writes for sink in sinks)
-        await store.settled()  # committed and delivered
-        await asyncio.sleep(0)  # written
+        await asyncio.sleep(0)  # one turn: commit, deliver and write
         expected = b"".join(encode_line(f"#room:u0> line {n}", "utf-8") for n in range(3))
         assert [sink.writes for sink in sinks] == [[expected], [expected]]
 
-        answered: list[bool] = []
-
-        def answer() -> None:  # like an away notice, published once the question was written
-            if len(sinks[1].writes) == 2 and not answered:
-                answered.append(True)
+        def answer() -> None:  # like an away notice, published while delivering
+            if len(sinks[1].writes) == 1:
                 store.publish(message("say", "room", "room", "u1", "answer"))
 
         flusher.before_flush(answer)
         chat.say(users[0][0], "question")
-        await store.settled()
         await asyncio.sleep(0)
-        flusher.flush()  # a turn ends after the question was written: the answer is published
-        await asyncio.sleep(0)  # and committed in a turn of its own
-        await store.settled()
         await asyncio.sleep(0)
         assert sinks[1].writes[1:] == [encode_line(f"#room:{line}", "utf-8") for line in ("u0> question", "u1> answer")]
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import heapq
 import re
 import time
@@ -47,8 +46,6 @@ Deliver = Callable[[Event], None]
 NickLost = Callable[[str], None]
 Record = dict[str, Any]
 RETRY_SECONDS = 0.5
-# An upgrade's drain waits at least this long for the batch being committed and the pending one.
-DRAIN_MIN_SECONDS = 2.0
 # Local failure counters are swept of stale keys once there are this many.
 FAILURE_SWEEP_AT = 1024
 # Record kind of the local stores' mailboxes.
@@ -283,26 +280,18 @@ class Store(abc.ABC):
 class LocalStore(Store):
     """One process: deliveries go straight back to this node's manager after each commit.
 
-    Subclasses persist history; commits are batched per event-loop turn, and nothing is
-    delivered before the batch that holds it is committed. One batch is committed at a time:
-    `_begin` starts it (at once in `_commit`, or on a thread of the subclass's) and `_done`
-    delivers it; what was published meanwhile is the next batch, so a commit that takes
-    longer than a turn gathers several turns' lines into one.
+    Subclasses persist history; commits are batched per event-loop turn (`_commit`), and
+    nothing is delivered before the batch that holds it is committed.
     """
 
     def __init__(self, keep: int = 1000) -> None:
         super().__init__(keep)
         self._deliver: Deliver | None = None
         self._pending: list[Event] = []
-        # The batch being committed, delivered by `_done`; None when no commit is under way.
-        self._committing: list[Event] | None = None
         self._scheduled = False
         self._turn: Turn | None = None
         self._retry: asyncio.TimerHandle | None = None
-        # Resolved when nothing is pending or being committed (`settled`), or at the next
-        # commit's end (`_commit_ended`).
         self._flushed: asyncio.Future[None] | None = None
-        self._ended: asyncio.Future[None] | None = None
         # Failure times per key, oldest first; in memory, as nothing else shares them.
         self._failures: dict[str, deque[float]] = {}
         # A mailbox is a record read, changed and written back: one change at a time.
@@ -314,22 +303,9 @@ class LocalStore(Store):
         self._deliver = deliver
 
     async def close(self) -> None:
-        """Commit what is in flight and what is pending (one attempt: a failing store loses
-        what it could not take, as the process ends)."""
         if self._retry is not None:
             self._retry.cancel()
-            self._retry = None
-        await self._commit_ended()
         self._flush()
-        await self._commit_ended()
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-
-    async def drain(self, within: float) -> None:
-        # A batch not committed before the exec would be lost with this image.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.settled(), max(within, DRAIN_MIN_SECONDS))
 
     def commit_before(self, flusher: Turn) -> None:
         # Committed in the output flush's own callback: delivered and written in one go.
@@ -340,78 +316,41 @@ class LocalStore(Store):
         self._pending.append(event)
         if not self._scheduled:
             self._scheduled = True
-            self._schedule()
-
-    def _schedule(self) -> None:
-        if self._turn is not None:
-            self._turn.schedule()
-        else:
-            asyncio.get_running_loop().call_soon(self._flush)
+            if self._turn is not None:
+                self._turn.schedule()
+            else:
+                asyncio.get_running_loop().call_soon(self._flush)
 
     def _turn_end(self) -> None:
         if self._scheduled and self._retry is None:
             self._flush()
 
     def _flush(self) -> None:
-        if self._committing is not None:
-            return  # `_done` of the batch under way starts the next one
         self._scheduled = False
         self._retry = None
         events, self._pending = self._pending, []
         if not events:
             return
-        self._committing = events
-        self._begin(events)
-
-    def _begin(self, events: list[Event]) -> None:
-        """Commit `events` and call `_done` with the outcome; here, at once, on the loop."""
-        try:
-            committed, seconds = self._timed_commit(events)
-        except StoreError as exc:
-            self._done(exc, 0.0)
-            return
-        self._done(committed, seconds)
-
-    def _timed_commit(self, events: list[Event]) -> tuple[list[Event], float]:
         started = perf_counter()
-        committed = self._commit(events)
-        return committed, perf_counter() - started
-
-    def _done(self, outcome: list[Event] | StoreError, seconds: float) -> None:
-        """The batch under way is committed (its events, ids assigned) or failed; on the loop."""
-        events, self._committing = self._committing or [], None
-        if self._ended is not None:
-            self._ended.set_result(None)
-            self._ended = None
-        if isinstance(outcome, StoreError):
+        try:
+            committed = self._commit(events)
+        except StoreError as exc:
             self.stats.store_errors += 1
             # Nothing of the batch was delivered; keep it, in order, and try again soon.
             self._pending[:0] = events
-            log.error("store_error", error=str(outcome), pending=len(self._pending))
+            log.error("store_error", error=str(exc), pending=len(self._pending))
             self._scheduled = True
             self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._flush)
             return
-        self.stats.store_commit_seconds.observe(seconds)
-        for event in outcome:
+        self.stats.store_commit_seconds.observe(perf_counter() - started)
+        for event in committed:
             self._deliver_one(event)
-        if self._pending:
-            # Published while this batch was under way: their turn has ended already.
-            self._scheduled = True
-            self._schedule()
-        elif self._flushed is not None:
+        if self._flushed is not None and not self._pending:
             self._flushed.set_result(None)
             self._flushed = None
 
-    async def _commit_ended(self) -> None:
-        """Return once the commit under way, if any, has ended."""
-        if self._committing is None:
-            return
-        if self._ended is None:
-            self._ended = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._ended)
-
     async def settled(self) -> None:
-        if not self._pending and self._committing is None:
+        if not self._pending:
             return
         if self._flushed is None:
             self._flushed = asyncio.get_running_loop().create_future()

@@ -1,20 +1,16 @@
-"""SQLite history: WAL, one writer thread, one commit per event-loop turn or fewer.
+"""SQLite history: WAL, one writer, one commit per event-loop turn.
 
-Every write runs on one writer thread, with the one connection that writes: a turn's batch
-(its history chunks and their search index rows, one transaction), record writes, and WAL
-restarts. The loop hands a batch over at the end of the turn that produced it and goes on;
-when the commit returns, the thread hands the batch back and the loop delivers it (persist,
-then deliver). One batch is under way at a time (see LocalStore): what is published
-meanwhile waits and is the next batch, so while commits are slow a transaction gathers the
-lines of several turns, and deliveries keep their order. In WAL mode with
-synchronous=NORMAL a commit is a write() into the WAL (no fsync), which survives `kill -9`
-of the server (not a power cut, which would need synchronous=FULL).
+A batch is committed on the loop thread at the end of the turn that produced it: in WAL
+mode with synchronous=NORMAL a commit is a write() into the WAL (no fsync), which costs
+tens of microseconds and survives `kill -9` of the server (not a power cut, which would
+need synchronous=FULL). Only after the commit are the batch's events delivered.
 
-Nothing on the loop waits for SQLite. The writer's connection waits up to WORKER_BUSY_MS
-for a lock another process holds (a batch it still cannot commit is retried, in order).
-Reads (history of any size, records) and opening (schema conversion) run on a second
-worker thread with a connection of its own, so that a long read never holds up a commit.
-sqlite3 releases the GIL while SQLite works.
+Nothing on the loop waits for SQLite: the loop's connection has no busy timeout, so when
+another process holds the file's write lock a commit fails at once (the batch is retried,
+see LocalStore) instead of freezing every session for the timeout. Whatever may take long
+runs on one worker thread with a connection of its own that does wait: reads (history of
+any size, records), opening (schema conversion), and a record write the lock refused on the
+loop. sqlite3 releases the GIL while SQLite works.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,7 +45,7 @@ from telchat.store.events import Event, kind_of
 log = get_logger(__name__)
 
 T = TypeVar("T")
-# How long the threads' connections wait for a lock another process holds.
+# How long the worker thread's connection waits for a lock another process holds.
 WORKER_BUSY_MS = 5000
 
 # History is kept in chunks: the lines of one room committed in one transaction are one
@@ -86,12 +82,25 @@ CREATE TABLE IF NOT EXISTS records (
 """
 INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
 # Search indexes chunks, as history keeps them: one row per chunk (rowid = its first id, the
-# text of its lines), added by the transaction that adds the chunk. An index row costs about
-# what a chunk costs, not a row per line; a chunk cut down by the trim keeps the words of its
-# cut lines, and a search checks each line it finds, and that its chunk is still there. So
-# the rows of dropped chunks are deleted in batches (an FTS5 delete is dear in a transaction
-# of its own), by a later history commit, at close, or at the next open after a crash.
+# text of its lines). An index row costs about what a chunk costs, not a row per line; a
+# chunk cut down by the trim keeps the words of its cut lines, and a search checks each line
+# it finds, and that its chunk is still there. So the rows of dropped chunks are deleted in
+# batches (an FTS5 delete is dear in a transaction of its own), by a later history commit,
+# at close, or at the next open after a crash.
+# FTS5 writes a segment per transaction that adds rows, whatever their number: one row per
+# one-line commit costs 2-3 times the commit itself. So the rows are written INDEX_BATCH
+# chunks at a time, in the history commit that brings their count there (and at close);
+# until then a search reads those newest chunks directly (`_unindexed`), so it always sees
+# exactly the committed history. After a crash, the next open indexes the chunks newer than
+# the index's newest row (INDEX_NEWER): the chunks themselves are the durable part.
 INDEX = "INSERT INTO search (rowid, text, room, last) VALUES (?, ?, ?, ?)"
+INDEX_BATCH = 64
+INDEXED_UPTO = "SELECT rowid FROM search ORDER BY rowid DESC LIMIT 1"
+INDEX_NEWER = (
+    "INSERT INTO search (rowid, text, room, last) SELECT first,"
+    " (SELECT group_concat(line.value ->> 3, char(10)) FROM json_each(chunks.lines) AS line), room, last"
+    " FROM chunks WHERE first > ?"
+)
 UNINDEX = "DELETE FROM search WHERE rowid = ?"
 UNINDEX_BATCH = 64
 PRUNE = "DELETE FROM search WHERE rowid NOT IN (SELECT first FROM chunks)"
@@ -119,6 +128,8 @@ OLD_MESSAGES = "SELECT id, room, room_name, nick, kind, text, ts FROM messages O
 Line = tuple[int, str, str, str, float]
 # A row of `search`: the chunk's first id, its lines' text, room key, last id.
 Indexed = tuple[int, str, str, int]
+# A chunk a search reads: its first id, room key, last id.
+Found = tuple[int, str, int]
 # A row of `chunks`: first id, last id, room key, room name, line count, the lines as JSON.
 Chunk = tuple[int, int, str, str, int, str]
 
@@ -136,41 +147,43 @@ class SqliteStore(LocalStore):
         self._last_id = 0
         # Index rows of dropped chunks, deleted UNINDEX_BATCH at a time.
         self._stale: list[int] = []
+        # Index rows of the newest chunks, by first id, written INDEX_BATCH at a time.
+        self._unindexed: dict[int, Indexed] = {}
         self._worker: ThreadPoolExecutor | None = None
-        self._writer: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._worker_dbs: list[sqlite3.Connection] = []
 
     async def open(self, deliver: Deliver) -> None:
         await super().open(deliver)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite-writer")
-        # ":memory:" is one database per connection: there one thread does it all, with one.
-        self._worker = self._writer
-        if self.path != ":memory:":
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telchat-sqlite")
         try:
-            self._db, self._last_id = await self._on_writer(self._open)
+            self._db, self._last_id = await self._off_loop(self._open)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
-        """The writer's connection, on the writer thread (a conversion may wait on a lock)."""
+        """The loop's connection (opened on the worker: a conversion may wait on a lock)."""
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = self._local.db = _connect(self.path)
+        # ":memory:" is one database per connection: there the worker shares the loop's
+        # (sqlite3.threadsafety is 3, serialized: a connection may be shared by threads).
+        db = self._worker_db() if self.path == ":memory:" else _connect(self.path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA busy_timeout={WORKER_BUSY_MS}")
         _upgrade(db)
         db.execute(PRUNE)
+        indexed = db.execute(INDEXED_UPTO).fetchone()
+        db.execute(INDEX_NEWER, (indexed[0] if indexed else 0,))
         (last,) = db.execute(LAST_ID).fetchone()
         if self.path != ":memory:":
             self._checkpointer = Checkpointer(self.path)
             self._checkpointer.configure(db)
+            db.execute("PRAGMA busy_timeout=0")
         return db, int(last)
 
     def _worker_db(self) -> sqlite3.Connection:
-        """The reading thread's own connection (the writer's, for ":memory:")."""
+        """The worker thread's own connection (it waits for locks)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = _connect(self.path)
@@ -183,24 +196,18 @@ class SqliteStore(LocalStore):
             raise StoreError("SQLite store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
-    async def _on_writer(self, work: Callable[[], T]) -> T:
-        if self._writer is None:
-            raise StoreError("SQLite store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._writer, work)
-
     async def close(self) -> None:
         await super().close()
-        if self._db is not None:
-            await self._on_writer(self._unindex_stale)
+        self._settle_index()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
-        for executor in {self._worker, self._writer} - {None}:
-            assert executor is not None
-            executor.shutdown(wait=True)
-        self._worker = self._writer = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
         for db in self._worker_dbs:
-            db.close()
+            if db is not self._db:
+                db.close()
         self._worker_dbs = []
         if self._db is not None:
             # The last connection to close checkpoints the WAL and removes it.
@@ -208,53 +215,29 @@ class SqliteStore(LocalStore):
             self._db = None
 
     async def check(self) -> None:
-        # On the writer: a writer stuck behind another process's lock is a store not answering.
-        def work() -> None:
-            try:
-                self._connection().execute("SELECT 1").fetchone()
-            except sqlite3.Error as exc:
-                raise StoreError(str(exc)) from exc
-
-        await self._on_writer(work)
+        try:
+            self._connection().execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError("SQLite store is closed")
         return self._db
 
-    def _begin(self, events: list[Event]) -> None:
-        """Hand the batch to the writer thread; `_written` takes it back on the loop."""
-        if self._writer is None or not any(event.in_history for event in events):
-            super()._begin(events)  # nothing to store, or closed: no thread to wait for
-            return
-        loop = asyncio.get_running_loop()
-        future = self._writer.submit(self._timed_commit, events)
-        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._written, done))
-
-    def _written(self, future: Future[tuple[list[Event], float]]) -> None:
-        try:
-            committed, seconds = future.result()
-        except StoreError as exc:
-            self._done(exc, 0.0)
-            return
-        except Exception as exc:  # a bug must not leave the batch under way forever
-            log.exception("store_error", error=repr(exc), pending=len(self._pending))
-            self._done(StoreError(f"SQLite commit failed: {exc!r}"), 0.0)
-            return
-        self._done(committed, seconds)
-
     def _commit(self, events: list[Event]) -> list[Event]:
-        """On the writer thread (one batch at a time): one transaction of the batch's chunks
-        and index rows, and the trim of their rooms; then maybe a WAL restart."""
         db = self._connection()
         committed, chunks, indexed, last = self._number(events)
         try:
             db.execute("BEGIN")
             stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
             db.executemany(INSERT, chunks)
-            db.executemany(INDEX, indexed)
             stale = list(self._stale)
             lines = {room: self._trim(db, room, count, stale) for room, count in stored.items()}
+            unindexed = self._still_unindexed(indexed, stale)
+            if len(unindexed) >= INDEX_BATCH:
+                db.executemany(INDEX, unindexed.values())
+                unindexed = {}
             if len(stale) >= UNINDEX_BATCH:
                 db.executemany(UNINDEX, [(first,) for first in stale])
                 stale = []
@@ -266,23 +249,38 @@ class SqliteStore(LocalStore):
         self._last_id = last
         self._lines.update(lines)
         self._stale = stale
+        self._unindexed = unindexed
         if self._checkpointer is not None and self._checkpointer.committed():
             self._restart_wal(db)
         return committed
 
-    def _unindex_stale(self) -> None:
-        if not self._stale or self._db is None:
+    def _still_unindexed(self, indexed: list[Indexed], stale: list[int]) -> dict[int, Indexed]:
+        """The index rows not written yet, the batch's `indexed` included, less those of the
+        chunks this commit's trim dropped (taken out of `stale` too: no row to delete)."""
+        unindexed = {**self._unindexed, **{row[0]: row for row in indexed}}
+        known = len(self._stale)
+        if len(stale) > known:
+            dropped = stale[known:]
+            del stale[known:]
+            stale += [first for first in dropped if unindexed.pop(first, None) is None]
+        return unindexed
+
+    def _settle_index(self) -> None:
+        """At close: write the index rows still pending, delete those of dropped chunks."""
+        if not (self._stale or self._unindexed) or self._db is None:
             return
         db = self._db
         try:
             db.execute("BEGIN")
+            db.executemany(INDEX, self._unindexed.values())
             db.executemany(UNINDEX, [(first,) for first in self._stale])
             db.execute("COMMIT")
             self._stale = []
+            self._unindexed = {}
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            # Harmless: searches skip them, and the next open prunes them.
+            # Harmless: searches skip stale rows, and the next open prunes them and indexes the rest.
             log.error("store_error", error=f"SQLite index cleanup failed: {exc}", pending=0)
 
     def _restart_wal(self, db: sqlite3.Connection) -> None:
@@ -374,11 +372,15 @@ class SqliteStore(LocalStore):
     async def search(self, query: Query, before: Cursor | None, limit: int) -> list[Event]:
         if not query.words:
             return await super().search(query, before, limit)
-        return await self._read(lambda db: self._search(db, query, before, limit))
+        tail = _candidates(list(self._unindexed.values()), query, before)
+        return await self._read(lambda db: self._search(db, query, before, limit, tail))
 
-    def _search(self, db: sqlite3.Connection, query: Query, before: Cursor | None, limit: int) -> list[Event]:
-        """On the worker: the chunks the index finds, newest first, read until `limit` lines
-        match and no older chunk can hold a newer one."""
+    def _search(
+        self, db: sqlite3.Connection, query: Query, before: Cursor | None, limit: int, tail: list[Found]
+    ) -> list[Event]:
+        """On the worker: the newest chunks, not indexed yet, that may match (`tail`), then
+        the chunks the index finds, newest first, read until `limit` lines match and no older
+        chunk can hold a newer one."""
         sql = [SEARCH]
         params: list[str | int] = [" ".join('"' + word.replace('"', '""') + '"' for word in query.words)]
         if query.room:
@@ -388,9 +390,11 @@ class SqliteStore(LocalStore):
             sql.append("AND rowid <= ?")
             params.append(before[1][0])
         sql.append("ORDER BY rowid DESC")
+        tail_firsts = {first for first, _, _ in tail}
+        rows = tail + [row for row in db.execute(" ".join(sql), params).fetchall() if row[0] not in tail_firsts]
         found: list[Event] = []
         floor = 0
-        for first, room, last in db.execute(" ".join(sql), params).fetchall():
+        for first, room, last in rows:
             if len(found) >= limit and last < floor:
                 break
             row = db.execute(CHUNK, (room, first)).fetchone()
@@ -405,8 +409,7 @@ class SqliteStore(LocalStore):
                 floor = found[-1].id[0]
         return newest(found, limit)
 
-    # Records are written outside the per-turn batch, on the writer: autocommit, so durable
-    # on return.
+    # Records are written outside the per-turn batch: autocommit, so durable on return.
 
     async def get_record(self, kind: str, key: str) -> Record | None:
         row = await self._read(lambda db: db.execute(GET_RECORD, (kind, key)).fetchone())
@@ -418,14 +421,16 @@ class SqliteStore(LocalStore):
             sql, params = DELETE_RECORD, (kind, key)
         else:
             sql, params = PUT_RECORD, (kind, key, encode_record(record).decode())
-
-        def work() -> None:
-            try:
-                self._connection().execute(sql, params)
-            except sqlite3.Error as exc:
+        try:
+            self._connection().execute(sql, params)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise StoreError(f"SQLite record write failed: {exc}") from exc
-
-        await self._on_writer(work)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite record write failed: {exc}") from exc
+        # Another process holds the write lock: wait for it on the worker, not here.
+        await self._read(lambda db: db.execute(sql, params))
 
     async def records(self, kind: str) -> dict[str, Record]:
         rows = await self._read(lambda db: db.execute(ALL_RECORDS, (kind,)).fetchall())
@@ -479,6 +484,18 @@ def _old_chunks(rows: list[tuple[int, str, str, str, str, str, float]]) -> list[
         lines = [(row_id, nick, kind, text, ts) for row_id, _, _, nick, kind, text, ts in group]
         chunks += [_chunk(room, room_name, lines[start : start + 100]) for start in range(0, len(lines), 100)]
     return chunks
+
+
+def _candidates(rows: list[Indexed], query: Query, before: Cursor | None) -> list[Found]:
+    """The not yet indexed chunks that may hold a match (as the index would find them), newest first."""
+    found = []
+    for first, text, room, last in sorted(rows, reverse=True):
+        if (query.room and room != query.room) or (before is not None and first > before[1][0]):
+            continue
+        folded = text.casefold()
+        if all(word in folded for word in query.words):
+            found.append((first, room, last))
+    return found
 
 
 def _indexed(room: str, lines: list[Line]) -> Indexed:
