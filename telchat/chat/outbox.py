@@ -125,7 +125,7 @@ class Batch:
 
 
 class Outbox:
-    __slots__ = ("_batch", "_chunks", "_flusher", "_limit", "_on_overflow", "_sink", "bytes_out", "closed")
+    __slots__ = ("_batch", "_chunks", "_flusher", "_limit", "_on_overflow", "_sink", "_written", "bytes_out", "closed")
 
     def __init__(self, sink: Sink, flusher: Flusher, limit: int, on_overflow: Callable[[], None]) -> None:
         self._sink = sink
@@ -135,6 +135,8 @@ class Outbox:
         self._chunks: list[bytes] = []
         # The Batch whose chunks `_chunks` is, while this outbox shares one.
         self._batch: Batch | None = None
+        # Waiters for the next flush (`written`); None while nobody waits.
+        self._written: list[asyncio.Future[bool]] | None = None
         self.bytes_out = 0
         self.closed = False
 
@@ -169,6 +171,26 @@ class Outbox:
         self._batch = None
         self._chunks = list(self._chunks)
 
+    def written(self) -> asyncio.Future[bool]:
+        """True once what is queued now has been handed to the sink; False if this outbox
+        was closed first (the lines never left)."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self.closed:
+            waiter.set_result(False)
+        elif not self._chunks:
+            waiter.set_result(True)
+        else:
+            if self._written is None:
+                self._written = []
+            self._written.append(waiter)
+        return waiter
+
+    def _tell_written(self, written: bool) -> None:
+        waiters, self._written = self._written, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(written)
+
     def flush(self) -> None:
         if self.closed or not self._chunks:
             return
@@ -181,7 +203,10 @@ class Outbox:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
         self.bytes_out += len(data)
-        if self._sink.write(data) > self._limit:
+        buffered = self._sink.write(data)
+        if self._written is not None:
+            self._tell_written(True)
+        if buffered > self._limit:
             self._overflow()
 
     def take_queued(self) -> bytes:
@@ -199,6 +224,8 @@ class Outbox:
         # A batch it shared goes on for the others; this outbox simply lets go of it.
         self._batch = None
         self._chunks = []
+        if self._written is not None:
+            self._tell_written(False)
 
     def _overflow(self) -> None:
         self.close()

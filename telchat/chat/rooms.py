@@ -9,6 +9,7 @@ its Outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ def _no_hangup(message: str) -> None:
     return None
 
 
+def _always() -> bool:
+    return True
+
+
 @dataclass(eq=False, slots=True)
 class User:
     conn_id: int
@@ -67,6 +72,8 @@ class User:
     operator: bool = False
     # Ends the connection with a quit message; its session sets it (kicks use it).
     hangup: Callable[[str], None] = _no_hangup
+    # Whether the peer is still there (its session sets it): what was written may have reached it.
+    connected: Callable[[], bool] = _always
     # The client's width, as far as it told (NAWS); what long answers are wrapped to.
     columns: int = 80
 
@@ -121,6 +128,12 @@ def _log(event: str, user: User, **fields: Any) -> None:
     # Explicit identity: the event may be logged from another user's task (a broadcast
     # that cut off a slow reader), whose context variables name someone else.
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
+
+
+def _people(room: Room) -> int:
+    """The members of `room`, an account's sessions counted once (as `who` names them)."""
+    accounts = {member.key for member in room.members if member.key is not None}
+    return len(accounts) + sum(1 for member in room.members if member.key is None)
 
 
 def _any_in(users: list[User], room: Room) -> bool:
@@ -476,6 +489,20 @@ class Chat:
             return  # the user left while the store answered
         quiet = elsewhere or _any_in(self.peers(user), room)
         self._admit(room, user, history, held, since=since or NO_ID, replay=replay or self._replay, quiet=quiet)
+        await self._join_peers(user, room)
+
+    async def _join_peers(self, user: User, room: Room) -> None:
+        """The account's other sessions here join `room` too (they share its rooms), each
+        shown its history and told, each staying in its own current room."""
+        for peer in self.peers(user):
+            if room.key in peer.rooms or peer in room.pending:
+                continue
+            current = peer.current
+            with contextlib.suppress(ChatError):  # its room limit: it has the rooms `user` has
+                await self.join(peer, room.name)
+            if current is not None and peer.current is room:
+                peer.current = current
+                _channels_changed(peer)
 
     def _admit(
         self,
@@ -521,14 +548,20 @@ class Chat:
             del self.rooms[room.key]
 
     def leave(self, user: User, raw: str | None) -> None:
+        """`user`'s account leaves the room: every session of it here, each told; the room
+        is told once."""
         room = self._member_room(user, raw)
         text = replies.LEFT.format(nick=user.nick, room=room.name)
+        for session in [user, *self.peers(user)]:
+            if room.key in session.rooms:
+                self._part(session, room, text)
+        self.store.publish(events.notice(text, rooms=(room.key,)))
+
+    def _part(self, user: User, room: Room, text: str) -> None:
         # The leaver sees its own notice: deliver it directly, the room no longer includes it.
         user.send(text)
         self._remove_member(room, user)
         del user.rooms[room.key]
-        if not _any_in(self.peers(user), room):
-            self.store.publish(events.notice(text, rooms=(room.key,)))
         if user.current is room:
             user.current = next(reversed(user.rooms.values()), None)
             if user.current is not None:
@@ -781,7 +814,7 @@ class Chat:
         counts = await self.store.remote_rooms()
         for room in self.rooms.values():
             name, count = counts.get(room.key, (room.name, 0))
-            counts[room.key] = (name, count + len(room.members))
+            counts[room.key] = (name, count + _people(room))
         listed = sorted((key, name, count) for key, (name, count) in counts.items() if count)
         if not listed:
             return [replies.NO_ROOMS]

@@ -151,6 +151,11 @@ MAIL_BOX_FULL = "*** {nick} already has {limit} messages waiting; yours was not 
 MAIL_SENDER_FULL = "*** You already have {limit} messages waiting for {nick}; yours was not stored."
 MAIL_WAITING = "*** {count} messages waited for you while you were offline:"
 MENTIONS_WAITING = "*** You were mentioned {count} times while you were offline; type mentions to see them."
+MENTIONS_WAITING_DROPPED = (
+    "*** You were mentioned {count} times while you were offline; type mentions to see them"
+    " ({dropped} were not kept: at most {limit} wait)."
+)
+MENTIONS_DROPPED = "*** {dropped} more mentions were not kept: at most {limit} wait."
 MENTIONS_NONE = "*** No mentions are waiting."
 BAD_ZONE = "*** Unknown time zone {name}; use a name like Europe/Moscow or America/New_York, or server"
 ZONE_SET = "*** Time zone is now {zone}"

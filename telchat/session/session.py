@@ -72,6 +72,9 @@ class Gate(Protocol):
     def drop(self) -> None:
         """Reset the connection, discarding what is queued, in the kernel too."""
 
+    def peer_gone(self) -> bool:
+        """Whether the peer closed or reset the connection."""
+
 
 @dataclass(slots=True, frozen=True)
 class Reply:
@@ -128,6 +131,7 @@ class Session:
         self.intercept: Callable[[str], bool] | None = None
         self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
         self.user.hangup = self._kicked
+        self.user.connected = self._connected
         self.reason: EndReason | None = None
         self._gate = gate
         self._fakelag = Fakelag(config.flood_burst, config.flood_rate) if config.flood_rate else None
@@ -153,6 +157,9 @@ class Session:
     @property
     def closing(self) -> bool:
         return self.reason is not None
+
+    def _connected(self) -> bool:
+        return self._gate is None or not self._gate.peer_gone()
 
     @property
     def held_input(self) -> int:

@@ -50,6 +50,8 @@ RETRY_SECONDS = 0.5
 FAILURE_SWEEP_AT = 1024
 # Record kind of the local stores' mailboxes.
 MAIL = "mail"
+# `return_mail`'s caps: none (Redis's Lua takes it as a number).
+UNCAPPED = 2**31
 # What `add_mail` did: stored it, or refused it as the box or the sender's share is full.
 Posted = Literal["ok", "box_full", "sender_full"]
 
@@ -164,6 +166,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def take_mail(self, box: str) -> list[Record]:
         """Remove and return `box`'s items, oldest first: no two calls get the same item."""
+
+    async def return_mail(self, box: str, items: list[Record]) -> None:
+        """Put back items `take_mail` returned that never reached their reader, past the caps
+        (they were within them once). This default appends them: a reader sorts by `ts`."""
+        for item in items:
+            await self.add_mail(box, str(item["sender"]), item, UNCAPPED, UNCAPPED)
 
     async def check(self) -> None:  # noqa: B027 - local stores have nothing to check
         """Raise StoreError when the store does not answer."""
@@ -386,6 +394,12 @@ class LocalStore(Store):
             await self.put_record(MAIL, box, None)
             items: list[Record] = record["items"]
             return items
+
+    async def return_mail(self, box: str, items: list[Record]) -> None:
+        async with self._mail_lock:
+            record = await self.get_record(MAIL, box)
+            newer: list[Record] = record["items"] if record is not None else []
+            await self.put_record(MAIL, box, {"items": items + newer})
 
     async def failures(self, key: str, window: float) -> int:
         times = self._failures.get(key)

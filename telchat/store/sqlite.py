@@ -82,12 +82,25 @@ CREATE TABLE IF NOT EXISTS records (
 """
 INSERT = "INSERT INTO chunks (first, last, room, room_name, count, lines) VALUES (?, ?, ?, ?, ?, ?)"
 # Search indexes chunks, as history keeps them: one row per chunk (rowid = its first id, the
-# text of its lines), added by the transaction that adds the chunk. An index row costs about
-# what a chunk costs, not a row per line; a chunk cut down by the trim keeps the words of its
-# cut lines, and a search checks each line it finds, and that its chunk is still there. So
-# the rows of dropped chunks are deleted in batches (an FTS5 delete is dear in a transaction
-# of its own), by a later history commit, at close, or at the next open after a crash.
+# text of its lines). An index row costs about what a chunk costs, not a row per line; a
+# chunk cut down by the trim keeps the words of its cut lines, and a search checks each line
+# it finds, and that its chunk is still there. So the rows of dropped chunks are deleted in
+# batches (an FTS5 delete is dear in a transaction of its own), by a later history commit,
+# at close, or at the next open after a crash.
+# FTS5 writes a segment per transaction that adds rows, whatever their number: one row per
+# one-line commit costs 2-3 times the commit itself. So the rows are written INDEX_BATCH
+# chunks at a time, in the history commit that brings their count there (and at close);
+# until then a search reads those newest chunks directly (`_unindexed`), so it always sees
+# exactly the committed history. After a crash, the next open indexes the chunks newer than
+# the index's newest row (INDEX_NEWER): the chunks themselves are the durable part.
 INDEX = "INSERT INTO search (rowid, text, room, last) VALUES (?, ?, ?, ?)"
+INDEX_BATCH = 64
+INDEXED_UPTO = "SELECT rowid FROM search ORDER BY rowid DESC LIMIT 1"
+INDEX_NEWER = (
+    "INSERT INTO search (rowid, text, room, last) SELECT first,"
+    " (SELECT group_concat(line.value ->> 3, char(10)) FROM json_each(chunks.lines) AS line), room, last"
+    " FROM chunks WHERE first > ?"
+)
 UNINDEX = "DELETE FROM search WHERE rowid = ?"
 UNINDEX_BATCH = 64
 PRUNE = "DELETE FROM search WHERE rowid NOT IN (SELECT first FROM chunks)"
@@ -115,6 +128,8 @@ OLD_MESSAGES = "SELECT id, room, room_name, nick, kind, text, ts FROM messages O
 Line = tuple[int, str, str, str, float]
 # A row of `search`: the chunk's first id, its lines' text, room key, last id.
 Indexed = tuple[int, str, str, int]
+# A chunk a search reads: its first id, room key, last id.
+Found = tuple[int, str, int]
 # A row of `chunks`: first id, last id, room key, room name, line count, the lines as JSON.
 Chunk = tuple[int, int, str, str, int, str]
 
@@ -132,6 +147,8 @@ class SqliteStore(LocalStore):
         self._last_id = 0
         # Index rows of dropped chunks, deleted UNINDEX_BATCH at a time.
         self._stale: list[int] = []
+        # Index rows of the newest chunks, by first id, written INDEX_BATCH at a time.
+        self._unindexed: dict[int, Indexed] = {}
         self._worker: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._worker_dbs: list[sqlite3.Connection] = []
@@ -156,6 +173,8 @@ class SqliteStore(LocalStore):
         db.execute(f"PRAGMA busy_timeout={WORKER_BUSY_MS}")
         _upgrade(db)
         db.execute(PRUNE)
+        indexed = db.execute(INDEXED_UPTO).fetchone()
+        db.execute(INDEX_NEWER, (indexed[0] if indexed else 0,))
         (last,) = db.execute(LAST_ID).fetchone()
         if self.path != ":memory:":
             self._checkpointer = Checkpointer(self.path)
@@ -179,7 +198,7 @@ class SqliteStore(LocalStore):
 
     async def close(self) -> None:
         await super().close()
-        self._unindex_stale()
+        self._settle_index()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -213,9 +232,12 @@ class SqliteStore(LocalStore):
             db.execute("BEGIN")
             stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
             db.executemany(INSERT, chunks)
-            db.executemany(INDEX, indexed)
             stale = list(self._stale)
             lines = {room: self._trim(db, room, count, stale) for room, count in stored.items()}
+            unindexed = self._still_unindexed(indexed, stale)
+            if len(unindexed) >= INDEX_BATCH:
+                db.executemany(INDEX, unindexed.values())
+                unindexed = {}
             if len(stale) >= UNINDEX_BATCH:
                 db.executemany(UNINDEX, [(first,) for first in stale])
                 stale = []
@@ -227,23 +249,38 @@ class SqliteStore(LocalStore):
         self._last_id = last
         self._lines.update(lines)
         self._stale = stale
+        self._unindexed = unindexed
         if self._checkpointer is not None and self._checkpointer.committed():
             self._restart_wal(db)
         return committed
 
-    def _unindex_stale(self) -> None:
-        if not self._stale or self._db is None:
+    def _still_unindexed(self, indexed: list[Indexed], stale: list[int]) -> dict[int, Indexed]:
+        """The index rows not written yet, the batch's `indexed` included, less those of the
+        chunks this commit's trim dropped (taken out of `stale` too: no row to delete)."""
+        unindexed = {**self._unindexed, **{row[0]: row for row in indexed}}
+        known = len(self._stale)
+        if len(stale) > known:
+            dropped = stale[known:]
+            del stale[known:]
+            stale += [first for first in dropped if unindexed.pop(first, None) is None]
+        return unindexed
+
+    def _settle_index(self) -> None:
+        """At close: write the index rows still pending, delete those of dropped chunks."""
+        if not (self._stale or self._unindexed) or self._db is None:
             return
         db = self._db
         try:
             db.execute("BEGIN")
+            db.executemany(INDEX, self._unindexed.values())
             db.executemany(UNINDEX, [(first,) for first in self._stale])
             db.execute("COMMIT")
             self._stale = []
+            self._unindexed = {}
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            # Harmless: searches skip them, and the next open prunes them.
+            # Harmless: searches skip stale rows, and the next open prunes them and indexes the rest.
             log.error("store_error", error=f"SQLite index cleanup failed: {exc}", pending=0)
 
     def _restart_wal(self, db: sqlite3.Connection) -> None:
@@ -335,11 +372,15 @@ class SqliteStore(LocalStore):
     async def search(self, query: Query, before: Cursor | None, limit: int) -> list[Event]:
         if not query.words:
             return await super().search(query, before, limit)
-        return await self._read(lambda db: self._search(db, query, before, limit))
+        tail = _candidates(list(self._unindexed.values()), query, before)
+        return await self._read(lambda db: self._search(db, query, before, limit, tail))
 
-    def _search(self, db: sqlite3.Connection, query: Query, before: Cursor | None, limit: int) -> list[Event]:
-        """On the worker: the chunks the index finds, newest first, read until `limit` lines
-        match and no older chunk can hold a newer one."""
+    def _search(
+        self, db: sqlite3.Connection, query: Query, before: Cursor | None, limit: int, tail: list[Found]
+    ) -> list[Event]:
+        """On the worker: the newest chunks, not indexed yet, that may match (`tail`), then
+        the chunks the index finds, newest first, read until `limit` lines match and no older
+        chunk can hold a newer one."""
         sql = [SEARCH]
         params: list[str | int] = [" ".join('"' + word.replace('"', '""') + '"' for word in query.words)]
         if query.room:
@@ -349,9 +390,11 @@ class SqliteStore(LocalStore):
             sql.append("AND rowid <= ?")
             params.append(before[1][0])
         sql.append("ORDER BY rowid DESC")
+        tail_firsts = {first for first, _, _ in tail}
+        rows = tail + [row for row in db.execute(" ".join(sql), params).fetchall() if row[0] not in tail_firsts]
         found: list[Event] = []
         floor = 0
-        for first, room, last in db.execute(" ".join(sql), params).fetchall():
+        for first, room, last in rows:
             if len(found) >= limit and last < floor:
                 break
             row = db.execute(CHUNK, (room, first)).fetchone()
@@ -441,6 +484,18 @@ def _old_chunks(rows: list[tuple[int, str, str, str, str, str, float]]) -> list[
         lines = [(row_id, nick, kind, text, ts) for row_id, _, _, nick, kind, text, ts in group]
         chunks += [_chunk(room, room_name, lines[start : start + 100]) for start in range(0, len(lines), 100)]
     return chunks
+
+
+def _candidates(rows: list[Indexed], query: Query, before: Cursor | None) -> list[Found]:
+    """The not yet indexed chunks that may hold a match (as the index would find them), newest first."""
+    found = []
+    for first, text, room, last in sorted(rows, reverse=True):
+        if (query.room and room != query.room) or (before is not None and first > before[1][0]):
+            continue
+        folded = text.casefold()
+        if all(word in folded for word in query.words):
+            found.append((first, room, last))
+    return found
 
 
 def _indexed(room: str, lines: list[Line]) -> Indexed:
