@@ -7,10 +7,12 @@ need synchronous=FULL). Only after the commit are the batch's events delivered.
 
 Nothing on the loop waits for SQLite: the loop's connection has no busy timeout, so when
 another process holds the file's write lock a commit fails at once (the batch is retried,
-see LocalStore) instead of freezing every session for the timeout. Whatever may take long
-runs on one worker thread with a connection of its own that does wait: reads (history of
-any size, records), opening (schema conversion), and a record write the lock refused on the
-loop. sqlite3 releases the GIL while SQLite works.
+see LocalStore) instead of freezing every session for the timeout. Small reads (a record,
+a join's replay) run on the loop too, as a WAL reader takes no lock that a writer holds;
+one refused for a lock goes to the worker. Whatever may take long runs on one worker thread
+with a connection of its own that does wait: long history reads, search, opening (schema
+conversion), and a record or read the lock refused on the loop. sqlite3 releases the GIL
+while SQLite works.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from telchat.store.events import Event, kind_of
 log = get_logger(__name__)
 
 T = TypeVar("T")
+# A replay of at most this many lines is read on the loop (`_at_once`), a longer one on the worker.
+QUICK_LINES = 100
 # How long the worker thread's connection waits for a lock another process holds.
 WORKER_BUSY_MS = 5000
 
@@ -348,22 +352,23 @@ class SqliteStore(LocalStore):
         limit = min(limit, self._keep)
         if limit <= 0:
             return []
-        found = await self._off_loop(lambda: self._recent(room, limit))
+
+        def read(db: sqlite3.Connection) -> list[list[tuple[str, Line]]]:
+            return self._recent(db, room, limit)
+
+        found = await (self._at_once(read) if limit <= QUICK_LINES else self._read(read))
         return [_event(room, name, line) for chunk in reversed(found) for name, line in chunk]
 
-    def _recent(self, room: str, limit: int) -> list[list[tuple[str, Line]]]:
-        """On the worker: `room`'s newest chunks, newest first, cut to `limit` lines."""
+    def _recent(self, db: sqlite3.Connection, room: str, limit: int) -> list[list[tuple[str, Line]]]:
+        """`room`'s newest chunks, newest first, cut to `limit` lines."""
         found: list[list[tuple[str, Line]]] = []
         total = 0
-        try:
-            for name, lines in self._worker_db().execute(RECENT, (room,)):
-                chunk = orjson.loads(lines)
-                found.append([(name, line) for line in chunk[-(limit - total) :]])
-                total += len(found[-1])
-                if total >= limit:
-                    break
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite history read failed: {exc}") from exc
+        for name, lines in db.execute(RECENT, (room,)):
+            chunk = orjson.loads(lines)
+            found.append([(name, line) for line in chunk[-(limit - total) :]])
+            total += len(found[-1])
+            if total >= limit:
+                break
         return found
 
     async def history_rooms(self) -> list[str]:
@@ -412,7 +417,7 @@ class SqliteStore(LocalStore):
     # Records are written outside the per-turn batch: autocommit, so durable on return.
 
     async def get_record(self, kind: str, key: str) -> Record | None:
-        row = await self._read(lambda db: db.execute(GET_RECORD, (kind, key)).fetchone())
+        row = await self._at_once(lambda db: db.execute(GET_RECORD, (kind, key)).fetchone())
         return decode_record(row[0]) if row else None
 
     async def put_record(self, kind: str, key: str, record: Record | None) -> None:
@@ -435,6 +440,20 @@ class SqliteStore(LocalStore):
     async def records(self, kind: str) -> dict[str, Record]:
         rows = await self._read(lambda db: db.execute(ALL_RECORDS, (kind,)).fetchall())
         return {key: decode_record(value) for key, value in rows}
+
+    async def _at_once(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """A small read (a record, a replay's few chunks) on the loop's connection, which
+        never waits for a lock: in WAL mode a reader needs none but in rare moments (another
+        process recovering the WAL index), and then it goes to the worker, which waits. A
+        hop to the worker and back costs more than such a read, mostly in thread switches."""
+        try:
+            return query(self._connection())
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise StoreError(f"SQLite read failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite read failed: {exc}") from exc
+        return await self._read(query)
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """`query` on the worker's connection (it may wait for a lock there)."""
