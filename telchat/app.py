@@ -362,7 +362,7 @@ class App:
                 door.stop_listening()
         self.chat.broadcast_local(replies.GOODBYE)
         self._flusher.flush()
-        await self._drain(self.config.shutdown_grace)
+        await self._drain(self.config.shutdown_grace, list(self.sessions.values()))
         for session, transport in list(self.sessions.items()):
             session.reason = session.reason or "shutdown"
             transport.close()
@@ -397,8 +397,9 @@ class App:
     async def pause(self, listeners: dict[str, socket.socket], grace: float) -> None:
         """Stop accepting (new connections wait in the kernel's backlog of `listeners`,
         which stay open), let go of the sessions that cannot be carried, stop reading, let
-        running lines finish and write what was accepted, waiting at most `grace` seconds
-        for the clients to take it."""
+        running lines finish and write what was accepted, waiting at most `grace` seconds.
+        Only the goodbyes of the sessions let go are waited for until their clients take
+        them: what a carried connection's client has not taken yet is carried over too."""
         deadline = time.monotonic() + grace
         for server in (self._server, self._tls_server):
             if server is not None:
@@ -406,10 +407,12 @@ class App:
         for door in (self.web, self.ssh):
             if door is not None:
                 door.stop_listening()
-        for session in list(self.sessions):
+        leaving: list[Transport] = []
+        for session, transport in list(self.sessions.items()):
             if self._carried_over(session):
                 self._hold(session, True)
             else:
+                leaving.append(transport)
                 session.quit("server upgrade", reason="upgrade", farewell=replies.UPGRADE_UNCARRIED)
         # Lines running finish, and the sessions saying goodbye end, first.
         while time.monotonic() < deadline:
@@ -418,7 +421,7 @@ class App:
             await asyncio.sleep(0.01)
         self._flusher.flush()
         await self.store.drain(max(0.0, deadline - time.monotonic()))
-        await self._drain(max(0.0, deadline - time.monotonic()))
+        await self._drain(max(0.0, deadline - time.monotonic()), leaving)
 
     def _carried_over(self, session: Session) -> bool:
         # A plain telnet socket is all the kernel carries: TLS and SSH keys, and a
@@ -467,9 +470,19 @@ class App:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
 
-    async def _drain(self, grace: float) -> None:
+    async def _drain(self, grace: float, transports: list[Transport]) -> None:
+        """Wait, at most `grace` seconds, for the clients of `transports` to take what they hold."""
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not any(t.get_write_buffer_size() for t in self.sessions.values()):
+            if not any(map(_holding, transports)):
                 return
             await asyncio.sleep(0.02)
+
+
+def _holding(transport: Transport) -> int:
+    """What `transport` has yet to send. A TLS transport that finished closing cannot say
+    (asyncio drops its SSL protocol then, and the size with it): it holds nothing."""
+    try:
+        return transport.get_write_buffer_size()
+    except AttributeError:
+        return 0
