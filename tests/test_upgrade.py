@@ -419,7 +419,7 @@ async def test_password_typed_across_an_upgrade_never_reaches_the_chat(tmp_path:
 async def test_a_slow_readers_backlog_is_carried_over(tmp_path: Path) -> None:
     # A small kernel send buffer: most of the backlog then sits in the transport's buffer,
     # which dies with the old image unless the upgrade carries it.
-    server = start(copied_tree(tmp_path), "--max-sndbuf", "8192")
+    server = start(copied_tree(tmp_path), "--max-sndbuf", "8192", "--flood-rate", "0")
     try:
         sloth_sock = socket.socket()
         sloth_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
