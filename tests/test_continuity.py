@@ -343,3 +343,35 @@ async def test_two_sessions_on_two_redis_nodes(nodes: list[ServerProcess], clien
     await phone.read_until("*bob*> you there")
     await gone(phone)
     assert (await ann.read_until("*** User frank quit"))[-1] == "*** User frank quit (quit)"
+
+
+async def test_joins_and_leaves_follow_the_account_across_redis_nodes(
+    nodes: list[ServerProcess], clients: list[RawClient]
+) -> None:
+    laptop = await registered(nodes[0].port, "frank", "r")
+    clients.append(laptop)
+    phone, _ = await back(nodes[1].port, "frank", "*** User frank joined room #r")
+    clients.append(phone)
+    ann = await login(clients, nodes[0], "ann", "x")
+    await laptop.send("join x")
+    assert (await laptop.read_until("*** User frank joined room #x"))[-1] == "*** User frank joined room #x"
+    # The phone, on the other node, is in #x too (shown its history and told), still in #r.
+    assert (await phone.read_until("*** User frank joined room #x"))[-2:] == [
+        "*** #x history",
+        "*** User frank joined room #x",
+    ]
+    # The room is told once.
+    assert await ann.read_until("*** User frank joined room #x") == ["*** User frank joined room #x"]
+    await ann.send("both of you?")
+    for screen in (laptop, phone, ann):
+        assert (await screen.read_until("#x:ann> both of you?"))[-1] == "#x:ann> both of you?"
+    await phone.send("still in r")
+    assert (await laptop.read_until("#r:frank> still in r"))[-1] == "#r:frank> still in r"
+    # Leaving on the phone leaves on the laptop too; the room is told once.
+    await phone.send("leave x")
+    assert (await phone.read_until("*** User frank left room #x"))[-1] == "*** User frank left room #x"
+    assert (await laptop.read_until("*** User frank left room #x"))[-1] == "*** User frank left room #x"
+    await ann.send("alone now")
+    assert await ann.read_until("#x:ann> alone now") == ["*** User frank left room #x", "#x:ann> alone now"]
+    await ann.send("who x")
+    assert (await ann.read_until("*** Users in"))[-1] == "*** Users in #x: ann"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from telchat.chat.observers import ChatEvents, Players
 from telchat.chat.outbox import Broadcast, Outbox, fan_out
@@ -49,6 +49,11 @@ class NotOnline(ChatError):
 
 def _no_hangup(message: str) -> None:
     return None
+
+
+# Control events: a session of an account joined or left a room; its sessions on every node follow.
+ACCOUNT_JOIN: Final = "account_join"
+ACCOUNT_LEAVE: Final = "account_leave"
 
 
 def _always() -> bool:
@@ -215,6 +220,10 @@ class Chat:
         # (features/accounts.py); its first session is the one in `nicks`.
         self.sessions: dict[str, list[User]] = {}
         self._quits: set[asyncio.Future[None]] = set()
+        # This node's sessions of an account joining a room one of its sessions on another node joined.
+        self._following: set[asyncio.Task[None]] = set()
+        self.controls[ACCOUNT_JOIN] = self._account_joined
+        self.controls[ACCOUNT_LEAVE] = self._account_left
         # Called with a user about to leave everything (features/continuity.py saves its rooms).
         self.departures: list[Callable[[User], None]] = []
         # Called with a user who joined or left a room (features/continuity.py saves its rooms).
@@ -454,7 +463,17 @@ class Chat:
 
     async def join(self, user: User, raw: str, since: EntryId | None = None, replay: Replay | None = None) -> None:
         """Join `raw`, shown its last `history_replay` lines; or, given `since`, the lines after
-        that id (all that are kept), shown by `replay`."""
+        that id (all that are kept), shown by `replay`. The account's other sessions, here and
+        on the other nodes, join too."""
+        room = await self._join(user, raw, since, replay)
+        if room is None:
+            return
+        for peer in self.peers(user):
+            await self._follow(peer, room.name)
+        self._tell_nodes(ACCOUNT_JOIN, user, room)
+
+    async def _join(self, user: User, raw: str, since: EntryId | None, replay: Replay | None) -> Room | None:
+        """`user` alone joins `raw`: the room, once it was admitted there."""
         name = check_room_or_error(raw)
         key = room_key(name)
         room = self.rooms.get(key)
@@ -462,7 +481,7 @@ class Chat:
             user.current = room
             user.send(replies.SWITCHED.format(room=room.name))
             _channels_changed(user)
-            return
+            return None
         if len(user.rooms) >= self.max_rooms_per_user:
             # Each membership lengthens every answer about this user (whois) and its quit.
             raise ChatError(replies.ROOM_LIMIT.format(limit=self.max_rooms_per_user))
@@ -471,7 +490,7 @@ class Chat:
             # Another local user may have created it while the store answered.
             room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
         if user in room.pending:
-            return  # already joining; the first join finishes it
+            return None  # already joining; the first join finishes it
 
         room.pending[user] = []
         try:
@@ -486,23 +505,54 @@ class Chat:
         held = room.pending.pop(user, None)
         if held is None or user not in self.users:
             self._drop_pending(room, user)
-            return  # the user left while the store answered
+            return None  # the user left while the store answered
         quiet = elsewhere or _any_in(self.peers(user), room)
         self._admit(room, user, history, held, since=since or NO_ID, replay=replay or self._replay, quiet=quiet)
-        await self._join_peers(user, room)
+        return room
 
-    async def _join_peers(self, user: User, room: Room) -> None:
-        """The account's other sessions here join `room` too (they share its rooms), each
-        shown its history and told, each staying in its own current room."""
-        for peer in self.peers(user):
-            if room.key in peer.rooms or peer in room.pending:
-                continue
-            current = peer.current
-            with contextlib.suppress(ChatError):  # its room limit: it has the rooms `user` has
-                await self.join(peer, room.name)
-            if current is not None and peer.current is room:
-                peer.current = current
-                _channels_changed(peer)
+    async def _follow(self, peer: User, name: str) -> None:
+        """One more session of an account joins the room another one joined (they share
+        their rooms): shown its history and told, it stays in its own current room."""
+        key = room_key(name)
+        pending = self.rooms.get(key)
+        if key in peer.rooms or (pending is not None and peer in pending.pending):
+            return
+        current = peer.current
+        joined = None
+        with contextlib.suppress(ChatError):  # its room limit: it has the rooms the other has
+            joined = await self._join(peer, name, None, None)
+        if current is not None and joined is not None and peer.current is joined:
+            peer.current = current
+            _channels_changed(peer)
+
+    def _tell_nodes(self, kind: events.ControlKind, user: User, room: Room, **args: str) -> None:
+        """Tell the other nodes that `user`'s account joined or left `room`, for its sessions
+        there to follow (a registered account only: others have one session)."""
+        if self.store.clustered and user.account is not None and user.key == user.account:
+            self.store.publish(events.control(kind, user.key, room=room.name, **args))
+
+    def _account_joined(self, event: Event) -> None:
+        name = str(events.control_args(event).get("room", ""))
+        sessions = [s for s in self.sessions_of(event.target) if room_key(name) not in s.rooms]
+        if sessions:
+            task = asyncio.ensure_future(self._follow_all(sessions, name))
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+    async def _follow_all(self, sessions: list[User], name: str) -> None:
+        for session in sessions:
+            try:
+                await self._follow(session, name)
+            except StoreError as exc:
+                log.warning("store_error", during="account_join", error=str(exc), nick=session.nick)
+
+    def _account_left(self, event: Event) -> None:
+        args = events.control_args(event)
+        key = room_key(str(args.get("room", "")))
+        room = self.rooms.get(key)
+        for session in self.sessions_of(event.target):
+            if room is not None and key in session.rooms:
+                self._part(session, room, str(args.get("text", "")))
 
     def _admit(
         self,
@@ -556,6 +606,7 @@ class Chat:
             if room.key in session.rooms:
                 self._part(session, room, text)
         self.store.publish(events.notice(text, rooms=(room.key,)))
+        self._tell_nodes(ACCOUNT_LEAVE, user, room, text=text)
 
     def _part(self, user: User, room: Room, text: str) -> None:
         # The leaver sees its own notice: deliver it directly, the room no longer includes it.

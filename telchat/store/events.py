@@ -14,7 +14,7 @@ import orjson
 
 MessageKind = Literal["say", "emote"]
 # Instructions for every node; features/ register a handler for each in `Chat.controls`.
-ControlKind = Literal["kick", "ban", "mute", "topic", "whois", "registered"]
+ControlKind = Literal["kick", "ban", "mute", "topic", "whois", "registered", "account_join", "account_leave"]
 Kind = Literal[MessageKind, "notice", "private", ControlKind]
 KINDS: frozenset[str] = frozenset(get_args(Kind))  # nested Literals are flattened
 
