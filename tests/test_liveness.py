@@ -122,3 +122,19 @@ async def test_client_that_never_answers_a_ping_is_told_why_it_is_dropped(port: 
         assert b"*** Your client did not answer the server's ping within 0.3 s; disconnecting.\r\n" in closing
     finally:
         await mute.close()
+
+
+@pytest.mark.parametrize("config", [FAST])
+async def test_a_user_who_types_is_not_pinged(port: int, connect: Connect) -> None:
+    """Lines count as activity: a telnet client typing more often than --idle-ping is
+    never asked to prove it is there."""
+    typist = await connect()  # answers every DO with WONT: a telnet client the server pings
+    try:
+        await typist.login("typist")
+        for _ in range(12):
+            await typist.send("who")
+            await typist.read_until("*** Users online")
+            await asyncio.sleep(0.1)
+        assert (DO, TM_OPT) not in typist.commands
+    finally:
+        await typist.close()

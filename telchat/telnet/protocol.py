@@ -8,6 +8,7 @@ between the socket and it, and makes sure every way a connection can end reaches
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol, cast
@@ -179,6 +180,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
             self.passthrough = False
         if self._waiter_connected.done():
             if IAC not in data and self._in_band():
+                self._last_received = datetime.datetime.now()  # `idle`: the liveness watchdog's clock
                 self._rx_bytes += len(data)
                 assert self.reader is not None
                 self.reader.feed_data(data)
@@ -199,8 +201,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         """Whether a chunk without IAC is all text, as telnetlib3 would find byte by byte: not
         inside a command or subnegotiation begun in an earlier chunk, nor compressed (no
         MCCP3), nor the first (its TLS check). Such a chunk (every line, normally) skips
-        telnetlib3's per-chunk work, whose one effect then is its idle clock, unused here
-        (timeout=0)."""
+        telnetlib3's per-chunk work: its effects then are the byte count and the idle clock,
+        kept here."""
         writer = self.writer
         return (
             writer is not None
