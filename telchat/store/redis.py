@@ -130,23 +130,29 @@ if not beat or tonumber(redis.call('TIME')[1]) - tonumber(beat) < tonumber(ARGV[
 redis.call('DEL', KEYS[1])
 return 1
 """
-# KEYS: node key, nodes set, beats hash, then pairs (nick or look key, the node's set of them)
-# ARGV: node, version, node ttl, nick ttl, then each pair's bare key
+# KEYS: node key, nodes set, beats hash
+# ARGV: node, version, node ttl, nick ttl, key prefix, then pairs (kind: nick or look, bare key)
+# The claim keys and the node's sets of them are named in the script, from the prefix (as in
+# BURY_LUA; single-instance Redis): with thousands of nicks, naming each in Python was most
+# of a heartbeat's cost.
 # Returns: whether the node key existed, and the positions (from 1) of the pairs whose key
 # another node owns now.
 HEARTBEAT_LUA = """
+local node, prefix = ARGV[1], ARGV[5]
 local alive = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], redis.call('TIME')[1])
+redis.call('SADD', KEYS[2], node)
+redis.call('HSET', KEYS[3], node, redis.call('TIME')[1])
 local lost = {}
 local pair = 0
-for i = 4, #KEYS, 2 do
+for i = 6, #ARGV, 2 do
   pair = pair + 1
-  local owner = redis.call('GET', KEYS[i])
-  if owner == ARGV[1] or not owner then
-    redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
-    redis.call('SADD', KEYS[i + 1], ARGV[4 + pair])
+  local kind, bare = ARGV[i], ARGV[i + 1]
+  local key = prefix .. kind .. ':' .. bare
+  local owner = redis.call('GET', key)
+  if owner == node or not owner then
+    redis.call('SET', key, node, 'EX', ARGV[4])
+    redis.call('SADD', prefix .. kind .. 's:' .. node, bare)
   else
     lost[#lost + 1] = pair
   end
@@ -1112,16 +1118,16 @@ class RedisStore(Store):
         each; return whether the node key existed, and the positions of the lost ones."""
         existed, taken = await self._client().eval(
             HEARTBEAT_LUA,
-            3 + 2 * len(chunk),
+            3,
             _key("node", self.node),
             _key("nodes"),
             _key("beats"),
-            *(name for kind, bare, _ in chunk for name in (_key(kind, bare), _key(f"{kind}s", self.node))),
             self.node,
             BUS_VERSION,
             max(1, round(self.node_ttl)),
             self.nick_ttl,
-            *(bare for _, bare, _ in chunk),
+            PREFIX,
+            *(part for kind, bare, _ in chunk for part in (kind, bare)),
         )
         return int(existed), list(taken)
 
