@@ -151,7 +151,7 @@ class App:
             else:
                 early.append(event)
 
-        await self.store.open(deliver)
+        await self.store.open(deliver if carried is not None else self.chat.deliver)
         await self.services.moderation.load()
         await self.services.mailbox.load()
         self.services.continuity.start()
