@@ -1,6 +1,7 @@
 """Issue 15's storm on Redis: N users on one of two nodes, that node SIGKILLed, and every user
 reconnecting to the other with the same nick (retrying every 0.5 s while it is taken) and
-joining its room again. Reports how long until all are back. Needs redis-server.
+joining its room again. Reports how long until all are back, when the survivor proved the
+dead node dead, and the survivor's CPU for the storm. Needs redis-server.
 
     PYTHONPATH=. python scripts/bench_redis_storm.py --users 5000     # about a minute
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from tests.clients import RawClient
@@ -50,6 +53,12 @@ async def crowd(port: int, users: int, deadline: float) -> list[RawClient]:
     return list(await asyncio.gather(*(arrive(port, f"u{i}", f"r{i % ROOMS}", gate, deadline) for i in range(users))))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run(users: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as home:
         redis = RedisServer(Path(home), persist=False)
@@ -59,17 +68,27 @@ async def run(users: int) -> dict[str, float]:
             started = time.monotonic()
             opened += await crowd(nodes[0].port, users, started + GIVE_UP)
             setup = time.monotonic() - started
+            survivor = cpu_seconds(nodes[1].proc.pid)
             nodes[0].proc.send_signal(signal.SIGKILL)
-            killed = time.monotonic()
+            killed, killed_at = time.monotonic(), time.time()
             opened += await crowd(nodes[1].port, users, killed + GIVE_UP)
             back = time.monotonic() - killed
+            survivor = cpu_seconds(nodes[1].proc.pid) - survivor
+            # When the survivor proved the dead node dead: its users' nicks were free from then.
+            proven = nodes[1].wait_event("redis_node_dead", timeout=1)["timestamp"]
         finally:
             for client in opened:
                 await client.close()
             for node in nodes:
                 node.kill()
             redis.stop()
-    return {"users": users, "first_logins_s": round(setup, 2), "all_back_after_kill_s": round(back, 2)}
+    return {
+        "users": users,
+        "first_logins_s": round(setup, 2),
+        "all_back_after_kill_s": round(back, 2),
+        "dead_proven_after_kill_s": round(datetime.fromisoformat(proven).timestamp() - killed_at, 2),
+        "survivor_cpu_s": round(survivor, 2),
+    }
 
 
 def main() -> None:

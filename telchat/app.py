@@ -28,6 +28,7 @@ from telchat.rules import replies
 from telchat.session import commands
 from telchat.session.session import Session
 from telchat.store.base import Store, StoreError
+from telchat.store.events import Event
 from telchat.store.url import make_store
 from telchat.telnet.guard import Guards
 from telchat.telnet.internals import ChunkReader
@@ -139,7 +140,17 @@ class App:
         connections `carried` over from the previous image."""
         if carried is not None:
             self.store.take_up(carried.store)
-        await self.store.open(self.chat.deliver)
+        # A store taken up reads on where the previous image stopped: what it delivers before
+        # the carried sessions are adopted waits for them (their lines from other nodes).
+        early: list[Event] | None = [] if carried is not None else None
+
+        def deliver(event: Event) -> None:
+            if early is None:
+                self.chat.deliver(event)
+            else:
+                early.append(event)
+
+        await self.store.open(deliver if carried is not None else self.chat.deliver)
         await self.services.moderation.load()
         await self.services.mailbox.load()
         self.services.continuity.start()
@@ -147,6 +158,9 @@ class App:
         await self._open_doors(carried.listeners if carried is not None else {})
         if carried is not None:
             await self._adopt(carried)
+        for event in early or ():
+            self.chat.deliver(event)
+        early = None
         self.status.port, self.status.tls_port = self.port, self.tls_port
         # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]

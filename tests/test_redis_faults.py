@@ -15,7 +15,7 @@ import pytest
 
 from telchat.rules import replies
 from telchat.store.events import notice
-from telchat.store.redis import BUS_VERSION, RedisStore
+from telchat.store.redis import BUS_VERSION, PROBE_SECONDS, QUIET_SECONDS, RECONNECT_SECONDS, RedisStore
 from tests.clients import RawClient
 from tests.conftest import running
 from tests.procs import ServerProcess, run_server
@@ -68,6 +68,13 @@ async def eventually(holds: Callable[[], bool], timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.05)
     assert holds()
+
+
+async def up_for(redis: RedisServer, seconds: float) -> None:
+    """Until redis-server has run `seconds`: before that, a node with no connection may be a
+    live one still reconnecting after a Redis restart, and is not declared dead."""
+    uptime = redis.client().info("server")["uptime_in_seconds"]
+    await asyncio.sleep(max(0.0, seconds - uptime + 1))  # whole seconds, rounded down
 
 
 def logged(node: ServerProcess) -> set[str]:
@@ -343,3 +350,29 @@ async def test_a_stalled_redis_gives_a_store_error_line(
     await joiner.join("nowhere", "joiner")
     node.wait_for(lambda r: r["event"] == "store_error" and r.get("during") == "command", "store_error")
     assert "command_failed" not in logged(node)
+
+
+async def test_a_node_handing_over_to_its_next_image_is_not_declared_dead(redis: RedisServer) -> None:
+    """An upgrade in place (`drain`, then exec) leaves the node without a connection to
+    Redis for a moment: it is not dead, and keeps its nicks, until the mark runs out."""
+    old, rival = RedisStore(redis.url, node_ttl=60), RedisStore(redis.url, node_ttl=60)
+    await old.open(lambda event: None)
+    await rival.open(lambda event: None)
+    try:
+        assert await old.claim_nick("alice", "alice")
+        await old.drain(1.0)
+        # The exec: this image's connections close, and nothing else of it runs.
+        old._closing = True
+        for task in old._tasks:
+            task.cancel()
+        await asyncio.gather(*old._tasks, return_exceptions=True)
+        await old._redis.aclose()
+        await up_for(redis, RECONNECT_SECONDS)
+        await asyncio.sleep(QUIET_SECONDS + 1)  # its last heartbeat does not count any more
+        assert not await rival.claim_nick("alice", "alice")
+        # Without the mark (the upgrade never finished), the node is dead at the next probe.
+        redis.client().delete(f"telchat:handover:{old.node}")
+        await asyncio.sleep(PROBE_SECONDS)
+        assert await rival.claim_nick("alice", "alice")
+    finally:
+        await rival.close()

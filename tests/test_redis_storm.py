@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from telchat.rules import replies
+from telchat.store.redis import RECONNECT_SECONDS
 from tests.clients import RawClient
 from tests.procs import ServerProcess
-from tests.redis_server import RedisServer
-from tests.test_redis_faults import eventually
+from tests.redis_server import RedisServer, login
+from tests.test_redis_faults import eventually, up_for
 
 USERS = 240
 ROOMS = 24
@@ -103,3 +104,44 @@ async def test_users_of_a_killed_node_are_back_on_the_other_within_seconds(
     assert not admin.exists(f"telchat:node:{dead}")
     # Those already back were not announced as lost.
     assert two.wait_event("redis_node_lost")["users"] == USERS
+
+
+async def test_a_killed_node_is_proven_dead_by_the_first_logins_after_it(
+    redis: RedisServer, clients: list[RawClient]
+) -> None:
+    """Its nicks are free as soon as a claim finds it without a connection to Redis, not a
+    heartbeat interval (here 20 s) after its last heartbeat, nor at its --node-ttl."""
+    one, two = (ServerProcess(f"--store={redis.url}", "--node-ttl=60", "--flood-rate=0") for _ in range(2))
+    try:
+        await login(clients, one, "alice", "r")
+        await up_for(redis, RECONNECT_SECONDS)
+        one.proc.send_signal(signal.SIGKILL)
+        one.proc.wait()
+        again = await RawClient.connect(two.port)
+        clients.append(again)
+        answers = []
+        for _ in range(20):  # a person retrying for 5 s
+            await again.send("login alice")
+            answers.append(await again.read_line())
+            if answers[-1] == "*** User change nick anonymous --> alice":
+                break
+            await asyncio.sleep(0.25)
+        assert answers[-1] == "*** User change nick anonymous --> alice", answers
+        assert two.wait_event("redis_node_dead")["node"] == one.wait_event("redis_open")["node"]
+    finally:
+        one.kill()
+        two.kill()
+
+
+async def test_a_storm_of_logins_shares_a_few_redis_connections(redis: RedisServer, clients: list[RawClient]) -> None:
+    """The reads and claims of logins arriving together go out on one pipeline per loop
+    turn, not each on a connection of its own from the pool (64)."""
+    node = ServerProcess(f"--store={redis.url}", "--node-ttl=60", "--flood-rate=0")
+    try:
+        admin = redis.client()
+        before = admin.info("stats")["total_connections_received"]
+        await asyncio.gather(*(login(clients, node, nick(i), room(i)) for i in range(USERS)))
+        opened = admin.info("stats")["total_connections_received"] - before
+        assert opened <= 16, opened
+    finally:
+        node.kill()

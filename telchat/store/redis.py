@@ -77,6 +77,14 @@ CHUNK = 1000
 ROOMS_LISTED = 1000
 # How long a login attempt being verified counts, at most (its node may die meanwhile).
 ATTEMPT_SECONDS = 30
+# A node with no connection to Redis is dead (`_proven_dead`) unless it beat this recently,
+# or Redis itself started this recently: a live node's reader reconnects within RETRY_MAX.
+QUIET_SECONDS = 1.0
+RECONNECT_SECONDS = RETRY_MAX + 1.0
+# How often one node's liveness may be probed, at most (one CLIENT LIST each).
+PROBE_SECONDS = 0.25
+# Pipelines of the commands sessions wait for (`_batched`) in flight at once, at most.
+PIPELINES = 4
 # Connections to Redis per node: the reader's blocking read, the writer, the heartbeat and
 # janitor, and the commands in flight.
 POOL_CONNECTIONS = 64
@@ -112,31 +120,39 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return {1, ''}
 """
-# Declare a node dead (delete its node key) unless it beat within the grace seconds.
-# KEYS: node key, beats hash; ARGV: node, grace. Returns 1 when declared.
+# Declare a node dead (delete its node key) unless it is handing over to its next image
+# (`drain`) or beat within the grace seconds.
+# KEYS: node key, beats hash, handover key; ARGV: node, grace. Returns 1 when declared.
 DECLARE_DEAD_LUA = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local beat = redis.call('HGET', KEYS[2], ARGV[1])
 if not beat or tonumber(redis.call('TIME')[1]) - tonumber(beat) < tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
-# KEYS: node key, nodes set, beats hash, then pairs (nick or look key, the node's set of them)
-# ARGV: node, version, node ttl, nick ttl, then each pair's bare key
+# KEYS: node key, nodes set, beats hash
+# ARGV: node, version, node ttl, nick ttl, key prefix, then pairs (kind: nick or look, bare key)
+# The claim keys and the node's sets of them are named in the script, from the prefix (as in
+# BURY_LUA; single-instance Redis): with thousands of nicks, naming each in Python was most
+# of a heartbeat's cost.
 # Returns: whether the node key existed, and the positions (from 1) of the pairs whose key
 # another node owns now.
 HEARTBEAT_LUA = """
+local node, prefix = ARGV[1], ARGV[5]
 local alive = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], redis.call('TIME')[1])
+redis.call('SADD', KEYS[2], node)
+redis.call('HSET', KEYS[3], node, redis.call('TIME')[1])
 local lost = {}
 local pair = 0
-for i = 4, #KEYS, 2 do
+for i = 6, #ARGV, 2 do
   pair = pair + 1
-  local owner = redis.call('GET', KEYS[i])
-  if owner == ARGV[1] or not owner then
-    redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
-    redis.call('SADD', KEYS[i + 1], ARGV[4 + pair])
+  local kind, bare = ARGV[i], ARGV[i + 1]
+  local key = prefix .. kind .. ':' .. bare
+  local owner = redis.call('GET', key)
+  if owner == node or not owner then
+    redis.call('SET', key, node, 'EX', ARGV[4])
+    redis.call('SADD', prefix .. kind .. 's:' .. node, bare)
   else
     lost[#lost + 1] = pair
   end
@@ -226,6 +242,12 @@ end
 return out
 """
 
+# A room's shown name: the first one given, kept. KEYS: roomnames hash; ARGV: room, name
+ROOM_NAME_LUA = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
 # A mailbox: a list of JSON items and a hash of how many each sender has in it.
 # KEYS: list, sender counts; ARGV: item json, box max, sender, sender max
 # Returns: 0 stored, 1 box full, 2 sender's share full.
@@ -239,6 +261,8 @@ return 0
 POSTED: tuple[Posted, ...] = ("ok", "box_full", "sender_full")
 
 Op = Callable[[Any], Awaitable[Any]]
+# Puts one command on a pipeline.
+Add = Callable[[Any], object]
 
 
 def _key(*parts: str) -> str:
@@ -363,6 +387,9 @@ class RedisStore(Store):
         self._names: dict[str, str] = {}
         self._foreign_versions: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Commands asked for this loop turn (`_batched`), and the pipelines answering them.
+        self._asked: list[tuple[Add, asyncio.Future[Any]]] = []
+        self._answering: set[asyncio.Task[None]] = set()
         self._closing = False
         # Why a background task stopped; the store is then unhealthy.
         self._broken: str | None = None
@@ -403,6 +430,9 @@ class RedisStore(Store):
         # A node taken up from the previous image reads on where that image stopped.
         self._last_bus_id = self._carried_bus_id or (last[0][0] if last else "0-0")
         await self._heartbeat_once()
+        if self._carried_bus_id is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(_key("handover", self.node))
         self._tasks = [
             self._start(self._writer(), "redis-writer"),
             self._start(self._reader(), "redis-reader"),
@@ -461,10 +491,12 @@ class RedisStore(Store):
     async def drain(self, within: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), within)
-        # A fresh heartbeat: while the image is replaced, this node has no connection to
-        # Redis, and must not look dead to other nodes (`_proven_dead`) meanwhile.
+        # A fresh heartbeat and a handover mark: while the image is replaced, this node has
+        # no connection to Redis, and must not look dead to other nodes (`_proven_dead`)
+        # meanwhile. The next image removes the mark once it is connected.
         with contextlib.suppress(RedisError, OSError):
             await self._beat()
+            await self._client().set(_key("handover", self.node), 1, ex=max(1, round(self.node_ttl)))
 
     def carry(self) -> dict[str, Any]:
         return {
@@ -517,6 +549,58 @@ class RedisStore(Store):
             return await op(self._client())
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis {what} failed: {exc}") from exc
+
+    async def _one(self, what: str, add: Add) -> Any:
+        """The reply to the one command `add` puts on a pipeline (`_batched`), or StoreError."""
+        try:
+            return await self._batched(add)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis {what} failed: {exc}") from exc
+
+    def _batched(self, add: Add) -> asyncio.Future[Any]:
+        """The reply to the one command `add` puts on a pipeline. The commands asked for in one
+        loop turn share one pipeline: a storm of logins asks for thousands a second, and
+        each on its own would pay a connection from the pool and a round trip."""
+        future = asyncio.get_running_loop().create_future()
+        self._asked.append((add, future))
+        if len(self._asked) == 1:
+            future.get_loop().call_soon(self._send_asked)
+        return future
+
+    def _send_asked(self) -> None:
+        # With PIPELINES in flight, what is asked meanwhile waits for the first to answer, and
+        # goes with it: under load the pipelines grow instead of the connections in use.
+        if not self._asked or len(self._answering) >= PIPELINES:
+            return
+        asked, self._asked = self._asked, []
+        task = asyncio.ensure_future(self._answer(asked))
+        self._answering.add(task)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answering.discard(task)
+        self._send_asked()
+
+    async def _answer(self, asked: list[tuple[Add, asyncio.Future[Any]]]) -> None:
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            for add, _ in asked:
+                add(pipe)
+            # A command's own error (a bad key type, a refused write) is its asker's alone.
+            answers = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for _, future in asked:
+                future.cancel()
+            raise
+        except Exception as exc:
+            answers = [exc] * len(asked)
+        for (_, future), reply in zip(asked, answers, strict=True):
+            if future.done():
+                continue  # its asker gave up (a closed session)
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
     # publishing: one ordered queue, one writer
 
@@ -650,13 +734,13 @@ class RedisStore(Store):
     async def recent(self, room: str, limit: int) -> list[Event]:
         if limit <= 0:
             return []
-        entries = await self._call("history read", lambda client: client.xrevrange(_key("h", room), count=limit))
+        entries = await self._one("history read", lambda pipe: pipe.xrevrange(_key("h", room), count=limit))
         return self._history(reversed(entries))
 
     async def after(self, room: str, entry_id: EntryId) -> list[Event]:
         # Stream ids are the history ids: an exclusive range reads only what is newer.
         start = f"({entry_id[0]}-{entry_id[1]}" if entry_id != ev.NO_ID else "-"
-        entries = await self._call("history read", lambda client: client.xrange(_key("h", room), min=start))
+        entries = await self._one("history read", lambda pipe: pipe.xrange(_key("h", room), min=start))
         return self._history(entries)
 
     async def history_rooms(self) -> list[str]:
@@ -712,36 +796,41 @@ class RedisStore(Store):
     async def _claim(self, key: str, look: str) -> str:
         """Claim nick `key` and its `look` in one script; "" if claimed, else the live node
         that holds one of them (or a nick that reads like it)."""
-        claimed, owner = await self._client().eval(
-            CLAIM_LUA,
-            4,
-            _key("nick", key),
-            _key("look", look),
-            _key("look", key),
-            _key("nick", look),
-            self.node,
-            self.nick_ttl,
-            _key("node", ""),
-        )
+        keys = (_key("nick", key), _key("look", look), _key("look", key), _key("nick", look))
+        args = (self.node, self.nick_ttl, _key("node", ""))
+        claimed, owner = await self._batched(lambda pipe: pipe.eval(CLAIM_LUA, len(keys), *keys, *args))
         return "" if claimed else str(owner)
 
     async def _proven_dead(self, node: str) -> bool:
         """Whether `node`, whose liveness key has not expired yet, is dead all the same: it
-        has no connection to Redis (a killed process's are closed at once) and has not
-        beaten for a heartbeat interval (a live node reconnecting after a Redis restart
-        beats within one). Then its key is deleted, as its expiry would, and it is buried
-        now instead of `--node-ttl` later. Probed at most once a second per node."""
+        has no connection to Redis (a killed process's are closed at once), is not handing
+        over to its next image (`drain`), and has not beaten for QUIET_SECONDS, with Redis up
+        for RECONNECT_SECONDS (after a Redis restart, live nodes are back within that). Where
+        INFO is not allowed, it must not have beaten for a heartbeat interval instead (a live
+        node reconnecting after a Redis restart beats within one). Then its key is deleted,
+        as its expiry would, and it is buried now instead of `--node-ttl` later. Probed at
+        most every PROBE_SECONDS per node."""
         now = asyncio.get_running_loop().time()
-        if now - self._probed.get(node, -1.0) < 1.0:
+        if now - self._probed.get(node, -PROBE_SECONDS) < PROBE_SECONDS:
             return False
         self._probed[node] = now
         client = self._client()
-        try:
-            if any(c.get("name") == _client_name(node) for c in await client.client_list()):
-                return False
-        except RedisError:
+        pipe = client.pipeline(transaction=False)
+        pipe.client_list()
+        pipe.info("server")
+        connections, info = await pipe.execute(raise_on_error=False)
+        if isinstance(connections, RedisError):
             return False  # CLIENT LIST not allowed: wait for the key to expire
-        if not await client.eval(DECLARE_DEAD_LUA, 2, _key("node", node), _key("beats"), node, self.node_ttl / 3):
+        if any(c.get("name") == _client_name(node) for c in connections):
+            return False
+        if isinstance(info, RedisError):
+            grace = self.node_ttl / 3
+        elif int(info["uptime_in_seconds"]) < RECONNECT_SECONDS:
+            return False
+        else:
+            grace = min(QUIET_SECONDS, self.node_ttl / 3)
+        keys = (_key("node", node), _key("beats"), _key("handover", node))
+        if not await client.eval(DECLARE_DEAD_LUA, len(keys), *keys, node, grace):
             return False
         log.warning("redis_node_dead", node=node, by=self.node)
         self._janitor_wake.set()
@@ -801,46 +890,40 @@ class RedisStore(Store):
             log.exception("nick_lost_failed", nick_key=key)
 
     async def room_name(self, key: str, name: str) -> str:
-        async def run(client: Any) -> str:
-            pipe = client.pipeline(transaction=True)
-            pipe.hsetnx(_key("roomnames"), key, name)
-            pipe.hget(_key("roomnames"), key)
-            _, shown = await pipe.execute()
-            return str(shown)
-
-        return str(await self._call("room name", run))
+        keys = (_key("roomnames"),)
+        return str(await self._one("room name", lambda pipe: pipe.eval(ROOM_NAME_LUA, 1, *keys, key, name)))
 
     async def remote_nick(self, key: str) -> bool:
-        owner = await self._call("nick lookup", lambda client: client.get(_key("nick", key)))
+        owner = await self._one("nick lookup", lambda pipe: pipe.get(_key("nick", key)))
         return owner is not None and owner != self.node
 
     # records and failure counters
 
     async def get_record(self, kind: str, key: str) -> Record | None:
-        data = await self._call("record read", lambda client: client.hget(_key("rec", kind), key))
+        data = await self._one("record read", lambda pipe: pipe.hget(_key("rec", kind), key))
         return decode_record(data) if data is not None else None
 
     async def put_record(self, kind: str, key: str, record: Record | None) -> None:
         if record is None:
-            await self._call("record write", lambda client: client.hdel(_key("rec", kind), key))
+            await self._one("record write", lambda pipe: pipe.hdel(_key("rec", kind), key))
         else:
             data = encode_record(record)
-            await self._call("record write", lambda client: client.hset(_key("rec", kind), key, data))
+            await self._one("record write", lambda pipe: pipe.hset(_key("rec", kind), key, data))
 
     async def records(self, kind: str) -> dict[str, Record]:
-        table = await self._call("record read", lambda client: client.hgetall(_key("rec", kind)))
+        table = await self._one("record read", lambda pipe: pipe.hgetall(_key("rec", kind)))
         return {key: decode_record(data) for key, data in table.items()}
 
     async def add_mail(self, box: str, sender: str, item: Record, box_max: int, sender_max: int) -> Posted:
         data = encode_record({**item, "sender": sender})
         keys = (_key("mail", box), _key("mailfrom", box))
-        code = await self._call(
-            "mail write", lambda client: client.eval(MAIL_LUA, 2, *keys, data, box_max, sender, sender_max)
+        code = await self._one(
+            "mail write", lambda pipe: pipe.eval(MAIL_LUA, 2, *keys, data, box_max, sender, sender_max)
         )
         return POSTED[int(code)]
 
     async def mail_count(self, box: str) -> int:
-        return int(await self._call("mail read", lambda client: client.llen(_key("mail", box))))
+        return int(await self._one("mail read", lambda pipe: pipe.llen(_key("mail", box))))
 
     async def take_mail(self, box: str) -> list[Record]:
         async def run(client: Any) -> list[str]:
@@ -1000,15 +1083,15 @@ class RedisStore(Store):
         return [nick for field, nick in mapping.items() if not field.startswith(mine)]
 
     async def remote_members(self, room: str) -> list[str]:
-        return self._remote(await self._call("presence read", lambda client: client.hgetall(_key("members", room))))
+        return self._remote(await self._one("presence read", lambda pipe: pipe.hgetall(_key("members", room))))
 
     async def remote_online(self) -> list[str]:
-        return self._remote(await self._call("presence read", lambda client: client.hgetall(_key("online"))))
+        return self._remote(await self._one("presence read", lambda pipe: pipe.hgetall(_key("online"))))
 
     async def remote_rooms(self) -> dict[str, tuple[str, int]]:
-        flat = await self._call(
+        flat = await self._one(
             "room list",
-            lambda client: client.eval(
+            lambda pipe: pipe.eval(
                 ROOMS_LUA, 2, _key("rooms"), _key("roomnames"), f"{self.node}:", _key("members", ""), ROOMS_LISTED
             ),
         )
@@ -1035,16 +1118,16 @@ class RedisStore(Store):
         each; return whether the node key existed, and the positions of the lost ones."""
         existed, taken = await self._client().eval(
             HEARTBEAT_LUA,
-            3 + 2 * len(chunk),
+            3,
             _key("node", self.node),
             _key("nodes"),
             _key("beats"),
-            *(name for kind, bare, _ in chunk for name in (_key(kind, bare), _key(f"{kind}s", self.node))),
             self.node,
             BUS_VERSION,
             max(1, round(self.node_ttl)),
             self.nick_ttl,
-            *(bare for _, bare, _ in chunk),
+            PREFIX,
+            *(part for kind, bare, _ in chunk for part in (kind, bare)),
         )
         return int(existed), list(taken)
 
