@@ -67,8 +67,9 @@ def _is_room_char(ch: str) -> bool:
     return _is_visible_letter(ch) or _is_ascii_digit(ch) or ch in "_-."
 
 
-# A login, a join and each message's mentions look the same few nicks up again and again.
-KEYS_CACHED = 16384
+# A login, a join and each message's mentions look the same few nicks up again and again,
+# within moments: the last few thousand keys (under 1 MB, both caches) serve a storm of logins.
+KEYS_CACHED = 2048
 
 
 @lru_cache(maxsize=KEYS_CACHED)
