@@ -108,10 +108,17 @@ UPGRADE_SETTLE = 1.0
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc (fields 14 and 15 of stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    parts = stat[stat.rindex(")") + 2 :].split()
-    return (int(parts[11]) + int(parts[12])) / TICKS
+    """CPU time of a process's threads, from /proc/PID/task/*/schedstat (nanoseconds): stat's
+    user and system times count 10 ms ticks, and a small run can read 0 there. A thread that
+    has exited is not counted; the servers' threads (the store's worker, the hashers) live
+    as long as they do."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from telchat.chat.outbox import Broadcast, Flusher, Outbox, encode_line
-from telchat.chat.rooms import Chat, ChatError, User
+from telchat.chat.rooms import LINGER_AUDIENCE, Chat, ChatError, User
 from telchat.store.base import MemoryStore
-from telchat.store.events import message
+from telchat.store.events import message, notice
 from telchat.store.sqlite import SqliteStore
 
 
@@ -259,3 +259,42 @@ async def test_broadcast_follows_membership_after_reset() -> None:
     flusher.flush()
     assert (received(sink_a), received(sink_b), received(sink_c)) == (["1", "2", "3"], ["1", "2"], ["3"])
     assert sink_a.writes == [b"1\r\n2\r\n3\r\n"]
+
+
+async def test_lingering_notices_share_one_write_and_keep_their_order() -> None:
+    flusher = Flusher()
+    user, sink = make_user(1, flusher)
+    for n in range(3):
+        user.outbox.push(f"notice {n}\r\n".encode(), linger=True)
+        await asyncio.sleep(0)
+    assert sink.writes == []  # lingering: not written at the turn's end
+    await asyncio.sleep(0.3)
+    assert sink.writes == [b"notice 0\r\nnotice 1\r\nnotice 2\r\n"]
+    # Something urgent behind a lingering notice takes it along, in order, this turn.
+    user.outbox.push(b"notice 3\r\n", linger=True)
+    user.outbox.push(b"a message\r\n")
+    await asyncio.sleep(0)
+    assert sink.writes[1:] == [b"notice 3\r\na message\r\n"]
+    await asyncio.sleep(0.3)
+    assert len(sink.writes) == 2
+
+
+async def test_a_big_rooms_notice_lingers_but_not_for_whom_it_is_about() -> None:
+    flusher = Flusher()
+    chat = await open_chat()
+    users = [make_user(i, flusher) for i in range(LINGER_AUDIENCE + 1)]
+    for i, (user, _) in enumerate(users):
+        chat.connect(user)
+        await chat.set_nick(user, f"u{i}")
+        await chat.join(user, "big")
+    await asyncio.sleep(0.3)
+    for _, sink in users:
+        sink.writes.clear()
+    # As a store delivers a join notice in a later turn than the join (Redis).
+    chat.deliver(notice("*** User u0 joined room #big", rooms=("big",), nick="u0"))
+    await asyncio.sleep(0)
+    (_, subject_sink), *others = users
+    assert subject_sink.writes == [b"*** User u0 joined room #big\r\n"]
+    assert all(not sink.writes for _, sink in others)
+    await asyncio.sleep(0.3)
+    assert all(sink.writes == [b"*** User u0 joined room #big\r\n"] for _, sink in others)

@@ -25,6 +25,8 @@ from telchat.rules.charsets import c1_safe
 log = get_logger(__name__)
 
 CRLF = "\r\n"
+# How long a notice may wait to share a write with later ones (`Flusher.linger`).
+NOTICE_LINGER = 0.25
 
 
 class Sink(Protocol):
@@ -56,13 +58,15 @@ class Flusher:
     so the lines it then delivers are written at once, not one loop turn later (a turn
     more in the pipeline means smaller batches under load, and more latency)."""
 
-    __slots__ = ("_before", "_dirty", "_loop", "_scheduled")
+    __slots__ = ("_before", "_dirty", "_lingering", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
         self._dirty: list[Outbox] = []
         self._before: list[Callable[[], None]] = []
         self._scheduled = False
+        # Outboxes holding only lingering notices, written together NOTICE_LINGER after the first.
+        self._lingering: list[Outbox] = []
 
     def before_flush(self, hook: Callable[[], None]) -> None:
         self._before.append(hook)
@@ -78,6 +82,17 @@ class Flusher:
         if not self._scheduled:
             self.schedule()
 
+    def linger(self, outbox: Outbox) -> None:
+        """Write `outbox` within NOTICE_LINGER, unless something urgent writes it first."""
+        if not self._lingering:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_later(NOTICE_LINGER, self._write_lingering)
+        self._lingering.append(outbox)
+
+    def _write_lingering(self) -> None:
+        lingering, self._lingering = self._lingering, []
+        self._write_each(lingering)
+
     def flush(self) -> None:
         # Reset first: what the hooks publish in turn (an away notice answering a message)
         # needs a flush of its own, next turn; what they deliver is written below.
@@ -90,6 +105,10 @@ class Flusher:
 
     def _write(self) -> None:
         dirty, self._dirty = self._dirty, []
+        self._write_each(dirty)
+
+    @staticmethod
+    def _write_each(dirty: list[Outbox]) -> None:
         for outbox in dirty:
             try:
                 outbox.flush()
@@ -125,7 +144,18 @@ class Batch:
 
 
 class Outbox:
-    __slots__ = ("_batch", "_chunks", "_flusher", "_limit", "_on_overflow", "_sink", "_written", "bytes_out", "closed")
+    __slots__ = (
+        "_batch",
+        "_chunks",
+        "_flusher",
+        "_limit",
+        "_lingers",
+        "_on_overflow",
+        "_sink",
+        "_written",
+        "bytes_out",
+        "closed",
+    )
 
     def __init__(self, sink: Sink, flusher: Flusher, limit: int, on_overflow: Callable[[], None]) -> None:
         self._sink = sink
@@ -139,17 +169,29 @@ class Outbox:
         self._written: list[asyncio.Future[bool]] | None = None
         self.bytes_out = 0
         self.closed = False
+        # What is queued may wait (`Flusher.linger`): lingering notices only.
+        self._lingers = False
 
     @property
     def queued(self) -> int:
         return sum(map(len, self._chunks)) + self._sink.buffered()
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes, linger: bool = False) -> None:
+        """Queue `data`, written at the end of this loop turn; with `linger` (a notice), within
+        NOTICE_LINGER, with whatever else is queued by then. Anything urgent queued behind a
+        lingering notice takes it along at the turn's end: the order never changes."""
         if self.closed:
             return
         if self._batch is not None:
             self._unshare()
         elif not self._chunks:
+            self._lingers = linger
+            if linger:
+                self._flusher.linger(self)
+            else:
+                self._flusher.mark(self)
+        elif self._lingers and not linger:
+            self._lingers = False
             self._flusher.mark(self)
         self._chunks.append(data)
 
@@ -202,6 +244,7 @@ class Outbox:
             chunks = self._chunks
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
+        self._lingers = False
         self.bytes_out += len(data)
         buffered = self._sink.write(data)
         if self._written is not None:
@@ -287,8 +330,9 @@ class Broadcast:
             self.reset()
 
 
-def fan_out(text: str, recipients: Iterable[Recipient]) -> int:
-    """Queue `text` on every recipient, encoding it once per charset; return the count."""
+def fan_out(text: str, recipients: Iterable[Recipient], linger: bool = False) -> int:
+    """Queue `text` on every recipient, encoding it once per charset (with `linger`, as a
+    notice that may wait: `Outbox.push`); return the count."""
     encoded: dict[str, bytes] = {}
     count = 0
     for recipient in recipients:
@@ -296,7 +340,7 @@ def fan_out(text: str, recipients: Iterable[Recipient]) -> int:
         data = encoded.get(charset)
         if data is None:
             data = encoded[charset] = encode_line(text, charset)
-        recipient.outbox.push(data)
+        recipient.outbox.push(data, linger)
         count += 1
     return count
 

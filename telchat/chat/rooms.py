@@ -51,6 +51,8 @@ def _no_hangup(message: str) -> None:
     return None
 
 
+# A notice to more members than this may linger (outbox.NOTICE_LINGER) to share a write.
+LINGER_AUDIENCE = 50
 # Control events: a session of an account joined or left a room; its sessions on every node follow.
 ACCOUNT_JOIN: Final = "account_join"
 ACCOUNT_LEAVE: Final = "account_leave"
@@ -587,7 +589,7 @@ class Chat:
         if quiet:
             user.send(joined)  # the account was here already: only this session sees it come
         else:
-            self.store.publish(events.notice(joined, rooms=(room.key,)))
+            self.store.publish(events.notice(joined, rooms=(room.key,), nick=user.nick))
         _membership_changed(user, room)
         for moved in self.moved:
             moved(user)
@@ -768,14 +770,24 @@ class Chat:
                 audience.update(room.members)
                 for held in room.pending.values():
                     held.append((NO_ID, event.text))
-        if event.target:
-            audience.update(dict.fromkeys(self.sessions_of(event.target)))
-        self._fan_out(event.text, audience)
+        # Whom it is addressed to, or about (a joiner: its join is its answer).
+        subject = dict.fromkeys(self.sessions_of(event.target)) if event.target else {}
+        if event.nick:
+            subject.update((user, None) for user in audience if user.nick == event.nick)
+        if len(audience) <= LINGER_AUDIENCE:
+            audience.update(subject)
+            self._fan_out(event.text, audience)
+            return
+        # A big room's joins and quits come in storms: each may wait a moment to share a
+        # write with the next (one write per notice was most of a storm's cost); its
+        # subject gets it at once.
+        self._fan_out(event.text, subject)
+        self._fan_out(event.text, [user for user in audience if user not in subject], linger=True)
 
-    def _fan_out(self, text: str, recipients: Iterable[User]) -> None:
+    def _fan_out(self, text: str, recipients: Iterable[User], linger: bool = False) -> None:
         """fan_out, except that users with personal formatting get their own rendering."""
         if not self.special:
-            fan_out(text, recipients)
+            fan_out(text, recipients, linger)
             return
         common: list[User] = []
         for user in recipients:
@@ -783,7 +795,7 @@ class Chat:
                 user.send(text)
             else:
                 common.append(user)
-        fan_out(text, common)
+        fan_out(text, common, linger)
 
     def _deliver_room(self, room: Room, event: Event, text: str) -> None:
         entry_id = event.id

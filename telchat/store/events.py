@@ -69,8 +69,11 @@ def message(kind: MessageKind, room: str, room_name: str, nick: str, text: str) 
     return Event(kind, text, room=room, room_name=room_name, nick=nick)
 
 
-def notice(text: str, *, rooms: tuple[str, ...] = (), target: str = "", everyone: bool = False) -> Event:
-    return Event(NOTICE, text, rooms=rooms, target=target, everyone=everyone)
+def notice(
+    text: str, *, rooms: tuple[str, ...] = (), target: str = "", everyone: bool = False, nick: str = ""
+) -> Event:
+    """A `***` line for rooms (or `target`'s sessions, or everyone); `nick`: whom it is about."""
+    return Event(NOTICE, text, nick=nick, rooms=rooms, target=target, everyone=everyone)
 
 
 def private(sender: str, target_key: str, text: str) -> Event:
