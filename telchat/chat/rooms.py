@@ -515,10 +515,8 @@ class Chat:
     async def _follow(self, peer: User, name: str) -> None:
         """One more session of an account joins the room another one joined (they share
         their rooms): shown its history and told, it stays in its own current room."""
-        key = room_key(name)
-        pending = self.rooms.get(key)
-        if key in peer.rooms or (pending is not None and peer in pending.pending):
-            return
+        if room_key(name) in peer.rooms:
+            return  # `_join` would make it the current room
         current = peer.current
         joined = None
         with contextlib.suppress(ChatError):  # its room limit: it has the rooms the other has
@@ -770,17 +768,16 @@ class Chat:
                 audience.update(room.members)
                 for held in room.pending.values():
                     held.append((NO_ID, event.text))
-        # Whom it is addressed to, or about (a joiner: its join is its answer).
-        subject = dict.fromkeys(self.sessions_of(event.target)) if event.target else {}
-        if event.nick:
-            subject.update((user, None) for user in audience if user.nick == event.nick)
+        addressed = self.sessions_of(event.target) if event.target else []
         if len(audience) <= LINGER_AUDIENCE:
-            audience.update(subject)
+            audience.update(dict.fromkeys(addressed))
             self._fan_out(event.text, audience)
             return
         # A big room's joins and quits come in storms: each may wait a moment to share a
-        # write with the next (one write per notice was most of a storm's cost); its
-        # subject gets it at once.
+        # write with the next (one write per notice was most of a storm's cost). Whom it
+        # is addressed to, or about (a joiner: its join is its answer), gets it at once.
+        about = [user for user in self.sessions_of(nick_key(event.nick)) if user in audience] if event.nick else []
+        subject = dict.fromkeys([*addressed, *about])
         self._fan_out(event.text, subject)
         self._fan_out(event.text, [user for user in audience if user not in subject], linger=True)
 
