@@ -15,7 +15,14 @@ import pytest
 
 from telchat.rules import replies
 from telchat.store.events import notice
-from telchat.store.redis import BUS_VERSION, PROBE_SECONDS, QUIET_SECONDS, RECONNECT_SECONDS, RedisStore
+from telchat.store.redis import (
+    BUS_VERSION,
+    PROBE_SECONDS,
+    QUIET_SECONDS,
+    RECONNECT_SECONDS,
+    RETRY_MAX,
+    RedisStore,
+)
 from tests.clients import RawClient
 from tests.conftest import running
 from tests.procs import ServerProcess, run_server
@@ -179,6 +186,23 @@ async def test_redis_restart_without_persistence_keeps_nicks_unique(
     await alice.drain()
     await bob.send("/msg alice still here?")
     assert (await alice.read_until("*bob*>"))[-1] == "*bob*> still here?"
+
+
+async def test_the_first_command_after_a_redis_restart_is_answered(redis: RedisServer) -> None:
+    """A pooled connection that Redis closed on its restart is reconnected and the command
+    retried once: the user's line is answered, not refused as a store error."""
+    store = RedisStore(redis.url, node_ttl=60)  # heartbeats 20 s apart: none in between
+    await store.open(lambda event: None)
+    try:
+        await store.put_record("account", "alice", {"nick": "alice"})
+        await asyncio.to_thread(redis.restart)
+        # The reader (its own pooled connection) is back in its blocking read by then; the
+        # connection the command gets is the one the restart closed.
+        await asyncio.sleep(RETRY_MAX + 0.5)
+        assert await store.get_record("account", "alice") == {"nick": "alice"}
+        assert await store.mail_count("alice") == 0
+    finally:
+        await store.close()
 
 
 async def test_refused_nick_claim_leaves_no_stuck_nick(

@@ -40,9 +40,10 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from telchat.obs.logs import get_logger
 from telchat.rules import replies
@@ -409,8 +410,10 @@ class RedisStore(Store):
             timeout=self.timeout,
             socket_connect_timeout=3,
             socket_timeout=self.timeout,
-            # One retry: a reconnect after a Redis restart, not minutes on a stalled one.
-            retry=Retry(ExponentialWithJitterBackoff(base=RETRY_MIN, cap=RETRY_MAX), 1),
+            # One retry, on a lost connection only: a pooled connection that a Redis restart
+            # closed reconnects, and a stalled Redis is not waited for twice. The asyncio
+            # Retry: the synchronous one "retries" the making of a coroutine, never its failure.
+            retry=Retry(ExponentialWithJitterBackoff(base=RETRY_MIN, cap=RETRY_MAX), 1, (ConnectionLost,)),
             health_check_interval=10,
             decode_responses=True,
             # How other nodes tell that this process is gone: Redis drops its connections.
