@@ -22,7 +22,6 @@ from telchat.config import Config
 from telchat.features.services import make_services
 from telchat.obs.limits import EndReason
 from telchat.obs.logs import get_logger
-from telchat.obs.metrics import MetricsServer
 from telchat.obs.telemetry import Telemetry
 from telchat.rules import replies
 from telchat.session import commands
@@ -41,13 +40,13 @@ from telchat.telnet.protocol import (
     make_shell,
     negotiated_charset,
     open_fd,
-    peer_of,
     protocol_factory,
     pump,
 )
 from telchat.telnet.tls import TlsAcceptor, server_context
 
 if TYPE_CHECKING:
+    from telchat.obs.metrics import MetricsServer
     from telchat.ssh.door import SshDoor
     from telchat.web.door import WebDoor
 
@@ -103,7 +102,7 @@ class App:
             max_rooms_per_user=config.max_rooms_per_user,
             telemetry=self.telemetry,
         )
-        self.metrics = MetricsServer(self)
+        self.metrics: MetricsServer | None = None
         self.metrics_port: int | None = None
         self._terminals: dict[Session, Terminal] = {}
         # Every connection, negotiating or not (an upgrade carries them all).
@@ -176,6 +175,11 @@ class App:
             backlog=self.backlog,
         )
         if config.metrics_port is not None:
+            # Imported only when used: prometheus_client takes some 40 ms to import, which
+            # every start pays, and every upgrade in place within its pause.
+            from telchat.obs.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self)
             self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port, self.backlog)
 
     def _factory(self, door: Door) -> Callable[[], ChatTelnetServer]:
@@ -279,14 +283,14 @@ class App:
         carried = protocol.carried if protocol.carried is not None and "session" in protocol.carried else None
         protocol.carried = None
         charset = str(carried["session"]["charset"]) if carried is not None else negotiated_charset(protocol)
-        peer = peer_of(transport)
+        peer = protocol.peer
         refusal = self.services.moderation.refusal(host_of(peer))
         if refusal is not None:
             self.telemetry.limit("banned_address", conn_id=protocol.conn_id, peer=peer)
             transport.write(encode_line(refusal, charset))
             transport.close()
             return
-        terminal = Terminal(protocol, self.config, self.status)
+        terminal = Terminal(protocol, self.config, self.status, carried["terminal"] if carried is not None else None)
         if carried is None:
             log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
         session = Session(
@@ -366,7 +370,8 @@ class App:
         if self._stopping:
             return
         self._stopping = True
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         started = time.monotonic()
         for server in (self._server, self._tls_server):
             if server is not None:

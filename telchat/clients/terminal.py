@@ -30,7 +30,7 @@ from telchat.rules.lines import Oversize
 from telchat.session.session import Session
 from telchat.telnet.internals import LeanTelnetWriter
 from telchat.telnet.liveness import Watchdog, set_user_timeout
-from telchat.telnet.protocol import ChatTelnetServer, client_class, input_hider
+from telchat.telnet.protocol import ChatTelnetServer, ClientClass, client_class, input_hider
 
 # TTYPEs that promise nothing about cursor movement: such clients stay in line mode.
 NO_CURSOR_TERMS = frozenset({"", "unknown", "dumb", "network"})
@@ -67,12 +67,22 @@ class Terminal:
         "term",
     )
 
-    def __init__(self, protocol: ChatTelnetServer, config: Config, status: mssp.ServerStatus) -> None:
+    def __init__(
+        self,
+        protocol: ChatTelnetServer,
+        config: Config,
+        status: mssp.ServerStatus,
+        carried: dict[str, Any] | None = None,
+    ) -> None:
         self._protocol = protocol
         self._writer = cast(LeanTelnetWriter, protocol.writer)
         self._config = config
         self._status = status
-        self.client_class = client_class(protocol)
+        # A terminal carried over an upgrade keeps the class its session began with (and
+        # skips telnetlib3's fingerprinting); an older image's record does not hold it.
+        self.client_class: ClientClass = (
+            carried["client_class"] if carried and "client_class" in carried else client_class(protocol)
+        )
         self.term = str(protocol.get_extra_info("TERM") or "")
         self.character_mode = self.client_class == "telnet" and self.term.lower() not in NO_CURSOR_TERMS
         self._editor = (
@@ -242,6 +252,7 @@ class Terminal:
             "gmcp": self._gmcp is not None,
             "undecoded": self._undecoded.decode("latin-1"),
             "prompt_room": self._prompt_room,
+            "client_class": self.client_class,
         }
 
     def attach(self, session: Session, carried: dict[str, Any] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from telchat.obs.limits import LimitKind
 from telchat.rules.addresses import group_of, parse_address
@@ -34,6 +35,9 @@ class Address:
     loopback: bool
 
 
+# Many connections share an address (NAT, a proxy, a TLS-terminating front, an upgrade
+# adopting them all at once): the last few thousand are parsed once each.
+@lru_cache(maxsize=4096)
 def address_of(host: str) -> Address:
     ip = parse_address(host)
     if ip is None:

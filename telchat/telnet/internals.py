@@ -161,12 +161,13 @@ def compact(instance: Any) -> None:
     the same value; a write makes it the instance's again), and rebuild its attribute dict
     at the size it then needs: a dict never shrinks by itself, and past 42 keys it takes
     1584 bytes, at most 42 832 (telnetlib3's writer has 47 and its protocol 41)."""
-    attributes = instance.__dict__
-    for name, value in type(instance).shared.items():
-        current = attributes.get(name, _ABSENT)
-        if current is value or (type(current) is type(value) and current == value):
-            del attributes[name]
-    instance.__dict__ = dict(attributes)
+    shared = type(instance).shared
+    instance.__dict__ = {
+        name: value
+        for name, value in instance.__dict__.items()
+        if (default := shared.get(name, _ABSENT)) is not value
+        and not (type(default) is type(value) and default == value)
+    }
 
 
 class OnFirstUse:

@@ -87,6 +87,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     carried: dict[str, Any] | None = None
     #: Where every byte to the client goes (set in connection_made).
     sink: TransportSink
+    #: The client's `host:port`, worked out once in connection_made (logs and limits read it often).
+    peer = "-"
     # asyncio's FlowControlMixin gives each connection an empty deque (760 bytes) for drain()
     # waiters; nothing here calls drain(), so normally it is never made.
     _drain_waiters = OnFirstUse(deque)
@@ -98,8 +100,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         carried = self.carried
         if carried is not None:
             self.conn_id = int(carried["conn_id"])
+        self.peer = peer = peer_of(transport)
         if self.guards is not None:
-            peer = peer_of(transport)
             if carried is None:
                 self.conn_id = self.guards.telemetry.next_conn_id()
             else:
@@ -121,7 +123,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         if self.guard is not None:
             self.guard.start()
         if carried is None:
-            log.info("connect", conn_id=self.conn_id, peer=peer_of(transport), transport=self.door)
+            log.info("connect", conn_id=self.conn_id, peer=peer, transport=self.door)
 
     def begin_negotiation(self) -> None:
         if self.carried is None:
@@ -146,7 +148,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
             log.warning(
                 "malformed_subnegotiation",
                 conn_id=self.conn_id,
-                peer=peer_of(self._transport),
+                peer=self.peer,
                 option=name_command(option) if option else "-",
                 error=repr(error),
                 note="logged once per connection",
@@ -465,9 +467,7 @@ def make_shell(run: SessionRunner) -> Shell:
         transport = writer.transport
         if protocol is None or transport is None:  # the client left during negotiation
             return
-        structlog.contextvars.bind_contextvars(
-            conn_id=protocol.conn_id, peer=peer_of(transport), transport=protocol.door
-        )
+        structlog.contextvars.bind_contextvars(conn_id=protocol.conn_id, peer=protocol.peer, transport=protocol.door)
         # Negotiation is over: what telnetlib3 set up for it and left as it was, the class holds.
         compact(protocol)
         compact(writer)
