@@ -80,9 +80,7 @@ class Terminal:
         self._status = status
         # A terminal carried over an upgrade keeps the class its session began with (and
         # skips telnetlib3's fingerprinting); an older image's record does not hold it.
-        self.client_class: ClientClass = (
-            carried["client_class"] if carried and "client_class" in carried else client_class(protocol)
-        )
+        self.client_class: ClientClass = (carried or {}).get("client_class") or client_class(protocol)
         self.term = str(protocol.get_extra_info("TERM") or "")
         self.character_mode = self.client_class == "telnet" and self.term.lower() not in NO_CURSOR_TERMS
         self._editor = (
