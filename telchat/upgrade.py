@@ -19,11 +19,14 @@ OpenSSL): they are told so and closed cleanly before the exec.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,12 @@ PAUSE_GRACE = 0.5
 UPGRADES_COUNTER = "upgrades"
 
 # The check: the new code, from where this image's code was imported, in a fresh interpreter.
-_CHECK = "import sys; sys.path.insert(0, sys.argv[1]); import telchat.upgrade as u; sys.exit(u.verify(sys.argv[2:]))"
+# It keeps the bytecode it compiles (see `bytecode_env`), even under PYTHONDONTWRITEBYTECODE.
+_CHECK = (
+    "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, sys.argv[1]);"
+    " import telchat.upgrade as u; sys.exit(u.verify(sys.argv[2:]))"
+)
+BYTECODE_ENV = "PYTHONPYCACHEPREFIX"
 _ROOT = str(Path(telchat.__file__).resolve().parent.parent)
 
 
@@ -223,7 +231,7 @@ async def check_new_code(state: dict[str, Any]) -> str | None:
     """Have the code on disk, in a child process, compile itself and read `state`: None
     if it says OK, else what went wrong."""
     fd = _memfd(state)
-    env = {key: value for key, value in os.environ.items() if key != HANDOVER_ENV}
+    env = {key: value for key, value in os.environ.items() if key != HANDOVER_ENV} | bytecode_env()
     env[CHECK_ENV] = str(fd)
     try:
         child = await asyncio.create_subprocess_exec(
@@ -252,6 +260,28 @@ async def check_new_code(state: dict[str, Any]) -> str | None:
     return " | ".join(said[-3:]) or f"the new code's check exited with {child.returncode}"
 
 
+def bytecode_env() -> dict[str, str]:
+    """Where the check leaves the new code's bytecode for the new image, as environment.
+
+    A process that writes no bytecode (PYTHONDONTWRITEBYTECODE, common in container images)
+    would have its new image compile every module again within the pause (some 200 ms):
+    the check, which has just compiled them, keeps them in a cache directory of this user's
+    own that the new image reads. A process that writes bytecode needs nothing: the check
+    writes it where this one would, next to the source or under its PYTHONPYCACHEPREFIX.
+    """
+    if not sys.dont_write_bytecode or sys.pycache_prefix is not None:
+        return {}
+    directory = Path(tempfile.gettempdir()) / f"telchat-bytecode-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    # Bytecode found there is run: only a directory of ours that no one else can write to.
+    found = directory.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
+        log.warning("upgrade_bytecode_uncached", directory=str(directory), reason="not a private directory")
+        return {}
+    return {BYTECODE_ENV: str(directory)}
+
+
 def check_code() -> str | None:
     """`check_new_code` for a process with no connections (the --workers parent)."""
     return asyncio.run(check_new_code({"version": STATE_VERSION}))
@@ -278,7 +308,7 @@ def execute(state: dict[str, Any]) -> None:
     fd = _memfd(state)
     for inherited in (fd, *state["listeners"].values(), *(record["fd"] for record in state["connections"])):
         os.set_inheritable(inherited, True)
-    env = {**os.environ, HANDOVER_ENV: str(fd)}
+    env = {**os.environ, HANDOVER_ENV: str(fd)} | bytecode_env()
     log.info("upgrade_exec", connections=len(state["connections"]))
     flush_logs()
     # An ignored signal stays ignored across exec: a SIGUSR2 before the new image handles

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -308,6 +309,38 @@ async def test_upgrade_twice_from_each_command_line(tmp_path: Path, entry: str) 
                 f"#ops:ann> after {round_}",
             ]
             previous = f"after {round_}"
+        await ann.close()
+    finally:
+        server.kill()
+
+
+def cached_bytecode(pid: int, source: Path) -> tuple[Path, Path]:
+    """The bytecode cache the process `pid` runs with, and where `source`'s bytecode is in it."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    prefix = Path(next(v for v in environ if v.startswith(b"PYTHONPYCACHEPREFIX=")).partition(b"=")[2].decode())
+    source = source.resolve()
+    return prefix, prefix / source.parent.relative_to("/") / f"{source.stem}.{sys.implementation.cache_tag}.pyc"
+
+
+async def test_a_server_writing_no_bytecode_gets_the_checks_bytecode(tmp_path: Path) -> None:
+    """Under PYTHONDONTWRITEBYTECODE the new image would compile every module within the
+    pause: it reads what the check compiled instead, from a private cache directory."""
+    tree = copied_tree(tmp_path)
+    server = ServerProcess(
+        command=[str(tree / "server.py")],
+        env={"PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": ""},
+    )
+    try:
+        ann = await member(server.port, "ann")
+        signalled = time.time()
+        server.proc.send_signal(signal.SIGUSR2)
+        server.wait_event("upgrade")
+        prefix, compiled = cached_bytecode(server.proc.pid, tree / "telchat" / "app.py")
+        assert prefix.stat().st_mode & 0o077 == 0
+        assert compiled.stat().st_mtime >= signalled - 1
+        assert not (tree / "telchat" / "__pycache__").exists()  # the tree itself is left as it was
+        await ann.send("after")
+        assert await said(ann, "ann", "after") == ["after"]
         await ann.close()
     finally:
         server.kill()
