@@ -104,9 +104,6 @@ async def test_parallel_guesses_over_two_nodes_are_throttled_together(
     assert answers.count("*** Too many failed logins; wait a minute and try again") == 9, answers
 
 
-# The known gap: ROOMS_LUA counts presence fields (sessions), and the local count is added on
-# top, so this shows #room (3). strict: the fix must remove this mark.
-@pytest.mark.xfail(strict=True, reason="rooms counts an account's sessions on two nodes twice")
 async def test_rooms_counts_an_account_on_two_nodes_once(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
     laptop = await login(clients, nodes[0], "frank", "room")
     await register(laptop, "frank", "s3cret-pw")

@@ -26,7 +26,7 @@ from telchat.rules import replies
 from telchat.rules.names import NameError_, check_nick, check_room, look_key, lookalikes, nick_key, room_key
 from telchat.rules.pages import page_count, page_of, wrap
 from telchat.store import events
-from telchat.store.base import Store, StoreError, last_id
+from telchat.store.base import RemoteRoom, Store, StoreError, last_id
 from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event, MessageKind
 
 log = get_logger(__name__)
@@ -137,10 +137,17 @@ def _log(event: str, user: User, **fields: Any) -> None:
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
 
-def _people(room: Room) -> int:
-    """The members of `room`, an account's sessions counted once (as `who` names them)."""
-    accounts = {member.key for member in room.members if member.key is not None}
-    return len(accounts) + sum(1 for member in room.members if member.key is None)
+def _people(here: Room | None, elsewhere: RemoteRoom | None) -> int:
+    """The members of a room, here and on other nodes: an account's sessions counted once
+    wherever they are (as `who` names them), each anonymous member once."""
+    keys = set(elsewhere.keys) if elsewhere is not None else set()
+    anonymous = elsewhere.anonymous if elsewhere is not None else 0
+    for member in here.members if here is not None else ():
+        if member.key is None:
+            anonymous += 1
+        else:
+            keys.add(member.key)
+    return len(keys) + anonymous
 
 
 def _any_in(users: list[User], room: Room) -> bool:
@@ -871,11 +878,13 @@ class Chat:
 
     async def room_list(self, user: User, page: int = 1) -> list[str]:
         """Page `page` of the rooms with members, then which one is `user`'s current room."""
-        counts = await self.store.remote_rooms()
-        for room in self.rooms.values():
-            name, count = counts.get(room.key, (room.name, 0))
-            counts[room.key] = (name, count + _people(room))
-        listed = sorted((key, name, count) for key, (name, count) in counts.items() if count)
+        elsewhere = await self.store.remote_rooms()
+        # The name the store kept (the first one given, anywhere) wins over this node's.
+        names = {key: room.name for key, room in self.rooms.items()} | {
+            key: room.name for key, room in elsewhere.items()
+        }
+        counts = ((key, name, _people(self.rooms.get(key), elsewhere.get(key))) for key, name in names.items())
+        listed = sorted(item for item in counts if item[2])
         if not listed:
             return [replies.NO_ROOMS]
         items = [f"#{name} ({count})" for _, name, count in listed]
