@@ -154,12 +154,22 @@ def _any_in(users: list[User], room: Room) -> bool:
     return any(user in room.members for user in users)
 
 
-def _names(nicks: Iterable[str], anonymous: int) -> tuple[list[str], str]:
-    """A listing's items and tail. `nicks` may include other nodes' anonymous users,
-    listed as `anonymous`."""
-    nicks = list(nicks)
-    anonymous += nicks.count(replies.ANONYMOUS)
-    names = sorted({n for n in nicks if n != replies.ANONYMOUS}, key=str.casefold)
+def _names(here: Iterable[User], elsewhere: Iterable[str]) -> tuple[list[str], str]:
+    """A listing's items and tail: users here and other nodes' nicks, an account's sessions
+    named once (as a session here shows it, if it has one), anonymous ones counted in the tail."""
+    entries: dict[str, str] = {}
+    anonymous = 0
+    for user in here:
+        if user.key is None:
+            anonymous += 1
+        else:
+            entries.setdefault(user.key, who_entry(user.nick, user.profile))
+    for nick in elsewhere:
+        if nick == replies.ANONYMOUS:
+            anonymous += 1
+        else:
+            entries.setdefault(nick_key(nick), nick)
+    names = sorted(entries.values(), key=str.casefold)
     return names or ["nobody logged in"], f" (+{anonymous} anonymous)" if anonymous else ""
 
 
@@ -853,11 +863,9 @@ class Chat:
         """Page `page` of the members of room `raw` (default: the current room), or of
         everyone online (`*`, or no room at all)."""
         if raw == EVERYONE or (raw is None and user.current is None):
-            local = [who_entry(u.nick, u.profile) for u in self.users if u.logged_in]
-            anonymous = len(self.users) - len(local)
             remote = await self.store.remote_online()
             head = replies.WHO_ALL.format(names="").rstrip()
-            listing = _names([*local, *remote], anonymous)
+            listing = _names(self.users, remote)
             return _listing(head, listing, page, f"who {EVERYONE}", self._current_line(user, None))
         if raw is None:
             assert user.current is not None
@@ -869,11 +877,9 @@ class Chat:
         remote = await self.store.remote_members(key)
         if room is None and not remote:
             raise ChatError(replies.NO_SUCH_ROOM.format(room=name))
-        members = list(room.members) if room is not None else []
-        local = [who_entry(u.nick, u.profile) for u in members if u.logged_in]
         shown = room.name if room is not None else name
         head = replies.WHO_ROOM.format(room=shown, names="").rstrip()
-        listing = _names([*local, *remote], len(members) - len(local))
+        listing = _names(room.members if room is not None else (), remote)
         return _listing(head, listing, page, f"who #{shown}", self._current_line(user, key))
 
     async def room_list(self, user: User, page: int = 1) -> list[str]:
