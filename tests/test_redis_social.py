@@ -102,3 +102,45 @@ async def test_parallel_guesses_over_two_nodes_are_throttled_together(
     # --login-failures (3) verifications in all, not 3 on each node.
     assert answers.count("*** Wrong password for frank") == 3, answers
     assert answers.count("*** Too many failed logins; wait a minute and try again") == 9, answers
+
+
+async def test_rooms_counts_an_account_on_two_nodes_once(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    laptop = await login(clients, nodes[0], "frank", "room")
+    await register(laptop, "frank", "s3cret-pw")
+    # The phone, on the other node, typed the nick in another case: still the same account.
+    phone = await RawClient.connect(nodes[1].port)
+    clients.append(phone)
+    await phone.send("login Frank s3cret-pw")
+    await phone.read_until("*** User change nick anonymous --> Frank", timeout=5)
+    await phone.join("room", "Frank")
+    ann = await login(clients, nodes[1], "ann", "room")
+    for screen in (ann, laptop, phone):
+        await screen.send("rooms")
+        assert (await screen.read_until("*** Rooms"))[-1] == "*** Rooms: #room (2)"
+
+
+async def test_who_names_an_account_on_two_nodes_once(nodes: list[ServerProcess], clients: list[RawClient]) -> None:
+    laptop = await login(clients, nodes[0], "frank", "room")
+    await register(laptop, "frank", "s3cret-pw")
+    pac = await login(clients, nodes[0], "pac", "room")
+    await register(pac, "pac", "s3cret-pw")
+    # Sessions on the other node: frank typed in another case, pac in Cyrillic lookalikes.
+    for typed in ("Frank", "\u0440\u0430\u0441"):
+        other = await RawClient.connect(nodes[1].port)
+        clients.append(other)
+        await other.send(f"login {typed} s3cret-pw")
+        await other.read_until(f"*** User change nick anonymous --> {typed}", timeout=5)
+        await other.join("room", typed)
+    # Anonymous members on the other node are one each, not one nick.
+    for _ in range(2):
+        anonymous = await RawClient.connect(nodes[1].port)
+        clients.append(anonymous)
+        await anonymous.join("room", "anonymous")
+    ann = await login(clients, nodes[1], "ann", "room")
+    # Each node names an account as its own session there does.
+    for screen, names in ((laptop, "ann, frank, pac"), (ann, "ann, Frank, \u0440\u0430\u0441")):
+        await screen.send("rooms")
+        assert (await screen.read_until("*** Rooms"))[-1] == "*** Rooms: #room (5)"
+        for asked, head in (("who", "*** Users in #room"), ("who *", "*** Users online")):
+            await screen.send(asked)
+            assert (await screen.read_until(head))[-1] == f"{head}: {names} (+2 anonymous)"

@@ -26,7 +26,7 @@ from telchat.rules import replies
 from telchat.rules.names import NameError_, check_nick, check_room, look_key, lookalikes, nick_key, room_key
 from telchat.rules.pages import page_count, page_of, wrap
 from telchat.store import events
-from telchat.store.base import Store, StoreError, last_id
+from telchat.store.base import RemoteRoom, Store, StoreError, last_id
 from telchat.store.events import EMOTE, NO_ID, SAY, EntryId, Event, MessageKind
 
 log = get_logger(__name__)
@@ -137,22 +137,39 @@ def _log(event: str, user: User, **fields: Any) -> None:
     log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
 
 
-def _people(room: Room) -> int:
-    """The members of `room`, an account's sessions counted once (as `who` names them)."""
-    accounts = {member.key for member in room.members if member.key is not None}
-    return len(accounts) + sum(1 for member in room.members if member.key is None)
+def _people(here: Room | None, elsewhere: RemoteRoom | None) -> int:
+    """The members of a room, here and on other nodes: an account's sessions counted once
+    wherever they are (as `who` names them), each anonymous member once."""
+    keys = set(elsewhere.keys) if elsewhere is not None else set()
+    anonymous = elsewhere.anonymous if elsewhere is not None else 0
+    for member in here.members if here is not None else ():
+        if member.key is None:
+            anonymous += 1
+        else:
+            keys.add(member.key)
+    return len(keys) + anonymous
 
 
 def _any_in(users: list[User], room: Room) -> bool:
     return any(user in room.members for user in users)
 
 
-def _names(nicks: Iterable[str], anonymous: int) -> tuple[list[str], str]:
-    """A listing's items and tail. `nicks` may include other nodes' anonymous users,
-    listed as `anonymous`."""
-    nicks = list(nicks)
-    anonymous += nicks.count(replies.ANONYMOUS)
-    names = sorted({n for n in nicks if n != replies.ANONYMOUS}, key=str.casefold)
+def _names(here: Iterable[User], elsewhere: Iterable[str]) -> tuple[list[str], str]:
+    """A listing's items and tail: users here and other nodes' nicks, an account's sessions
+    named once (as a session here shows it, if it has one), anonymous ones counted in the tail."""
+    entries: dict[str, str] = {}
+    anonymous = 0
+    for user in here:
+        if user.key is None:
+            anonymous += 1
+        else:
+            entries.setdefault(user.key, who_entry(user.nick, user.profile))
+    for nick in elsewhere:
+        if nick == replies.ANONYMOUS:
+            anonymous += 1
+        else:
+            entries.setdefault(nick_key(nick), nick)
+    names = sorted(entries.values(), key=str.casefold)
     return names or ["nobody logged in"], f" (+{anonymous} anonymous)" if anonymous else ""
 
 
@@ -846,11 +863,9 @@ class Chat:
         """Page `page` of the members of room `raw` (default: the current room), or of
         everyone online (`*`, or no room at all)."""
         if raw == EVERYONE or (raw is None and user.current is None):
-            local = [who_entry(u.nick, u.profile) for u in self.users if u.logged_in]
-            anonymous = len(self.users) - len(local)
             remote = await self.store.remote_online()
             head = replies.WHO_ALL.format(names="").rstrip()
-            listing = _names([*local, *remote], anonymous)
+            listing = _names(self.users, remote)
             return _listing(head, listing, page, f"who {EVERYONE}", self._current_line(user, None))
         if raw is None:
             assert user.current is not None
@@ -862,20 +877,20 @@ class Chat:
         remote = await self.store.remote_members(key)
         if room is None and not remote:
             raise ChatError(replies.NO_SUCH_ROOM.format(room=name))
-        members = list(room.members) if room is not None else []
-        local = [who_entry(u.nick, u.profile) for u in members if u.logged_in]
         shown = room.name if room is not None else name
         head = replies.WHO_ROOM.format(room=shown, names="").rstrip()
-        listing = _names([*local, *remote], len(members) - len(local))
+        listing = _names(room.members if room is not None else (), remote)
         return _listing(head, listing, page, f"who #{shown}", self._current_line(user, key))
 
     async def room_list(self, user: User, page: int = 1) -> list[str]:
         """Page `page` of the rooms with members, then which one is `user`'s current room."""
-        counts = await self.store.remote_rooms()
-        for room in self.rooms.values():
-            name, count = counts.get(room.key, (room.name, 0))
-            counts[room.key] = (name, count + _people(room))
-        listed = sorted((key, name, count) for key, (name, count) in counts.items() if count)
+        elsewhere = await self.store.remote_rooms()
+        # The name the store kept (the first one given, anywhere) wins over this node's.
+        names = {key: room.name for key, room in self.rooms.items()} | {
+            key: room.name for key, room in elsewhere.items()
+        }
+        counts = ((key, name, _people(self.rooms.get(key), elsewhere.get(key))) for key, name in names.items())
+        listed = sorted(item for item in counts if item[2])
         if not listed:
             return [replies.NO_ROOMS]
         items = [f"#{name} ({count})" for _, name, count in listed]

@@ -96,6 +96,16 @@ def newest(events: Iterable[Event], limit: int) -> list[Event]:
     return heapq.nlargest(limit, events, key=lambda event: (event.ts, event.id))
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteRoom:
+    """A live room as the other nodes have it: its shown name, their members' nick keys (an
+    account's sessions on several nodes are one key), and how many of their members are anonymous."""
+
+    name: str
+    keys: frozenset[str]
+    anonymous: int
+
+
 class StoreError(Exception):
     """The store cannot be used (bad URL, unreachable, not answering); the message is for the
     operator. Every store call that can fail raises this, and only this."""
@@ -269,8 +279,8 @@ class Store(abc.ABC):
     async def remote_members(self, room: str) -> list[str]:
         return []
 
-    async def remote_rooms(self) -> dict[str, tuple[str, int]]:
-        """Room key -> (display name, member count) on other nodes."""
+    async def remote_rooms(self) -> dict[str, RemoteRoom]:
+        """Room key -> the room as other nodes have it, for the rooms they have members in."""
         return {}
 
     async def remote_online(self) -> list[str]:

@@ -54,6 +54,7 @@ from telchat.store.base import (
     NickLost,
     Posted,
     Record,
+    RemoteRoom,
     Store,
     StoreError,
     decode_record,
@@ -215,29 +216,36 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 return 0
 """
-# Other nodes' member counts of live rooms, in one round trip (and a bounded reply). The members hashes are
-# named from ARGV (single-instance Redis; the store does not support Cluster).
-# KEYS: rooms set, roomnames hash; ARGV: this node's field prefix, members key prefix, cap
-# Returns: room, name, count, room, name, count, ...
+# Other nodes' members of live rooms, in one round trip (and at most ARGV[3] rooms). A person,
+# not a connection, is what is counted, and only the caller can tell (nick keys fold case and
+# lookalikes, beyond Lua): so each room gives its distinct nicks, which an account's sessions
+# share or nearly, and its anonymous members as a number. The members hashes are named from
+# ARGV (single-instance Redis; the store does not support Cluster).
+# KEYS: rooms set, roomnames hash; ARGV: this node's field prefix, members key prefix, cap, the anonymous nick
+# Returns: {room, name, anonymous, {nick, ...}}, ...
 ROOMS_LUA = """
 local out = {}
-local listed = 0
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if listed >= tonumber(ARGV[3]) then break end
-  local fields = redis.call('HKEYS', ARGV[2] .. room)
-  local count = 0
-  for _, field in ipairs(fields) do
-    if string.sub(field, 1, #ARGV[1]) ~= ARGV[1] then count = count + 1 end
+  if #out >= tonumber(ARGV[3]) then break end
+  local presence = redis.call('HGETALL', ARGV[2] .. room)
+  local anonymous, nicks, seen = 0, {}, {}
+  for i = 1, #presence, 2 do
+    local nick = presence[i + 1]
+    if string.sub(presence[i], 1, #ARGV[1]) == ARGV[1] then
+      -- this node's own: the caller counts them
+    elseif nick == ARGV[4] then
+      anonymous = anonymous + 1
+    elseif not seen[nick] then
+      seen[nick] = true
+      nicks[#nicks + 1] = nick
+    end
   end
-  if #fields == 0 then
+  if #presence == 0 then
     -- left behind by a version that never removed rooms
     redis.call('SREM', KEYS[1], room)
     redis.call('HDEL', KEYS[2], room)
-  elseif count > 0 then
-    out[#out + 1] = room
-    out[#out + 1] = redis.call('HGET', KEYS[2], room) or room
-    out[#out + 1] = count
-    listed = listed + 1
+  elseif anonymous + #nicks > 0 then
+    out[#out + 1] = {room, redis.call('HGET', KEYS[2], room) or room, anonymous, nicks}
   end
 end
 return out
@@ -1091,14 +1099,24 @@ class RedisStore(Store):
     async def remote_online(self) -> list[str]:
         return self._remote(await self._one("presence read", lambda pipe: pipe.hgetall(_key("online"))))
 
-    async def remote_rooms(self) -> dict[str, tuple[str, int]]:
-        flat = await self._one(
+    async def remote_rooms(self) -> dict[str, RemoteRoom]:
+        listed = await self._one(
             "room list",
             lambda pipe: pipe.eval(
-                ROOMS_LUA, 2, _key("rooms"), _key("roomnames"), f"{self.node}:", _key("members", ""), ROOMS_LISTED
+                ROOMS_LUA,
+                2,
+                _key("rooms"),
+                _key("roomnames"),
+                f"{self.node}:",
+                _key("members", ""),
+                ROOMS_LISTED,
+                replies.ANONYMOUS,
             ),
         )
-        return {flat[i]: (str(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)}
+        return {
+            room: RemoteRoom(str(name), frozenset(map(nick_key, nicks)), int(anonymous))
+            for room, name, anonymous, nicks in listed
+        }
 
     # liveness and cleanup of dead nodes
 
