@@ -28,6 +28,7 @@ from tests.test_upgrade import copied_tree, member, start
 # and a message waiting behind that command; as every member of #ops sees them.
 HELD = ("one", "/me waits", "three")
 SEEN = ["#ops:ann> one", "#ops:* ann waits", "#ops:ann> three"]
+REGISTERED = "*** Nick ann is now registered to you; next time type login ann <password>"
 
 
 async def room_lines(client: RawClient, last: str, timeout: float = 15) -> list[str]:
@@ -75,9 +76,8 @@ async def check_everything_once(server: ServerProcess, clients: list[RawClient])
     assert server.proc.poll() is None
 
 
-def upgraded(server: ServerProcess, upgrades: int = 1) -> None:
-    event = server.wait_for(lambda e: e["event"] == "upgrade" and e["upgrades"] == upgrades, f"upgrade {upgrades}")
-    assert event["sessions"] == 3
+def upgraded(server: ServerProcess) -> None:
+    assert server.wait_event("upgrade")["sessions"] == 3
 
 
 def upgraded_once_the_store_is_back(server: ServerProcess) -> None:
@@ -163,3 +163,34 @@ def sqlite_locked(server: ServerProcess) -> Callable[[], None]:
         db.close()
 
     return release
+
+
+async def test_a_command_running_on_a_locked_sqlite_keeps_everyone_on_the_old_image(tmp_path: Path) -> None:
+    """A command past its wait, writing to the store (a record, which waits for SQLite's
+    lock on a thread): written down mid-run, it would be lost; the old image goes on."""
+    server = start(copied_tree(tmp_path), "--store=sqlite:///telchat.db", "--flood-rate=0")
+    try:
+        async with room(server) as clients:
+            ann = clients[0]
+            release = sqlite_locked(server)
+            try:
+                await ann.send("register s3cret-pw")
+                await asyncio.sleep(0.2)
+                server.proc.send_signal(signal.SIGUSR2)
+                failed = server.wait_event("upgrade_failed")
+                assert failed["stage"] == "pause"
+                assert "still run a line" in str(failed["error"])
+            finally:
+                release()
+            await ann.read_until(REGISTERED)
+            await ann.send("after")
+            assert await ann.read_until("#ops:ann> after") == ["#ops:ann> after"]
+            server.proc.send_signal(signal.SIGUSR2)
+            upgraded(server)
+            newcomer = await RawClient.connect(server.port)
+            await newcomer.send("login ann")
+            assert (await newcomer.read_line()).startswith("*** Password for ann ")
+            await newcomer.close()
+            assert not [event for event in server.events if event["event"] == "disconnect"]
+    finally:
+        server.kill()
