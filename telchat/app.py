@@ -418,7 +418,9 @@ class App:
         which stay open), let go of the sessions that cannot be carried, stop reading, let
         running lines finish and write what was accepted, waiting at most `grace` seconds.
         Only the goodbyes of the sessions let go are waited for until their clients take
-        them: what a carried connection's client has not taken yet is carried over too."""
+        them: what a carried connection's client has not taken yet is carried over too.
+        HandoverError if the store does not answer and commit, or a line does not end,
+        within `grace`: then nothing may be carried (`resume`)."""
         deadline = time.monotonic() + grace
         for server in (self._server, self._tls_server):
             if server is not None:
@@ -433,22 +435,48 @@ class App:
             else:
                 leaving.append(transport)
                 session.quit("server upgrade", reason="upgrade", farewell=replies.UPGRADE_UNCARRIED)
-        # Lines running finish, and the sessions saying goodbye end, first.
-        while time.monotonic() < deadline:
-            if self._settled():
-                break
-            await asyncio.sleep(0.01)
+        # The store first: a new image that cannot open it ends, dropping everyone.
+        await self._store_settled(deadline)
+        # Lines running finish, and the sessions saying goodbye end.
+        await self._until(self._settled, deadline)
         self._flusher.flush()
         await self.store.drain(max(0.0, deadline - time.monotonic()))
         await self._drain(max(0.0, deadline - time.monotonic()), leaving)
+        # A line still running (or one paced that started meanwhile) would be lost.
+        await self._until(lambda: not self._running(), deadline)
+        if self._running():
+            raise HandoverError(f"{self._running()} sessions still run a line")
 
     def _carried_over(self, session: Session) -> bool:
         # A plain telnet socket is all the kernel carries: TLS and SSH keys, and a
         # WebSocket's framing, live in this process only.
         return self._terminals[session].protocol.door == "telnet"
 
+    async def _store_settled(self, deadline: float) -> None:
+        """The store answers and has delivered what was published, by `deadline`; else
+        HandoverError. (A line waiting on the store cannot end, nor a new image open it.)"""
+        try:
+            await asyncio.wait_for(self._store_answers(), max(0.0, deadline - time.monotonic()))
+        except (StoreError, TimeoutError) as exc:
+            raise HandoverError(f"the store did not answer and commit within the pause: {exc!r}") from exc
+
+    async def _store_answers(self) -> None:
+        await self.store.check()
+        await self.store.settled()
+
+    @staticmethod
+    async def _until(done: Callable[[], bool], deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if done():
+                return
+            await asyncio.sleep(0.01)
+
     def _settled(self) -> bool:
         return all(s.settled and self._carried_over(s) for s in self.sessions)
+
+    def _running(self) -> int:
+        """The sessions to carry over that are running a line (those let go are closing)."""
+        return sum(1 for s in self.sessions if not s.settled and not s.closing)
 
     def _hold(self, session: Session, held: bool) -> None:
         guard = self._terminals[session].protocol.guard

@@ -120,7 +120,14 @@ class Upgrader:
                 self._failed("check", problem)
             return
         paused = time.time()
-        await app.pause(listeners, PAUSE_GRACE)
+        log.info("upgrade_paused", sessions=len(app.sessions))
+        try:
+            await app.pause(listeners, PAUSE_GRACE)
+        except HandoverError as exc:
+            # Nothing was carried: everyone reads again on the old code, their lines run here.
+            await app.resume(listeners)
+            self._failed("pause", str(exc))
+            return
         if app.stopping:  # SIGTERM meanwhile: the shutdown goes on, without us
             return
         try:
