@@ -54,12 +54,9 @@ PAUSE_GRACE = 0.5
 UPGRADES_COUNTER = "upgrades"
 
 # The check: the new code, from where this image's code was imported, in a fresh interpreter.
-# It keeps the bytecode it compiles (see `bytecode_env`), even under PYTHONDONTWRITEBYTECODE.
-_CHECK = (
-    "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, sys.argv[1]);"
-    " import telchat.upgrade as u; sys.exit(u.verify(sys.argv[2:]))"
-)
+_CHECK = "import sys; sys.path.insert(0, sys.argv[1]); import telchat.upgrade as u; sys.exit(u.verify(sys.argv[2:]))"
 BYTECODE_ENV = "PYTHONPYCACHEPREFIX"
+_UNCHECKED = frozenset({HANDOVER_ENV, "PYTHONDONTWRITEBYTECODE"})
 _ROOT = str(Path(telchat.__file__).resolve().parent.parent)
 
 
@@ -238,7 +235,9 @@ async def check_new_code(state: dict[str, Any]) -> str | None:
     """Have the code on disk, in a child process, compile itself and read `state`: None
     if it says OK, else what went wrong."""
     fd = _memfd(state)
-    env = {key: value for key, value in os.environ.items() if key != HANDOVER_ENV} | bytecode_env()
+    # It keeps the bytecode it compiles (see `bytecode_env`), from its first import on: the
+    # modules the interpreter imports at its start are the new image's too.
+    env = {key: value for key, value in os.environ.items() if key not in _UNCHECKED} | bytecode_env()
     env[CHECK_ENV] = str(fd)
     try:
         child = await asyncio.create_subprocess_exec(

@@ -7,6 +7,7 @@ Real processes: the server runs from a copy of the source tree, which the tests 
 from __future__ import annotations
 
 import asyncio
+import enum
 import shutil
 import signal
 import socket
@@ -338,6 +339,8 @@ async def test_a_server_writing_no_bytecode_gets_the_checks_bytecode(tmp_path: P
         prefix, compiled = cached_bytecode(server.proc.pid, tree / "telchat" / "app.py")
         assert prefix.stat().st_mode & 0o077 == 0
         assert compiled.stat().st_mtime >= signalled - 1
+        # The interpreter's own first imports too: their bytecode is not read from beside them.
+        assert cached_bytecode(server.proc.pid, Path(enum.__file__))[1].exists()
         assert not (tree / "telchat" / "__pycache__").exists()  # the tree itself is left as it was
         await ann.send("after")
         assert await said(ann, "ann", "after") == ["after"]
