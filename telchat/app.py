@@ -56,6 +56,10 @@ HEALTH_TIMEOUT = 2.0
 # An upgrade takes connections up this many at a time, each chunk given ADOPT_TURNS loop turns.
 ADOPT_CHUNK = 250
 ADOPT_TURNS = 4
+#: How long a new image that was handed connections tries to open its store (another
+#: process holding SQLite's write lock), and how often: its users wait, paused, meanwhile.
+CARRIED_STORE_PATIENCE = 60.0
+CARRIED_STORE_RETRY = 0.5
 
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
@@ -149,7 +153,10 @@ class App:
             else:
                 early.append(event)
 
-        await self.store.open(deliver if carried is not None else self.chat.deliver)
+        if carried is None:
+            await self.store.open(self.chat.deliver)
+        else:
+            await self._open_store_patiently(deliver)
         await self.services.moderation.load()
         await self.services.mailbox.load()
         self.services.continuity.start()
@@ -181,6 +188,21 @@ class App:
 
             self.metrics = MetricsServer(self)
             self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port, self.backlog)
+
+    async def _open_store_patiently(self, deliver: Callable[[Event], None]) -> None:
+        """Open the store after an upgrade, trying again for a while: the previous image
+        checked it answered, but another process may hold it (SQLite's write lock) when this
+        one opens it, and giving up would drop every user it was handed."""
+        deadline = time.monotonic() + CARRIED_STORE_PATIENCE
+        while True:
+            try:
+                await self.store.open(deliver)
+                return
+            except StoreError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("store_unavailable", during="upgrade", error=str(exc), retry_in=CARRIED_STORE_RETRY)
+            await asyncio.sleep(CARRIED_STORE_RETRY)
 
     def _factory(self, door: Door) -> Callable[[], ChatTelnetServer]:
         """Every door's connections: one telnet protocol, one session runner."""

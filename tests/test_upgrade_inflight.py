@@ -194,3 +194,26 @@ async def test_a_command_running_on_a_locked_sqlite_keeps_everyone_on_the_old_im
             assert not [event for event in server.events if event["event"] == "disconnect"]
     finally:
         server.kill()
+
+
+async def test_a_new_image_waits_for_a_locked_sqlite_instead_of_dropping_everyone(tmp_path: Path) -> None:
+    """Another process takes SQLite's write lock after the pause found the store well, and
+    holds it past the new image's wait for it (5 s): the new image tries again, and its
+    users wait for it, paused, rather than all being dropped."""
+    server = start(copied_tree(tmp_path), "--store=sqlite:///telchat.db", "--flood-rate=0")
+    try:
+        async with room(server) as clients:
+            release = sqlite_locked(server)
+            try:
+                server.proc.send_signal(signal.SIGUSR2)
+                waited = server.wait_event("store_unavailable", timeout=15)
+                assert "locked" in str(waited["error"])
+            finally:
+                release()
+            server.wait_event("upgrade", timeout=15)
+            await clients[0].send("after")
+            for client in clients:
+                assert await room_lines(client, "#ops:ann> after") == ["#ops:ann> after"]
+            assert not [event for event in server.events if event["event"] in ("disconnect", "start_failed")]
+    finally:
+        server.kill()

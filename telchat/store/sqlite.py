@@ -163,6 +163,9 @@ class SqliteStore(LocalStore):
         try:
             self._db, self._last_id = await self._off_loop(self._open)
         except (sqlite3.Error, OSError) as exc:
+            # Opened again after this (an upgrade's new image tries again): no thread left over.
+            self._worker.shutdown(wait=False)
+            self._worker = None
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
