@@ -61,6 +61,25 @@ async def test_sink_hears_rooms_members_and_talk() -> None:
     assert recorder.take() == [("channels", ["two"]), ("players", [("ann", ["two"])])]
 
 
+async def test_an_accounts_sessions_are_one_player() -> None:
+    flusher = Flusher()
+    chat = await open_chat()
+    (ann, _), (second, _), (bob, _) = make_user(1, flusher), make_user(2, flusher), make_user(3, flusher)
+    for user in (ann, second, bob):
+        chat.connect(user)
+    await chat.set_nick(ann, "ann")
+    await chat.set_nick(bob, "bob")
+    chat.add_session(second, "Ann")
+    for user in (ann, second, bob):
+        await chat.join(user, "one")
+    await chat.join(second, "two")
+    recorder = Recorder()
+    chat.attach_events(bob, recorder)
+    assert recorder.take() == [("channels", ["one"]), ("players", [("ann", ["one"]), ("bob", ["one"])])]
+    await chat.join(bob, "two")
+    assert recorder.take()[-1] == ("players", [("ann", ["one", "two"]), ("bob", ["one", "two"])])
+
+
 async def test_rooms_without_listeners_cost_nothing_extra() -> None:
     flusher = Flusher()
     chat = await open_chat()

@@ -931,12 +931,16 @@ def rooms_of(user: User) -> list[str]:
 
 
 def players_of(user: User) -> Players:
-    shared: dict[User, list[str]] = {}
+    """Who shares a room with `user`, each once with the rooms shared: an account's
+    sessions (`Chat.add_session`) are one player, under the nick its first one shows."""
+    shared: dict[str, tuple[str, list[str]]] = {}
     for room in user.rooms.values():
         for member in room.members:
-            if member.logged_in:
-                shared.setdefault(member, []).append(room.name)
-    return sorted(((member.nick, rooms) for member, rooms in shared.items()), key=lambda p: p[0].casefold())
+            if member.key is not None:
+                rooms = shared.setdefault(member.key, (member.nick, []))[1]
+                if not rooms or rooms[-1] != room.name:
+                    rooms.append(room.name)
+    return sorted(shared.values(), key=lambda p: p[0].casefold())
 
 
 def _channels_changed(user: User) -> None:
