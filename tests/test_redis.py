@@ -17,7 +17,7 @@ from tests.redis_server import RedisServer, free_port, login
 
 @pytest.fixture
 def nodes(redis: RedisServer) -> Iterator[list[ServerProcess]]:
-    procs = [ServerProcess(f"--store={redis.url}", "--node-ttl=1") for _ in range(2)]
+    procs = [ServerProcess(f"--store={redis.url}", "--node-ttl=1", "--flood-rate=0") for _ in range(2)]
     yield procs
     for proc in procs:
         proc.kill()
