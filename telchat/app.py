@@ -466,8 +466,9 @@ class App:
         await self._drain(max(0.0, deadline - time.monotonic()), leaving)
         # A line still running (or one paced that started meanwhile) would be lost.
         await self._until(lambda: not self._running(), deadline)
-        if self._running():
-            raise HandoverError(f"{self._running()} sessions still run a line")
+        running = self._running()
+        if running:
+            raise HandoverError(f"{running} sessions still run a line")
 
     def _carried_over(self, session: Session) -> bool:
         # A plain telnet socket is all the kernel carries: TLS and SSH keys, and a
