@@ -10,14 +10,14 @@ import time
 import weakref
 from asyncio import Transport
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from telchat.chat.outbox import Flusher, encode_line
-from telchat.chat.rooms import Chat, host_of
+from telchat.chat.outbox import Flusher, Outbox, encode_line
+from telchat.chat.rooms import Chat, User, host_of
 from telchat.clients.mssp import ServerStatus
-from telchat.clients.terminal import Terminal
+from telchat.clients.terminal import Terminal, writes_unchanged
 from telchat.config import Config
 from telchat.features.services import make_services
 from telchat.obs.limits import EndReason
@@ -25,10 +25,11 @@ from telchat.obs.logs import get_logger
 from telchat.obs.telemetry import Telemetry
 from telchat.rules import replies
 from telchat.session import commands
-from telchat.session.session import Session
+from telchat.session.session import Session, idle_carried, take_up
 from telchat.store.base import Store, StoreError
 from telchat.store.events import Event
 from telchat.store.url import make_store
+from telchat.telnet.dormant import Dormant, can_sleep
 from telchat.telnet.guard import Guards
 from telchat.telnet.internals import ChunkReader
 from telchat.telnet.protocol import (
@@ -56,6 +57,10 @@ HEALTH_TIMEOUT = 2.0
 # An upgrade takes connections up this many at a time, each chunk given ADOPT_TURNS loop turns.
 ADOPT_CHUNK = 250
 ADOPT_TURNS = 4
+# Dormant connections (telnet/dormant.py) are woken this many at a time once everyone is
+# back: small enough that the loop turns between chunks keep the others' lines flowing.
+WAKE_CHUNK = 50
+WAKE_PATIENCE = 2.0
 #: How long a new image that was handed connections tries to open its store (another
 #: process holding SQLite's write lock), and how often: its users wait, paused, meanwhile.
 CARRIED_STORE_PATIENCE = 60.0
@@ -92,6 +97,26 @@ class Carried:
     store: dict[str, Any]
 
 
+@dataclass(slots=True, eq=False)
+class Sleeper:
+    """A dormant connection (telnet/dormant.py) and its user, back in the chat, with what
+    came for it while it slept: a hangup (a kick) or an overflowing Outbox, which wake it,
+    and which its session carries out once built."""
+
+    dormant: Dormant
+    user: User = field(init=False)
+    hangup_reason: str | None = None
+    overflowed: bool = False
+
+    def hangup(self, message: str) -> None:
+        self.hangup_reason = message
+        self.dormant.wake()
+
+    def overflow(self) -> None:
+        self.overflowed = True
+        self.dormant.wake()
+
+
 class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
@@ -113,6 +138,9 @@ class App:
         self._connections: weakref.WeakSet[ChatTelnetServer] = weakref.WeakSet()
         self.services = make_services(self.chat, config)
         self.sessions: dict[Session, Transport] = {}
+        # Connections an upgrade carried over whose session is not built yet, by conn_id.
+        self._dormant: dict[int, Sleeper] = {}
+        self._waking: set[asyncio.Task[None]] = set()
         self._flusher = Flusher()
         self.store.commit_before(self._flusher)
         self.guards = Guards(config, self.telemetry)
@@ -269,49 +297,102 @@ class App:
         )
 
     async def _adopt(self, carried: Carried) -> None:
-        """Take up each connection carried over an upgrade: its protocol restores its telnet
-        state instead of negotiating, and `_run_session` resumes its session."""
+        """Take up each connection carried over an upgrade: one with nothing to do until its
+        next input sleeps (`_sleep`), its user back in the chat, until `awake` or its input
+        wakes it; any other at once, its protocol restoring its telnet state instead of
+        negotiating, and `_run_session` resuming its session."""
         self.telemetry.skip_conn_ids(carried.last_conn_id)
-        loop = asyncio.get_running_loop()
-        factory = self._factory("telnet")
-
-        def adopted(record: dict[str, Any]) -> Callable[[], ChatTelnetServer]:
-            def make() -> ChatTelnetServer:
-                protocol = factory()
-                protocol.carried = record
-                return protocol
-
-            return make
-
-        connections = carried.connections
-        for start in range(0, len(connections), ADOPT_CHUNK):
-            chunk = connections[start : start + ADOPT_CHUNK]
-            results = await asyncio.gather(
-                *(loop.connect_accepted_socket(adopted(record), sock) for sock, record in chunk),
-                return_exceptions=True,
-            )
-            for (sock, record), result in zip(chunk, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("adopt_failed", conn_id=record["conn_id"], error=repr(result))
-                    sock.close()
+        now: list[tuple[socket.socket, dict[str, Any]]] = []
+        for sock, record in carried.connections:
+            if _sleeps(record):
+                self._sleep(sock, record)
+            else:
+                now.append((sock, record))
+        for start in range(0, len(now), ADOPT_CHUNK):
+            chunk = now[start : start + ADOPT_CHUNK]
+            await asyncio.gather(*(self._take_up(sock, record) for sock, record in chunk))
             # A few loop turns take this chunk's sessions from restored options to reading
             # again: its users are back before the next chunk, not all only at the end.
             for _ in range(ADOPT_TURNS):
                 await asyncio.sleep(0)
 
+    async def _take_up(self, sock: socket.socket, record: dict[str, Any]) -> None:
+        factory = self._factory("telnet")
+
+        def adopted() -> ChatTelnetServer:
+            protocol = factory()
+            protocol.carried = record
+            return protocol
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(adopted, sock)
+        except Exception as exc:
+            log.error("adopt_failed", conn_id=record["conn_id"], error=repr(exc))
+            sock.close()
+            self._let_go(record)
+
+    def _sleep(self, sock: socket.socket, record: dict[str, Any]) -> None:
+        """Take up a carried connection's user only: in its rooms, written to through its
+        socket, which is watched for input (telnet/dormant.py)."""
+        dormant = Dormant(sock, record, self._wake)
+        state = record["session"]
+        peer = str(record.get("peer") or _peer(sock))
+        sleeper = Sleeper(dormant)
+        outbox = Outbox(dormant, self._flusher, self.config.sendq_bytes, sleeper.overflow)
+        sleeper.user = user = User(dormant.conn_id, outbox, peer, str(state["charset"]))
+        user.hangup = sleeper.hangup
+        user.columns = int(record["telnet"]["extra"].get("cols") or user.columns)
+        take_up(self.chat, user, state)
+        self._dormant[dormant.conn_id] = sleeper
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._wake, dormant)
+
+    def _wake(self, dormant: Dormant) -> asyncio.Task[None] | None:
+        """Build a dormant connection's protocol and session; None if under way already."""
+        if not dormant.wake_up():
+            return None
+        asyncio.get_running_loop().remove_reader(dormant.sock.fileno())
+        task = asyncio.ensure_future(self._take_up(dormant.sock, dormant.record))
+        self._waking.add(task)
+        task.add_done_callback(self._waking.discard)
+        return task
+
+    async def awake(self) -> None:
+        """Wake every dormant connection, a chunk at a time, and wait until each has its
+        session. One whose client left before its session started never gets one: after
+        WAKE_PATIENCE its user leaves the chat."""
+        sleepers = [sleeper.dormant for sleeper in self._dormant.values()]
+        for start in range(0, len(sleepers), WAKE_CHUNK):
+            chunk = [task for dormant in sleepers[start : start + WAKE_CHUNK] if (task := self._wake(dormant))]
+            await asyncio.gather(*chunk)
+            for _ in range(ADOPT_TURNS):
+                await asyncio.sleep(0)
+        await self._until(lambda: not self._dormant, time.monotonic() + WAKE_PATIENCE)
+        for sleeper in list(self._dormant.values()):
+            self._let_go(sleeper.dormant.record)
+
+    def _let_go(self, record: dict[str, Any]) -> None:
+        """A carried connection that gets no session: a dormant one's user leaves the chat."""
+        sleeper = self._dormant.pop(int(record["conn_id"]), None)
+        if sleeper is not None:
+            self.chat.disconnect(sleeper.user, "connection closed")
+
+    @property
+    def session_count(self) -> int:
+        """Sessions running, and dormant ones (an upgrade carried them; not built yet)."""
+        return len(self.sessions) + len(self._dormant)
+
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
-        if self._stopping:
-            return
         carried = protocol.carried if protocol.carried is not None and "session" in protocol.carried else None
         protocol.carried = None
         charset = str(carried["session"]["charset"]) if carried is not None else negotiated_charset(protocol)
         peer = protocol.peer
-        refusal = self.services.moderation.refusal(host_of(peer))
-        if refusal is not None:
-            self.telemetry.limit("banned_address", conn_id=protocol.conn_id, peer=peer)
-            transport.write(encode_line(refusal, charset))
-            transport.close()
+        if not self._admitted(protocol, transport, charset):
+            if carried is not None:
+                self._let_go(carried)
             return
+        sleeper = self._dormant.get(protocol.conn_id) if carried is not None else None
+        if sleeper is not None:
+            protocol.sink.write(sleeper.dormant.take_pending())
         terminal = Terminal(protocol, self.config, self.status, carried["terminal"] if carried is not None else None)
         if carried is None:
             log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
@@ -328,8 +409,10 @@ class App:
             services=self.services,
             hide_input=terminal.hide_input,
             gate=protocol.guard.gate if protocol.guard is not None else None,
+            user=sleeper.user if sleeper is not None else None,
         )
         self.sessions[session] = transport
+        self._dormant.pop(protocol.conn_id, None)
         self._terminals[session] = terminal
         task = asyncio.current_task()
         if task is not None:
@@ -343,8 +426,7 @@ class App:
                 if protocol.proven_nick is not None:  # its door proved the account's
                     await commands.run(session, self.services.accounts.login_proven(session.user, protocol.proven_nick))
             else:
-                terminal.attach(session, carried["terminal"])
-                session.resume(carried["session"])
+                _resume(session, terminal, carried, sleeper)
                 reader.nudge()  # lines carried over waiting to run
             reason = await pump(reader, session)
         except Exception:
@@ -357,6 +439,18 @@ class App:
             if not transport.is_closing():
                 transport.close()
 
+    def _admitted(self, protocol: ChatTelnetServer, transport: Transport, charset: str) -> bool:
+        """Whether a connection gets a session: not while stopping, nor from a banned address."""
+        if self._stopping:
+            return False
+        refusal = self.services.moderation.refusal(host_of(protocol.peer))
+        if refusal is None:
+            return True
+        self.telemetry.limit("banned_address", conn_id=protocol.conn_id, peer=protocol.peer)
+        transport.write(encode_line(refusal, charset))
+        transport.close()
+        return False
+
     @property
     def stopping(self) -> bool:
         return self._stopping
@@ -365,7 +459,11 @@ class App:
         return self._server is not None and self._server.is_serving() and not self._stopping
 
     def session_classes(self) -> list[tuple[ClientClass, Door]]:
-        return [(terminal.client_class, terminal.protocol.door) for terminal in self._terminals.values()]
+        running = [(terminal.client_class, terminal.protocol.door) for terminal in self._terminals.values()]
+        dormant: list[tuple[ClientClass, Door]] = [
+            (sleeper.dormant.record["terminal"]["client_class"], "telnet") for sleeper in self._dormant.values()
+        ]
+        return running + dormant
 
     def live_bytes(self) -> tuple[int, int]:
         sessions = list(self.sessions)
@@ -391,6 +489,8 @@ class App:
         """Stop accepting, say goodbye to everyone, flush, close. Safe to call twice."""
         if self._stopping:
             return
+        # Everyone carried over an upgrade gets a session first, to be told and to leave as one.
+        await self.awake()
         self._stopping = True
         if self.metrics is not None:
             self.metrics.close()
@@ -526,7 +626,12 @@ class App:
             fd = open_fd(protocol)
             if fd is None:
                 continue
-            record: dict[str, Any] = {"fd": fd, "conn_id": protocol.conn_id, "telnet": carry(protocol)}
+            record: dict[str, Any] = {
+                "fd": fd,
+                "conn_id": protocol.conn_id,
+                "peer": protocol.peer,
+                "telnet": carry(protocol),
+            }
             # A connection still negotiating gets its session in the next image.
             session, terminal = sessions.get(protocol, (None, None))
             if session is not None and terminal is not None:
@@ -547,6 +652,38 @@ class App:
             if not any(map(_holding, transports)):
                 return
             await asyncio.sleep(0.02)
+
+
+def _sleeps(record: dict[str, Any]) -> bool:
+    """Whether a carried connection may wait dormant (telnet/dormant.py): it has a session
+    with nothing to do until its next input, and a terminal that adds nothing to its output."""
+    return (
+        "session" in record
+        and can_sleep(record["telnet"])
+        and writes_unchanged(record["terminal"])
+        and idle_carried(record["session"])
+    )
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "-"
+    return f"{host}:{port}"
+
+
+def _resume(session: Session, terminal: Terminal, carried: dict[str, Any], sleeper: Sleeper | None) -> None:
+    """Take up a carried session; a dormant one's user, back already, gets what came for it
+    while it slept."""
+    terminal.attach(session, carried["terminal"])
+    session.resume(carried["session"], taken_up=sleeper is not None)
+    if sleeper is None:
+        return
+    if sleeper.overflowed:
+        session.sendq_exceeded()
+    elif sleeper.hangup_reason is not None:
+        session.user.hangup(sleeper.hangup_reason)
 
 
 def _holding(transport: Transport) -> int:

@@ -103,6 +103,8 @@ class Upgrader:
 
     async def _upgrade(self) -> None:
         app = self._app
+        # Sessions the previous upgrade left dormant are built first: only a session is carried.
+        await app.awake()
         log.info("upgrade_started", sessions=len(app.sessions))
         try:
             listeners = app.listeners()
@@ -158,13 +160,17 @@ class Upgrader:
         self._app.telemetry.counters.inc(UPGRADES_COUNTER, result="failed")
 
     async def resumed(self, handover: Handover) -> None:
-        """In the new image: once every carried session runs again, log the upgrade."""
+        """In the new image: once every carried session runs again (dormant or built: the
+        pause is over), build the dormant ones, then log the upgrade."""
         app = self._app
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            if len(app.sessions) >= handover.sessions:
+            if app.session_count >= handover.sessions:
                 break
             await asyncio.sleep(0.005)
+        resumed = time.time()
+        dormant = app.session_count - len(app.sessions)
+        await app.awake()
         state = handover.state
         # Every object made since the collector was turned off is in its youngest generation:
         # the first collection would pass over millions of them, holding every session a few
@@ -185,12 +191,16 @@ class Upgrader:
             new_version=__version__,
             sessions=len(app.sessions),
             connections=len(state["connections"]),
-            pause_ms=_ms(time.time() - float(state["paused_at"])),
+            pause_ms=_ms(resumed - float(state["paused_at"])),
             # Its parts: the old image settling and writing its state, the exec and the new
             # image's start, and taking everything up.
             handover_ms=_ms(float(state["written_at"]) - float(state["paused_at"])),
             start_ms=_ms(float(state["read_at"]) - float(state["written_at"])),
-            adopt_ms=_ms(time.time() - float(state["read_at"])),
+            adopt_ms=_ms(resumed - float(state["read_at"])),
+            # Sessions back in the chat before their protocol and session were built, and
+            # the time taken to build them all after the pause.
+            dormant=dormant,
+            awake_ms=_ms(time.time() - resumed),
             unsent_bytes=sum(len(record["telnet"].get("unsent", "")) for record in state["connections"]),
             lost_bytes=sum(int(record["telnet"].get("lost", 0)) for record in state["connections"]),
         )

@@ -299,6 +299,16 @@ class MudClient(OptionClient):
             await self._fill(0.05)
 
 
+async def registered_member(port: int, nick: str, password: str, room: str) -> RawClient:
+    """A RawClient logged in as `nick`, registered with `password`, in `room`."""
+    client = await RawClient.connect(port)
+    await client.login(nick)
+    await client.send(f"register {password}")
+    await client.read_until(f"*** Nick {nick} is now registered")
+    await client.join(room, nick)
+    return client
+
+
 async def logged_session(port: int, room: str) -> RawClient:
     """Two users doing what produces each everyday log event: logins, a join, a message, a
     private message, an overlong line, a leave, and ann's quit. Returns bob, still connected."""

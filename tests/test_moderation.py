@@ -10,7 +10,7 @@ import pytest
 
 from telchat.config import Config
 from telchat.rules.names import nick_key
-from tests.clients import LineClient, RawClient
+from tests.clients import LineClient, RawClient, registered_member
 from tests.conftest import TEST_CONFIG, Connect, running, user
 from tests.procs import ServerProcess
 from tests.test_accounts import CHEAP_HASHES, registered
@@ -303,11 +303,7 @@ async def test_topic(connect: Connect) -> None:
 async def test_bans_and_topics_survive_restart(tmp_path: Path) -> None:
     config = replace(TEST_CONFIG, store=f"sqlite:///{tmp_path / 'chat.db'}", operators="boss")
     async with running(config) as first:
-        boss = await RawClient.connect(first.port)
-        await boss.login("boss")
-        await boss.send("register boss-password")
-        await boss.read_until("*** Nick boss is now registered")
-        await boss.join("room", "boss")
+        boss = await registered_member(first.port, "boss", "boss-password", "room")
         for line in ("/ban bob spam", "/topic Durable topic", "/mute cid *"):
             await boss.send(line)
         await boss.read_until("*** Muted cid")

@@ -138,6 +138,8 @@ async def test_upgrade_keeps_everyone_and_everything(tmp_path: Path) -> None:
 
         assert event["pid"] == server.proc.pid
         assert event["sessions"] == 5
+        # plain and vasya, line-mode and idle, were back before their sessions were built.
+        assert event["dormant"] >= 2
         expected = [f"line {n}" for n in range(LINES)]
         for lines in got:
             assert lines == expected

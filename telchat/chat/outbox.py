@@ -176,6 +176,11 @@ class Outbox:
     def queued(self) -> int:
         return sum(map(len, self._chunks)) + self._sink.buffered()
 
+    def attach(self, sink: Sink, on_overflow: Callable[[], None]) -> None:
+        """Write to `sink` from now on (a user carried over an upgrade gets its session's)."""
+        self._sink = sink
+        self._on_overflow = on_overflow
+
     def push(self, data: bytes, linger: bool = False) -> None:
         """Queue `data`, written at the end of this loop turn; with `linger` (a notice), within
         NOTICE_LINGER, with whatever else is queued by then. Anything urgent queued behind a

@@ -43,6 +43,14 @@ UNDECODED_KEPT = 256
 PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds} s; disconnecting."
 
 
+def writes_unchanged(carried: dict[str, Any]) -> bool:
+    """Whether a terminal carried over an upgrade (its `snapshot`) writes its session's
+    output as it is (`Terminal._plain`) and sends nothing of its own meanwhile: a line-mode
+    telnet or MUD client without an editor or GMCP. Such a session's output can go straight
+    to its socket before the Terminal is built again (telnet/dormant.py)."""
+    return carried.get("client_class") in ("telnet", "mud") and carried["editor"] is None and not carried["gmcp"]
+
+
 class Terminal:
     __slots__ = (
         "_config",

@@ -116,6 +116,7 @@ class Session:
         services: Services,
         hide_input: Callable[[bool], bool] = lambda hidden: False,
         gate: Gate | None = None,
+        user: User | None = None,
     ) -> None:
         self.chat = chat
         self.services = services
@@ -129,7 +130,11 @@ class Session:
         self._splitter: Framer = LineSplitter(config.max_line_bytes, config.max_unterminated_bytes)
         # Sees each line before the commands do; True means it was answered (terminal.py sets it).
         self.intercept: Callable[[str], bool] | None = None
-        self.user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self._on_sendq), peer, charset)
+        if user is None:
+            user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self.sendq_exceeded), peer, charset)
+        else:  # taken up already, with a sink of its own meanwhile (telnet/dormant.py)
+            user.outbox.attach(sink, self.sendq_exceeded)
+        self.user = user
         self.user.hangup = self._kicked
         self.user.connected = self._connected
         self.reason: EndReason | None = None
@@ -208,12 +213,11 @@ class Session:
             "output": user.outbox.take_queued().decode("latin-1") if take_output else "",
         }
 
-    def resume(self, state: dict[str, Any]) -> None:
-        """Take up a `snapshot` in place of `start`: no greeting, and no one is told."""
-        user = self.user
-        user.nick, user.key = str(state["nick"]), state["key"]
-        user.account, user.operator = state["account"], bool(state["operator"])
-        user.profile = Profile.restored(state["profile"])
+    def resume(self, state: dict[str, Any], taken_up: bool = False) -> None:
+        """Take up a `snapshot` in place of `start`: no greeting, and no one is told. A user
+        `taken_up` already (by `take_up`) is back in the chat, its output sent or queued."""
+        if not taken_up:
+            take_up(self.chat, self.user, state)
         if self._fakelag is not None and state["fakelag"] is not None:
             self._fakelag.restore(state["fakelag"])
         if isinstance(self._splitter, LineSplitter) and state["splitter"] is not None:
@@ -226,10 +230,6 @@ class Session:
         self._charset_hinted = bool(state["charset_hinted"])
         self.bytes_in = int(state["bytes_in"])
         self._started = time.monotonic() - float(state["duration"])
-        output = str(state["output"]).encode("latin-1")
-        if output:
-            user.outbox.push(output)
-        self.chat.adopt(user, [(str(key), str(name)) for key, name in state["rooms"]], state["current"])
 
     async def _interrupted(self, text: str) -> None:
         self.user.send(replies.PROMPT_INTERRUPTED)
@@ -452,7 +452,7 @@ class Session:
         self.user.outbox.flush()
         self._close()
 
-    def _on_sendq(self) -> None:
+    def sendq_exceeded(self) -> None:
         if self.closing:
             return
         self.reason = "sendq"
@@ -485,6 +485,24 @@ class Session:
             bytes_in=self.bytes_in,
             bytes_out=self.user.outbox.bytes_out,
         )
+
+
+def take_up(chat: Chat, user: User, state: dict[str, Any]) -> None:
+    """Put a user carried over a server upgrade (its session's `snapshot`) back as it was:
+    its names and profile, its queued output, its rooms."""
+    user.nick, user.key = str(state["nick"]), state["key"]
+    user.account, user.operator = state["account"], bool(state["operator"])
+    user.profile = Profile.restored(state["profile"])
+    output = str(state["output"]).encode("latin-1")
+    if output:
+        user.outbox.push(output)
+    chat.adopt(user, [(str(key), str(name)) for key, name in state["rooms"]], state["current"])
+
+
+def idle_carried(state: dict[str, Any]) -> bool:
+    """Whether a carried session (its `snapshot`) has nothing to do until its next input:
+    no line waits, and no prompt (whose answer must not reach the chat) is open."""
+    return not state["waiting"] and not state["secret"]
 
 
 def _carried(item: Cut, cost: float) -> tuple[str, str | int, float]:

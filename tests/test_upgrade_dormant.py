@@ -1,0 +1,134 @@
+"""Dormant connections after an upgrade (telnet/dormant.py): users back in the chat before
+their protocol and session are built, woken by their input, by what they are sent, or by
+`App.awake`. In-process: one App hands its connections over to another as an exec would
+(tests/test_upgrade.py runs the real exec, where the new image wakes everyone at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+from telchat.app import App, Carried
+from telchat.rules import replies
+from tests.clients import RawClient, registered_member
+from tests.conftest import TEST_CONFIG, running
+from tests.test_upgrade import member, said
+
+CONFIG = replace(TEST_CONFIG, operators="boss")
+
+
+@asynccontextmanager
+async def handed_over(old: App) -> AsyncIterator[App]:
+    """`old`'s connections in a new App that has not woken any of them yet."""
+    listeners = old.listeners()
+    await old.pause(listeners, 0.5)
+    records = old.carry()
+    connections = [(socket.socket(fileno=os.dup(record["fd"])), record) for record in records]
+    carried = Carried(listeners, connections, old.telemetry.last_conn_id, old.store.carry())
+    # As the exec would: the old image's descriptors go, the sockets live on in the new one's.
+    for transport in list(old.sessions.values()):
+        transport.abort()
+    new = App(old.config)
+    await new.start(carried)
+    try:
+        yield new
+    finally:
+        await new.stop()
+
+
+async def room_of(port: int, *nicks: str) -> list[RawClient]:
+    return [await member(port, nick) for nick in nicks]
+
+
+def dormant(app: App) -> int:
+    return app.session_count - len(app.sessions)
+
+
+async def test_dormant_users_hear_their_room_and_wake_at_their_first_line() -> None:
+    async with running(CONFIG) as old:
+        ann, bob, cat = await room_of(old.port, "ann", "bob", "cat")
+        async with handed_over(old) as new:
+            assert dormant(new) == 3
+            await ann.send("hello")
+            for client in (ann, bob, cat):
+                assert await said(client, "ann", "hello") == ["hello"]
+            assert dormant(new) == 2  # only ann had something to say
+            await bob.send("who ops")
+            assert await bob.read_line() == "*** Users in #ops: ann, bob, cat"
+            await new.awake()
+            assert dormant(new) == 0 and len(new.sessions) == 3
+            await cat.send("bye")
+            assert await said(ann, "cat", "bye") == ["bye"]
+            for client in (ann, bob, cat):
+                await client.close()
+
+
+async def test_a_dormant_user_kicked_is_told_and_leaves() -> None:
+    async with running(CONFIG) as old:
+        boss = await registered_member(old.port, "boss", "boss-password", "ops")
+        bob, cat = await room_of(old.port, "bob", "cat")
+        async with handed_over(old) as new:
+            await boss.send("/kick bob")
+            assert (await boss.read_until("*** Kicked bob"))[-1:] == ["*** Kicked bob"]
+            assert (await bob.read_until("*** You were kicked by boss"))[-1:] == ["*** You were kicked by boss"]
+            await bob.wait_closed()
+            assert (await cat.read_until("*** User bob quit"))[-1:] == ["*** User bob quit (kicked by boss)"]
+            assert dormant(new) == 1  # cat, who only listened
+            await boss.close()
+            await cat.close()
+
+
+async def test_a_client_gone_while_dormant_leaves_the_chat() -> None:
+    async with running(CONFIG) as old:
+        ann, bob, cat = await room_of(old.port, "ann", "bob", "cat")
+        async with handed_over(old) as new:
+            await bob.close()
+            assert (await ann.read_until("*** User bob quit"))[-1:] == ["*** User bob quit (connection closed)"]
+            await ann.send("who ops")
+            assert (await ann.read_until("*** Users in #ops"))[-1:] == ["*** Users in #ops: ann, cat"]
+            assert new.session_count == 2
+            for client in (ann, cat):
+                await client.close()
+
+
+async def test_a_dormant_slow_reader_gets_every_line_in_order() -> None:
+    # A small kernel send buffer: the dormant connection's socket soon takes no more, and
+    # what it did not take must go out before everything sent after it, once it wakes.
+    async with running(replace(CONFIG, max_sndbuf=8192)) as old:
+        sloth_sock = socket.socket()
+        sloth_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sloth_sock.connect(("127.0.0.1", old.port))
+        reader, writer = await asyncio.open_connection(sock=sloth_sock)
+        sloth = RawClient(reader, writer)
+        await sloth.read_until(replies.WELCOME)
+        await sloth.login("sloth")
+        await sloth.join("ops", "sloth")
+        (talker,) = await room_of(old.port, "talker")
+        async with handed_over(old) as new:
+            sloth.writer.transport.pause_reading()
+            payload = "p" * 900
+            lines = 60  # some 55 KB: within the sendq, far past what the kernel holds for it
+            for number in range(lines):
+                await talker.send(f"{number} {payload}")
+            await talker.read_until(f"#ops:talker> {lines - 1} ")
+            assert dormant(new) == 0  # its socket took only part: it woke to write the rest
+            sloth.writer.transport.resume_reading()
+            got = await said(sloth, "talker", f"{lines - 1} {payload}")
+            assert got == [f"{number} {payload}" for number in range(lines)]
+            await talker.close()
+            await sloth.close()
+
+
+async def test_dormant_users_are_told_goodbye_at_shutdown() -> None:
+    async with running(CONFIG) as old:
+        clients = await room_of(old.port, "ann", "bob")
+        async with handed_over(old) as new:
+            assert dormant(new) == 2
+        for client in clients:
+            assert (await client.read_until(replies.GOODBYE))[-1:] == [replies.GOODBYE]
+            await client.wait_closed()
