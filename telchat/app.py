@@ -23,7 +23,7 @@ from telchat.features.services import make_services
 from telchat.obs.limits import EndReason
 from telchat.obs.logs import get_logger
 from telchat.obs.telemetry import Telemetry
-from telchat.rules import replies
+from telchat.rules import names, replies
 from telchat.session import commands
 from telchat.session.session import Session, idle_carried, take_up
 from telchat.store.base import Store, StoreError
@@ -40,7 +40,7 @@ from telchat.telnet.protocol import (
     log_negotiation,
     make_shell,
     negotiated_charset,
-    open_fd,
+    open_socket,
     protocol_factory,
     pump,
 )
@@ -92,7 +92,8 @@ class Carried:
 
     #: Each door's listening socket, by door (telnet, tls, web, ssh).
     listeners: dict[str, socket.socket]
-    connections: list[tuple[socket.socket, dict[str, Any]]]
+    #: Each connection's record, its socket's descriptor (`fd`) this process's to own.
+    connections: list[dict[str, Any]]
     last_conn_id: int
     store: dict[str, Any]
 
@@ -189,6 +190,8 @@ class App:
         await self.services.mailbox.load()
         self.services.continuity.start()
         config = self.config
+        if carried is None:  # after an upgrade, once everyone is back (`awake`)
+            names.prepare()
         await self._open_doors(carried.listeners if carried is not None else {})
         if carried is not None:
             await self._adopt(carried)
@@ -302,22 +305,24 @@ class App:
         wakes it; any other at once, its protocol restoring its telnet state instead of
         negotiating, and `_run_session` resuming its session."""
         self.telemetry.skip_conn_ids(carried.last_conn_id)
-        now: list[tuple[socket.socket, dict[str, Any]]] = []
-        for sock, record in carried.connections:
+        now: list[dict[str, Any]] = []
+        for record in carried.connections:
             if _sleeps(record):
-                self._sleep(sock, record)
+                self._sleep(record)
             else:
-                now.append((sock, record))
+                now.append(record)
         for start in range(0, len(now), ADOPT_CHUNK):
             chunk = now[start : start + ADOPT_CHUNK]
-            await asyncio.gather(*(self._take_up(sock, record) for sock, record in chunk))
+            await asyncio.gather(*(self._take_up(record) for record in chunk))
             # A few loop turns take this chunk's sessions from restored options to reading
             # again: its users are back before the next chunk, not all only at the end.
             for _ in range(ADOPT_TURNS):
                 await asyncio.sleep(0)
 
-    async def _take_up(self, sock: socket.socket, record: dict[str, Any]) -> None:
+    async def _take_up(self, record: dict[str, Any]) -> None:
         factory = self._factory("telnet")
+        # The family as carried: finding it out takes three system calls per socket.
+        sock = socket.socket(int(record.get("family", -1)), socket.SOCK_STREAM, 0, int(record["fd"]))
 
         def adopted() -> ChatTelnetServer:
             protocol = factory()
@@ -331,12 +336,12 @@ class App:
             sock.close()
             self._let_go(record)
 
-    def _sleep(self, sock: socket.socket, record: dict[str, Any]) -> None:
+    def _sleep(self, record: dict[str, Any]) -> None:
         """Take up a carried connection's user only: in its rooms, written to through its
         socket, which is watched for input (telnet/dormant.py)."""
-        dormant = Dormant(sock, record, self._wake)
+        dormant = Dormant(record, self._wake)
         state = record["session"]
-        peer = str(record.get("peer") or _peer(sock))
+        peer = str(record.get("peer") or _peer(dormant.fd))
         sleeper = Sleeper(dormant)
         outbox = Outbox(dormant, self._flusher, self.config.sendq_bytes, sleeper.overflow)
         sleeper.user = user = User(dormant.conn_id, outbox, peer, str(state["charset"]))
@@ -344,14 +349,14 @@ class App:
         user.columns = int(record["telnet"]["extra"].get("cols") or user.columns)
         take_up(self.chat, user, state)
         self._dormant[dormant.conn_id] = sleeper
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._wake, dormant)
+        asyncio.get_running_loop().add_reader(dormant.fd, self._wake, dormant)
 
     def _wake(self, dormant: Dormant) -> asyncio.Task[None] | None:
         """Build a dormant connection's protocol and session; None if under way already."""
         if not dormant.wake_up():
             return None
-        asyncio.get_running_loop().remove_reader(dormant.sock.fileno())
-        task = asyncio.ensure_future(self._take_up(dormant.sock, dormant.record))
+        asyncio.get_running_loop().remove_reader(dormant.fd)
+        task = asyncio.ensure_future(self._take_up(dormant.record))
         self._waking.add(task)
         task.add_done_callback(self._waking.discard)
         return task
@@ -360,6 +365,7 @@ class App:
         """Wake every dormant connection, a chunk at a time, and wait until each has its
         session. One whose client left before its session started never gets one: after
         WAKE_PATIENCE its user leaves the chat."""
+        names.prepare()
         sleepers = [sleeper.dormant for sleeper in self._dormant.values()]
         for start in range(0, len(sleepers), WAKE_CHUNK):
             chunk = [task for dormant in sleepers[start : start + WAKE_CHUNK] if (task := self._wake(dormant))]
@@ -621,13 +627,15 @@ class App:
         `take_output`, what each session has queued moves into its record."""
         self._flusher.flush()
         sessions = {terminal.protocol: (session, terminal) for session, terminal in self._terminals.items()}
+        looks = self.chat.look_keys()
         records: list[dict[str, Any]] = []
         for protocol in list(self._connections):
-            fd = open_fd(protocol)
-            if fd is None:
+            sock = open_socket(protocol)
+            if sock is None:
                 continue
             record: dict[str, Any] = {
-                "fd": fd,
+                "fd": sock.fileno(),
+                "family": int(sock.family),
                 "conn_id": protocol.conn_id,
                 "peer": protocol.peer,
                 "telnet": carry(protocol),
@@ -637,7 +645,8 @@ class App:
             if session is not None and terminal is not None:
                 if session.closing:
                     continue
-                record.update(terminal=terminal.snapshot(), session=session.snapshot(take_output))
+                snapshot = session.snapshot(take_output, looks.get(session.user))
+                record.update(terminal=terminal.snapshot(), session=snapshot)
             records.append(record)
         return records
 
@@ -665,11 +674,15 @@ def _sleeps(record: dict[str, Any]) -> bool:
     )
 
 
-def _peer(sock: socket.socket) -> str:
+def _peer(fd: int) -> str:
+    """The peer of a socket carried by an image whose records did not say."""
+    sock = socket.socket(fileno=fd)
     try:
         host, port = sock.getpeername()[:2]
     except OSError:
         return "-"
+    finally:
+        sock.detach()
     return f"{host}:{port}"
 
 

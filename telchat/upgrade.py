@@ -358,10 +358,11 @@ def inherited() -> Handover | None:
         log.error("upgrade_refused", error=problem)
         return None
     listeners = {door: _adopted(fd) for door, fd in _listeners(state).items()}
-    connections = [(_adopted(record["fd"]), record) for record in state["connections"]]
+    for record in state["connections"]:
+        os.set_inheritable(record["fd"], False)
     carried = Carried(
         listeners=listeners,
-        connections=connections,
+        connections=state["connections"],
         last_conn_id=int(state["last_conn_id"]),
         store=state["store"],
     )

@@ -28,7 +28,7 @@ async def handed_over(old: App) -> AsyncIterator[App]:
     listeners = old.listeners()
     await old.pause(listeners, 0.5)
     records = old.carry()
-    connections = [(socket.socket(fileno=os.dup(record["fd"])), record) for record in records]
+    connections = [dict(record, fd=os.dup(record["fd"])) for record in records]
     carried = Carried(listeners, connections, old.telemetry.last_conn_id, old.store.carry())
     # As the exec would: the old image's descriptors go, the sockets live on in the new one's.
     for transport in list(old.sessions.values()):
@@ -51,20 +51,25 @@ def dormant(app: App) -> int:
 
 async def test_dormant_users_hear_their_room_and_wake_at_their_first_line() -> None:
     async with running(CONFIG) as old:
-        ann, bob, cat = await room_of(old.port, "ann", "bob", "cat")
+        ann, bob, ian = await room_of(old.port, "ann", "bob", "Ian")
         async with handed_over(old) as new:
             assert dormant(new) == 3
             await ann.send("hello")
-            for client in (ann, bob, cat):
+            for client in (ann, bob, ian):
                 assert await said(client, "ann", "hello") == ["hello"]
             assert dormant(new) == 2  # only ann had something to say
             await bob.send("who ops")
-            assert await bob.read_line() == "*** Users in #ops: ann, bob, cat"
+            assert await bob.read_line() == "*** Users in #ops: ann, bob, Ian"
+            # Their nicks are theirs, lookalikes too (lan, with a small L): nothing happened.
+            newcomer = await RawClient.connect(new.port)
+            await newcomer.send("login lan")
+            assert await newcomer.read_line() == replies.NICK_TAKEN.format(nick="lan")
+            await newcomer.close()
             await new.awake()
             assert dormant(new) == 0 and len(new.sessions) == 3
-            await cat.send("bye")
-            assert await said(ann, "cat", "bye") == ["bye"]
-            for client in (ann, bob, cat):
+            await ian.send("bye")
+            assert await said(ann, "Ian", "bye") == ["bye"]
+            for client in (ann, bob, ian):
                 await client.close()
 
 

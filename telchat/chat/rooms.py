@@ -226,6 +226,7 @@ class Chat:
         self.nicks: dict[str, User] = {}
         # look_key of each local user's nick -> that user: lookalikes are refused.
         self.looks: dict[str, User] = {}
+
         self.rooms: dict[str, Room] = {}
         # Local users whose lines may differ from the common copy (Profile.personal).
         self.special: dict[User, None] = {}
@@ -252,6 +253,11 @@ class Chat:
         store.on_nick_lost(self.lose_nick)
         # Notices to everyone: one shared batch per loop turn, as a room's lines.
         self.everyone = Broadcast()
+
+    def look_keys(self) -> dict[User, str]:
+        """Each local user's look key (`looks` the other way round), for an upgrade to
+        carry: the new image then need not read the confusables data within its pause."""
+        return {user: look for look, user in self.looks.items()}
 
     # connection lifecycle
 
@@ -369,15 +375,16 @@ class Chat:
             _channels_changed(user)
             sink.players(partial(players_of, user))
 
-    def adopt(self, user: User, rooms: Sequence[tuple[str, str]], current: str | None) -> None:
-        """Take up a user carried over a server upgrade: back under its nick and in its rooms
-        (key, name) as it was, announced to no one: to everyone else, nothing happened."""
+    def adopt(self, user: User, rooms: Sequence[tuple[str, str]], current: str | None, look: str | None) -> None:
+        """Take up a user carried over a server upgrade: back under its nick (`look`, its
+        look key, if carried) and in its rooms (key, name) as it was, announced to no one:
+        to everyone else, nothing happened."""
         self.users[user] = None
         if user.key is not None and user.key in self.nicks:
             self.sessions.setdefault(user.key, []).append(user)  # another session of an account
         elif user.key is not None:
             self.nicks[user.key] = user
-            self.looks[look_key(user.nick)] = user
+            self.looks[look if look is not None else look_key(user.nick)] = user
         for key, name in rooms:
             room = self.rooms.get(key) or self.rooms.setdefault(key, Room(key, name))
             room.members[user] = None

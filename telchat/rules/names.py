@@ -116,7 +116,7 @@ _LEGACY_FOLDS = str.maketrans(
 
 def skeleton(text: str) -> str:
     """The UTS #39 skeleton: each character replaced by the prototype it is confusable with."""
-    prototypes = _PROTOTYPES
+    prototypes = _prototypes()
     decomposed = unicodedata.normalize("NFD", text)
     return unicodedata.normalize("NFD", "".join(prototypes.get(ch, ch) for ch in decomposed))
 
@@ -125,6 +125,13 @@ def skeleton(text: str) -> str:
 _MARKS = dict.fromkeys(map(ord, "\u200e\u200f"))
 
 
+def prepare() -> None:
+    """Read the confusables data now (some 40 ms), before anyone waits: not at a first
+    login, which would stall the event loop, nor within an upgrade's pause."""
+    _prototypes()
+
+
+@cache
 def _prototypes() -> dict[str, str]:
     """Character -> its prototype. The package lists each confusables.txt pair both ways
     (character -> prototype, prototype -> character), so each prototype is the one member
@@ -145,10 +152,6 @@ def _prototypes() -> dict[str, str]:
         if prototype != node:
             prototypes[node] = prototype
     return prototypes
-
-
-# Read at import (about 70 ms), not at a first login, which would stall the event loop.
-_PROTOTYPES = _prototypes()
 
 
 def check_nick(raw: str) -> str:

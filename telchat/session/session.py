@@ -185,14 +185,16 @@ class Session:
         """No line is running, nor decided and waiting to run: the session can be carried over."""
         return not self._running and not any(isinstance(item, Decided) for item, _ in self._waiting or ())
 
-    def snapshot(self, take_output: bool = True) -> dict[str, Any]:
+    def snapshot(self, take_output: bool = True, look: str | None = None) -> dict[str, Any]:
         """Everything this session is, as plain data (bytes as latin-1 text), with what it
-        has queued for output (taken from its Outbox, with `take_output`). Call when `settled`."""
+        has queued for output (taken from its Outbox, with `take_output`) and its nick's
+        `look` key (`Chat.look_keys`). Call when `settled`."""
         user = self.user
         pacing = [self._pacing] if self._pacing is not None else []
         return {
             "nick": user.nick,
             "key": user.key,
+            "look": look,
             "account": user.account,
             "operator": user.operator,
             "charset": user.charset,
@@ -496,7 +498,7 @@ def take_up(chat: Chat, user: User, state: dict[str, Any]) -> None:
     output = str(state["output"]).encode("latin-1")
     if output:
         user.outbox.push(output)
-    chat.adopt(user, [(str(key), str(name)) for key, name in state["rooms"]], state["current"])
+    chat.adopt(user, [(str(key), str(name)) for key, name in state["rooms"]], state["current"], state.get("look"))
 
 
 def idle_carried(state: dict[str, Any]) -> bool:

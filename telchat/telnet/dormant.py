@@ -12,7 +12,7 @@ rest of this layer, it holds no chat state: the App keeps its user.
 
 from __future__ import annotations
 
-import socket
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +20,12 @@ from typing import Any
 class Dormant:
     """The socket and record of one carried connection, and its user's Sink meanwhile."""
 
-    __slots__ = ("_pending", "_wake", "_woken", "record", "sock")
+    __slots__ = ("_pending", "_wake", "_woken", "fd", "record")
 
-    def __init__(self, sock: socket.socket, record: dict[str, Any], wake: Callable[[Dormant], object]) -> None:
-        self.sock = sock
+    def __init__(self, record: dict[str, Any], wake: Callable[[Dormant], object]) -> None:
+        # The bare descriptor: a socket object is made when the protocol is. The old image's
+        # event loop made it non-blocking; the flag is the open file's, kept across the exec.
+        self.fd = int(record["fd"])
         self.record = record
         self._wake = wake
         # Output the socket did not take, or written since waking: the protocol writes it first.
@@ -41,7 +43,7 @@ class Dormant:
             pending += data
             return len(pending)
         try:
-            sent = self.sock.send(data)
+            sent = os.write(self.fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol, cast
@@ -271,17 +272,17 @@ def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
     }
 
 
-def open_fd(protocol: ChatTelnetServer) -> int | None:
-    """The connection's socket descriptor, unless it is closing (or never got going) or came
-    by another door than plain telnet: the kernel's socket alone does not carry a TLS or SSH
-    session, or a WebSocket."""
+def open_socket(protocol: ChatTelnetServer) -> socket.socket | None:
+    """The connection's socket (as its transport shows it), unless it is closing (or never
+    got going) or came by another door than plain telnet: the kernel's socket alone does not
+    carry a TLS or SSH session, or a WebSocket."""
     transport = protocol._transport
     if transport is None or protocol._closing or transport.is_closing() or protocol.writer is None:
         return None
     if protocol.door != "telnet":
         return None
-    sock = transport.get_extra_info("socket")
-    return int(sock.fileno()) if sock is not None else None
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    return sock
 
 
 def _options(table: dict[bytes, bool]) -> dict[str, bool]:
