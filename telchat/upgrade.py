@@ -43,9 +43,11 @@ from telchat.workers import report_upgrade
 
 log = get_logger(__name__)
 
-#: The state's format. A new image refuses any other (`incompatible`), so its check fails
-#: and the old image goes on.
-STATE_VERSION = 1
+#: The state's format. A new image refuses any it cannot read (`incompatible`), so its
+#: check fails and the old image goes on. Version 2 leaves empty values out of each
+#: record (rules/plain.py): an image that reads version 1 only would take them for missing.
+STATE_VERSION = 2
+READABLE_VERSIONS = frozenset({1, STATE_VERSION})
 HANDOVER_ENV = "TELCHAT_HANDOVER"
 CHECK_ENV = "TELCHAT_HANDOVER_CHECK"
 CHECK_TIMEOUT = 30.0
@@ -236,8 +238,9 @@ def _read(fd: int) -> dict[str, Any]:
 def incompatible(state: dict[str, Any]) -> str | None:
     """Why this code cannot take up `state`, or None."""
     version = state.get("version")
-    if version != STATE_VERSION:
-        return f"state format version {version!r}; this code reads version {STATE_VERSION} only"
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, sorted(READABLE_VERSIONS)))
+        return f"state format version {version!r}; this code reads versions {readable} only"
     return None
 
 

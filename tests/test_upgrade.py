@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from telchat.upgrade import incompatible
 from tests.clients import MudClient, RawClient, TermClient
 from tests.procs import ROOT, ServerProcess
 from tests.redis_server import RedisServer, free_port
@@ -182,10 +183,19 @@ BREAKAGES = {
     "syntax error": ("rules/replies.py", lambda text: text + "\nthis is not python(\n", "SyntaxError"),
     "state version": (
         "upgrade.py",
-        lambda text: text.replace("STATE_VERSION = 1\n", "STATE_VERSION = 2\n"),
-        "state format version 1; this code reads version 2 only",
+        lambda text: text.replace(
+            "STATE_VERSION = 2\nREADABLE_VERSIONS = frozenset({1, STATE_VERSION})",
+            "STATE_VERSION = 3\nREADABLE_VERSIONS = frozenset({STATE_VERSION})",
+        ),
+        "state format version 2; this code reads versions 3 only",
     ),
 }
+
+
+@pytest.mark.parametrize(("version", "readable"), [(1, True), (2, True), (3, False), (None, False)])
+def test_the_state_of_an_older_image_is_read_and_a_newer_one_refused(version: int | None, readable: bool) -> None:
+    # Version 1 wrote every key of a record; 2 leaves the empty ones out, read as empty.
+    assert (incompatible({"version": version}) is None) is readable
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES)

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from telchat.rules import replies
 from telchat.rules.names import ascii_keys, nick_key
+from telchat.rules.plain import sparse
 
 # The only escape sequences the server ever sends: user text never contains ESC (sanitize).
 BOLD = "\x1b[1m"
@@ -55,8 +56,9 @@ class Profile:
         setattr(self, name, value)
 
     def snapshot(self) -> dict[str, Any]:
-        """As plain data; `active` as seconds idle, monotonic clocks differ between processes."""
-        return {
+        """As plain data, what is empty left out; `active` as seconds idle, monotonic clocks
+        differ between processes."""
+        state = {
             "away": self.away,
             "ignored": sorted(self.ignored),
             **self.settings(),
@@ -64,13 +66,14 @@ class Profile:
             "idle": self.idle(),
             "tz": self.zone.key if self.zone is not None else None,
         }
+        return sparse(state, "away", "ignored", "tz")
 
     @classmethod
     def restored(cls, state: dict[str, Any]) -> Profile:
-        away = state["away"]
+        away = state.get("away")
         profile = cls(
             away=None if away is None else str(away),
-            ignored={str(key) for key in state["ignored"]},
+            ignored={str(key) for key in state.get("ignored", ())},
             connected=float(state["connected"]),
             active=time.monotonic() - float(state["idle"]),
         )

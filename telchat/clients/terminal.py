@@ -27,6 +27,7 @@ from telchat.clients.probes import LineProbes
 from telchat.config import Config
 from telchat.rules.lineedit import CLEAR_LINE, LineEditor
 from telchat.rules.lines import Oversize
+from telchat.rules.plain import sparse
 from telchat.session.session import Session
 from telchat.telnet.internals import LeanTelnetWriter
 from telchat.telnet.liveness import Watchdog, set_user_timeout
@@ -48,7 +49,8 @@ def writes_unchanged(carried: dict[str, Any]) -> bool:
     output as it is (`Terminal._plain`) and sends nothing of its own meanwhile: a line-mode
     telnet or MUD client without an editor or GMCP. Such a session's output can go straight
     to its socket before the Terminal is built again (telnet/dormant.py)."""
-    return carried.get("client_class") in ("telnet", "mud") and carried["editor"] is None and not carried["gmcp"]
+    plain = carried.get("client_class") in ("telnet", "mud") and carried.get("editor") is None
+    return plain and not carried.get("gmcp")
 
 
 class Terminal:
@@ -252,14 +254,16 @@ class Terminal:
     # lifecycle
 
     def snapshot(self) -> dict[str, Any]:
-        """What this terminal keeps beyond the telnet options, as plain data (an upgrade carries it)."""
-        return {
+        """What this terminal keeps beyond the telnet options, as plain data (an upgrade
+        carries it), what is empty left out."""
+        state = {
             "editor": self._editor.snapshot() if self._editor is not None else None,
             "gmcp": self._gmcp is not None,
             "undecoded": self._undecoded.decode("latin-1"),
             "prompt_room": self._prompt_room,
             "client_class": self.client_class,
         }
+        return sparse(state, "editor", "gmcp", "undecoded", "prompt_room")
 
     def attach(self, session: Session, carried: dict[str, Any] | None = None) -> None:
         """Set the connection up for its client class; call before `session.start()`. A
@@ -282,12 +286,12 @@ class Terminal:
             if carried is None:
                 writer.iac(WILL, SGA)
                 writer.iac(WILL, ECHO)
-            elif self._editor is not None and carried["editor"] is not None:
+            elif self._editor is not None and carried.get("editor") is not None:
                 self._editor.restore(carried["editor"])
-                self._undecoded = str(carried["undecoded"]).encode("latin-1")
-                self._prompt_room = carried["prompt_room"]
+                self._undecoded = str(carried.get("undecoded", "")).encode("latin-1")
+                self._prompt_room = carried.get("prompt_room")
             session.set_framer(self)
-        self._start_gmcp(session, carried is None or bool(carried["gmcp"]), carried is None)
+        self._start_gmcp(session, carried is None or bool(carried.get("gmcp")), carried is None)
         if carried is None and writer.local_option.enabled(MSSP):
             session.user.outbox.push(mssp.frame(self._status.variables()))
         self._start_watchdog(session)

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from telchat.rules.plain import sparse
+
 _CR = 0x0D
 _LF = 0x0A
 _NUL = 0x00
@@ -75,13 +77,14 @@ class LineSplitter:
         return len(self._buf) + self._dropped
 
     def snapshot(self) -> dict[str, Any]:
-        """The unterminated line, as plain data (bytes as latin-1 text)."""
-        return {"buf": self._buf.decode("latin-1"), "dropped": self._dropped, "skip_after_cr": self._skip_after_cr}
+        """The unterminated line, as plain data (bytes as latin-1 text), what is empty left out."""
+        state = {"buf": self._buf.decode("latin-1"), "dropped": self._dropped, "skip_after_cr": self._skip_after_cr}
+        return sparse(state, "buf", "dropped", "skip_after_cr")
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._buf = str(state["buf"]).encode("latin-1")
-        self._dropped = int(state["dropped"])
-        self._skip_after_cr = bool(state["skip_after_cr"])
+        self._buf = str(state.get("buf", "")).encode("latin-1")
+        self._dropped = int(state.get("dropped", 0))
+        self._skip_after_cr = bool(state.get("skip_after_cr"))
 
     def feed(self, data: bytes) -> list[Line]:
         if self._skip_after_cr and data:

@@ -36,6 +36,7 @@ from telchat.obs.logs import get_logger
 from telchat.rules import charsets, replies
 from telchat.rules.flood import Fakelag, PasteMeter
 from telchat.rules.lines import LineSplitter, Overflow, Oversize, apply_edits
+from telchat.rules.plain import sparse
 from telchat.rules.sanitize import sanitize
 from telchat.session import commands
 
@@ -188,10 +189,10 @@ class Session:
     def snapshot(self, take_output: bool = True, look: str | None = None) -> dict[str, Any]:
         """Everything this session is, as plain data (bytes as latin-1 text), with what it
         has queued for output (taken from its Outbox, with `take_output`) and its nick's
-        `look` key (`Chat.look_keys`). Call when `settled`."""
+        `look` key (`Chat.look_keys`); what is empty left out. Call when `settled`."""
         user = self.user
         pacing = [self._pacing] if self._pacing is not None else []
-        return {
+        state = {
             "nick": user.nick,
             "key": user.key,
             "look": look,
@@ -214,23 +215,24 @@ class Session:
             "duration": time.monotonic() - self._started,
             "output": user.outbox.take_queued().decode("latin-1") if take_output else "",
         }
+        return sparse(state, *_OPTIONAL)
 
     def resume(self, state: dict[str, Any], taken_up: bool = False) -> None:
         """Take up a `snapshot` in place of `start`: no greeting, and no one is told. A user
         `taken_up` already (by `take_up`) is back in the chat, its output sent or queued."""
         if not taken_up:
             take_up(self.chat, self.user, state)
-        if self._fakelag is not None and state["fakelag"] is not None:
+        if self._fakelag is not None and state.get("fakelag") is not None:
             self._fakelag.restore(state["fakelag"])
-        if isinstance(self._splitter, LineSplitter) and state["splitter"] is not None:
+        if isinstance(self._splitter, LineSplitter) and state.get("splitter") is not None:
             self._splitter.restore(state["splitter"])
-        for kind, data, cost in state["waiting"]:
+        for kind, data, cost in state.get("waiting", ()):
             self._wait(_uncarried(kind, data), float(cost))
-        if state["secret"]:
+        if state.get("secret"):
             # The prompt's answer cannot be carried: its line must still not reach the chat.
             self._secret = self._interrupted
-        self._charset_hinted = bool(state["charset_hinted"])
-        self.bytes_in = int(state["bytes_in"])
+        self._charset_hinted = bool(state.get("charset_hinted"))
+        self.bytes_in = int(state.get("bytes_in", 0))
         self._started = time.monotonic() - float(state["duration"])
 
     async def _interrupted(self, text: str) -> None:
@@ -492,19 +494,38 @@ class Session:
 def take_up(chat: Chat, user: User, state: dict[str, Any]) -> None:
     """Put a user carried over a server upgrade (its session's `snapshot`) back as it was:
     its names and profile, its queued output, its rooms."""
-    user.nick, user.key = str(state["nick"]), state["key"]
-    user.account, user.operator = state["account"], bool(state["operator"])
+    user.nick, user.key = str(state["nick"]), state.get("key")
+    user.account, user.operator = state.get("account"), bool(state.get("operator"))
     user.profile = Profile.restored(state["profile"])
-    output = str(state["output"]).encode("latin-1")
+    output = str(state.get("output", "")).encode("latin-1")
     if output:
         user.outbox.push(output)
-    chat.adopt(user, [(str(key), str(name)) for key, name in state["rooms"]], state["current"], state.get("look"))
+    rooms = [(str(key), str(name)) for key, name in state.get("rooms", ())]
+    chat.adopt(user, rooms, state.get("current"), state.get("look"))
 
 
 def idle_carried(state: dict[str, Any]) -> bool:
     """Whether a carried session (its `snapshot`) has nothing to do until its next input:
     no line waits, and no prompt (whose answer must not reach the chat) is open."""
-    return not state["waiting"] and not state["secret"]
+    return not state.get("waiting") and not state.get("secret")
+
+
+# Left out of a snapshot when empty (`sparse`).
+_OPTIONAL = (
+    "key",
+    "look",
+    "account",
+    "operator",
+    "rooms",
+    "current",
+    "fakelag",
+    "splitter",
+    "waiting",
+    "secret",
+    "charset_hinted",
+    "bytes_in",
+    "output",
+)
 
 
 def _carried(item: Cut, cost: float) -> tuple[str, str | int, float]:

@@ -21,6 +21,7 @@ from telnetlib3.telopt import DO, DONT, ECHO, EOR, GMCP, IAC, MSDP, MSSP, WILL, 
 
 from telchat.obs.logs import get_logger
 from telchat.rules import charsets
+from telchat.rules.plain import sparse
 from telchat.telnet.admission import Address
 from telchat.telnet.guard import ConnectionGuard, Guards
 from telchat.telnet.internals import ChunkReader, Corked, LeanTelnetWriter, OnFirstUse, compact, shared_defaults
@@ -250,17 +251,18 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
 
 def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
     """The connection's negotiated telnet state and unread input, as plain data (bytes as
-    latin-1 text), for the server's next image (`ChatTelnetServer.carried`)."""
+    latin-1 text), for the server's next image (`ChatTelnetServer.carried`); what is empty
+    (no input or output held, a flag off) left out."""
     writer = protocol.writer
     reader = protocol.reader
     assert writer is not None and reader is not None
     unsent, lost = protocol.sink.unsent()
-    return {
+    state = {
         "local": _options(writer.local_option),
         "remote": _options(writer.remote_option),
         "pending": _options(writer.pending_option),
         # TERM, cols, rows, charset, LANG and the rest that the client told us.
-        "extra": {k: v for k, v in protocol._extra.items() if isinstance(v, str | int | float | bool)},
+        "extra": {k: v for k, v in protocol._extra.items() if type(v) in _PLAIN},
         "passthrough": protocol.passthrough,
         "late_checked": protocol._late_checked,
         "advanced": protocol._advanced,
@@ -270,6 +272,12 @@ def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
         "lost": lost,
         "unprocessed": protocol.guard.unprocessed().decode("latin-1") if protocol.guard is not None else "",
     }
+    return sparse(state, *_OPTIONAL)
+
+
+# The values of a connection's extra information that are plain data (others are objects).
+_PLAIN = frozenset({str, int, float, bool})
+_OPTIONAL = ("passthrough", "late_checked", "advanced", "unread", "unsent", "lost", "unprocessed")
 
 
 def open_socket(protocol: ChatTelnetServer) -> socket.socket | None:
@@ -303,16 +311,16 @@ def _restore(protocol: ChatTelnetServer, state: dict[str, Any]) -> None:
         dict.update(table, {bytes.fromhex(key): value for key, value in state[name].items()})
     writer._check_waiters()
     protocol._extra.update(state["extra"])
-    protocol.passthrough = bool(state["passthrough"])
-    protocol._late_checked = bool(state["late_checked"])
-    protocol._advanced = bool(state["advanced"])
+    protocol.passthrough = bool(state.get("passthrough"))
+    protocol._late_checked = bool(state.get("late_checked"))
+    protocol._advanced = bool(state.get("advanced"))
     unsent = str(state.get("unsent", "")).encode("latin-1")
     if unsent:
         protocol.sink.write(unsent)
-    unread = str(state["unread"]).encode("latin-1")
+    unread = str(state.get("unread", "")).encode("latin-1")
     if unread:
         reader.feed_data(unread)
-    unprocessed = str(state["unprocessed"]).encode("latin-1")
+    unprocessed = str(state.get("unprocessed", "")).encode("latin-1")
     if unprocessed:
         protocol.data_received(unprocessed)
 
