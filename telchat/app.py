@@ -41,6 +41,7 @@ from telchat.telnet.protocol import (
     make_shell,
     negotiated_charset,
     open_socket,
+    peer_text,
     protocol_factory,
     pump,
 )
@@ -678,12 +679,11 @@ def _peer(fd: int) -> str:
     """The peer of a socket carried by an image whose records did not say."""
     sock = socket.socket(fileno=fd)
     try:
-        host, port = sock.getpeername()[:2]
+        return peer_text(sock.getpeername())
     except OSError:
         return "-"
     finally:
         sock.detach()
-    return f"{host}:{port}"
 
 
 def _resume(session: Session, terminal: Terminal, carried: dict[str, Any], sleeper: Sleeper | None) -> None:

@@ -361,10 +361,14 @@ def protocol_factory(
 def peer_of(transport: asyncio.BaseTransport | None) -> str:
     if transport is None:
         return "-"
-    peer = transport.get_extra_info("peername")
-    if not peer:
+    return peer_text(transport.get_extra_info("peername"))
+
+
+def peer_text(peername: Any) -> str:
+    """A socket's peer address (as `getpeername` gives it) as host:port, or "-"."""
+    if not peername:
         return "-"
-    return f"{peer[0]}:{peer[1]}"
+    return f"{peername[0]}:{peername[1]}"
 
 
 class TransportSink:
