@@ -138,6 +138,14 @@ def listen_overflows() -> int:
     return 0
 
 
+def process_counts(pid: int) -> dict[str, float]:
+    """A process's system calls that read and that write (/proc/PID/io), and its system
+    (kernel) CPU seconds (/proc/PID/stat, in ticks): where a connection's cost goes."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    stime = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[12])
+    return {"reads": int(io["syscr"]), "writes": int(io["syscw"]), "system_s": stime / TICKS}
+
+
 def machine_busy_seconds() -> float:
     """CPU time all processes on the machine have used, from the first line of /proc/stat."""
     ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -625,6 +633,7 @@ async def measure_upgrade(server: Server, rec: Recorder) -> dict[str, Any]:
 async def run_storm(server: Server, scenario: Scenario, rec: Recorder, args: argparse.Namespace) -> dict[str, Any]:
     idle_kib = rss_kib(server.pid)
     overflows = listen_overflows()
+    before = process_counts(server.pid)
     meter = Meter(server.pid, server.profile)
     meter.start()
     clients, result = await setup(server, scenario, rec, args)
@@ -632,11 +641,15 @@ async def run_storm(server: Server, scenario: Scenario, rec: Recorder, args: arg
     live = await prove_live(clients)
     meter.stop()
     sessions = max(1, len(clients))
+    spent = {key: value - before[key] for key, value in process_counts(server.pid).items()}
     return result | {
         "proven_live": live,
         "connect_ms": percentiles(rec.connects),
         "all_live_s": round(meter.wall, 3) if live == scenario.clients else None,
         "server_cpu_ms_per_conn": round(meter.server_cpu * meter.wall * 1000 / sessions, 3),
+        "server_system_ms_per_conn": round(spent["system_s"] * 1000 / sessions, 3),
+        "server_reads_per_conn": round(spent["reads"] / sessions, 1),
+        "server_writes_per_conn": round(spent["writes"] / sessions, 1),
         "server_cpu": round(meter.server_cpu, 3),
         "load_cpu": round(meter.load_cpu, 3),
         "other_cpu": round(meter.other_cpu, 3),
@@ -767,6 +780,9 @@ ROWS: dict[str, tuple[str, ...]] = {
     "TCP connect p99 ms": ("connect_ms", "p99"),
     "time until all live s": ("all_live_s",),
     "server CPU ms per conn": ("server_cpu_ms_per_conn",),
+    "  of it system ms": ("server_system_ms_per_conn",),
+    "reads per conn (syscalls)": ("server_reads_per_conn",),
+    "writes per conn (syscalls)": ("server_writes_per_conn",),
     "ListenOverflows": ("listen_overflows",),
     "probe greeting p50 ms": ("probe_greeting_ms", "p50"),
     "probe greeting p99 ms": ("probe_greeting_ms", "p99"),
