@@ -29,7 +29,7 @@ from telchat.session.session import Session, idle_carried, take_up
 from telchat.store.base import Store, StoreError
 from telchat.store.events import Event
 from telchat.store.url import make_store
-from telchat.telnet.dormant import Dormant, can_sleep
+from telchat.telnet.dormant import Dormant, Watch, can_sleep
 from telchat.telnet.guard import Guards
 from telchat.telnet.internals import ChunkReader
 from telchat.telnet.protocol import (
@@ -142,6 +142,8 @@ class App:
         self.sessions: dict[Session, Transport] = {}
         # Connections an upgrade carried over whose session is not built yet, by conn_id.
         self._dormant: dict[int, Sleeper] = {}
+        # Their sockets, watched for input; None while there are none.
+        self._watch: Watch | None = None
         self._waking: set[asyncio.Task[None]] = set()
         self._flusher = Flusher()
         self.store.commit_before(self._flusher)
@@ -350,13 +352,16 @@ class App:
         user.columns = int(record["telnet"]["extra"].get("cols") or user.columns)
         take_up(self.chat, user, state)
         self._dormant[dormant.conn_id] = sleeper
-        asyncio.get_running_loop().add_reader(dormant.fd, self._wake, dormant)
+        if self._watch is None:
+            self._watch = Watch(self._wake)
+        self._watch.watch(dormant)
 
     def _wake(self, dormant: Dormant) -> asyncio.Task[None] | None:
         """Build a dormant connection's protocol and session; None if under way already."""
         if not dormant.wake_up():
             return None
-        asyncio.get_running_loop().remove_reader(dormant.fd)
+        if self._watch is not None:
+            self._watch.forget(dormant)
         task = asyncio.ensure_future(self._take_up(dormant.record))
         self._waking.add(task)
         task.add_done_callback(self._waking.discard)
@@ -376,6 +381,9 @@ class App:
         await self._until(lambda: not self._dormant, time.monotonic() + WAKE_PATIENCE)
         for sleeper in list(self._dormant.values()):
             self._let_go(sleeper.dormant.record)
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def _let_go(self, record: dict[str, Any]) -> None:
         """A carried connection that gets no session: a dormant one's user leaves the chat."""

@@ -70,18 +70,18 @@ class Profile:
 
     @classmethod
     def restored(cls, state: dict[str, Any]) -> Profile:
-        away = state.get("away")
+        away, ignored, zone = state.get("away"), state.get("ignored"), state.get("tz")
         profile = cls(
             away=None if away is None else str(away),
-            ignored={str(key) for key in state.get("ignored", ())},
+            ignored={str(key) for key in ignored} if ignored else set(),
             connected=float(state["connected"]),
             active=time.monotonic() - float(state["idle"]),
+            zone=zone_named(str(zone)) if zone else None,
         )
+        # Each of thousands within an upgrade's pause: setattr, not `change`'s check.
         for name in SETTINGS:
             if name in state:  # a process of an older version may not know the newer ones
-                profile.change(name, bool(state[name]))
-        if state.get("tz"):
-            profile.zone = zone_named(str(state["tz"]))
+                setattr(profile, name, bool(state[name]))
         return profile
 
     def touch(self) -> None:

@@ -12,7 +12,9 @@ rest of this layer, it holds no chat state: the App keeps its user.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +78,42 @@ class Dormant:
     def take_pending(self) -> bytes:
         pending, self._pending = self._pending, None
         return bytes(pending or b"")
+
+
+class Watch:
+    """The dormant connections' sockets, watched for input in an epoll set of their own,
+    whose one descriptor the event loop watches. Watching each socket with the loop itself
+    costs uvloop a poll handle and four system calls (some 8 µs, half of taking a dormant
+    connection up); adding it to this set is one. A socket with input, or whose peer left
+    (epoll always reports a hang-up), is passed to `ready` until it is `forget`-ten."""
+
+    __slots__ = ("_epoll", "_loop", "_ready", "_watched")
+
+    def __init__(self, ready: Callable[[Dormant], object]) -> None:
+        self._ready = ready
+        self._loop = asyncio.get_running_loop()
+        self._epoll = select.epoll()
+        self._watched: dict[int, Dormant] = {}
+        self._loop.add_reader(self._epoll.fileno(), self._input)
+
+    def watch(self, dormant: Dormant) -> None:
+        self._epoll.register(dormant.fd, select.EPOLLIN)
+        self._watched[dormant.fd] = dormant
+
+    def forget(self, dormant: Dormant) -> None:
+        if self._watched.pop(dormant.fd, None) is not None:
+            self._epoll.unregister(dormant.fd)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+        self._watched.clear()
+
+    def _input(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            dormant = self._watched.get(fd)
+            if dormant is not None:
+                self._ready(dormant)
 
 
 def can_sleep(telnet: dict[str, Any]) -> bool:
