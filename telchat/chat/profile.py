@@ -7,6 +7,7 @@ before it gives a user a copy of their own; everyone else shares the common byte
 
 from __future__ import annotations
 
+import operator
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ RESET = "\x1b[0m"
 BELL = "\x07"
 
 SETTINGS = ("timestamps", "bell", "highlight", "catchup")
+_settings_of = operator.attrgetter(*SETTINGS)
 
 _WORD = re.compile(r"[\w-]+")
 
@@ -48,7 +50,7 @@ class Profile:
         return self.timestamps or bool(self.ignored)
 
     def settings(self) -> dict[str, bool]:
-        return {name: bool(getattr(self, name)) for name in SETTINGS}
+        return dict(zip(SETTINGS, _settings_of(self), strict=True))
 
     def change(self, name: str, value: bool) -> None:
         if name not in SETTINGS:
@@ -60,7 +62,7 @@ class Profile:
         differ between processes."""
         state = {
             "away": self.away,
-            "ignored": sorted(self.ignored),
+            "ignored": sorted(self.ignored) if self.ignored else None,
             **self.settings(),
             "connected": self.connected,
             "idle": self.idle(),

@@ -191,7 +191,6 @@ class Session:
         has queued for output (taken from its Outbox, with `take_output`) and its nick's
         `look` key (`Chat.look_keys`); what is empty left out. Call when `settled`."""
         user = self.user
-        pacing = [self._pacing] if self._pacing is not None else []
         state = {
             "nick": user.nick,
             "key": user.key,
@@ -204,11 +203,7 @@ class Session:
             "profile": user.profile.snapshot(),
             "fakelag": self._fakelag.snapshot() if self._fakelag is not None else None,
             "splitter": self._splitter.snapshot() if isinstance(self._splitter, LineSplitter) else None,
-            "waiting": [
-                _carried(item, cost)
-                for item, cost in [*pacing, *(self._waiting or ())]
-                if not isinstance(item, Decided)
-            ],
+            "waiting": self._carried_waiting() if self._pacing is not None or self._waiting else None,
             "secret": self._secret is not None,
             "charset_hinted": self._charset_hinted,
             "bytes_in": self.bytes_in,
@@ -216,6 +211,11 @@ class Session:
             "output": user.outbox.take_queued().decode("latin-1") if take_output else "",
         }
         return sparse(state, *_OPTIONAL)
+
+    def _carried_waiting(self) -> list[tuple[str, str | int, float]]:
+        pacing = [self._pacing] if self._pacing is not None else []
+        waiting = [*pacing, *(self._waiting or ())]
+        return [_carried(item, cost) for item, cost in waiting if not isinstance(item, Decided)]
 
     def resume(self, state: dict[str, Any], taken_up: bool = False) -> None:
         """Take up a `snapshot` in place of `start`: no greeting, and no one is told. A user
