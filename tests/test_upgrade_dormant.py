@@ -137,3 +137,23 @@ async def test_dormant_users_are_told_goodbye_at_shutdown() -> None:
         for client in clients:
             assert (await client.read_until(replies.GOODBYE))[-1:] == [replies.GOODBYE]
             await client.wait_closed()
+
+
+async def test_dormant_connections_count_toward_the_per_address_limit() -> None:
+    limited = replace(CONFIG, max_conns_per_ip=2, limit_loopback=True, conn_rate_per_ip=0)
+    async with running(limited) as old:
+        ann, bob = await room_of(old.port, "ann", "bob")
+        async with handed_over(old) as new:
+            assert dormant(new) == 2
+            third = await RawClient.connect(new.port, greet=False)
+            assert "Too many connections from your address" in await third.read_line()
+            await third.close()
+            await new.awake()
+            # Built, each is counted once: still two, and one leaving makes room for one.
+            await bob.close()
+            await ann.read_until("*** User bob quit")
+            fourth = await RawClient.connect(new.port)
+            await fourth.send("login cat")
+            assert await fourth.read_line() == "*** User change nick anonymous --> cat"
+            for client in (ann, fourth):
+                await client.close()
