@@ -383,7 +383,7 @@ class App:
             await asyncio.gather(*chunk)
             for _ in range(ADOPT_TURNS):
                 await asyncio.sleep(0)
-        await self._until(lambda: not self._dormant, time.monotonic() + WAKE_PATIENCE)
+        await until(lambda: not self._dormant, time.monotonic() + WAKE_PATIENCE)
         for sleeper in list(self._dormant.values()):
             self._let_go(sleeper.dormant.record)
         if self._watch is not None:
@@ -587,12 +587,12 @@ class App:
         # The store first: a new image that cannot open it ends, dropping everyone.
         await self._store_settled(deadline)
         # Lines running finish, and the sessions saying goodbye end.
-        await self._until(self._settled, deadline)
+        await until(self._settled, deadline)
         self._flusher.flush()
         await self.store.drain(max(0.0, deadline - time.monotonic()))
         await self._drain(max(0.0, deadline - time.monotonic()), leaving)
         # A line still running (or one paced that started meanwhile) would be lost.
-        await self._until(lambda: not self._running(), deadline)
+        await until(lambda: not self._running(), deadline)
         running = self._running()
         if running:
             raise HandoverError(f"{running} sessions still run a line")
@@ -613,13 +613,6 @@ class App:
     async def _store_answers(self) -> None:
         await self.store.check()
         await self.store.settled()
-
-    @staticmethod
-    async def _until(done: Callable[[], bool], deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if done():
-                return
-            await asyncio.sleep(0.01)
 
     def _settled(self) -> bool:
         return all(s.settled and self._carried_over(s) for s in self.sessions)
@@ -682,6 +675,14 @@ class App:
             if not any(map(_holding, transports)):
                 return
             await asyncio.sleep(0.02)
+
+
+async def until(done: Callable[[], bool], deadline: float, poll: float = 0.01) -> None:
+    """Return once `done()`, looked at every `poll` seconds, or at `deadline` (monotonic)."""
+    while time.monotonic() < deadline:
+        if done():
+            return
+        await asyncio.sleep(poll)
 
 
 def _sleeps(record: dict[str, Any]) -> bool:

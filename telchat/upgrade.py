@@ -36,7 +36,7 @@ import orjson
 
 import telchat
 from telchat import __version__
-from telchat.app import App, Carried, HandoverError
+from telchat.app import App, Carried, HandoverError, until
 from telchat.config import parse_config
 from telchat.obs.logs import flush_logs, get_logger
 from telchat.workers import report_upgrade
@@ -165,11 +165,8 @@ class Upgrader:
         """In the new image: once every carried session runs again (dormant or built: the
         pause is over), build the dormant ones, then log the upgrade."""
         app = self._app
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            if app.session_count >= handover.sessions:
-                break
-            await asyncio.sleep(0.005)
+        # Polled finely: when it ends is the pause's end, as measured.
+        await until(lambda: app.session_count >= handover.sessions, time.monotonic() + 2.0, poll=0.005)
         resumed = time.time()
         dormant = app.session_count - len(app.sessions)
         await app.awake()
