@@ -297,32 +297,28 @@ class Terminal:
         self._start_watchdog(session)
 
     def _start_watchdog(self, session: Session) -> None:
-        # Bound methods, not closures: every telnet session holds these for its lifetime.
+        # The watchdog calls this terminal back (`Watched`): no callbacks held per session.
         self._watchdog = watchdog = Watchdog(
-            idle=self._idle,
-            ping=self._ping,
-            expire=self._ping_timeout,
-            ping_after=self._config.idle_ping,
-            answer_within=self._config.idle_timeout,
-            nop=self._nop,
-            deaf=self._deaf,
+            self, ping_after=self._config.idle_ping, answer_within=self._config.idle_timeout
         )
         self._writer.on_timing_mark = watchdog.answered
         watchdog.start()
 
-    def _idle(self) -> float:
+    # Watched (the liveness watchdog's view of this connection)
+
+    def idle(self) -> float:
         return float(self._protocol.idle)
 
-    def _ping(self) -> None:
+    def ping(self) -> None:
         self._writer.iac(DO, TM)
 
-    def _nop(self) -> None:
+    def nop(self) -> None:
         self._writer.send_iac(IAC + NOP)
 
-    def _deaf(self) -> None:
+    def deaf(self) -> None:
         set_user_timeout(self._writer.transport, self._config.idle_timeout)
 
-    def _ping_timeout(self) -> None:
+    def expire(self) -> None:
         assert self._session is not None
         farewell = PING_TIMEOUT.format(seconds=f"{self._config.idle_timeout:g}")
         self._session.quit("ping timeout", reason="ping_timeout", farewell=farewell)

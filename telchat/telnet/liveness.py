@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 KEEPALIVE_IDLE = 60
 KEEPALIVE_INTERVAL = 15
@@ -55,6 +55,26 @@ def set_user_timeout(transport: asyncio.BaseTransport | None, seconds: float) ->
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
 
 
+class Watched(Protocol):
+    """What a Watchdog watches. One object rather than five callbacks: each callback a bound
+    method, which every telnet connection would hold for as long as it lasts."""
+
+    def idle(self) -> float:
+        """Seconds since the peer last sent anything."""
+
+    def ping(self) -> None:
+        """Send the peer a TIMING-MARK."""
+
+    def nop(self) -> None:
+        """Send the peer a NOP (it ignores pings)."""
+
+    def deaf(self) -> None:
+        """The peer ignores pings: leave it to TCP."""
+
+    def expire(self) -> None:
+        """The peer did not answer: end the connection."""
+
+
 class Watchdog:
     """Pings a silent telnet peer and gives up on one that does not answer. One timer each."""
 
@@ -63,33 +83,15 @@ class Watchdog:
         "_answers",
         "_answers_at_ping",
         "_deaf",
-        "_expire",
         "_handle",
-        "_idle",
-        "_nop",
-        "_on_deaf",
-        "_ping",
         "_ping_after",
         "_pinged_at",
         "_pings",
+        "_watched",
     )
 
-    def __init__(
-        self,
-        *,
-        idle: Callable[[], float],
-        ping: Callable[[], object],
-        expire: Callable[[], None],
-        ping_after: float,
-        answer_within: float,
-        nop: Callable[[], object] = lambda: None,
-        deaf: Callable[[], object] = lambda: None,
-    ) -> None:
-        self._idle = idle
-        self._ping = ping
-        self._nop = nop
-        self._on_deaf = deaf
-        self._expire = expire
+    def __init__(self, watched: Watched, *, ping_after: float, answer_within: float) -> None:
+        self._watched = watched
         self._ping_after = ping_after
         self._answer_within = answer_within
         self._pinged_at: float | None = None
@@ -98,7 +100,7 @@ class Watchdog:
         # TIMING-MARK answers (WILL or WONT), counted by `answered`.
         self._answers = 0
         self._answers_at_ping = 0
-        # The client ignores repeated pings: it gets NOPs (`nop`), and TCP decides (`deaf`).
+        # The client ignores repeated pings: it gets NOPs, and TCP decides (`Watched.deaf`).
         self._deaf = False
 
     def answered(self) -> None:
@@ -118,7 +120,8 @@ class Watchdog:
         self._handle = asyncio.get_running_loop().call_later(max(delay, 0.01), self._tick)
 
     def _tick(self) -> None:
-        idle = self._idle()
+        watched = self._watched
+        idle = watched.idle()
         # The clock `idle` is measured with (telnetlib3: datetime.now()), not loop.time():
         # uvloop's is in milliseconds and read once per loop turn, so comparing the two can
         # take an answer that came 1 ms after the ping for no answer at all.
@@ -128,19 +131,19 @@ class Watchdog:
             self._pinged_at = None
             if self._answers == self._answers_at_ping and self._judge(silent):
                 self._handle = None
-                self._expire()
+                watched.expire()
                 return
         if idle < self._ping_after:
             self._schedule(self._ping_after - idle)
             return
         if self._deaf:
-            self._nop()
+            watched.nop()
             self._schedule(self._ping_after)
             return
         self._pinged_at = now
         self._pings += 1
         self._answers_at_ping = self._answers
-        self._ping()
+        watched.ping()
         self._schedule(self._answer_within)
 
     def _judge(self, silent: bool) -> bool:
@@ -149,5 +152,5 @@ class Watchdog:
             return True
         if self._answers < 2 and self._pings >= 2:
             self._deaf = True
-            self._on_deaf()
+            self._watched.deaf()
         return False
