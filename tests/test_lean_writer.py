@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import telnetlib3
 from telnetlib3.stream_writer import TelnetWriterUnicode
-from telnetlib3.telopt import GMCP, NAWS, NOP, TM, TTYPE
+from telnetlib3.telopt import GMCP, NAWS, NEW_ENVIRON, NOP, TM, TTYPE
 
 from telchat.app import App
 from telchat.telnet.internals import WRITER_DEFAULTS, LeanTelnetWriter, compact, learn
@@ -109,6 +109,27 @@ async def test_a_sessions_protocol_is_compacted(app: App) -> None:
         assert len(protocol.writer.__dict__) <= 42  # the dict's smaller size (see `compact`)
     finally:
         await client.close()
+
+
+async def test_a_protocols_own_handlers_are_looked_up_not_held(app: App) -> None:
+    """telnetlib3's server registers eight of its methods on each writer as it connects:
+    every connection's tables answer with its own protocol's, holding none."""
+    clients = [await RawClient.connect(app.port) for _ in range(2)]
+    try:
+        for protocol in [transport.get_protocol() for transport in app.sessions.values()]:
+            writer = protocol.writer
+            for table, cmd, name in [
+                ("_ext_callback", NAWS, "on_naws"),
+                ("_ext_callback", TTYPE, "on_ttype"),
+                ("_ext_offer_callback", NEW_ENVIRON, "on_request_environ"),
+            ]:
+                handler = getattr(writer, table)[cmd]
+                assert handler.__self__ is protocol and handler.__name__ == name
+            held = [f for t in TABLES for f in dict.values(getattr(writer, t))]
+            assert all(getattr(f, "__self__", None) is not protocol for f in held), held
+    finally:
+        for client in clients:
+            await client.close()
 
 
 def given(transport: asyncio.Transport) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from telnetlib3 import slc
 from telnetlib3._session_context import TelnetSessionContext
@@ -87,20 +87,26 @@ class ChunkReader(TelnetReaderUnicode):
         return await TelnetReader.read(self, n)
 
 
+# Whose handler a table's default for a command is: the writer's, or its protocol's.
+_Owner = Literal["writer", "protocol"]
+
+
 class _Handlers(dict[bytes, Callable[..., Any]]):
     """One of a TelnetWriter's callback tables, without a bound method per entry.
 
     telnetlib3 fills five such tables in every writer's __init__ with the writer's own
     handle_* methods: 63 bound methods, some 8 KiB and 68 objects for the garbage collector
-    per connection, nearly all never called. This table stores only what is registered on
-    top of those; a lookup of a command nobody overrode binds the writer's own handler then.
-    Which handler that is, telnetlib3's __init__ itself says (see `LeanTelnetWriter`): the
-    first writer's registrations are learnt, per table, for all.
+    per connection, nearly all never called; its server protocol then registers eight of
+    its own (on_naws, on_ttype...) as it connects. This table stores only what is registered
+    on top of those; a lookup of a command nobody overrode binds the writer's (or the
+    protocol's) handler then. Which handler that is, telnetlib3 itself says: the first
+    writer's registrations in __init__, and the first protocol's while it is `wiring` its
+    writer up (see `ChatTelnetServer.connection_made`), are learnt, per table, for all.
     """
 
     __slots__ = ("_defaults", "_writer")
 
-    def __init__(self, writer: LeanTelnetWriter, defaults: dict[bytes, str]) -> None:
+    def __init__(self, writer: LeanTelnetWriter, defaults: dict[bytes, tuple[_Owner, str]]) -> None:
         super().__init__()
         self._writer: LeanTelnetWriter | None = writer
         self._defaults = defaults
@@ -109,20 +115,39 @@ class _Handlers(dict[bytes, Callable[..., Any]]):
         writer = self._writer
         if writer is not None and writer.initializing and key in self._defaults:
             return  # __init__ registering its default again: learnt from the first writer
-        name = getattr(func, "__name__", "")
-        if writer is not None and getattr(func, "__self__", None) is writer:
-            if getattr(writer, "initializing", False):
-                self._defaults.setdefault(key, name)
-            if self._defaults.get(key) == name:
-                self.pop(key, None)  # the writer's own handler: looked up when needed
+        owner = self._owner(getattr(func, "__self__", None))
+        if owner is not None:
+            assert writer is not None
+            entry = (owner, getattr(func, "__name__", ""))
+            self._learn(writer, key, entry)
+            if self._defaults.get(key) == entry:
+                self.pop(key, None)  # the default handler: looked up when needed
                 return
         super().__setitem__(key, func)
 
+    def _learn(self, writer: LeanTelnetWriter, key: bytes, entry: tuple[_Owner, str]) -> None:
+        if getattr(writer, "initializing", False):
+            self._defaults.setdefault(key, entry)
+        elif entry[0] == "protocol" and getattr(writer._protocol, "wiring", False):
+            previous = self._defaults.get(key)
+            if previous is None or previous[0] == "writer":
+                self._defaults[key] = entry  # the protocol's supersedes the writer's own
+
+    def _owner(self, bound_to: object) -> _Owner | None:
+        writer = self._writer
+        if writer is None or bound_to is None:
+            return None
+        if bound_to is writer:
+            return "writer"
+        return "protocol" if bound_to is writer._protocol else None
+
     def __missing__(self, key: bytes) -> Callable[..., Any]:
-        name = self._defaults.get(key)
-        if name is None or self._writer is None:
+        entry = self._defaults.get(key)
+        writer = self._writer
+        if entry is None or writer is None:
             raise KeyError(key)
-        handler: Callable[..., Any] = getattr(self._writer, name)
+        owner, name = entry
+        handler: Callable[..., Any] = getattr(writer if owner == "writer" else writer._protocol, name)
         return handler
 
     def __contains__(self, key: object) -> bool:
@@ -216,8 +241,8 @@ class _HandlersAttribute:
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._slot = "_lean" + name
-        # command -> handler name, the same for every writer: learnt from the first one.
-        self._defaults: dict[bytes, str] = {}
+        # command -> whose handler and its name, the same for every writer: learnt from the first one.
+        self._defaults: dict[bytes, tuple[_Owner, str]] = {}
 
     def __get__(self, writer: Any, owner: type | None = None) -> Any:
         return self if writer is None else getattr(writer, self._slot)

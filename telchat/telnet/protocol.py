@@ -95,6 +95,9 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
     # waiters; nothing here calls drain(), so normally it is never made.
     _drain_waiters = OnFirstUse(deque)
 
+    #: While its writer is being wired up in connection_made (see `_Handlers`).
+    wiring = False
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(reader_factory_encoding=ChunkReader, writer_factory_encoding=LeanTelnetWriter, **kwargs)
 
@@ -114,7 +117,13 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
                 self._closing = True
                 return
         self.sink = TransportSink(cast(asyncio.WriteTransport, transport))
-        super().connection_made(transport)
+        # telnetlib3 registers its handlers on the writer it makes here, the same for every
+        # connection: the writer's tables learn them from the first (internals._Handlers).
+        self.wiring = True
+        try:
+            super().connection_made(transport)
+        finally:
+            del self.wiring
         assert self.writer is not None
         cast(LeanTelnetWriter, self.writer).sent = self.sink.wrote
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
