@@ -175,8 +175,14 @@ async def test_writers_made_by_the_recipe_are_those_init_makes() -> None:
     for name, value in second.__dict__.items():
         if isinstance(value, dict | list):  # made for each writer, not shared
             assert value is not third.__dict__[name], name
-    for table in ("local_option", "remote_option", "pending_option"):
-        assert getattr(second, table)._on_change == second._check_waiters
+    # Each option table tells its own writer of a change, as telnetlib3's Option does.
+    told: list[int] = []
+    second._check_waiters = lambda: told.append(1)
+    for count, table in enumerate(("local_option", "remote_option", "pending_option"), 1):
+        getattr(second, table)[NAWS] = True
+        assert len(told) == count and getattr(second, table).enabled(NAWS)
+        dict.clear(getattr(second, table))
+    del second._check_waiters
     assert second._iac_callback[TM].__self__ is second
     assert second.ctx is not third.ctx and second.ctx.gmcp_data == {}
     # They negotiate alike: the same answers to the same commands.

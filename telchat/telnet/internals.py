@@ -6,7 +6,8 @@ when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter
 `_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
 `default_slc_tab`; `handle_will`, `handle_do`, `handle_wont` and `handle_subnegotiation`
 (overridden here: the options agreed to, TIMING-MARK answers, malformed subnegotiations),
-`pending_option`; `Option` (its `name`, `log` and `_on_change`) and `TelnetSessionContext`,
+`pending_option`; `Option` (its `name`, `log`, `_on_change`, `enabled` and `__setitem__`, which
+`LeanOption` does as it does) and `TelnetSessionContext`,
 which `_Recipe` makes for each writer as __init__ does (`learn` refuses any attribute it
 does not know how to make, and then every writer is made by __init__); and
 `TelnetServer._check_negotiation_timer`, `_waiter_connected`,
@@ -42,7 +43,23 @@ from telnetlib3 import slc
 from telnetlib3._session_context import TelnetSessionContext
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
 from telnetlib3.stream_writer import Option, TelnetWriterUnicode
-from telnetlib3.telopt import BINARY, CHARSET, DO, DONT, ECHO, EOR, GMCP, MSSP, NAWS, NEW_ENVIRON, SGA, TM, TTYPE, WONT
+from telnetlib3.telopt import (
+    BINARY,
+    CHARSET,
+    DO,
+    DONT,
+    ECHO,
+    EOR,
+    GMCP,
+    MSSP,
+    NAWS,
+    NEW_ENVIRON,
+    SGA,
+    TM,
+    TTYPE,
+    WONT,
+    name_command,
+)
 
 READ_CHUNK = 65536
 
@@ -302,6 +319,40 @@ _EMPTY_CONTAINERS = (list, dict, set, deque)
 _Maker = Callable[["LeanTelnetWriter"], object]
 
 
+_OPTION_TABLES = ("local_option", "remote_option", "pending_option")
+
+
+class LeanOption(dict[bytes, bool]):
+    """telnetlib3's `Option`, one of a writer's three option tables (what is agreed, asked,
+    pending), without an attribute dict and a bound method of its writer each. The same
+    reads and writes: a change is logged at debug level as `Option` logs it, and tells
+    the writer (`_check_waiters`)."""
+
+    __slots__ = ("_writer", "name")
+
+    def __init__(self, name: str, writer: LeanTelnetWriter) -> None:
+        super().__init__()
+        self.name = name
+        self._writer = writer
+
+    @property
+    def log(self) -> logging.Logger:
+        log: logging.Logger = self._writer.log
+        return log
+
+    def enabled(self, key: bytes) -> bool:
+        return self.get(key) is True
+
+    def __setitem__(self, key: bytes, value: bool) -> None:
+        log = self.log
+        # Option formats its log line for every change, logged or not.
+        if value != dict.get(self, key) and log.isEnabledFor(logging.DEBUG):
+            descr = " + ".join([name_command(bytes([byte])) for byte in key[:2]] + [repr(byte) for byte in key[2:]])
+            log.debug("%s[%s] = %s", self.name, descr, value)
+        dict.__setitem__(self, key, value)
+        self._writer._check_waiters()
+
+
 class _Recipe:
     """How telnetlib3's writer __init__ sets a writer up, learnt from one writer it made, to
     set up the next ones without running it: its some 60 handler registrations and SLC table
@@ -337,11 +388,11 @@ class _Recipe:
 
 def _maker(writer: LeanTelnetWriter, value: object) -> _Maker | None:
     """How to make `value` (one of writer's attributes, as __init__ made it) for another writer."""
-    if type(value) is Option:
-        if dict.__len__(value) or value._on_change != writer._check_waiters:
+    if type(value) is LeanOption:
+        if dict.__len__(value):
             return None
-        name, log = value.name, value.log
-        return lambda other: Option(name, log, on_change=other._check_waiters)
+        name = value.name
+        return lambda other: LeanOption(name, other)
     if type(value) is _Handlers:
         if dict.__len__(value):
             return None
@@ -446,6 +497,12 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
         self.initializing = True
         super().__init__(*args, **kwargs)
         self.initializing = False
+        for name in _OPTION_TABLES:
+            table = getattr(self, name)
+            # Only an Option as 5.0.1 makes it: anything else stays as it is (and `learn`,
+            # knowing no way to make it, leaves every writer to __init__).
+            if type(table) is Option and not dict.__len__(table) and table._on_change == self._check_waiters:
+                setattr(self, name, LeanOption(table.name, self))
 
     def subnegotiation_bytes(self) -> int:
         """The length of the subnegotiation being read (without making its buffer)."""
