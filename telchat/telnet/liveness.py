@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import math
 import socket
 import time
+import weakref
 from typing import Protocol
 
 KEEPALIVE_IDLE = 60
@@ -75,15 +79,75 @@ class Watched(Protocol):
         """The peer did not answer: end the connection."""
 
 
+class _Timers:
+    """Every watchdog's next look, on one event-loop timer. A timer each (its handle, its
+    context, its callback bound to its watchdog, and uvloop's own timer) costs some 570
+    bytes a connection, held for as long as it lasts; an entry here is a tuple and a weak
+    reference. An entry is never removed: one that is no longer its watchdog's next look
+    (`Watchdog._due`), or whose watchdog is gone, is passed over when its time comes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, weakref.ref[Watchdog]]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def add(self, when: float, dog: Watchdog) -> None:
+        heapq.heappush(self._heap, (when, next(self._order), weakref.ref(dog)))
+        if when < self._armed_at:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._run)
+        self._armed_at = when
+
+    def _run(self) -> None:
+        self._timer, self._armed_at = None, math.inf
+        heap = self._heap
+        now = self._loop.time()
+        while heap and heap[0][0] <= now:
+            when, _, ref = heapq.heappop(heap)
+            dog = ref()
+            if dog is not None and dog._due == when:
+                dog._due = None
+                self._tick(dog)
+        if heap:
+            self._arm(heap[0][0])
+        else:
+            _TIMERS.pop(self._loop, None)
+
+    def _tick(self, dog: Watchdog) -> None:
+        # One watchdog's failure is reported as a timer's callback would be, and spares the rest.
+        try:
+            dog._tick()
+        except Exception as exc:
+            self._loop.call_exception_handler({"message": "liveness watchdog failed", "exception": exc})
+
+
+_TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
+
+
+def _timers() -> _Timers:
+    loop = asyncio.get_running_loop()
+    timers = _TIMERS.get(loop)
+    if timers is None:
+        timers = _TIMERS[loop] = _Timers(loop)
+    return timers
+
+
 class Watchdog:
-    """Pings a silent telnet peer and gives up on one that does not answer. One timer each."""
+    """Pings a silent telnet peer and gives up on one that does not answer."""
 
     __slots__ = (
+        "__weakref__",
         "_answer_within",
         "_answers",
         "_answers_at_ping",
         "_deaf",
-        "_handle",
+        "_due",
         "_ping_after",
         "_pinged_at",
         "_pings",
@@ -95,7 +159,8 @@ class Watchdog:
         self._ping_after = ping_after
         self._answer_within = answer_within
         self._pinged_at: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        # When (loop time) it looks next; None while stopped.
+        self._due: float | None = None
         self._pings = 0
         # TIMING-MARK answers (WILL or WONT), counted by `answered`.
         self._answers = 0
@@ -112,12 +177,12 @@ class Watchdog:
             self._schedule(self._ping_after)
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._due = None
 
     def _schedule(self, delay: float) -> None:
-        self._handle = asyncio.get_running_loop().call_later(max(delay, 0.01), self._tick)
+        timers = _timers()
+        self._due = when = timers._loop.time() + max(delay, 0.01)
+        timers.add(when, self)
 
     def _tick(self) -> None:
         watched = self._watched
@@ -130,7 +195,6 @@ class Watchdog:
             silent = idle >= now - self._pinged_at  # nothing at all since the ping
             self._pinged_at = None
             if self._answers == self._answers_at_ping and self._judge(silent):
-                self._handle = None
                 watched.expire()
                 return
         if idle < self._ping_after:
