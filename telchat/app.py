@@ -410,7 +410,8 @@ class App:
 
     async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
         carried = protocol.carried if protocol.carried is not None and "session" in protocol.carried else None
-        protocol.carried = None
+        if protocol.carried is not None:
+            protocol.carried = None
         charset = str(carried["session"]["charset"]) if carried is not None else negotiated_charset(protocol)
         peer = protocol.peer
         if not self._admitted(protocol, transport, charset):

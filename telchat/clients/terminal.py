@@ -118,7 +118,7 @@ class Terminal:
         # on negotiated options only, so kept up to date as they change.
         self._mark = self._end_of_output()
         self._prompting = False
-        self._writer.on_option_change = self._options_changed
+        protocol.hooks = self
 
     @property
     def protocol(self) -> ChatTelnetServer:
@@ -160,8 +160,14 @@ class Terminal:
         """Whether the client let us echo (it answered DO ECHO to our WILL ECHO)."""
         return bool(self._writer.local_option.enabled(ECHO))
 
-    def _options_changed(self) -> None:
+    # TerminalHooks: what the connection tells this terminal.
+
+    def options_changed(self) -> None:
         self._mark = self._end_of_output()
+
+    def timing_mark(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.answered()
 
     def _end_of_output(self) -> bytes:
         if self.client_class == "raw":
@@ -243,9 +249,11 @@ class Terminal:
         assert self._inner is not None
         self._inner.write(self._encode(text))
 
-    def _resize(self, cols: int) -> None:
-        if self._session is not None:
-            self._session.user.columns = cols
+    def resized(self, cols: int) -> None:
+        # Followed from `attach` on, for clients that speak telnet.
+        if self._session is None or self.client_class == "raw":
+            return
+        self._session.user.columns = cols
         if self._editor is not None and self.echoing:
             output = self._editor.resize(cols)
             if output:
@@ -277,7 +285,6 @@ class Terminal:
         writer = self._writer
         # What the server wraps to the window (help): NAWS, kept up to date by `_resize`.
         session.user.columns = int(self._protocol.get_extra_info("cols") or session.user.columns)
-        self._protocol.on_resize = self._resize
         if self.client_class == "telnet" and not self.character_mode and carried is None:
             self._leave_binary()
         if self.character_mode:
@@ -301,7 +308,6 @@ class Terminal:
         self._watchdog = watchdog = Watchdog(
             self, ping_after=self._config.idle_ping, answer_within=self._config.idle_timeout
         )
-        self._writer.on_timing_mark = watchdog.answered
         watchdog.start()
 
     # Watched (the liveness watchdog's view of this connection)
@@ -355,8 +361,6 @@ class Terminal:
     def detach(self) -> None:
         if self._gmcp is not None:
             self._gmcp.close()
-        self._writer.on_option_change = None
-        self._writer.on_timing_mark = None
         if self._watchdog is not None:
             self._watchdog.stop()
-        self._protocol.on_resize = None
+        self._protocol.hooks = None

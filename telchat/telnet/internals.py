@@ -322,6 +322,23 @@ _Maker = Callable[["LeanTelnetWriter"], object]
 _OPTION_TABLES = ("local_option", "remote_option", "pending_option")
 
 
+class WriterEvents:
+    """What a LeanTelnetWriter tells the connection it writes for (its protocol), each a
+    no-op here."""
+
+    def telnet_sent(self, buf: bytes) -> None:
+        """A telnet command was written to the transport."""
+
+    def malformed(self, option: bytes, error: Exception) -> None:
+        """A subnegotiation of `option` could not be parsed."""
+
+    def timing_mark(self) -> None:
+        """The client answered our DO TIMING-MARK (WILL or WONT)."""
+
+    def options_changed(self) -> None:
+        """An option's state changed."""
+
+
 class LeanOption(dict[bytes, bool]):
     """telnetlib3's `Option`, one of a writer's three option tables (what is agreed, asked,
     pending), without an attribute dict and a bound method of its writer each. The same
@@ -463,14 +480,6 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
     line-mode chat server negotiates no LINEMODE, so normally never.
     """
 
-    #: Called after any option's state changes (the Terminal caches what it depends on).
-    on_option_change: Callable[[], None] | None = None
-    #: Called with the option and the error of a subnegotiation that could not be parsed.
-    on_malformed: Callable[[bytes, Exception], None] | None = None
-    #: Called when the client answers our DO TIMING-MARK (WILL or WONT).
-    on_timing_mark: Callable[[], None] | None = None
-    #: Called with each telnet command written to the transport (the sink keeps count).
-    sent: Callable[[bytes], object] | None = None
     _iac_callback = _HandlersAttribute()
     _slc_callback = _HandlersAttribute()
     _ext_callback = _HandlersAttribute()
@@ -515,11 +524,19 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
         elif not self.is_closing():
             corked.append(buf)
 
+    @property
+    def events(self) -> WriterEvents | None:
+        """Who is told what happens: its protocol, looked up each time (four callbacks held
+        per writer were four bound methods and dict entries a connection)."""
+        protocol = self._protocol
+        return protocol if isinstance(protocol, WriterEvents) else None
+
     def _send(self, buf: bytes) -> None:
         closing = self.is_closing()
         TelnetWriterUnicode.send_iac(self, buf)
-        if not closing and self.sent is not None:
-            self.sent(buf)
+        events = self.events
+        if not closing and events is not None:
+            events.telnet_sent(buf)
 
     def handle_will(self, opt: bytes) -> None:
         if opt == TM:
@@ -538,8 +555,9 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
         try:
             super().handle_subnegotiation(buf)
         except Exception as exc:  # whatever the client sent, it is its problem only
-            if self.on_malformed is not None:
-                self.on_malformed(option, exc)
+            events = self.events
+            if events is not None:
+                events.malformed(option, exc)
 
     def handle_wont(self, opt: bytes) -> None:
         if opt == TM:
@@ -547,8 +565,9 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
         super().handle_wont(opt)
 
     def _timing_mark(self) -> None:
-        if self.on_timing_mark is not None and self.pending_option.enabled(DO + TM):
-            self.on_timing_mark()
+        events = self.events
+        if events is not None and self.pending_option.enabled(DO + TM):
+            events.timing_mark()
 
     def handle_do(self, opt: bytes) -> bool:
         if opt in SERVER_OPTIONS or opt == TM:
@@ -559,8 +578,9 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
 
     def _check_waiters(self) -> None:
         super()._check_waiters()
-        if self.on_option_change is not None:
-            self.on_option_change()
+        events = self.events
+        if events is not None:
+            events.options_changed()
 
     @property
     def slctab(self) -> dict[bytes, Any]:

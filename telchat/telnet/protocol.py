@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Literal, Protocol, cast
 
 import structlog
@@ -24,7 +24,15 @@ from telchat.rules import charsets
 from telchat.rules.plain import sparse
 from telchat.telnet.admission import Address
 from telchat.telnet.guard import ConnectionGuard, Guards
-from telchat.telnet.internals import ChunkReader, Corked, LeanTelnetWriter, OnFirstUse, compact, shared_defaults
+from telchat.telnet.internals import (
+    ChunkReader,
+    Corked,
+    LeanTelnetWriter,
+    OnFirstUse,
+    WriterEvents,
+    compact,
+    shared_defaults,
+)
 from telchat.telnet.liveness import enable_keepalive
 
 log = get_logger(__name__)
@@ -57,6 +65,7 @@ PROTOCOL_DEFAULTS = {
     "_reader_factory": telnetlib3.TelnetReader,
     "_reader_factory_encoding": ChunkReader,
     "_timer": None,
+    "_ttype_count": 1,
     "_writer_factory": telnetlib3.TelnetWriter,
     "_writer_factory_encoding": LeanTelnetWriter,
     "default_encoding": "utf8",
@@ -67,13 +76,26 @@ PROTOCOL_DEFAULTS = {
 }
 
 
+class TerminalHooks(Protocol):
+    """What a connection tells the terminal over it (clients/terminal.py)."""
+
+    def timing_mark(self) -> None: ...
+
+    def options_changed(self) -> None: ...
+
+    def resized(self, cols: int) -> None: ...
+
+
 @shared_defaults(PROTOCOL_DEFAULTS)
-class ChatTelnetServer(telnetlib3.TelnetServer):
+class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
+    #: Attributes every instance holds the same (`shared_defaults`, `protocol_factory`).
+    shared: Mapping[str, object]
     conn_id = 0
     # Set for clients that never spoke telnet: their bytes (0xFF included) are all text.
     passthrough = False
     _late_checked = False
-    on_resize: Callable[[int], None] | None = None
+    #: The terminal over this connection, told what its writer tells (`WriterEvents`).
+    hooks: TerminalHooks | None = None
     _malformed_logged = False
     #: The server's connection limits (set by `protocol_factory`), and this connection's.
     guards: Guards | None = None
@@ -125,12 +147,10 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
         finally:
             del self.wiring
         assert self.writer is not None
-        cast(LeanTelnetWriter, self.writer).sent = self.sink.wrote
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
         if carried is None:  # a carried socket keeps its options
             enable_keepalive(transport)
-        cast(LeanTelnetWriter, self.writer).on_malformed = self._malformed
         if self.guard is not None:
             self.guard.start()
         if carried is None:
@@ -151,7 +171,20 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
             return
         self._waiter_connected.set_result(None)
 
-    def _malformed(self, option: bytes, error: Exception) -> None:
+    # WriterEvents: what its writer tells it.
+
+    def telnet_sent(self, buf: bytes) -> None:
+        self.sink.wrote(buf)
+
+    def timing_mark(self) -> None:
+        if self.hooks is not None:
+            self.hooks.timing_mark()
+
+    def options_changed(self) -> None:
+        if self.hooks is not None:
+            self.hooks.options_changed()
+
+    def malformed(self, option: bytes, error: Exception) -> None:
         if self.guard is not None:
             self.guard.charge(MALFORMED_COST)
         if not self._malformed_logged:
@@ -254,8 +287,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer):
 
     def on_naws(self, rows: int, cols: int) -> None:
         super().on_naws(rows, cols)
-        if self.on_resize is not None:
-            self.on_resize(cols)
+        if self.hooks is not None:
+            self.hooks.resized(cols)
 
 
 def carry(protocol: ChatTelnetServer) -> dict[str, Any]:
@@ -349,8 +382,13 @@ def protocol_factory(
     last 1000 closed connections (with whatever their readers buffered) alive.
     """
 
+    # What every connection of this listener holds the same: class attributes of its own
+    # class, which `compact` then drops from each connection's attribute dict.
+    listener = {"shell": shell, "connect_maxwait": connect_maxwait, "guards": guards, "door": door}
+    cls = type("ChatTelnetServer", (ChatTelnetServer,), {**listener, "shared": {**ChatTelnetServer.shared, **listener}})
+
     def factory() -> ChatTelnetServer:
-        protocol = ChatTelnetServer(
+        protocol: ChatTelnetServer = cls(
             shell=shell,
             encoding="utf8",
             # 'strict' (telnetlib3's default) kills the session on one bad byte either way.
@@ -360,8 +398,6 @@ def protocol_factory(
             connect_maxwait=connect_maxwait,
             timeout=0,  # no idle kick: lurkers are welcome
         )
-        protocol.guards = guards
-        protocol.door = door
         return protocol
 
     return factory
