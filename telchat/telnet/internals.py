@@ -205,11 +205,13 @@ def compact(instance: Any) -> None:
     1584 bytes, at most 42 832 (telnetlib3's writer has 47 and its protocol 41)."""
     shared = type(instance).shared
     instance.__dict__ = {
-        name: value
-        for name, value in instance.__dict__.items()
-        if (default := shared.get(name, _ABSENT)) is not value
-        and not (type(default) is type(value) and default == value)
+        name: value for name, value in instance.__dict__.items() if not _at_default(shared, name, value)
     }
+
+
+def _at_default(shared: Mapping[str, object], name: str, value: object) -> bool:
+    default = shared.get(name, _ABSENT)
+    return default is value or (type(default) is type(value) and default == value)
 
 
 class OnFirstUse:
@@ -292,12 +294,15 @@ WRITER_DEFAULTS: Mapping[str, object] = {
     "_in_loop_detection": False,
     "_mccp2_activated": False,
     "_sb_overflow": False,
+    "_linemode": slc.Linemode(),  # only ever replaced, never changed in place
+    "_server": True,  # LeanTelnetWriter is the server's
     "_slc_sent": False,
     "compression": None,
     "encoding_errors": "replace",
     "environ_encoding": "ascii",
     "environ_send_raw": None,
     "initializing": False,
+    "log": logging.getLogger("telnetlib3.stream_writer"),  # the logger __init__ takes
     "mccp2_active": False,
     "mccp3_active": False,
     "slc_received": None,
@@ -436,7 +441,7 @@ def learn(writer: LeanTelnetWriter, given: Mapping[str, object]) -> _Recipe | No
             expected = given[_GIVEN[name]]
             if value is not expected and value != expected:
                 return None
-        elif name in lazy:
+        elif name in lazy or _at_default(LeanTelnetWriter.shared, name, value):
             continue
         elif type(value) in _IMMUTABLE:
             if LeanTelnetWriter.shared.get(name, _ABSENT) != value:
@@ -592,7 +597,10 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
     @slctab.setter
     def slctab(self, table: dict[bytes, Any]) -> None:
         # __init__ sets the default table: drop it, it is made again when first read.
-        self.__dict__["_lean_slctab"] = None if self.initializing else table
+        if self.initializing:
+            self.__dict__.pop("_lean_slctab", None)
+        else:
+            self.__dict__["_lean_slctab"] = table
 
 
 class Corked:
