@@ -48,6 +48,25 @@ async def test_lurker_who_answers_pings_is_never_kicked(port: int, connect: Conn
 
 
 @pytest.mark.parametrize("config", [FAST])
+async def test_pings_go_on_for_the_others_when_one_peer_leaves(port: int) -> None:
+    # Every watchdog shares one timer (telnet/liveness.py): one stopping must not stop the rest.
+    leaving = await TelnetClient.connect(port)
+    staying = await TelnetClient.connect(port)
+    pings: list[bytes] = []
+    staying.writer.set_iac_callback(TM, pings.append)
+    try:
+        await asyncio.sleep(0.5)
+        await leaving.close()
+        await asyncio.sleep(0.3)
+        before = len(pings)
+        await asyncio.sleep(1.0)
+        assert len(pings) >= before + 2
+        await still_connected(staying)
+    finally:
+        await staying.close()
+
+
+@pytest.mark.parametrize("config", [FAST])
 async def test_terminal_that_answers_with_wont_also_stays(port: int) -> None:
     term = await TermClient.connect(port)
     await stays_while_idle(term, 1.0)
