@@ -19,7 +19,7 @@ import select
 import socket
 import struct
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 from telchat.obs.limits import LimitKind
 
@@ -32,6 +32,8 @@ _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 # handed on; "telnet": commands come faster than --telnet-rate).
 # "upgrade": the server is handing its connections over to its next image.
 Hold = Literal["flood", "backlog", "pending", "telnet", "upgrade"]
+# The holds on a connection are bits of one int: an empty set per connection is 216 bytes.
+_BIT: dict[Hold, int] = {name: 1 << i for i, name in enumerate(get_args(Hold))}
 
 
 class ReadGate:
@@ -41,7 +43,7 @@ class ReadGate:
         self._transport = transport
         # Called soon after any hold is released, paused or not: its owner may have input waiting.
         self._on_release = on_release
-        self._holds: set[Hold] = set()
+        self._holds = 0  # `_BIT`s
         self._closed = False
         # What sleepers wait on, made by the first sleep: an asyncio.Event per connection
         # would cost 1 KiB (its deque) that most connections never use.
@@ -55,7 +57,7 @@ class ReadGate:
 
     def held(self, besides: Hold) -> bool:
         """Is reading held for any reason other than `besides`?"""
-        return any(name != besides for name in self._holds)
+        return bool(self._holds & ~_BIT[besides])
 
     @property
     def closed(self) -> bool:
@@ -64,12 +66,13 @@ class ReadGate:
     def hold(self, name: Hold) -> None:
         if not self._holds and not self.closed:
             self._transport.pause_reading()
-        self._holds.add(name)
+        self._holds |= _BIT[name]
 
     def release(self, name: Hold) -> None:
-        if name not in self._holds:
+        bit = _BIT[name]
+        if not self._holds & bit:
             return
-        self._holds.discard(name)
+        self._holds &= ~bit
         if self.closed:
             return
         if not self._holds:
@@ -79,7 +82,7 @@ class ReadGate:
 
     def close(self) -> None:
         """The connection is gone: wake every sleeper."""
-        self._holds.clear()
+        self._holds = 0
         self._closed = True
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
