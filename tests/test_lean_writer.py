@@ -127,6 +127,9 @@ async def test_a_protocols_own_handlers_are_looked_up_not_held(app: App) -> None
                 assert handler.__self__ is protocol and handler.__name__ == name
             held = [f for t in TABLES for f in dict.values(getattr(writer, t))]
             assert all(getattr(f, "__self__", None) is not protocol for f in held), held
+        # A writer of no such protocol still answers with its own handlers.
+        bare = make(LeanTelnetWriter)
+        assert bare._ext_callback[NAWS].__func__ is TelnetWriterUnicode.handle_naws
     finally:
         for client in clients:
             await client.close()

@@ -37,7 +37,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from telnetlib3 import slc
 from telnetlib3._session_context import TelnetSessionContext
@@ -104,8 +104,16 @@ class ChunkReader(TelnetReaderUnicode):
         return await TelnetReader.read(self, n)
 
 
-# Whose handler a table's default for a command is: the writer's, or its protocol's.
-_Owner = Literal["writer", "protocol"]
+class _Learnt:
+    """What one of the writer's tables holds by default, command -> handler name, the same
+    for every writer: its own handlers (registered by __init__) and its protocol's
+    (registered while the protocol is `wiring` it up), learnt from the first of each."""
+
+    __slots__ = ("own", "wired")
+
+    def __init__(self) -> None:
+        self.own: dict[bytes, str] = {}
+        self.wired: dict[bytes, str] = {}
 
 
 class _Handlers(dict[bytes, Callable[..., Any]]):
@@ -115,60 +123,68 @@ class _Handlers(dict[bytes, Callable[..., Any]]):
     handle_* methods: 63 bound methods, some 8 KiB and 68 objects for the garbage collector
     per connection, nearly all never called; its server protocol then registers eight of
     its own (on_naws, on_ttype...) as it connects. This table stores only what is registered
-    on top of those; a lookup of a command nobody overrode binds the writer's (or the
-    protocol's) handler then. Which handler that is, telnetlib3 itself says: the first
-    writer's registrations in __init__, and the first protocol's while it is `wiring` its
-    writer up (see `ChatTelnetServer.connection_made`), are learnt, per table, for all.
+    on top of those; a lookup of a command nobody overrode binds the protocol's handler
+    then (for a writer of a protocol that wires it up, `WriterEvents`), else the writer's.
+    Which handlers those are, telnetlib3 itself says: the first writer's registrations in
+    __init__, and the first protocol's while it is `wiring` its writer up (see
+    `ChatTelnetServer.connection_made`), are learnt, per table, for all (`_Learnt`).
     """
 
-    __slots__ = ("_defaults", "_writer")
+    __slots__ = ("_learnt", "_writer")
 
-    def __init__(self, writer: LeanTelnetWriter, defaults: dict[bytes, tuple[_Owner, str]]) -> None:
+    def __init__(self, writer: LeanTelnetWriter, learnt: _Learnt) -> None:
         super().__init__()
         self._writer: LeanTelnetWriter | None = writer
-        self._defaults = defaults
+        self._learnt = learnt
 
     def __setitem__(self, key: bytes, func: Callable[..., Any]) -> None:
-        writer = self._writer
-        if writer is not None and writer.initializing and key in self._defaults:
+        writer, learnt = self._writer, self._learnt
+        if writer is not None and writer.initializing and key in learnt.own:
             return  # __init__ registering its default again: learnt from the first writer
-        owner = self._owner(getattr(func, "__self__", None))
-        if owner is not None:
-            assert writer is not None
-            entry = (owner, getattr(func, "__name__", ""))
-            self._learn(writer, key, entry)
-            if self._defaults.get(key) == entry:
+        bound_to = getattr(func, "__self__", None)
+        name = getattr(func, "__name__", "")
+        if writer is not None and bound_to is not None:
+            if bound_to is writer:
+                if getattr(writer, "initializing", False):
+                    learnt.own.setdefault(key, name)
+                # Its own handler is the default, unless its protocol's takes the command.
+                taken = key in learnt.wired and self._wired_protocol() is not None
+                default = None if taken else learnt.own.get(key)
+            elif bound_to is getattr(writer, "_protocol", None):
+                if getattr(bound_to, "wiring", False):
+                    learnt.wired.setdefault(key, name)
+                default = learnt.wired.get(key)
+            else:
+                default = None
+            if default == name:
                 self.pop(key, None)  # the default handler: looked up when needed
                 return
         super().__setitem__(key, func)
 
-    def _learn(self, writer: LeanTelnetWriter, key: bytes, entry: tuple[_Owner, str]) -> None:
-        if getattr(writer, "initializing", False):
-            self._defaults.setdefault(key, entry)
-        elif entry[0] == "protocol" and getattr(writer._protocol, "wiring", False):
-            previous = self._defaults.get(key)
-            if previous is None or previous[0] == "writer":
-                self._defaults[key] = entry  # the protocol's supersedes the writer's own
-
-    def _owner(self, bound_to: object) -> _Owner | None:
-        writer = self._writer
-        if writer is None or bound_to is None:
-            return None
-        if bound_to is writer:
-            return "writer"
-        return "protocol" if bound_to is writer._protocol else None
+    def _wired_protocol(self) -> WriterEvents | None:
+        protocol = getattr(self._writer, "_protocol", None)
+        return protocol if isinstance(protocol, WriterEvents) else None
 
     def __missing__(self, key: bytes) -> Callable[..., Any]:
-        entry = self._defaults.get(key)
         writer = self._writer
-        if entry is None or writer is None:
+        if writer is None:
             raise KeyError(key)
-        owner, name = entry
-        handler: Callable[..., Any] = getattr(writer if owner == "writer" else writer._protocol, name)
-        return handler
+        protocol = self._wired_protocol()
+        name = self._learnt.wired.get(key) if protocol is not None else None
+        if name is not None:
+            handler: Callable[..., Any] = getattr(protocol, name)
+            return handler
+        name = self._learnt.own.get(key)
+        if name is None:
+            raise KeyError(key)
+        own: Callable[..., Any] = getattr(writer, name)
+        return own
 
     def __contains__(self, key: object) -> bool:
-        return super().__contains__(key) or (self._writer is not None and key in self._defaults)
+        if super().__contains__(key) or self._writer is None:
+            return super().__contains__(key)
+        learnt = self._learnt
+        return key in learnt.own or (key in learnt.wired and self._wired_protocol() is not None)
 
     def get(self, key: bytes, default: Any = None) -> Any:
         try:
@@ -260,14 +276,13 @@ class _HandlersAttribute:
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._slot = "_lean" + name
-        # command -> whose handler and its name, the same for every writer: learnt from the first one.
-        self._defaults: dict[bytes, tuple[_Owner, str]] = {}
+        self._learnt = _Learnt()
 
     def __get__(self, writer: Any, owner: type | None = None) -> Any:
         return self if writer is None else getattr(writer, self._slot)
 
     def __set__(self, writer: Any, value: dict[bytes, Callable[..., Any]]) -> None:
-        table = _Handlers(writer, self._defaults)
+        table = _Handlers(writer, self._learnt)
         for key, func in value.items():
             table[key] = func
         setattr(writer, self._slot, table)
@@ -418,8 +433,8 @@ def _maker(writer: LeanTelnetWriter, value: object) -> _Maker | None:
     if type(value) is _Handlers:
         if dict.__len__(value):
             return None
-        defaults = value._defaults
-        return lambda other: _Handlers(other, defaults)
+        learnt = value._learnt
+        return lambda other: _Handlers(other, learnt)
     kind = type(value)
     if kind in _EMPTY_CONTAINERS:
         return (lambda other: kind()) if not value else None
