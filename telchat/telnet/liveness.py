@@ -79,6 +79,10 @@ class Watched(Protocol):
         """The peer did not answer: end the connection."""
 
 
+# uvloop's clock counts milliseconds.
+CLOCK_RESOLUTION = 0.001
+
+
 class _Timers:
     """Every watchdog's next look, on one event-loop timer. A timer each (its handle, its
     context, its callback bound to its watchdog, and uvloop's own timer) costs some 570
@@ -107,7 +111,9 @@ class _Timers:
     def _run(self) -> None:
         self._timer, self._armed_at = None, math.inf
         heap = self._heap
-        now = self._loop.time()
+        # As asyncio's own loop does: what is due within the clock's resolution runs now,
+        # or a timer uvloop fires a fraction of a millisecond early would be armed again and again.
+        now = self._loop.time() + CLOCK_RESOLUTION
         while heap and heap[0][0] <= now:
             when, _, ref = heapq.heappop(heap)
             dog = ref()
