@@ -181,10 +181,11 @@ class _Handlers(dict[bytes, Callable[..., Any]]):
         return own
 
     def __contains__(self, key: object) -> bool:
-        if super().__contains__(key) or self._writer is None:
-            return super().__contains__(key)
+        if super().__contains__(key):
+            return True
         learnt = self._learnt
-        return key in learnt.own or (key in learnt.wired and self._wired_protocol() is not None)
+        wired = key in learnt.wired and self._wired_protocol() is not None
+        return self._writer is not None and (key in learnt.own or wired)
 
     def get(self, key: bytes, default: Any = None) -> Any:
         try:
