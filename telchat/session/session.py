@@ -101,6 +101,21 @@ class Decided:
     decision: Decision
 
 
+class Connection(Protocol):
+    """How a session ends its connection (its transport, whatever the door)."""
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class EchoControl(Protocol):
+    """Asks the client to stop (True) or resume (False) echoing what its user types; says
+    whether the client can (the Terminal, for telnet)."""
+
+    def hide_input(self, hidden: bool) -> bool: ...
+
+
 class Session:
     def __init__(
         self,
@@ -109,25 +124,21 @@ class Session:
         *,
         sink: Sink,
         flusher: Flusher,
-        close: Callable[[], None],
-        abort: Callable[[], None],
+        connection: Connection,
         conn_id: int,
         peer: str,
         charset: str = "utf-8",
         services: Services,
-        hide_input: Callable[[bool], bool] = lambda hidden: False,
+        echo: EchoControl,
         gate: Gate | None = None,
         user: User | None = None,
     ) -> None:
         self.chat = chat
         self.services = services
-        # Asks the client to stop (True) or resume (False) echoing what its user types;
-        # says whether the client can.
-        self._hide_input = hide_input
+        self._echo = echo
         self._secret: Answer | None = None
         self._config = config
-        self._close = close
-        self._abort = abort
+        self._connection = connection
         self._splitter: Framer = LineSplitter(config.max_line_bytes, config.max_unterminated_bytes)
         # Sees each line before the commands do; True means it was answered (terminal.py sets it).
         self.intercept: Callable[[str], bool] | None = None
@@ -362,7 +373,7 @@ class Session:
         self.user.profile.touch()
         secret, self._secret = self._secret, None
         if secret is not None:
-            self._hide_input(False)
+            self._echo.hide_input(False)
             return Reply(secret, text)
         if not text or (self.intercept is not None and self.intercept(text)):
             return None
@@ -439,7 +450,7 @@ class Session:
     def ask_secret(self, prompt: str, answer: Answer) -> None:
         """Hand the next line to `answer` instead of the command layer, input hidden."""
         self._secret = answer
-        hidden = self._hide_input(True)
+        hidden = self._echo.hide_input(True)
         self.user.send(prompt if hidden else prompt.replace(replies.TYPING_HIDDEN, replies.TYPING_SHOWN))
 
     def _kicked(self, message: str) -> None:
@@ -454,7 +465,7 @@ class Session:
             self.user.send(farewell)
         self.chat.disconnect(self.user, message)
         self.user.outbox.flush()
-        self._close()
+        self._connection.close()
 
     def sendq_exceeded(self) -> None:
         if self.closing:
@@ -465,7 +476,7 @@ class Session:
         if self._gate is not None:
             self._gate.drop()
         else:
-            self._abort()  # its queue is the problem: drop it, do not wait for it
+            self._connection.abort()  # its queue is the problem: drop it, do not wait for it
 
     def finish(self, reason: EndReason) -> None:
         """The connection is gone (or going): clean up, count and log why, once."""
