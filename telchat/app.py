@@ -121,6 +121,9 @@ class Sleeper:
         self.overflowed = True
         self.dormant.wake()
 
+    def connected(self) -> bool:
+        return True  # its socket is written to as is: a peer gone is found when it wakes
+
 
 class App:
     def __init__(self, config: Config, store: Store | None = None) -> None:
@@ -351,7 +354,7 @@ class App:
         sleeper = Sleeper(dormant)
         outbox = Outbox(dormant, self._flusher, self.config.sendq_bytes, sleeper.overflow)
         sleeper.user = user = User(dormant.conn_id, outbox, peer, str(state["charset"]))
-        user.hangup = sleeper.hangup
+        user.link = sleeper
         user.columns = int(record["telnet"]["extra"].get("cols") or user.columns)
         take_up(self.chat, user, state)
         sleeper.address = address_of(host_of(peer))

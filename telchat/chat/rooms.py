@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from telchat.chat.observers import ChatEvents, Players
 from telchat.chat.outbox import Broadcast, Outbox, fan_out
@@ -47,8 +47,28 @@ class NotOnline(ChatError):
     """A private message to a nick that nobody holds now."""
 
 
-def _no_hangup(message: str) -> None:
-    return None
+class Link(Protocol):
+    """A user's connection, as the chat sees it (its session sets it)."""
+
+    def hangup(self, message: str) -> None:
+        """End the connection with a quit message (kicks use it)."""
+
+    def connected(self) -> bool:
+        """Whether the peer is still there: what was written may have reached it."""
+        ...
+
+
+class _Unlinked:
+    """A user no session has taken yet: nothing to hang up, and there as far as anyone knows."""
+
+    def hangup(self, message: str) -> None:
+        return None
+
+    def connected(self) -> bool:
+        return True
+
+
+UNLINKED: Link = _Unlinked()
 
 
 # A notice to more members than this may linger (outbox.NOTICE_LINGER) to share a write.
@@ -56,10 +76,6 @@ LINGER_AUDIENCE = 50
 # Control events: a session of an account joined or left a room; its sessions on every node follow.
 ACCOUNT_JOIN: Final = "account_join"
 ACCOUNT_LEAVE: Final = "account_leave"
-
-
-def _always() -> bool:
-    return True
 
 
 @dataclass(eq=False, slots=True)
@@ -77,16 +93,20 @@ class User:
     # The account (nick key) this connection proved it owns; operator rights come with it.
     account: str | None = None
     operator: bool = False
-    # Ends the connection with a quit message; its session sets it (kicks use it).
-    hangup: Callable[[str], None] = _no_hangup
-    # Whether the peer is still there (its session sets it): what was written may have reached it.
-    connected: Callable[[], bool] = _always
+    # Its connection: one object, not two callbacks (bound methods) every user would hold.
+    link: Link = UNLINKED
     # The client's width, as far as it told (NAWS); what long answers are wrapped to.
     columns: int = 80
 
     @property
     def logged_in(self) -> bool:
         return self.key is not None
+
+    def hangup(self, message: str) -> None:
+        self.link.hangup(message)
+
+    def connected(self) -> bool:
+        return self.link.connected()
 
     @property
     def ip(self) -> str:

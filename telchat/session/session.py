@@ -147,8 +147,7 @@ class Session:
         else:  # taken up already, with a sink of its own meanwhile (telnet/dormant.py)
             user.outbox.attach(sink, self.sendq_exceeded)
         self.user = user
-        self.user.hangup = self._kicked
-        self.user.connected = self._connected
+        self.user.link = self
         self.reason: EndReason | None = None
         self._gate = gate
         self._fakelag = Fakelag(config.flood_burst, config.flood_rate) if config.flood_rate else None
@@ -175,8 +174,13 @@ class Session:
     def closing(self) -> bool:
         return self.reason is not None
 
-    def _connected(self) -> bool:
+    # Link: the user's connection, as the chat sees it.
+
+    def connected(self) -> bool:
         return self._gate is None or not self._gate.peer_gone()
+
+    def hangup(self, message: str) -> None:
+        self.quit(message, reason="kicked")
 
     @property
     def held_input(self) -> int:
@@ -452,9 +456,6 @@ class Session:
         self._secret = answer
         hidden = self._echo.hide_input(True)
         self.user.send(prompt if hidden else prompt.replace(replies.TYPING_HIDDEN, replies.TYPING_SHOWN))
-
-    def _kicked(self, message: str) -> None:
-        self.quit(message, reason="kicked")
 
     def quit(self, message: str, reason: EndReason = "quit", farewell: str | None = replies.GOODBYE) -> None:
         """End this session at the user's (or a limit's) request."""
