@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from typing import Any
 
 from telchat.config import Config
@@ -34,7 +33,6 @@ PEER_CHECK = 1.0
 # A client cut off with a notice gets this long to read it before the socket is dropped.
 CLOSE_GRACE = 1.0
 
-Process = Callable[[bytes], None]
 # The gate hold for "input received but not yet handed on".
 PENDING: Hold = "pending"
 
@@ -130,7 +128,6 @@ class ConnectionGuard:
         self._budget = Fakelag(TELNET_BURST_SECONDS * rate, rate) if rate else None
         self._pending = b""
         self._offset = 0
-        self._process: Process | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self.gate = ReadGate(transport, on_release=self._schedule)
@@ -141,8 +138,8 @@ class ConnectionGuard:
         """telnetlib3 is set up: let its reader pause us when its buffer is full."""
         self._protocol.reader.set_transport(self.gate.handle("backlog"))
 
-    def received(self, data: bytes, process: Process) -> None:
-        self._process = process
+    def received(self, data: bytes) -> None:
+        """Input from the socket: handed to the protocol's `receive` as the limits allow."""
         if self.gate.closed or self.gate.cut:
             return
         self._pending = self._pending[self._offset :] + data if self._pending else data
@@ -181,10 +178,8 @@ class ConnectionGuard:
 
         While input is pending the socket is not read: what waits here is one receive's worth.
         """
-        process = self._process
-        while (
-            process is not None and self._pending and not (self.gate.held(PENDING) or self.gate.closed or self.gate.cut)
-        ):
+        process = self._protocol.receive
+        while self._pending and not (self.gate.held(PENDING) or self.gate.closed or self.gate.cut):
             costly = self._protocol.writer.is_oob
             piece = self._next_piece(costly)
             costly = costly or IAC in piece

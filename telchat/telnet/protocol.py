@@ -212,11 +212,12 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
 
     def data_received(self, data: bytes) -> None:
         if self.guard is None:
-            self._receive(data)
+            self.receive(data)
         else:
-            self.guard.received(data, self._receive)
+            self.guard.received(data)
 
-    def _receive(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> None:
+        """Take in bytes the guard lets through (or, unguarded, all of them)."""
         if self.passthrough:
             if self._late_checked or not _late_negotiation(data):
                 self._late_checked = True
