@@ -35,7 +35,7 @@ SESSION_BYTES = 13 * 1024
 # NEW-ENVIRON request: 5, where each command was its own write before (14).
 NEGOTIATION_WRITES = 5
 # At most this many objects of each kind per held session (kinds by type name).
-HELD_OBJECTS = {"TimerHandle": 0.1, "method": 10.0, "Option": 0.1, "set": 1.5}
+HELD_OBJECTS = {"TimerHandle": 0.1, "method": 9.0, "Option": 0.1, "set": 1.5}
 
 
 async def test_a_held_session_keeps_few_bytes() -> None:
