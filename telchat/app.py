@@ -29,7 +29,7 @@ from telchat.session.session import Session, idle_carried, take_up
 from telchat.store.base import Store, StoreError
 from telchat.store.events import Event
 from telchat.store.url import make_store
-from telchat.telnet.admission import Address, address_of
+from telchat.telnet.admission import Address
 from telchat.telnet.dormant import Dormant, Watch, can_sleep
 from telchat.telnet.guard import Guards
 from telchat.telnet.internals import ChunkReader
@@ -357,8 +357,7 @@ class App:
         user.link = sleeper
         user.columns = int(record["telnet"]["extra"].get("cols") or user.columns)
         take_up(self.chat, user, state)
-        sleeper.address = address_of(host_of(peer))
-        self.guards.admission.admit(sleeper.address, carried=True)
+        sleeper.address = self.guards.carry_in(None, peer)
         self._dormant[dormant.conn_id] = sleeper
         if self._watch is None:
             self._watch = Watch(self._wake)
@@ -395,15 +394,15 @@ class App:
 
     def _let_go(self, record: dict[str, Any]) -> None:
         """A carried connection that gets no session: a dormant one's user leaves the chat."""
-        sleeper = self._built(int(record["conn_id"]))
+        sleeper = self._no_longer_dormant(int(record["conn_id"]))
         if sleeper is not None:
             self.chat.disconnect(sleeper.user, "connection closed")
 
-    def _built(self, conn_id: int) -> Sleeper | None:
+    def _no_longer_dormant(self, conn_id: int) -> Sleeper | None:
         """A dormant connection is no more (its session runs, or it got none)."""
         sleeper = self._dormant.pop(conn_id, None)
         if sleeper is not None:
-            self.guards.admission.release(sleeper.address)
+            self.guards.release(sleeper.address)
         return sleeper
 
     @property
@@ -442,7 +441,7 @@ class App:
             user=sleeper.user if sleeper is not None else None,
         )
         self.sessions[session] = transport
-        self._built(protocol.conn_id)
+        self._no_longer_dormant(protocol.conn_id)
         self._terminals[session] = terminal
         task = asyncio.current_task()
         if task is not None:

@@ -14,6 +14,7 @@ import asyncio
 import re
 from typing import Any
 
+from telchat.chat.rooms import host_of
 from telchat.config import Config
 from telchat.obs.limits import LimitKind
 from telchat.obs.telemetry import Telemetry
@@ -80,8 +81,9 @@ class Guards:
         self.telemetry.limit(refusal.kind, peer=peer, listener=listener)
         return None
 
-    def carry_in(self, transport: asyncio.BaseTransport, peer: str) -> Address:
-        """Count in a connection carried over a server upgrade: admitted before, never refused."""
+    def carry_in(self, transport: asyncio.BaseTransport | None, peer: str) -> Address:
+        """Count in a connection carried over a server upgrade: admitted before, never refused
+        (one still dormant, telnet/dormant.py, has no transport yet: its peer says)."""
         address = _address(transport, peer)
         self.admission.admit(address, carried=True)
         return address
@@ -90,9 +92,9 @@ class Guards:
         self.admission.release(address)
 
 
-def _address(transport: asyncio.BaseTransport, peer: str) -> Address:
-    name = transport.get_extra_info("peername")
-    return address_of(str(name[0]) if name else peer)
+def _address(transport: asyncio.BaseTransport | None, peer: str) -> Address:
+    name = transport.get_extra_info("peername") if transport is not None else None
+    return address_of(str(name[0]) if name else host_of(peer))
 
 
 # Editing keys (control characters and escape sequences, Enter aside) for a line editor.
