@@ -579,11 +579,10 @@ class App:
         for door in (self.web, self.ssh):
             if door is not None:
                 door.stop_listening()
+        self.guards.hold_input(True)
         leaving: list[Transport] = []
         for session, transport in list(self.sessions.items()):
-            if self._carried_over(session):
-                self._hold(session, True)
-            else:
+            if not self._carried_over(session):
                 leaving.append(transport)
                 session.quit("server upgrade", reason="upgrade", farewell=replies.UPGRADE_UNCARRIED)
         # The store first: a new image that cannot open it ends, dropping everyone.
@@ -623,19 +622,9 @@ class App:
         """The sessions to carry over that are running a line (those let go are closing)."""
         return sum(1 for s in self.sessions if not s.settled and not s.closing)
 
-    def _hold(self, session: Session, held: bool) -> None:
-        guard = self._terminals[session].protocol.guard
-        if guard is None:
-            return
-        if held:
-            guard.gate.hold("upgrade")
-        else:
-            guard.gate.release("upgrade")
-
     async def resume(self, listeners: dict[str, socket.socket]) -> None:
         """The upgrade failed after `pause`: accept and read again, on the same sockets."""
-        for session in list(self.sessions):
-            self._hold(session, False)
+        self.guards.hold_input(False, (protocol.guard for protocol in self._connections if protocol.guard is not None))
         await self._open_doors(listeners)
 
     def carry(self, take_output: bool = True) -> list[dict[str, Any]]:

@@ -171,18 +171,25 @@ async def test_a_command_running_on_a_locked_sqlite_keeps_everyone_on_the_old_im
     server = start(copied_tree(tmp_path), "--store=sqlite:///telchat.db", "--flood-rate=0")
     try:
         async with room(server) as clients:
-            ann = clients[0]
+            ann, bob = clients[:2]
             release = sqlite_locked(server)
             try:
                 await ann.send("register s3cret-pw")
                 await asyncio.sleep(0.2)
                 server.proc.send_signal(signal.SIGUSR2)
+                server.wait_event("upgrade_paused")
+                # Held with everyone's input during the pause, it runs once the old image goes on.
+                await bob.send("said during the pause")
                 failed = server.wait_event("upgrade_failed")
                 assert failed["stage"] == "pause"
                 assert "still run a line" in str(failed["error"])
             finally:
                 release()
             await ann.read_until(REGISTERED)
+            for client in clients:
+                assert await room_lines(client, "#ops:bob> said during the pause") == [
+                    "#ops:bob> said during the pause"
+                ]
             await ann.send("after")
             assert await ann.read_until("#ops:ann> after") == ["#ops:ann> after"]
             server.proc.send_signal(signal.SIGUSR2)

@@ -30,8 +30,7 @@ _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 # Who holds reading: fakelag (a line waits its turn with the input limit reached), telnetlib3's
 # reader ("backlog": its buffer is full), and the telnet guard ("pending": input not yet
 # handed on; "telnet": commands come faster than --telnet-rate).
-# "upgrade": the server is handing its connections over to its next image.
-Hold = Literal["flood", "backlog", "pending", "telnet", "upgrade"]
+Hold = Literal["flood", "backlog", "pending", "telnet"]
 # The holds on a connection are bits of one int: an empty set per connection is 216 bytes.
 _BIT: dict[Hold, int] = {name: 1 << i for i, name in enumerate(get_args(Hold))}
 

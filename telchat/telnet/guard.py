@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from telchat.chat.rooms import host_of
@@ -42,8 +43,11 @@ class Guards:
     """The connection-level limits of one server."""
 
     def __init__(self, config: Config, telemetry: Telemetry) -> None:
-        self._config = config
+        self.config = config
         self.telemetry = telemetry
+        #: While set (a server upgrade's pause), no connection's input is handed on: each
+        #: keeps what it reads, and then reads no more, until `hold_input(False)`.
+        self.holding = False
         self.admission = Admission(
             max_connections=config.max_connections,
             max_per_address=config.max_conns_per_ip,
@@ -67,9 +71,7 @@ class Guards:
                 transport.write(refusal.message.encode() + b"\r\n")
                 transport.close()
                 return None
-        return ConnectionGuard(
-            protocol, transport, self._config, peer, admission=self.admission, address=address, telemetry=self.telemetry
-        )
+        return ConnectionGuard(protocol, transport, self, peer, address)
 
     def count_in(self, transport: asyncio.BaseTransport, peer: str, listener: str) -> Address | None:
         """Count a connection in at accept, before anything is read from it; None (logged)
@@ -91,6 +93,14 @@ class Guards:
     def release(self, address: Address) -> None:
         self.admission.release(address)
 
+    def hold_input(self, held: bool, guards: Iterable[ConnectionGuard] = ()) -> None:
+        """Hold every connection's input (`holding`) or let it go on: then each of `guards`
+        hands on what it kept meanwhile. One flag, not a hold on each of thousands of sockets."""
+        self.holding = held
+        if not held:
+            for guard in guards:
+                guard.go_on()
+
 
 def _address(transport: asyncio.BaseTransport | None, peer: str) -> Address:
     name = transport.get_extra_info("peername") if transport is not None else None
@@ -107,25 +117,15 @@ class ConnectionGuard:
     edited = False
 
     def __init__(
-        self,
-        protocol: Any,
-        transport: asyncio.Transport,
-        config: Config,
-        peer: str,
-        *,
-        admission: Admission,
-        address: Address,
-        telemetry: Telemetry,
+        self, protocol: Any, transport: asyncio.Transport, guards: Guards, peer: str, address: Address
     ) -> None:
         self._protocol = protocol
-        self._telemetry = telemetry
+        self._guards = guards
         self._transport = transport
         self._peer = peer
-        self._admission = admission
         # Released once, when the connection closes.
         self._address: Address | None = address
-        self._max_subneg = config.max_subneg_bytes
-        self._sendq = config.sendq_bytes
+        config = guards.config
         rate = config.telnet_rate
         self._budget = Fakelag(TELNET_BURST_SECONDS * rate, rate) if rate else None
         self._pending = b""
@@ -158,7 +158,7 @@ class ConnectionGuard:
         if self._timer is not None:
             self._timer.cancel()
         if self._address is not None:
-            self._admission.release(self._address)
+            self._guards.release(self._address)
             self._address = None
 
     def _schedule(self) -> None:
@@ -181,7 +181,8 @@ class ConnectionGuard:
         While input is pending the socket is not read: what waits here is one receive's worth.
         """
         process = self._protocol.receive
-        while self._pending and not (self.gate.held(PENDING) or self.gate.closed or self.gate.cut):
+        gate, guards = self.gate, self._guards
+        while self._pending and not (gate.held(PENDING) or gate.closed or gate.cut or guards.holding):
             costly = self._protocol.writer.is_oob
             piece = self._next_piece(costly)
             costly = costly or IAC in piece
@@ -200,6 +201,11 @@ class ConnectionGuard:
         else:
             self.gate.release(PENDING)
 
+    def go_on(self) -> None:
+        """Input was held for every connection (`Guards.hold_input`): hand on what was kept."""
+        if self._pending:
+            self._schedule()
+
     def _next_piece(self, in_command: bool) -> bytes:
         data, start = self._pending, self._offset
         end = len(data)
@@ -215,11 +221,12 @@ class ConnectionGuard:
 
     def _over_limit(self) -> bool:
         sb_bytes = self._protocol.writer.subnegotiation_bytes()
-        if sb_bytes > self._max_subneg:
-            self._cut("subnegotiation", f"*** Telnet subnegotiation over {self._max_subneg} bytes; disconnecting.")
+        config = self._guards.config
+        if sb_bytes > (most := config.max_subneg_bytes):
+            self._cut("subnegotiation", f"*** Telnet subnegotiation over {most} bytes; disconnecting.")
         elif getattr(self._protocol, "_mccp3_decompressor", None) is not None:
             self._cut("compression", "*** Compressed input (MCCP3) is not supported; disconnecting.")
-        elif self._transport.get_write_buffer_size() > self._sendq:
+        elif self._transport.get_write_buffer_size() > config.sendq_bytes:
             self._cut("sendq", None)
         else:
             return False
@@ -228,7 +235,7 @@ class ConnectionGuard:
     def _cut(self, kind: LimitKind, notice: str | None) -> None:
         self.gate.cut = kind
         self._pending = b""
-        self._telemetry.limit(
+        self._guards.telemetry.limit(
             kind,
             conn_id=self._protocol.conn_id,
             peer=self._peer,
@@ -251,7 +258,7 @@ class ConnectionGuard:
             return
         delay, begins = self._budget.take(cost)
         if begins:
-            self._telemetry.limit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
+            self._guards.telemetry.limit("telnet_flood", conn_id=self._protocol.conn_id, peer=self._peer)
         if delay > 0:
             self.gate.hold("telnet")
             self._wait_out(delay)
