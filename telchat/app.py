@@ -39,12 +39,12 @@ from telchat.telnet.protocol import (
     Door,
     carry,
     log_negotiation,
-    make_shell,
     negotiated_charset,
     open_socket,
     peer_text,
     protocol_factory,
     pump,
+    shell_started,
 )
 from telchat.telnet.tls import TlsAcceptor, server_context
 
@@ -246,7 +246,7 @@ class App:
 
     def _factory(self, door: Door) -> Callable[[], ChatTelnetServer]:
         """Every door's connections: one telnet protocol, one session runner."""
-        make = protocol_factory(make_shell(self._run_session), self.config.connect_maxwait, self.guards, door)
+        make = protocol_factory(self._run_session, self.config.connect_maxwait, self.guards, door)
 
         def factory() -> ChatTelnetServer:
             protocol = make()
@@ -410,39 +410,22 @@ class App:
         """Sessions running, and dormant ones (an upgrade carried them; not built yet)."""
         return len(self.sessions) + len(self._dormant)
 
-    async def _run_session(self, reader: ChunkReader, protocol: ChatTelnetServer, transport: Transport) -> None:
+    async def _run_session(self, reader: ChunkReader, writer: Any) -> None:
+        """A connection's shell (telnetlib3's): its session, from negotiation's end to its own."""
+        started = shell_started(writer)
+        if started is None:
+            return
+        protocol, transport = started
         carried = protocol.carried if protocol.carried is not None and "session" in protocol.carried else None
         if protocol.carried is not None:
             protocol.carried = None
         charset = str(carried["session"]["charset"]) if carried is not None else negotiated_charset(protocol)
-        peer = protocol.peer
         if not self._admitted(protocol, transport, charset):
             if carried is not None:
                 self._let_go(carried)
             return
         sleeper = self._dormant.get(protocol.conn_id) if carried is not None else None
-        if sleeper is not None:
-            protocol.sink.write(sleeper.dormant.take_pending())
-        terminal = Terminal(protocol, self.config, self.status, carried["terminal"] if carried is not None else None)
-        if carried is None:
-            log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
-        session = Session(
-            self.chat,
-            self.config,
-            sink=terminal.wrap(protocol.sink),
-            flusher=self._flusher,
-            connection=transport,
-            conn_id=protocol.conn_id,
-            peer=peer,
-            charset=charset,
-            services=self.services,
-            echo=terminal,
-            gate=protocol.guard.gate if protocol.guard is not None else None,
-            user=sleeper.user if sleeper is not None else None,
-        )
-        self.sessions[session] = transport
-        self._no_longer_dormant(protocol.conn_id)
-        self._terminals[session] = terminal
+        session, terminal = self._new_session(protocol, transport, charset, carried, sleeper)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -467,6 +450,40 @@ class App:
             session.finish(reason)
             if not transport.is_closing():
                 transport.close()
+
+    def _new_session(
+        self,
+        protocol: ChatTelnetServer,
+        transport: Transport,
+        charset: str,
+        carried: dict[str, Any] | None,
+        sleeper: Sleeper | None,
+    ) -> tuple[Session, Terminal]:
+        """A connection's terminal and session, new or `carried` over an upgrade (and back
+        in the chat already, if it was dormant: `sleeper`)."""
+        if sleeper is not None:
+            protocol.sink.write(sleeper.dormant.take_pending())
+        terminal = Terminal(protocol, self.config, self.status, carried["terminal"] if carried is not None else None)
+        if carried is None:
+            log_negotiation(protocol, charset, terminal.client_class, terminal.mode)
+        session = Session(
+            self.chat,
+            self.config,
+            sink=terminal.wrap(protocol.sink),
+            flusher=self._flusher,
+            connection=transport,
+            conn_id=protocol.conn_id,
+            peer=protocol.peer,
+            charset=charset,
+            services=self.services,
+            echo=terminal,
+            gate=protocol.guard.gate if protocol.guard is not None else None,
+            user=sleeper.user if sleeper is not None else None,
+        )
+        self.sessions[session] = transport
+        self._no_longer_dormant(protocol.conn_id)
+        self._terminals[session] = terminal
+        return session, terminal
 
     def _admitted(self, protocol: ChatTelnetServer, transport: Transport, charset: str) -> bool:
         """Whether a connection gets a session: not while stopping, nor from a banned address."""

@@ -2,7 +2,8 @@
 
 Checked against telnetlib3 5.0.1 (pinned in requirements.txt). Re-check every name here
 when upgrading it: `TelnetReader._buffer`, `_eof`, `_exception`, `_wakeup_waiter`,
-`_wait_for_data`; `TelnetWriter`'s `_iac_callback`, `_slc_callback`, `_ext_callback`,
+`_waiter`, `_paused` and `_transport` (`read_chunk` waits as `_wait_for_data` does);
+`TelnetWriter`'s `_iac_callback`, `_slc_callback`, `_ext_callback`,
 `_ext_send_callback`, `_ext_offer_callback` tables, `_check_waiters`, `slctab` and
 `default_slc_tab`; `handle_will`, `handle_do`, `handle_wont` and `handle_subnegotiation`
 (overridden here: the options agreed to, TIMING-MARK answers, malformed subnegotiations),
@@ -33,11 +34,12 @@ through it, but LINEMODE's, which a chat server never negotiates) is what `Corke
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from telnetlib3 import slc
 from telnetlib3._session_context import TelnetSessionContext
@@ -97,7 +99,18 @@ class ChunkReader(TelnetReaderUnicode):
         while not (self._nudged or self._buffer or self._eof):
             if self._exception is not None:
                 raise self._exception
-            await self._wait_for_data("read_chunk")
+            # telnetlib3's _wait_for_data, inlined: its coroutine frame (some 220 bytes)
+            # would be held by every idle connection's reading task while it waits.
+            if self._waiter is not None:
+                raise RuntimeError("read_chunk() called while another coroutine is already waiting for data")
+            if self._paused:
+                self._paused = False
+                cast("asyncio.ReadTransport", self._transport).resume_reading()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         if self._nudged:
             self._nudged = False
             return None

@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, Protocol, cast
 
 import structlog
@@ -514,25 +514,24 @@ def log_negotiation(protocol: telnetlib3.TelnetServer, charset: str, klass: Clie
     )
 
 
-SessionRunner = Callable[[ChunkReader, ChatTelnetServer, asyncio.Transport], Awaitable[None]]
+#: telnetlib3's shell callback, (reader, writer), run as each connection's reading task
+#: once negotiation is over: the session runner itself (`shell_started` first), with no
+#: adapter coroutine between them, whose frame every connection would hold while it lasts.
 Shell = Callable[[Any, Any], Coroutine[Any, Any, None]]
 
 
-def make_shell(run: SessionRunner) -> Shell:
-    """Adapt telnetlib3's (reader, writer) shell callback to our session runner."""
-
-    async def shell(reader: Any, writer: Any) -> None:
-        protocol = writer.protocol
-        transport = writer.transport
-        if protocol is None or transport is None:  # the client left during negotiation
-            return
-        structlog.contextvars.bind_contextvars(conn_id=protocol.conn_id, peer=protocol.peer, transport=protocol.door)
-        # Negotiation is over: what telnetlib3 set up for it and left as it was, the class holds.
-        compact(protocol)
-        compact(writer)
-        await run(reader, protocol, transport)
-
-    return shell
+def shell_started(writer: Any) -> tuple[ChatTelnetServer, asyncio.Transport] | None:
+    """A shell's start: the connection's protocol and transport, compacted and bound to the
+    log context; None if the client left during negotiation."""
+    protocol = writer.protocol
+    transport = writer.transport
+    if protocol is None or transport is None:
+        return None
+    structlog.contextvars.bind_contextvars(conn_id=protocol.conn_id, peer=protocol.peer, transport=protocol.door)
+    # Negotiation is over: what telnetlib3 set up for it and left as it was, the class holds.
+    compact(protocol)
+    compact(writer)
+    return protocol, transport
 
 
 class Input(Protocol):
