@@ -100,6 +100,8 @@ QUICK_SESSIONS = 1000
 # Scenario d upgrades telchat in place (SIGUSR2) with every session held, when it can.
 UPGRADES = (ROOT / "telchat" / "upgrade.py").exists()
 UPGRADE_TIMEOUT = 60.0
+# Upgrades in a row: the pause is their median (one varies by half again on a shared VM).
+UPGRADE_ROUNDS = 3
 # After the upgrade, how long a client the handover dropped gets to be noticed.
 UPGRADE_SETTLE = 1.0
 
@@ -386,14 +388,14 @@ class Server:
     def stderr_tail(self, size: int = 2000) -> str:
         return self.err_path.read_bytes()[-size:].decode(errors="replace")
 
-    async def wait_event(self, names: set[str], within: float) -> dict[str, Any] | None:
-        """The first log event named one of `names`, waiting up to `within` seconds."""
+    async def wait_event(self, names: set[str], within: float, nth: int = 1) -> dict[str, Any] | None:
+        """The `nth` log event named one of `names`, waiting up to `within` seconds."""
         deadline = time.monotonic() + within
         while self.alive() and time.monotonic() < deadline:
-            for line in self.log_path.read_bytes().splitlines():
-                event = json.loads(line) if line.startswith(b"{") else {}
-                if event.get("event") in names:
-                    return event
+            events = (json.loads(line) for line in self.log_path.read_bytes().splitlines() if line.startswith(b"{"))
+            found = [event for event in events if event.get("event") in names]
+            if len(found) >= nth:
+                return found[nth - 1]
             await asyncio.sleep(0.05)
         return None
 
@@ -614,18 +616,23 @@ async def run_sessions(server: Server, scenario: Scenario, rec: Recorder, args: 
 
 
 async def measure_upgrade(server: Server, rec: Recorder) -> dict[str, Any]:
-    """SIGUSR2 with every session held: the pause the upgrade in place logs, and whether
-    anyone was dropped (telchat only: the reference server has no upgrade in place)."""
+    """SIGUSR2 with every session held, UPGRADE_ROUNDS times: the pauses the upgrades in
+    place log (the median one's parts), and whether anyone was dropped (telchat only: the
+    reference server has no upgrade in place). A failed upgrade counts as no pause."""
     closed = rec.closed_by_server
     assert server.proc is not None
-    server.proc.send_signal(signal.SIGUSR2)
-    event = await server.wait_event({"upgrade", "upgrade_failed"}, UPGRADE_TIMEOUT)
-    await asyncio.sleep(UPGRADE_SETTLE)
-    logged = event if event is not None and event["event"] == "upgrade" else {}
+    rounds: list[dict[str, Any]] = []
+    for nth in range(1, UPGRADE_ROUNDS + 1):
+        server.proc.send_signal(signal.SIGUSR2)
+        event = await server.wait_event({"upgrade", "upgrade_failed"}, UPGRADE_TIMEOUT, nth)
+        await asyncio.sleep(UPGRADE_SETTLE)
+        rounds.append(event if event is not None and event["event"] == "upgrade" else {"pause_ms": math.inf})
+    median = sorted(rounds, key=lambda logged: float(logged["pause_ms"]))[len(rounds) // 2]
     return {
-        "upgrade_pause_ms": logged.get("pause_ms"),
-        "upgrade_parts_ms": {part: logged.get(f"{part}_ms") for part in ("handover", "start", "adopt")},
-        "upgrade_sessions": logged.get("sessions"),
+        "upgrade_pause_ms": median.get("pause_ms"),
+        "upgrade_pauses_ms": " ".join(f"{logged['pause_ms']:.0f}" for logged in rounds),
+        "upgrade_parts_ms": {part: median.get(f"{part}_ms") for part in ("handover", "start", "adopt")},
+        "upgrade_sessions": min(int(logged.get("sessions", 0)) for logged in rounds),
         "upgrade_dropped": rec.closed_by_server - closed,
     }
 
@@ -755,7 +762,7 @@ def targets(scenario: Scenario, telchat: dict[str, Any], ratio: dict[str, float 
         checks.append(check("greeting p99 <= 20 ms", dig(telchat, ("probe_greeting_ms", "p99")), lambda v: v <= 20))
         if "upgrade_pause_ms" in telchat:
             pause = telchat["upgrade_pause_ms"]
-            checks.append(check("upgrade in place: pause <= 1 s", pause, lambda v: v <= 1000))
+            checks.append(check("upgrade in place: median pause <= 1 s", pause, lambda v: v <= 1000))
             checks.append(check("upgrade in place: nobody dropped", telchat["upgrade_dropped"], lambda v: v == 0))
     return checks
 
@@ -793,7 +800,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     "RSS MiB": ("rss_mib",),
     "RSS KiB per session": ("rss_per_session_kib",),
     "closed by server": ("closed_by_server",),
-    "upgrade pause ms": ("upgrade_pause_ms",),
+    "upgrade pause ms, median": ("upgrade_pause_ms",),
+    "upgrade pauses ms": ("upgrade_pauses_ms",),
     "upgrade: handover ms": ("upgrade_parts_ms", "handover"),
     "upgrade: exec, start ms": ("upgrade_parts_ms", "start"),
     "upgrade: adopt ms": ("upgrade_parts_ms", "adopt"),

@@ -180,6 +180,9 @@ class App:
         """Open the store and listen; or, after a server upgrade, take up the listeners and
         connections `carried` over from the previous image."""
         if carried is not None:
+            # Before any door opens: a connection accepted while the slower doors start
+            # must not get a carried connection's id, by which a dormant user is found.
+            self.telemetry.skip_conn_ids(carried.last_conn_id)
             self.store.take_up(carried.store)
         # A store taken up reads on where the previous image stopped: what it delivers before
         # the carried sessions are adopted waits for them (their lines from other nodes).
@@ -313,7 +316,6 @@ class App:
         next input sleeps (`_sleep`), its user back in the chat, until `awake` or its input
         wakes it; any other at once, its protocol restoring its telnet state instead of
         negotiating, and `_run_session` resuming its session."""
-        self.telemetry.skip_conn_ids(carried.last_conn_id)
         now: list[dict[str, Any]] = []
         for record in carried.connections:
             if _sleeps(record):
@@ -481,7 +483,8 @@ class App:
             user=sleeper.user if sleeper is not None else None,
         )
         self.sessions[session] = transport
-        self._no_longer_dormant(protocol.conn_id)
+        if sleeper is not None:
+            self._no_longer_dormant(protocol.conn_id)
         self._terminals[session] = terminal
         return session, terminal
 

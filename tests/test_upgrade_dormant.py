@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 from telchat.app import App, Carried
 from telchat.rules import replies
@@ -23,10 +24,13 @@ CONFIG = replace(TEST_CONFIG, operators="boss")
 
 
 @asynccontextmanager
-async def handed_over(old: App) -> AsyncIterator[App]:
-    """`old`'s connections in a new App that has not woken any of them yet."""
+async def handed_over(old: App, meanwhile: Callable[[], Awaitable[object]] | None = None) -> AsyncIterator[App]:
+    """`old`'s connections in a new App that has not woken any of them yet; `meanwhile`
+    runs between the old one's pause and the new one's start."""
     listeners = old.listeners()
     await old.pause(listeners, 0.5)
+    if meanwhile is not None:
+        await meanwhile()
     records = old.carry()
     connections = [dict(record, fd=os.dup(record["fd"])) for record in records]
     carried = Carried(listeners, connections, old.telemetry.last_conn_id, old.store.carry())
@@ -156,4 +160,32 @@ async def test_dormant_connections_count_toward_the_per_address_limit() -> None:
             await fourth.send("login cat")
             assert await fourth.read_line() == "*** User change nick anonymous --> cat"
             for client in (ann, fourth):
+                await client.close()
+
+
+async def test_a_newcomer_accepted_while_the_new_image_starts_gets_an_id_of_its_own(tmp_path: Path) -> None:
+    """A client that connects during the pause is accepted while the new image still opens
+    its slower doors (the web door's): it must not get a carried connection's id, by which
+    a dormant user is found, or it would end that user's dormancy and, an upgrade later,
+    be taken for them."""
+    doors = replace(CONFIG, web_port=0, ssh_port=0, ssh_host_key=str(tmp_path / "host_key"))
+    async with running(doors) as old:
+        ann, bob = await room_of(old.port, "ann", "bob")
+        carried_ids = {session.user.conn_id for session in old.sessions}
+        port = old.port
+        arriving: list[RawClient] = []
+
+        async def connect() -> None:
+            arriving.append(await RawClient.connect(port, greet=False))
+
+        async with handed_over(old, connect) as new:
+            newcomer = arriving[0]
+            await newcomer.expect("*** Welcome to telchat. Type help for commands.")
+            assert [session.user.conn_id > max(carried_ids) for session in new.sessions] == [True]
+            assert dormant(new) == 2
+            await newcomer.send("login ann")
+            assert await newcomer.read_line() == replies.NICK_TAKEN.format(nick="ann")
+            await ann.send("still me")
+            assert await said(bob, "ann", "still me") == ["still me"]
+            for client in (ann, bob, newcomer):
                 await client.close()
