@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import socket
 import ssl
@@ -140,6 +141,8 @@ class App:
             telemetry=self.telemetry,
         )
         self.metrics: MetricsServer | None = None
+        # The web and SSH listeners an upgrade carried over, until `open_late_doors`.
+        self._late_listeners: dict[str, socket.socket] = {}
         self.metrics_port: int | None = None
         self._terminals: dict[Session, Terminal] = {}
         # Every connection, negotiating or not (an upgrade carries them all).
@@ -201,16 +204,35 @@ class App:
         await self.services.moderation.load()
         await self.services.mailbox.load()
         self.services.continuity.start()
-        config = self.config
         if carried is None:  # after an upgrade, once everyone is back (`awake`)
             names.prepare()
-        await self._open_doors(carried.listeners if carried is not None else {})
+        await self._open_telnet_doors(carried.listeners if carried is not None else {})
         if carried is not None:
             await self._adopt(carried)
+            self._late_listeners = carried.listeners
         for event in early or ():
             self.chat.deliver(event)
         early = None
         self.status.port, self.status.tls_port = self.port, self.tls_port
+        if carried is None:
+            await self.open_late_doors()
+
+    async def open_late_doors(self) -> None:
+        """The web and SSH doors and the metrics endpoint, then the `listening` event. A new
+        image an upgrade handed connections to opens them once its pause is over (see
+        `Upgrader.resumed`), on the listeners carried over: importing aiohttp and asyncssh
+        takes some 400 ms, which would hold everyone's pause, and runs on a thread instead
+        while users are served (connections to those doors wait in their backlogs)."""
+        listeners, self._late_listeners = self._late_listeners, {}
+        await self._open_late_doors(listeners)
+        config = self.config
+        if config.metrics_port is not None and self.metrics is None:
+            # Imported only when used: prometheus_client takes some 40 ms to import.
+            await asyncio.to_thread(importlib.import_module, "telchat.obs.metrics")
+            from telchat.obs.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self)
+            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port, self.backlog)
         # `loop`: asyncio or uvloop (--loop auto picks uvloop when it is installed).
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info(
@@ -224,13 +246,6 @@ class App:
             loop=loop,
             backlog=self.backlog,
         )
-        if config.metrics_port is not None:
-            # Imported only when used: prometheus_client takes some 40 ms to import, which
-            # every start pays, and every upgrade in place within its pause.
-            from telchat.obs.metrics import MetricsServer
-
-            self.metrics = MetricsServer(self)
-            self.metrics_port = await self.metrics.start(config.metrics_host, config.metrics_port, self.backlog)
 
     async def _open_store_patiently(self, deliver: Callable[[Event], None]) -> None:
         """Open the store after an upgrade, trying again for a while: the previous image
@@ -258,24 +273,30 @@ class App:
 
         return factory
 
-    async def _open_doors(self, listeners: dict[str, socket.socket]) -> None:
-        """Listen at every configured door, on the socket `listeners` has for it if any (an
-        upgrade carried it over, or the upgrade failed and it is listened on again)."""
+    async def _open_telnet_doors(self, listeners: dict[str, socket.socket]) -> None:
+        """Listen at the plain and TLS telnet doors, on the socket `listeners` has for each
+        if any (an upgrade carried it over, or the upgrade failed and it is listened on again)."""
         config = self.config
         self._server = await self._listen(config.port, listener=listeners.get("telnet"))
         if config.tls_port is not None:
             tls = server_context(config.tls_cert, config.tls_key)
             self._tls_server = await self._listen(config.tls_port, tls, listeners.get("tls"))
+
+    async def _open_late_doors(self, listeners: dict[str, socket.socket]) -> None:
+        """The web and SSH doors, as `_open_telnet_doors`. Their modules are imported only
+        when used, and on a thread: aiohttp and asyncssh (with cryptography) take some 200 ms
+        each, which the event loop would otherwise stand still for."""
+        config = self.config
         if config.web_port is not None:
+            await asyncio.to_thread(importlib.import_module, "telchat.web.door")
             await self._open_web(config.web_port, listeners.get("web"))
         if config.ssh_port is not None:
+            await asyncio.to_thread(importlib.import_module, "telchat.ssh.door")
             await self._open_ssh(config.ssh_port, listeners.get("ssh"))
 
     async def _open_web(self, port: int, listener: socket.socket | None) -> None:
         config = self.config
         tls = server_context(config.web_tls_cert, config.web_tls_key) if config.web_tls_cert else None
-        # Imported only when used: aiohttp takes a third of a second to import, which every
-        # start pays, and every upgrade in place within its pause.
         from telchat.web.door import WebDoor
 
         self.web = WebDoor(config, self._factory("web"), self.telemetry)
@@ -284,7 +305,6 @@ class App:
         )
 
     async def _open_ssh(self, port: int, listener: socket.socket | None) -> None:
-        # Imported only when used: asyncssh (and cryptography) cost time and memory at import.
         from telchat.ssh.door import SshDoor
 
         self.ssh = SshDoor(self.config, self._factory("ssh"), self.guards, self.services.accounts)
@@ -645,7 +665,8 @@ class App:
     async def resume(self, listeners: dict[str, socket.socket]) -> None:
         """The upgrade failed after `pause`: accept and read again, on the same sockets."""
         self.guards.hold_input(False, (protocol.guard for protocol in self._connections if protocol.guard is not None))
-        await self._open_doors(listeners)
+        await self._open_telnet_doors(listeners)
+        await self._open_late_doors(listeners)
 
     def carry(self, take_output: bool = True) -> list[dict[str, Any]]:
         """Every connection as plain data with its socket's descriptor (`fd`); with

@@ -163,12 +163,14 @@ class Upgrader:
 
     async def resumed(self, handover: Handover) -> None:
         """In the new image: once every carried session runs again (dormant or built: the
-        pause is over), build the dormant ones, then log the upgrade."""
+        pause is over), open the web and SSH doors, build the dormant sessions, then log the
+        upgrade."""
         app = self._app
         # Polled finely: when it ends is the pause's end, as measured.
         await until(lambda: app.session_count >= handover.sessions, time.monotonic() + 2.0, poll=0.005)
         resumed = time.time()
         dormant = app.session_count - len(app.sessions)
+        await app.open_late_doors()
         await app.awake()
         state = handover.state
         # Every object made since the collector was turned off is in its youngest generation:

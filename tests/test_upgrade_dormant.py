@@ -179,6 +179,10 @@ async def test_a_newcomer_accepted_while_the_new_image_starts_gets_an_id_of_its_
             arriving.append(await RawClient.connect(port, greet=False))
 
         async with handed_over(old, connect) as new:
+            # Taken up before the slower doors open (their imports would hold the pause).
+            assert new.web is None and new.ssh is None
+            await new.open_late_doors()
+            assert new.web is not None and new.ssh is not None
             newcomer = arriving[0]
             await newcomer.expect("*** Welcome to telchat. Type help for commands.")
             assert [session.user.conn_id > max(carried_ids) for session in new.sessions] == [True]
