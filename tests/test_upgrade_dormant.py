@@ -18,6 +18,7 @@ from telchat.app import App, Carried
 from telchat.rules import replies
 from tests.clients import RawClient, registered_member
 from tests.conftest import TEST_CONFIG, running
+from tests.test_liveness import TinTinLike, stays_while_idle
 from tests.test_upgrade import member, said
 
 CONFIG = replace(TEST_CONFIG, operators="boss")
@@ -193,3 +194,19 @@ async def test_a_newcomer_accepted_while_the_new_image_starts_gets_an_id_of_its_
             assert await said(bob, "ann", "still me") == ["still me"]
             for client in (ann, bob, newcomer):
                 await client.close()
+
+
+async def test_a_client_that_ignores_pings_is_not_pinged_again_after_an_upgrade() -> None:
+    """TinTin++ answers its first TIMING-MARK only. Once the server has learnt that, the
+    next image must know it too: pinged afresh, it would ignore the ping and be dropped."""
+    pings = replace(CONFIG, idle_ping=0.2, idle_timeout=0.3)
+    async with running(pings) as old:
+        tina = await TinTinLike.connect(old.port)
+        deadline = asyncio.get_running_loop().time() + 5
+        while tina.tm_seen < 2 and asyncio.get_running_loop().time() < deadline:
+            await tina._fill(0.05)
+        assert tina.tm_seen == 2
+        async with handed_over(old) as new:
+            await new.awake()
+            await stays_while_idle(tina, 3 * (0.2 + 0.3))
+            assert tina.tm_seen == 2, "no more pings"

@@ -270,8 +270,9 @@ class Terminal:
             "undecoded": self._undecoded.decode("latin-1"),
             "prompt_room": self._prompt_room,
             "client_class": self.client_class,
+            "liveness": self._watchdog.snapshot() if self._watchdog is not None else None,
         }
-        return sparse(state, "editor", "gmcp", "undecoded", "prompt_room")
+        return sparse(state, "editor", "gmcp", "undecoded", "prompt_room", "liveness")
 
     def attach(self, session: Session, carried: dict[str, Any] | None = None) -> None:
         """Set the connection up for its client class; call before `session.start()`. A
@@ -301,13 +302,15 @@ class Terminal:
         self._start_gmcp(session, carried is None or bool(carried.get("gmcp")), carried is None)
         if carried is None and writer.local_option.enabled(MSSP):
             session.user.outbox.push(mssp.frame(self._status.variables()))
-        self._start_watchdog(session)
+        self._start_watchdog(carried.get("liveness") if carried is not None else None)
 
-    def _start_watchdog(self, session: Session) -> None:
+    def _start_watchdog(self, carried: dict[str, Any] | None) -> None:
         # The watchdog calls this terminal back (`Watched`): no callbacks held per session.
         self._watchdog = watchdog = Watchdog(
             self, ping_after=self._config.idle_ping, answer_within=self._config.idle_timeout
         )
+        if carried is not None:
+            watchdog.restore(carried)
         watchdog.start()
 
     # Watched (the liveness watchdog's view of this connection)

@@ -26,7 +26,9 @@ import math
 import socket
 import time
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
+
+from telchat.rules.plain import sparse
 
 KEEPALIVE_IDLE = 60
 KEEPALIVE_INTERVAL = 15
@@ -177,6 +179,19 @@ class Watchdog:
     def answered(self) -> None:
         """The client answered a TIMING-MARK."""
         self._answers += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """What it learnt of the client, as plain data (an upgrade carries it), what is empty
+        left out: a client that ignores pings after its first (TinTin++) must not be pinged,
+        and dropped, by the next image as if it were new."""
+        return sparse({"pings": self._pings, "answers": self._answers, "deaf": self._deaf}, "pings", "answers", "deaf")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up a `snapshot`. A ping unanswered at the time is not: its answer may have
+        come during the upgrade, before anyone listened for it."""
+        self._pings = int(state.get("pings", 0))
+        self._answers = self._answers_at_ping = int(state.get("answers", 0))
+        self._deaf = bool(state.get("deaf"))
 
     def start(self) -> None:
         if self._ping_after > 0:
