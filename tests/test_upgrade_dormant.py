@@ -16,7 +16,7 @@ from pathlib import Path
 
 from telchat.app import App, Carried
 from telchat.rules import replies
-from tests.clients import RawClient, registered_member
+from tests.clients import IAC, NAWS, SB, SE, RawClient, TermClient, registered_member
 from tests.conftest import TEST_CONFIG, running
 from tests.test_liveness import TinTinLike, stays_while_idle
 from tests.test_upgrade import member, said
@@ -210,3 +210,25 @@ async def test_a_client_that_ignores_pings_is_not_pinged_again_after_an_upgrade(
             await new.awake()
             await stays_while_idle(tina, 3 * (0.2 + 0.3))
             assert tina.tm_seen == 2, "no more pings"
+
+
+async def test_a_window_resized_during_the_pause_is_drawn_at_its_new_size() -> None:
+    """The old image reads, and keeps, what comes during its pause (a NAWS here): the new
+    one hands it on before the terminal is built, which must still draw at the new size."""
+    async with running(CONFIG) as old:
+        term = await TermClient.connect(old.port)
+        await term.send_bytes(b"x" * 50)
+        await term.drain()
+
+        async def resize() -> None:
+            term.buffer = b""
+            await term.send_bytes(bytes([IAC, SB, NAWS, 0, 20, 0, 10, IAC, SE]))
+            await asyncio.sleep(0.2)  # read by the old image, paused
+
+        async with handed_over(old, resize) as new:
+            await term._fill(1)
+            # As a resize at any other time (tests/test_client_classes.py): the 50-cell line
+            # wrapped onto 3 rows is erased and drawn again, scrolled to fit 20 columns.
+            assert term.buffer == b"\r\x1b[2A\x1b[J" + b"\r\x1b[K" + b"x" * 18 + b"\r\x1b[18C"
+            assert [session.user.columns for session in new.sessions] == [20]
+            await term.close()

@@ -298,6 +298,9 @@ class Terminal:
                 self._editor.restore(carried["editor"])
                 self._undecoded = str(carried.get("undecoded", "")).encode("latin-1")
                 self._prompt_room = carried.get("prompt_room")
+                # A window resized during the upgrade: its NAWS, kept by the old image and
+                # handed on before this terminal was built, was not heard by it.
+                self.resized(session.user.columns)
             session.set_framer(self)
         self._start_gmcp(session, carried is None or bool(carried.get("gmcp")), carried is None)
         if carried is None and writer.local_option.enabled(MSSP):

@@ -279,7 +279,7 @@ class LineEditor:
 
     def resize(self, width: int) -> str:
         """The terminal is now `width` columns wide: the redraw that needs (every change
-        needs one, widening too).
+        needs one, widening too; the same width, none).
 
         Narrowed, a terminal that reflows its lines (most do: VTE, kitty, tmux, Windows
         Terminal) has wrapped the old input line onto several rows, with the cursor on one
@@ -287,6 +287,8 @@ class LineEditor:
         thing on screen), so no piece of it stays behind in the scrollback.
         """
         width = max(width, MIN_WIDTH)
+        if width == self.width:
+            return ""
         column = self.cursor_column
         up = column // width if width < self.width and self._graphemes else 0
         self.width = width
