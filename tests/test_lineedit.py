@@ -155,11 +155,22 @@ def test_resize_redraws_and_keeps_cursor_visible() -> None:
 
 
 def test_line_length_is_capped_with_bell() -> None:
-    editor = LineEditor(max_chars=5)
+    editor = LineEditor(max_bytes=5)
     out = editor.feed("abcdefg").output
     assert editor.text == "abcde"
     assert BELL in out
     assert BELL in editor.feed("h").output
+
+
+def test_the_cap_counts_bytes_of_the_charset() -> None:
+    """The server's limit is in bytes: Cyrillic takes two each in UTF-8, one in cp1251."""
+    editor = LineEditor(max_bytes=5)
+    assert BELL in editor.feed("жжж").output
+    assert editor.text == "жж" and editor.length == 4
+    editor.set_charset("cp1251")
+    assert editor.length == 2
+    assert BELL not in editor.feed("жжж").output
+    assert editor.text == "жжжжж"
 
 
 def test_tab_becomes_space() -> None:
@@ -177,7 +188,7 @@ def test_any_key_sequence_keeps_state_consistent(keys: list[str]) -> None:
     editor.set_prompt("[#r] ")
     for key in keys:
         editor.feed(key)
-        assert 0 <= editor.cursor <= len(editor.text) == editor.length
+        assert 0 <= editor.cursor <= len(editor.text) <= len(editor.text.encode()) == editor.length
         assert 0 <= editor.cursor_column < editor.width
 
 
@@ -276,7 +287,7 @@ def test_history_walks_and_scattered_inserts_measure_each_grapheme_once(monkeypa
         return real(text)
 
     monkeypatch.setattr(lineedit, "width", counted)
-    editor = LineEditor(width=80, max_chars=2000)
+    editor = LineEditor(width=80, max_bytes=2000)
     editor.feed("x" * 1000 + "\r")
     calls = 0
     result = editor.feed((UP + DOWN) * 10_000)

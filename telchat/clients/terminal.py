@@ -94,7 +94,7 @@ class Terminal:
         self.term = str(protocol.get_extra_info("TERM") or "")
         self.character_mode = self.client_class == "telnet" and self.term.lower() not in NO_CURSOR_TERMS
         self._editor = (
-            LineEditor(int(protocol.get_extra_info("cols") or 80), max_chars=config.max_line_bytes)
+            LineEditor(int(protocol.get_extra_info("cols") or 80), max_bytes=config.max_line_bytes)
             if self.character_mode
             else None
         )
@@ -187,10 +187,11 @@ class Terminal:
     def feed(self, data: bytes) -> Sequence[str | Oversize]:
         assert self._editor is not None and self._session is not None
         charset = self._session.user.charset
+        editor = self._editor
         if self._decoder is None or charset != self._decoder_charset:
             self._decoder = codecs.getincrementaldecoder(charset)("replace")
             self._decoder_charset = charset
-        editor = self._editor
+            editor.set_charset(charset)
         moved = self._sync_prompt(editor)
         text = self._decoder.decode(data)
         if "\ufffd" in text and len(self._undecoded) < UNDECODED_KEPT:
@@ -212,7 +213,7 @@ class Terminal:
 
     @property
     def pending(self) -> int:
-        """Characters typed into the current line, not yet committed."""
+        """Bytes typed into the current line, not yet committed."""
         return self._editor.length if self._editor is not None else 0
 
     def _sync_prompt(self, editor: LineEditor) -> str:

@@ -102,7 +102,8 @@ class _Entry:
 
     graphemes: tuple[str, ...]
     cells: tuple[int, ...]
-    chars: int
+    #: Its bytes in the editor's charset, for the `max_bytes` limit.
+    size: int
 
     @property
     def text(self) -> str:
@@ -125,16 +126,20 @@ def _segment(text: str) -> list[str]:
     return list(iter_graphemes(text))
 
 
-def _measured(text: str) -> _Entry:
+def _size(text: str, charset: str) -> int:
+    return len(text.encode(charset, "replace"))
+
+
+def _measured(text: str, charset: str) -> _Entry:
     graphemes = tuple(_segment(text))
-    return _Entry(graphemes, tuple(_cells(g) for g in graphemes), len(text))
+    return _Entry(graphemes, tuple(_cells(g) for g in graphemes), _size(text, charset))
 
 
 class LineEditor:
     __slots__ = (
         "_after_cr",
+        "_bytes",
         "_cells",
-        "_chars",
         "_cursor",
         "_draft",
         "_graphemes",
@@ -145,15 +150,18 @@ class LineEditor:
         "_pending_escape",
         "_prompt",
         "_prompt_cells",
+        "charset",
         "complete",
-        "max_chars",
+        "max_bytes",
         "secret",
         "width",
     )
 
-    def __init__(self, width: int = 80, history_size: int = 100, max_chars: int = 1024) -> None:
+    def __init__(self, width: int = 80, history_size: int = 100, max_bytes: int = 1024, charset: str = "utf-8") -> None:
         self.width = max(width, MIN_WIDTH)
-        self.max_chars = max_chars
+        self.max_bytes = max_bytes
+        #: What the line is measured in (`set_charset`): the server's limit is in its bytes.
+        self.charset = charset
         self._history_size = history_size
         self._history: list[_Entry] = []
         # Position while walking the history; len(history) means "the line being typed".
@@ -162,8 +170,8 @@ class LineEditor:
         # Lists while edited; a history entry's tuples while walked to (copied on the first edit).
         self._graphemes: Sequence[str] = []
         self._cells: Sequence[int] = []
-        # Code points in the line, for the `max_chars` limit.
-        self._chars = 0
+        # Bytes of the line in `charset`, for the `max_bytes` limit.
+        self._bytes = 0
         self._cursor = 0
         self._offset = 0
         self._pending_escape = ""
@@ -183,8 +191,17 @@ class LineEditor:
 
     @property
     def length(self) -> int:
-        """Code points typed into the line."""
-        return self._chars
+        """Bytes typed into the line, in its charset."""
+        return self._bytes
+
+    def set_charset(self, charset: str) -> None:
+        """The user's charset is now `charset`: what is typed and remembered is measured in it."""
+        if charset == self.charset:
+            return
+        self.charset = charset
+        self._bytes = _size(self.text, charset)
+        self._history = [_Entry(e.graphemes, e.cells, _size(e.text, charset)) for e in self._history]
+        self._draft = _Entry(self._draft.graphemes, self._draft.cells, _size(self._draft.text, charset))
 
     @property
     def typing(self) -> bool:
@@ -237,13 +254,13 @@ class LineEditor:
     def restore(self, state: dict[str, Any]) -> None:
         """Take up a `snapshot`: the same line, cursor, scroll and history."""
         self.width = max(int(state["width"]), MIN_WIDTH)
-        line = _measured(str(state["text"]))
-        self._graphemes, self._cells, self._chars = list(line.graphemes), list(line.cells), line.chars
+        line = _measured(str(state["text"]), self.charset)
+        self._graphemes, self._cells, self._bytes = list(line.graphemes), list(line.cells), line.size
         self._cursor = min(int(state["cursor"]), len(self._graphemes))
         self._offset = min(int(state["offset"]), self._cursor)
-        self._history = [_measured(str(text)) for text in state["history"]][-self._history_size :]
+        self._history = [_measured(str(text), self.charset) for text in state["history"]][-self._history_size :]
         self._history_at = min(int(state["history_at"]), len(self._history))
-        self._draft = _measured(str(state["draft"]))
+        self._draft = _measured(str(state["draft"]), self.charset)
         self._prompt = str(state["prompt"])
         self._prompt_cells = sum(_cells(g) for g in iter_graphemes(self._prompt))
         self._pending_escape = str(state["pending_escape"])
@@ -381,7 +398,7 @@ class LineEditor:
         low, high = max(0, start - 1), min(len(graphemes), stop + 1)
         before = "".join(graphemes[low:start]) + text
         joined = _segment(before + "".join(graphemes[stop:high]))
-        self._chars += len(text) - sum(len(g) for g in graphemes[start:stop])
+        self._bytes += _size(text, self.charset) - _size("".join(graphemes[start:stop]), self.charset)
         graphemes[low:high] = joined
         cells[low:high] = [_cells(g) for g in joined]
         # The cursor goes after the grapheme that holds the end of `text`.
@@ -394,10 +411,15 @@ class LineEditor:
         self._cursor = index
 
     def _fit(self, run: str, result: Feed) -> str:
-        room = self.max_chars - self._chars
-        if len(run) > room:
-            result.output += BELL
-            return run[: max(room, 0)]
+        """As much of `run` as fits the limit, in bytes of the charset (a BEL if not all)."""
+        room = self.max_bytes - self._bytes
+        if _size(run, self.charset) <= room:
+            return run
+        result.output += BELL
+        for end, ch in enumerate(run):
+            room -= _size(ch, self.charset)
+            if room < 0:
+                return run[:end]
         return run
 
     def _insert(self, run: str, result: Feed) -> None:
@@ -519,7 +541,7 @@ class LineEditor:
         self._history_at = target
         entry = self._draft if target == len(self._history) else self._history[target]
         # The entry itself, measured when it was typed: a step never measures or copies text.
-        self._graphemes, self._cells, self._chars = entry.graphemes, entry.cells, entry.chars
+        self._graphemes, self._cells, self._bytes = entry.graphemes, entry.cells, entry.size
         self._cursor = len(self._graphemes)
         self._offset = 0
         return True
@@ -527,11 +549,11 @@ class LineEditor:
     def _entry(self) -> _Entry:
         graphemes, cells = self._graphemes, self._cells
         if isinstance(graphemes, tuple) and isinstance(cells, tuple):
-            return _Entry(graphemes, cells, self._chars)  # walked to and not edited since
-        return _Entry(tuple(graphemes), tuple(cells), self._chars)
+            return _Entry(graphemes, cells, self._bytes)  # walked to and not edited since
+        return _Entry(tuple(graphemes), tuple(cells), self._bytes)
 
     def _clear(self) -> None:
-        self._graphemes, self._cells, self._chars, self._cursor, self._offset = [], [], 0, 0, 0
+        self._graphemes, self._cells, self._bytes, self._cursor, self._offset = [], [], 0, 0, 0
 
     def _commit(self) -> str:
         line = self.text
