@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from telchat.obs.logs import get_logger
-from telchat.rules.charsets import c1_safe
+from telchat.rules.charsets import c1_safe, readable
 
 log = get_logger(__name__)
 
@@ -47,7 +47,7 @@ def encode_text(text: str, charset: str) -> bytes:
         return text.encode(charset, "replace")
     # No ordinary character may become a C1 control byte (koi8-r '⌡' is 0x9B, CSI), and
     # telnet reserves 0xFF (IAC), which single-byte charsets produce (cp1251 'я').
-    data = c1_safe(text, charset).encode(charset, "replace")
+    data = c1_safe(text, charset).encode(charset, readable(charset))
     return data.replace(b"\xff", b"\xff\xff")
 
 

@@ -4,8 +4,10 @@ and what makes text safe to send in each."""
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 import unicodedata
+from collections.abc import Callable
 
 SUPPORTED = ("utf-8", "cp1251", "koi8-r", "latin-1")
 # Python's canonical codec names for the ones above that differ from how we show them.
@@ -28,8 +30,8 @@ def from_lang(lang: str) -> str | None:
     return resolve(rest.split("@", 1)[0]) if dot else None
 
 
-# What stands in for a character that a charset would encode as a C1 control byte, by
-# words of its Unicode name; anything else without an ASCII form becomes "?".
+# What stands in for a character that a charset would encode as a C1 control byte, or
+# lacks, by words of its Unicode name; anything else without an ASCII form becomes "?".
 _BY_NAME = (
     ("DOUBLE", '"'),
     ("QUOTATION", "'"),
@@ -43,9 +45,13 @@ _C1 = range(0x80, 0xA0)
 
 
 def _stand_in(ch: str, charset: str) -> str:
-    """A harmless spelling of `ch` in `charset`: its compatibility form or its base letter
-    (`…` -> `...`, `ќ` -> `к`) if that encodes outside the C1 range, else a lookalike."""
-    for form in (unicodedata.normalize("NFKC", ch), unicodedata.normalize("NFKD", ch)[:1]):
+    """A harmless spelling of `ch` in `charset`: its compatibility form or, for a letter,
+    its base letter (`…` -> `...`, `ќ` -> `к`; not `½` -> `1`) if that encodes outside the C1
+    range, else a lookalike."""
+    forms = [unicodedata.normalize("NFKC", ch)]
+    if unicodedata.category(ch).startswith("L"):
+        forms.append(unicodedata.normalize("NFKD", ch)[:1])
+    for form in forms:
         try:
             encoded = form.encode(charset)
         except UnicodeEncodeError:
@@ -71,6 +77,28 @@ def _c1_safe_table(charset: str) -> dict[int, str]:
             continue
         table[ord(ch)] = _stand_in(ch, charset)
     return table
+
+
+def readable(charset: str) -> str:
+    """The codec error handler for `str.encode(charset, readable(charset))`: what `charset`
+    lacks is spelt as `_stand_in` spells it (`…` -> `...`, an en dash -> `-`, `™` -> `TM`), else
+    `?`. One a charset: a charmap codec's error names no charset."""
+    return f"telchat-readable-{charset}"
+
+
+def _speller(charset: str) -> Callable[[UnicodeError], tuple[str, int]]:
+    spelt = functools.lru_cache(maxsize=4096)(functools.partial(_stand_in, charset=charset))
+
+    def spell(error: UnicodeError) -> tuple[str, int]:
+        if not isinstance(error, UnicodeEncodeError):
+            raise error
+        return "".join(map(spelt, error.object[error.start : error.end])), error.end
+
+    return spell
+
+
+for _charset in SUPPORTED:
+    codecs.register_error(readable(_charset), _speller(_charset))
 
 
 # Built once per charset: the table, and a pattern finding what it replaces.
