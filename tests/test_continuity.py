@@ -125,7 +125,7 @@ async def test_a_waiting_message_is_shown_once(app: App, connect: Connect) -> No
     await bob.send("/msg nobody hello")
     await bob.expect("*** No such user: nobody")
     frank, lines = await back(app.port, "frank", "*bob*> see you tomorrow")
-    assert lines[1] == "*** 1 messages waited for you while you were offline:"
+    assert lines[1] == "*** 1 message waited for you while you were offline:"
     stamped = STAMPED.match(lines[2])
     assert stamped is not None and stamped.group(2) == "*bob*> see you tomorrow"
     await gone(frank)
@@ -171,9 +171,9 @@ async def test_waiting_message_survives_a_restart_once(tmp_path: Path, config: C
     async with running(config) as app:
         frank, lines = await back(app.port, "frank", "*** User frank joined room #room")
         assert [STAMPED.sub(r"\2", line) for line in lines[1:]] == [
-            "*** 1 messages waited for you while you were offline:",
+            "*** 1 message waited for you while you were offline:",
             "*bob*> across the restart",
-            "*** #room: 1 new lines since you left",
+            "*** #room: 1 new line since you left",
             "#room:bob> said before the restart",
             "*** User frank joined room #room",
         ]
@@ -229,9 +229,9 @@ async def test_continuity_across_redis_nodes(nodes: list[ServerProcess], clients
     clients.append(again)
     assert [STAMPED.sub(r"\2", line) for line in lines] == [
         "*** User change nick anonymous --> frank",
-        "*** 1 messages waited for you while you were offline:",
+        "*** 1 message waited for you while you were offline:",
         "*bob*> from the other node",
-        "*** You were mentioned 1 times while you were offline; type mentions to see them.",
+        "*** You were mentioned once while you were offline; type mentions to see them.",
         "*** User frank joined room #quiet",
         "*** #r: 2 new lines since you left",
         "#r:bob> missed 0",
@@ -245,7 +245,7 @@ async def test_continuity_across_redis_nodes(nodes: list[ServerProcess], clients
     clients.append(last)
     assert lines == [
         "*** User change nick anonymous --> frank",
-        "*** You were mentioned 1 times while you were offline; type mentions to see them.",
+        "*** You were mentioned once while you were offline; type mentions to see them.",
         "*** User frank joined room #quiet",
         "*** User frank joined room #r",
     ]

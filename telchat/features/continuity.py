@@ -113,7 +113,7 @@ class Continuity:
         if len(tail) < count:
             user.send(replies.CATCHUP_CAPPED.format(room=room.name, count=count, shown=len(tail)))
         else:
-            user.send(replies.CATCHUP.format(room=room.name, count=count))
+            user.send(replies.CATCHUP.format(room=room.name, lines=replies.counted(count, "new line", "new lines")))
         for entry in tail:
             user.send(self.chat.format_entry(room.name, entry), entry.ts)
 

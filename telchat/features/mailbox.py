@@ -97,7 +97,7 @@ class Mailbox:
         box = box_of(user.account)
         items = _oldest_first(await self.store.take_mail(box))
         if items:
-            user.send(replies.MAIL_WAITING.format(count=len(items)))
+            user.send(replies.MAIL_WAITING.format(messages=replies.counted(len(items), "message", "messages")))
             for item in items:
                 line = replies.PRIVATE_IN.format(nick=item["nick"], text=item["text"])
                 user.send(line, float(item["ts"]), dated=True)
@@ -107,10 +107,12 @@ class Mailbox:
         dropped = await self._dropped(mentions)
         if dropped:
             user.send(
-                replies.MENTIONS_WAITING_DROPPED.format(count=mentioned + dropped, dropped=dropped, limit=self.box_max)
+                replies.MENTIONS_WAITING_DROPPED.format(
+                    times=replies.times(mentioned + dropped), dropped=dropped, limit=self.box_max
+                )
             )
         elif mentioned:
-            user.send(replies.MENTIONS_WAITING.format(count=mentioned))
+            user.send(replies.MENTIONS_WAITING.format(times=replies.times(mentioned)))
 
     async def _shown_or_returned(self, user: User, box: str, items: list[Record]) -> None:
         """Once `items`, just sent to `user`, were written: put them back unless the

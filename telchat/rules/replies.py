@@ -142,17 +142,17 @@ WHOIS_OPERATOR = "*** {nick} is an operator"
 WHOIS_ADDRESS = "*** {nick} connects from {address}"
 
 # continuity
-CATCHUP = "*** #{room}: {count} new lines since you left"
+CATCHUP = "*** #{room}: {lines} since you left"
 CATCHUP_CAPPED = (
     "*** #{room}: {count} new lines since you left; the last {shown} follow (history {count} shows them all)"
 )
 MAIL_STORED = "*** {nick} is offline; they will get your message when they log in."
 MAIL_BOX_FULL = "*** {nick} already has {limit} messages waiting; yours was not stored. Try again later."
 MAIL_SENDER_FULL = "*** You already have {limit} messages waiting for {nick}; yours was not stored."
-MAIL_WAITING = "*** {count} messages waited for you while you were offline:"
-MENTIONS_WAITING = "*** You were mentioned {count} times while you were offline; type mentions to see them."
+MAIL_WAITING = "*** {messages} waited for you while you were offline:"
+MENTIONS_WAITING = "*** You were mentioned {times} while you were offline; type mentions to see them."
 MENTIONS_WAITING_DROPPED = (
-    "*** You were mentioned {count} times while you were offline; type mentions to see them"
+    "*** You were mentioned {times} while you were offline; type mentions to see them"
     " ({dropped} were not kept: at most {limit} wait)."
 )
 MENTIONS_DROPPED = "*** {dropped} more mentions were not kept: at most {limit} wait."
@@ -164,3 +164,12 @@ SEARCH_NONE = "*** Nothing found"
 SEARCH_MORE = "*** More found: type search more"
 SEARCH_END = "*** End of results"
 SEARCH_NO_MORE = "*** No search to continue; type search <words> first"
+
+
+def counted(count: int, one: str, many: str) -> str:
+    """`count` with its noun, as `one` or `many` wants it: `1 new line`, `2 new lines`."""
+    return f"{count} {one if count == 1 else many}"
+
+
+def times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
