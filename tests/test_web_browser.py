@@ -97,6 +97,11 @@ def type_line(driver: object, text: str) -> None:
     box.send_keys(text + Keys.ENTER)
 
 
+def insert_text(driver: object, text: str) -> None:
+    """As an emoji picker or dictation does: text, with no key events."""
+    driver.execute_cdp_cmd("Input.insertText", {"text": text})  # type: ignore[attr-defined]
+
+
 async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: object, tmp_path: Path) -> None:
     web_port = server.wait_event("listening")["web_port"]
     telnet = await RawClient.connect(server.port)
@@ -120,6 +125,11 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
     # The server's line editor serves the page, as it serves a telnet terminal: Up recalls.
     await asyncio.to_thread(type_line, browser, "\ue013")  # Keys.UP
     assert await telnet.read_line_bytes() == f"#webroom:webby> {CYRILLIC}\r\n".encode()
+
+    # Text inserted with no key typed (an emoji picker, dictation) reaches the server too.
+    await asyncio.to_thread(insert_text, browser, "мир 🌍 ok")
+    await asyncio.to_thread(type_line, browser, "")
+    assert await telnet.read_line_bytes() == "#webroom:webby> мир 🌍 ok\r\n".encode()
 
     await telnet.send("здравствуй, браузер")
     await telnet.read_until("#webroom:telly> здравствуй, браузер")

@@ -147,6 +147,19 @@
   }
 
   term.onData(sendText);
+  // Text inserted with no key typed (an emoji picker, dictation, a phone keyboard's
+  // suggestion): xterm.js leaves it to its textarea in screen-reader mode, and it never
+  // reached the server. What a key types, xterm.js sends itself.
+  let keyDown = false;
+  const typed = term.textarea;
+  typed.addEventListener("keydown", () => { keyDown = true; });
+  typed.addEventListener("keyup", () => { keyDown = false; });
+  typed.addEventListener("input", (event) => {
+    if (event.inputType === "insertText" && event.data && !keyDown && !event.isComposing) {
+      sendText(event.data);
+      typed.value = "";
+    }
+  });
   term.onResize(() => parser && parser.sendSize());
   new ResizeObserver(() => fit.fit()).observe(document.getElementById("terminal"));
 
