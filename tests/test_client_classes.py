@@ -524,6 +524,40 @@ async def test_line_mode_terminal_leaves_binary(port: int) -> None:
         await term.close()
 
 
+async def test_a_line_mode_terminal_switched_to_character_mode_echoes_for_itself(port: int) -> None:
+    """inetutils telnet's `mode character` asks a line-mode session's server to echo (DO
+    ECHO): agreed to, it would stop echoing, and no one would echo for it."""
+    term = await DumbTerminal.connect(port)
+    try:
+        term.commands.clear()
+        await term.send_bytes(bytes([IAC, DO, SGA, IAC, DO, ECHO]))
+        await term._fill(0.5)
+        assert (WONT, ECHO) in term.commands and (WILL, ECHO) not in term.commands
+    finally:
+        await term.close()
+
+
+async def test_a_character_mode_terminal_switched_to_line_mode_is_answered(port: int) -> None:
+    """inetutils telnet's `mode line`: DONT SGA and DONT ECHO, each acknowledged with WONT,
+    and the server's BINARY left, or the client echoes Enter as a bare line feed (a staircase)."""
+    term = await TermClient.connect(port)
+    try:
+        assert (WILL, ECHO) in term.commands, "character mode"
+        await term.send_bytes(bytes([IAC, WILL, BINARY, IAC, DO, BINARY]))  # 8-bit, as the user asked
+        await term._fill(0.3)
+        assert {(DO, BINARY), (WILL, BINARY)} <= set(term.commands)
+        term.commands.clear()
+        await term.send_bytes(bytes([IAC, DONT, SGA, IAC, DONT, ECHO]))
+        await term._fill(0.5)
+        assert {(WONT, SGA), (WONT, ECHO), (WONT, BINARY)} <= set(term.commands)
+        term.commands.clear()
+        await term.send_bytes(bytes([IAC, DONT, ECHO]))  # off already: no answer (no loops)
+        await term._fill(0.3)
+        assert (WONT, ECHO) not in term.commands
+    finally:
+        await term.close()
+
+
 async def test_help_wraps_to_the_window_naws_reports(port: int) -> None:
     """Issue 14, item 12: help as a short list that fits the client's width, resized too."""
     term = await MudClient.connect(port)  # line mode: no echo in the way

@@ -164,6 +164,14 @@ class Terminal:
 
     def options_changed(self) -> None:
         self._mark = self._end_of_output()
+        if self._editor is not None and not self.echoing and self._session is not None:
+            # Switched to line mode by its user (DONT ECHO): the client echoes now, and in
+            # BINARY inetutils telnet echoes Enter as a bare line feed.
+            self._leave_binary()
+
+    def echoes(self) -> bool:
+        """The line editor echoes what is typed; in line mode, no one but the client does."""
+        return self._editor is not None
 
     def timing_mark(self) -> None:
         if self._watchdog is not None:

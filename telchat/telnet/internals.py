@@ -53,12 +53,14 @@ from telnetlib3.telopt import (
     ECHO,
     EOR,
     GMCP,
+    IAC,
     MSSP,
     NAWS,
     NEW_ENVIRON,
     SGA,
     TM,
     TTYPE,
+    WILL,
     WONT,
     name_command,
 )
@@ -372,6 +374,10 @@ class WriterEvents:
     def options_changed(self) -> None:
         """An option's state changed."""
 
+    def echoes(self) -> bool:
+        """Whether the connection echoes what its user types, if the client asks (DO ECHO)."""
+        return True
+
 
 class LeanOption(dict[bytes, bool]):
     """telnetlib3's `Option`, one of a writer's three option tables (what is agreed, asked,
@@ -604,11 +610,33 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
             events.timing_mark()
 
     def handle_do(self, opt: bytes) -> bool:
+        if opt == ECHO and not self._may_echo():
+            self.iac(WONT, ECHO)
+            return False
         if opt in SERVER_OPTIONS or opt == TM:
             return bool(super().handle_do(opt))
         if not self.local_option.enabled(opt):
             self.iac(WONT, opt)
         return False
+
+    def _may_echo(self) -> bool:
+        """DO ECHO is agreed to when the server asked for it (a password prompt, character
+        mode) or echoes anyway: a line-mode client switched to character mode by its user
+        (inetutils' `mode character`) would stop echoing, with no one echoing for it."""
+        events = self.events
+        return (
+            self.pending_option.enabled(WILL + ECHO)
+            or self.local_option.enabled(ECHO)
+            or events is None
+            or events.echoes()
+        )
+
+    def handle_dont(self, opt: bytes) -> None:
+        # RFC 1143: a DONT for an option that is on is acknowledged with WONT (a client
+        # switched to line mode waits for it); one for an option already off is not (loops).
+        if self.local_option.enabled(opt):
+            self.send_iac(IAC + WONT + opt)
+        super().handle_dont(opt)
 
     def _check_waiters(self) -> None:
         super()._check_waiters()

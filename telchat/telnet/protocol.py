@@ -77,13 +77,15 @@ PROTOCOL_DEFAULTS = {
 
 
 class TerminalHooks(Protocol):
-    """What a connection tells the terminal over it (clients/terminal.py)."""
+    """What a connection tells the terminal over it (clients/terminal.py), and asks it."""
 
     def timing_mark(self) -> None: ...
 
     def options_changed(self) -> None: ...
 
     def resized(self, cols: int) -> None: ...
+
+    def echoes(self) -> bool: ...
 
 
 @shared_defaults(PROTOCOL_DEFAULTS)
@@ -183,6 +185,9 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
     def options_changed(self) -> None:
         if self.hooks is not None:
             self.hooks.options_changed()
+
+    def echoes(self) -> bool:
+        return self.hooks is None or self.hooks.echoes()
 
     def malformed(self, option: bytes, error: Exception) -> None:
         if self.guard is not None:
