@@ -184,7 +184,9 @@ class Watchdog:
         """What it learnt of the client, as plain data (an upgrade carries it), what is empty
         left out: a client that ignores pings after its first (TinTin++) must not be pinged,
         and dropped, by the next image as if it were new."""
-        return sparse({"pings": self._pings, "answers": self._answers, "deaf": self._deaf}, "pings", "answers", "deaf")
+        if not self._pings:  # nothing learnt yet: most of an upgrade's thousands
+            return {}
+        return sparse({"pings": self._pings, "answers": self._answers, "deaf": self._deaf}, "answers", "deaf")
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take up a `snapshot`. A ping unanswered at the time is not: its answer may have
