@@ -289,6 +289,23 @@ async def test_telnet_terminal_gets_echo_and_redraw_once_per_flush(port: int, co
         await term.close()
 
 
+async def test_a_terminals_last_words_leave_no_half_typed_line_after_them(port: int, app: App) -> None:
+    """A session told goodbye (an upgrade's farewell to a TLS, SSH or web user, a kick) gets
+    its notice with the input line cleared, not drawn again after it: nothing reads it."""
+    term = await TermClient.connect(port)
+    try:
+        await term.send("login term")
+        assert (await term.read_line()).endswith("*** User change nick anonymous --> term")
+        await term.send_bytes(b"half")
+        await term.drain()
+        [session] = [s for s in app.sessions if s.user.nick == "term"]
+        session.quit("server upgrade", reason="upgrade", farewell="*** Goodbye for now.")
+        closing = await term.wait_closed()
+        assert closing.endswith(b"\r\x1b[K*** Goodbye for now.\r\n"), closing
+    finally:
+        await term.close()
+
+
 # liveness
 
 

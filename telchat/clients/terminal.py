@@ -148,7 +148,10 @@ class Terminal:
                 data = data.replace(b"\xff\xff", b"\xff")
         elif editor is not None and editor.typing and self.echoing and not editor.secret:
             self._sync_prompt(editor)
-            data = self._encode(CLEAR_LINE) + data + self._encode(editor.redraw())
+            # A session's last words (a quit, a kick, an upgrade's farewell) leave no
+            # half-typed line drawn after them.
+            redraw = "" if self._session.closing else editor.redraw()
+            data = self._encode(CLEAR_LINE) + data + self._encode(redraw)
         return self._inner.write(data)
 
     def buffered(self) -> int:
