@@ -16,6 +16,7 @@ import pytest
 from telchat.app import App
 from telchat.clients.gmcp import PLAYERS_INTERVAL
 from telchat.clients.probes import NOT_HTTP
+from telchat.clients.terminal import HERE
 from tests.clients import (
     BINARY,
     DO,
@@ -289,15 +290,36 @@ async def test_telnet_terminal_gets_echo_and_redraw_once_per_flush(port: int, co
         await term.close()
 
 
+async def typing_term(port: int, typed: bytes) -> TermClient:
+    """A character-mode terminal logged in as `term`, with `typed` on its input line."""
+    term = await TermClient.connect(port)
+    await term.send("login term")
+    assert (await term.read_line()).endswith("*** User change nick anonymous --> term")
+    await term.send_bytes(typed)
+    await term.drain()
+    return term
+
+
+async def test_telnet_interrupt_drops_the_line_and_are_you_there_is_answered(port: int) -> None:
+    """inetutils' `send ip` (IAC IP) is Ctrl-C to the line editor; `send ayt` (IAC AYT)
+    gets a line back, as RFC 854 asks: some visible evidence that the server is up."""
+    ip, ayt = 244, 246
+    term = await typing_term(port, b"hal")
+    try:
+        await term.send_bytes(bytes([IAC, ip]))
+        await term.send("who")
+        assert (await term.read_line()).endswith("*** Users online: term")
+        await term.send_bytes(bytes([IAC, ayt]))
+        assert (await term.read_line()).endswith(HERE)
+    finally:
+        await term.close()
+
+
 async def test_a_terminals_last_words_leave_no_half_typed_line_after_them(port: int, app: App) -> None:
     """A session told goodbye (an upgrade's farewell to a TLS, SSH or web user, a kick) gets
     its notice with the input line cleared, not drawn again after it: nothing reads it."""
-    term = await TermClient.connect(port)
+    term = await typing_term(port, b"half")
     try:
-        await term.send("login term")
-        assert (await term.read_line()).endswith("*** User change nick anonymous --> term")
-        await term.send_bytes(b"half")
-        await term.drain()
         [session] = [s for s in app.sessions if s.user.nick == "term"]
         session.quit("server upgrade", reason="upgrade", farewell="*** Goodbye for now.")
         closing = await term.wait_closed()

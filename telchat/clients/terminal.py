@@ -19,7 +19,7 @@ import codecs
 from collections.abc import Sequence
 from typing import Any, cast
 
-from telnetlib3.telopt import BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, NOP, SGA, TM, WILL, WONT
+from telnetlib3.telopt import AYT, BINARY, CMD_EOR, DO, DONT, ECHO, EOR, GA, GMCP, IAC, MSSP, NOP, SGA, TM, WILL, WONT
 
 from telchat.chat.outbox import Sink, encode_text
 from telchat.clients import completion, gmcp, mssp
@@ -42,6 +42,10 @@ EDIT_KEY_COST = 16
 UNDECODED_KEPT = 256
 # What a client dropped by the liveness check is told (if it is still there to read it).
 PING_TIMEOUT = "*** Your client did not answer the server's ping within {seconds} s; disconnecting."
+# The answer to telnet's Are You There (IAC AYT).
+HERE = "*** Yes: telchat is here."
+# What the line editor takes for Ctrl-C, and telnet's Interrupt Process (IAC IP) is.
+CANCEL = "\x03"
 
 
 def writes_unchanged(carried: dict[str, Any]) -> bool:
@@ -175,6 +179,18 @@ class Terminal:
     def echoes(self) -> bool:
         """The line editor echoes what is typed; in line mode, no one but the client does."""
         return self._editor is not None
+
+    def command(self, cmd: bytes) -> None:
+        """Interrupt Process is Ctrl-C: the line being typed is dropped (a line-mode client
+        drops its own line before it sends one). Are You There is answered."""
+        if self._session is None:
+            return
+        if cmd == AYT:
+            self._session.user.send(HERE)
+        elif self._editor is not None:
+            output = self._editor.feed(CANCEL).output
+            if output and self.echoing:
+                self._echo(output)
 
     def timing_mark(self) -> None:
         if self._watchdog is not None:

@@ -46,6 +46,7 @@ from telnetlib3._session_context import TelnetSessionContext
 from telnetlib3.stream_reader import TelnetReader, TelnetReaderUnicode
 from telnetlib3.stream_writer import Option, TelnetWriterUnicode
 from telnetlib3.telopt import (
+    AYT,
     BINARY,
     CHARSET,
     DO,
@@ -54,6 +55,7 @@ from telnetlib3.telopt import (
     EOR,
     GMCP,
     IAC,
+    IP,
     MSSP,
     NAWS,
     NEW_ENVIRON,
@@ -378,6 +380,10 @@ class WriterEvents:
         """Whether the connection echoes what its user types, if the client asks (DO ECHO)."""
         return True
 
+    def command(self, cmd: bytes) -> None:
+        """The client sent Interrupt Process (IAC IP: inetutils' `send ip`) or Are You There
+        (IAC AYT, which wants something visible back)."""
+
 
 class LeanOption(dict[bytes, bool]):
     """telnetlib3's `Option`, one of a writer's three option tables (what is agreed, asked,
@@ -630,6 +636,17 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
             or events is None
             or events.echoes()
         )
+
+    def handle_ip(self, _byte: bytes) -> None:
+        self._command(IP)
+
+    def handle_ayt(self, _byte: bytes) -> None:
+        self._command(AYT)
+
+    def _command(self, cmd: bytes) -> None:
+        events = self.events
+        if events is not None:
+            events.command(cmd)
 
     def handle_dont(self, opt: bytes) -> None:
         # RFC 1143: a DONT for an option that is on is acknowledged with WONT (a client

@@ -87,6 +87,8 @@ class TerminalHooks(Protocol):
 
     def echoes(self) -> bool: ...
 
+    def command(self, cmd: bytes) -> None: ...
+
 
 @shared_defaults(PROTOCOL_DEFAULTS)
 class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
@@ -188,6 +190,10 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
 
     def echoes(self) -> bool:
         return self.hooks is None or self.hooks.echoes()
+
+    def command(self, cmd: bytes) -> None:
+        if self.hooks is not None:
+            self.hooks.command(cmd)
 
     def malformed(self, option: bytes, error: Exception) -> None:
         if self.guard is not None:
