@@ -113,6 +113,7 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
         wait_until(lambda: "Welcome to telchat" in page_text(browser), "the greeting")
         type_line(browser, "login webby")
         wait_until(lambda: "anonymous --> webby" in page_text(browser), "the login")
+        wait_until(lambda: status_text(browser, "open") == "Connected.", "the login hint gone")
         type_line(browser, "join webroom")
         wait_until(lambda: "webby joined room #webroom" in page_text(browser), "the join")
         type_line(browser, CYRILLIC)

@@ -123,6 +123,8 @@
   function sendText(text) {
     const bytes = escapeIac(encoder.encode(text.replace(/\r(?!\n)/g, "\r\0")));
     sendBytes(bytes);
+    // The first line sent: the "type login" hint has done its work.
+    if (text.includes("\r") && statusLine.dataset.state === "open") setStatus("open", "Connected.");
   }
 
   function connect() {
