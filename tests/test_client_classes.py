@@ -576,6 +576,30 @@ async def test_a_line_mode_terminal_switched_to_character_mode_echoes_for_itself
         await term.close()
 
 
+class EarlyBinaryTerminal(TermClient):
+    """inetutils telnet with TERM=xterm as it starts: asks for BINARY both ways at once."""
+
+    ACCEPT_DO = TermClient.ACCEPT_DO | {BINARY}
+    asked = False
+
+    def _refuse(self, cmd: int, opt: int) -> None:
+        if not self.asked:
+            self.asked = True
+            self.writer.write(bytes([IAC, WILL, BINARY, IAC, DO, BINARY]))
+        super()._refuse(cmd, opt)
+
+
+async def test_a_character_mode_terminal_keeps_binary(port: int) -> None:
+    """Only a terminal that stays in (or goes back to) line mode is taken out of BINARY."""
+    term = await EarlyBinaryTerminal.connect(port)
+    try:
+        await term._fill(0.5)
+        assert (WILL, ECHO) in term.commands and (DO, BINARY) in term.commands
+        assert (WONT, BINARY) not in term.commands and (DONT, BINARY) not in term.commands
+    finally:
+        await term.close()
+
+
 async def test_a_character_mode_terminal_switched_to_line_mode_is_answered(port: int) -> None:
     """inetutils telnet's `mode line`: DONT SGA and DONT ECHO, each acknowledged with WONT,
     and the server's BINARY left, or the client echoes Enter as a bare line feed (a staircase)."""

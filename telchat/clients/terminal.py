@@ -171,10 +171,16 @@ class Terminal:
 
     def options_changed(self) -> None:
         self._mark = self._end_of_output()
-        if self._editor is not None and not self.echoing and self._session is not None:
+        if self._editor is not None and self._session is not None and self._echo_refused():
             # Switched to line mode by its user (DONT ECHO): the client echoes now, and in
             # BINARY inetutils telnet echoes Enter as a bare line feed.
             self._leave_binary()
+
+    def _echo_refused(self) -> bool:
+        """The client said DONT ECHO (before our WILL ECHO, the option is not in the table;
+        while it is being answered, pending)."""
+        writer = self._writer
+        return ECHO in writer.local_option and not self.echoing and not writer.pending_option.enabled(WILL + ECHO)
 
     def echoes(self) -> bool:
         """The line editor echoes what is typed; in line mode, no one but the client does."""
