@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import os
 import socket
@@ -448,11 +449,7 @@ class App:
             return
         sleeper = self._dormant.get(protocol.conn_id) if carried is not None else None
         session, terminal = self._new_session(protocol, transport, charset, carried, sleeper)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        reason: EndReason = "error"
+        self._track(asyncio.current_task())
         try:
             if carried is None:
                 terminal.attach(session)
@@ -462,16 +459,45 @@ class App:
             else:
                 _resume(session, terminal, carried, sleeper)
                 reader.nudge()  # lines carried over waiting to run
-            reason = await pump(reader, session)
+        except Exception:
+            log.exception("session_failed")
+            self._end(session, "error")
+            return
+        except BaseException:
+            self._end(session, "error")
+            raise
+        await self._read(reader, session)
+
+    def _track(self, task: asyncio.Task[None] | None) -> None:
+        """Hold a session's task: the loop holds it only weakly."""
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, reader: ChunkReader, session: Session) -> None:
+        """A session's reading task, until it ends or has nothing left to read for now: then
+        the task ends (an idle connection holds none), and its next input starts another."""
+        wake = _Parked(self, reader, session)
+        reason: EndReason | None = "error"
+        try:
+            reason = await pump(reader, session, wake)
         except Exception:
             log.exception("session_failed")
         finally:
+            if reason is None:
+                # Synchronously after the check that parked it: nothing can have woken it yet.
+                wake.context = contextvars.copy_context()
+            else:
+                self._end(session, reason)
+
+    def _end(self, session: Session, reason: EndReason) -> None:
+        terminal = self._terminals.pop(session, None)
+        if terminal is not None:
             terminal.detach()
-            self.sessions.pop(session, None)
-            self._terminals.pop(session, None)
-            session.finish(reason)
-            if not transport.is_closing():
-                transport.close()
+        transport = self.sessions.pop(session, None)
+        session.finish(reason)
+        if transport is not None and not transport.is_closing():
+            transport.close()
 
     def _new_session(
         self,
@@ -697,8 +723,9 @@ class App:
         return records
 
     async def _wait_sessions_ended(self, deadline: float) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
+        # Not only the reading tasks running now: a parked session's ends in the task that
+        # its connection's end starts.
+        await until(lambda: not self.sessions, deadline)
 
     async def _drain(self, grace: float, transports: list[Transport]) -> None:
         """Wait, at most `grace` seconds, for the clients of `transports` to take what they hold."""
@@ -737,6 +764,22 @@ def _peer(fd: int) -> str:
         return "-"
     finally:
         sock.detach()
+
+
+class _Parked:
+    """What starts a parked session's next reading task, in the log context of its last."""
+
+    __slots__ = ("app", "context", "reader", "session")
+
+    def __init__(self, app: App, reader: ChunkReader, session: Session) -> None:
+        self.app = app
+        self.reader = reader
+        self.session = session
+        self.context: contextvars.Context | None = None
+
+    def __call__(self) -> None:
+        app = self.app
+        app._track(asyncio.get_running_loop().create_task(app._read(self.reader, self.session), context=self.context))
 
 
 def _resume(session: Session, terminal: Terminal, carried: dict[str, Any], sleeper: Sleeper | None) -> None:

@@ -78,6 +78,11 @@ class ChunkReader(TelnetReaderUnicode):
     later in the reading task (behind whatever else that turn runs). What `take` refuses
     is buffered for `read_chunk` as usual; `nudge` wakes the reading task for what `take`
     accepted but left for it.
+
+    A reading task with nothing to read may end instead of waiting (`park`): an idle
+    connection then holds no task, coroutine frames nor future (some 1.5 KiB). Whatever
+    would have woken it (input `take` leaves, a nudge, EOF, an error) calls the `wake`
+    given to `park` instead, once, to start another.
     """
 
     take: Callable[[bytes, Callable[[], None]], bool] | None = None
@@ -87,6 +92,7 @@ class ChunkReader(TelnetReaderUnicode):
         # Set here, not first in `nudge`: an attribute added after __init__ turns the
         # instance's compact attribute array into a full dict (some 800 bytes).
         self._nudged = False
+        self._wake: Callable[[], None] | None = None
 
     def feed_data(self, data: bytes) -> None:
         take = self.take
@@ -96,6 +102,25 @@ class ChunkReader(TelnetReaderUnicode):
 
     def nudge(self) -> None:
         self._nudged = True
+        self._wakeup_waiter()
+
+    def park(self, wake: Callable[[], None]) -> bool:
+        """If a read would wait, have the next event call `wake` rather than wake a reader
+        (who then stops reading) and return True; else False: read on."""
+        if self._nudged or self._buffer or self._eof or self._exception is not None:
+            return False
+        self._wake = wake
+        return True
+
+    def _wakeup_waiter(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+        else:
+            super()._wakeup_waiter()
+
+    def set_exception(self, exc: Exception) -> None:
+        super().set_exception(exc)
         self._wakeup_waiter()
 
     async def read_chunk(self, n: int = READ_CHUNK) -> bytes | None:

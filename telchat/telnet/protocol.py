@@ -562,12 +562,21 @@ class Input(Protocol):
         """Handle what `take` accepted but left for the pump."""
 
 
-async def pump(reader: ChunkReader, session: Input) -> Literal["eof", "error", "closed"]:
+Ended = Literal["eof", "error", "closed"]
+
+
+async def pump(reader: ChunkReader, session: Input, wake: Callable[[], None]) -> Ended | None:
     """Read chunks into `session` until EOF, a connection error, or it closes; return why
-    it ended. The session takes what it can as it arrives, in data_received, meanwhile."""
+    it ended. The session takes what it can as it arrives, in data_received, meanwhile.
+    None: nothing is left to read for now, and the reader calls `wake` when there is
+    (`ChunkReader.park`): the caller's task ends, and `wake` starts another."""
     reader.take = session.take
+    parked = False
     try:
         while not session.closing:
+            if reader.park(wake):
+                parked = True
+                return None
             data = await reader.read_chunk()
             if data is None:
                 await session.catch_up()
@@ -579,5 +588,6 @@ async def pump(reader: ChunkReader, session: Input) -> Literal["eof", "error", "
         log.info("connection_error", error=repr(exc))
         return "error"
     finally:
-        reader.take = None
+        if not parked:
+            reader.take = None
     return "closed"
