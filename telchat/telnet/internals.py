@@ -259,9 +259,10 @@ def shared_defaults(defaults: Mapping[str, object]) -> Callable[[type[Any]], typ
 
 def compact(instance: Any) -> None:
     """Drop the attributes of `instance` still at their class's shared default (reads see
-    the same value; a write makes it the instance's again), and rebuild its attribute dict
-    at the size it then needs: a dict never shrinks by itself, and past 42 keys it takes
-    1584 bytes, at most 42 832 (telnetlib3's writer has 47 and its protocol 41)."""
+    the same value; a write makes it the instance's again) and the `OnFirstUse` containers
+    still empty (the next use makes another), and rebuild its attribute dict at the size it
+    then needs: a dict never shrinks by itself, and past 42 keys it takes 1584 bytes, at
+    most 42 832 (telnetlib3's writer has 47 and its protocol 41)."""
     shared = type(instance).shared
     instance.__dict__ = {
         name: value for name, value in instance.__dict__.items() if not _at_default(shared, name, value)
@@ -269,8 +270,38 @@ def compact(instance: Any) -> None:
 
 
 def _at_default(shared: Mapping[str, object], name: str, value: object) -> bool:
+    if name.startswith(MADE_ON_USE):
+        return not value
     default = shared.get(name, _ABSENT)
     return default is value or (type(default) is type(value) and default == value)
+
+
+#: The prefix of the instance attributes that `OnFirstUse` and `_HandlersAttribute` make
+#: when first used, and `compact` drops while they are empty.
+MADE_ON_USE = "_lean"
+
+
+class _Settled:
+    """A done future's stand-in, one for every connection: all that telnetlib3 still asks
+    of its negotiation's futures once they are done (connection_lost cancels them, and
+    stops waiting for them), without two futures (320 bytes) per connection."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+    def remove_done_callback(self, fn: object) -> int:
+        return 0
+
+
+SETTLED: Any = _Settled()
 
 
 class OnFirstUse:
@@ -282,7 +313,7 @@ class OnFirstUse:
         self._factory = factory
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self._key = "_lean" + name
+        self._key = MADE_ON_USE + name
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
@@ -315,14 +346,20 @@ class _Unused(OnFirstUse):
 
 
 class _HandlersAttribute:
-    """Makes a writer's `_iac_callback` (and the like) a `_Handlers`, from its __init__ on."""
+    """Makes a writer's `_iac_callback` (and the like) a `_Handlers`, from its __init__ on;
+    one that `compact` dropped, empty (the defaults are looked up), is made again when used."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self._slot = "_lean" + name
+        self._slot = MADE_ON_USE + name
         self._learnt = _Learnt()
 
     def __get__(self, writer: Any, owner: type | None = None) -> Any:
-        return self if writer is None else getattr(writer, self._slot)
+        if writer is None:
+            return self
+        table = writer.__dict__.get(self._slot)
+        if table is None:
+            table = writer.__dict__[self._slot] = _Handlers(writer, self._learnt)
+        return table
 
     def __set__(self, writer: Any, value: dict[bytes, Callable[..., Any]]) -> None:
         table = _Handlers(writer, self._learnt)
@@ -501,7 +538,7 @@ def learn(writer: LeanTelnetWriter, given: Mapping[str, object]) -> _Recipe | No
     an attribute whose making is not known (a telnetlib3 upgrade changed __init__)."""
     shared: dict[str, object] = {}
     fresh: dict[str, _Maker] = {}
-    lazy = {"_lean" + name for name, kind in vars(LeanTelnetWriter).items() if isinstance(kind, OnFirstUse)}
+    lazy = {MADE_ON_USE + name for name, kind in vars(LeanTelnetWriter).items() if isinstance(kind, OnFirstUse)}
     for name, value in writer.__dict__.items():
         if name in _GIVEN:
             expected = given[_GIVEN[name]]
@@ -566,6 +603,10 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
     directional_refusals = OnFirstUse(set)
     _sb_buffer = OnFirstUse(deque)
     _slc_buffer = OnFirstUse(deque)
+    # Waiters for an option's state (wait_for; nothing here waits) and NEW-ENVIRON requests
+    # still to send (a client that asks for them in batches).
+    _waiters = OnFirstUse(list)
+    _environ_batches = OnFirstUse(list)
     # Filled only by the MUD data a client sends in ZMP, ATCP, Aardwolf or MSSP subnegotiations.
     ctx = OnFirstUse(TelnetSessionContext)
     #: While corked (`Corked`), what send_iac would have written, to go out in one write.
@@ -586,7 +627,7 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
 
     def subnegotiation_bytes(self) -> int:
         """The length of the subnegotiation being read (without making its buffer)."""
-        return len(self.__dict__.get("_lean_sb_buffer") or ())
+        return len(self.__dict__.get(MADE_ON_USE + "_sb_buffer") or ())
 
     def send_iac(self, buf: bytes) -> None:
         corked = self._corked
@@ -688,18 +729,18 @@ class LeanTelnetWriter(TelnetWriterUnicode, metaclass=_Learning):
 
     @property
     def slctab(self) -> dict[bytes, Any]:
-        table: dict[bytes, Any] | None = self.__dict__.get("_lean_slctab")
+        table: dict[bytes, Any] | None = self.__dict__.get("_own_slctab")
         if table is None:
-            table = self.__dict__["_lean_slctab"] = slc.generate_slctab(self.default_slc_tab)
+            table = self.__dict__["_own_slctab"] = slc.generate_slctab(self.default_slc_tab)
         return table
 
     @slctab.setter
     def slctab(self, table: dict[bytes, Any]) -> None:
         # __init__ sets the default table: drop it, it is made again when first read.
         if self.initializing:
-            self.__dict__.pop("_lean_slctab", None)
+            self.__dict__.pop("_own_slctab", None)
         else:
-            self.__dict__["_lean_slctab"] = table
+            self.__dict__["_own_slctab"] = table
 
 
 class Corked:

@@ -25,6 +25,7 @@ from telchat.rules.plain import sparse
 from telchat.telnet.admission import Address
 from telchat.telnet.guard import ConnectionGuard, Guards
 from telchat.telnet.internals import (
+    SETTLED,
     ChunkReader,
     Corked,
     LeanTelnetWriter,
@@ -49,8 +50,12 @@ MALFORMED_COST = 64
 
 
 # What telnetlib3's protocol __init__ (as `protocol_factory` configures it) sets the same for
-# every connection, and mostly never changes: `compact` drops each connection's copy.
+# every connection, and mostly never changes: `compact` drops each connection's copy. (Its
+# negotiation's futures and timer, too, once negotiation is over: `settle`.)
 PROTOCOL_DEFAULTS = {
+    "_check_later": None,
+    "_waiter_connected": SETTLED,
+    "waiter_encoding": SETTLED,
     "_compression": None,
     "_connection_lost": False,
     "_echo_negotiated": False,
@@ -278,6 +283,8 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
             if self._check_later in self._tasks:
                 self._tasks.remove(self._check_later)
             self._check_later = None
+        if not self.waiter_encoding.done():
+            self.waiter_encoding.set_result(False)  # as telnetlib3's final check decides
         self._waiter_connected.set_result(None)
 
     def _check_negotiation_timer(self) -> None:
@@ -288,6 +295,16 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
             return
         with self._corked():
             super()._check_negotiation_timer()
+        if self._waiter_connected.done():
+            self._check_later = None  # the timer that just ran (its context, too)
+
+    def settle(self) -> None:
+        """Negotiation is over: what it left of itself, done, goes (one shared stand-in for
+        its futures, none for its timer)."""
+        if self._waiter_connected.done() and self.waiter_encoding.done():
+            self._waiter_connected = self.waiter_encoding = SETTLED
+            self._tasks.clear()
+        self._check_later = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.guard is not None:
@@ -540,6 +557,7 @@ def shell_started(writer: Any) -> tuple[ChatTelnetServer, asyncio.Transport] | N
         return None
     structlog.contextvars.bind_contextvars(conn_id=protocol.conn_id, peer=protocol.peer, transport=protocol.door)
     # Negotiation is over: what telnetlib3 set up for it and left as it was, the class holds.
+    protocol.settle()
     compact(protocol)
     compact(writer)
     return protocol, transport
