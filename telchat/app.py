@@ -48,6 +48,7 @@ from telchat.telnet.protocol import (
     pump,
     shell_started,
 )
+from telchat.telnet.sockets import tune_listener
 from telchat.telnet.tls import TlsAcceptor, server_context
 
 if TYPE_CHECKING:
@@ -304,6 +305,7 @@ class App:
         self.web_port = await self.web.start(
             config.host, port, tls, self.backlog, reuse_port=config.workers > 1, listener=listener
         )
+        tune_listener(self.web.sockets(), config.max_sndbuf)
 
     async def _open_ssh(self, port: int, listener: socket.socket | None) -> None:
         from telchat.ssh.door import SshDoor
@@ -312,6 +314,7 @@ class App:
         self.ssh_port = await self.ssh.start(
             self.config.host, port, self.backlog, reuse_port=self.config.workers > 1, listener=listener
         )
+        tune_listener(self.ssh.sockets(), self.config.max_sndbuf)
 
     async def _listen(
         self, port: int, tls: ssl.SSLContext | None = None, listener: socket.socket | None = None
@@ -327,10 +330,13 @@ class App:
 
         loop = asyncio.get_running_loop()
         if listener is not None:
-            return await loop.create_server(accept, sock=listener, backlog=self.backlog)
-        return await loop.create_server(
-            accept, config.host, port, backlog=self.backlog, reuse_port=config.workers > 1 or None
-        )
+            server = await loop.create_server(accept, sock=listener, backlog=self.backlog)
+        else:
+            server = await loop.create_server(
+                accept, config.host, port, backlog=self.backlog, reuse_port=config.workers > 1 or None
+            )
+        tune_listener(server.sockets, config.max_sndbuf)
+        return server
 
     async def _adopt(self, carried: Carried) -> None:
         """Take up each connection carried over an upgrade: one with nothing to do until its

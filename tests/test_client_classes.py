@@ -17,6 +17,7 @@ from telchat.app import App
 from telchat.clients.gmcp import PLAYERS_INTERVAL
 from telchat.clients.probes import NOT_HTTP
 from telchat.clients.terminal import HERE
+from telchat.telnet.liveness import KEEPALIVE_IDLE
 from tests.clients import (
     BINARY,
     DO,
@@ -337,6 +338,9 @@ async def test_keepalive_on_every_socket(app: App, connect: Connect) -> None:
     for transport in app.sessions.values():
         sock = transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+        # Its send buffer capped too (Linux doubles the figure set, for its bookkeeping).
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * app.config.max_sndbuf
 
 
 async def test_negotiated_event_names_class_term_size_charset() -> None:

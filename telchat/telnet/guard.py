@@ -22,7 +22,6 @@ from telchat.obs.telemetry import Telemetry
 from telchat.rules.flood import Fakelag
 from telchat.telnet.admission import Address, Admission, address_of
 from telchat.telnet.gate import Hold, ReadGate
-from telchat.telnet.sockets import cap_send_buffer
 
 IAC = 0xFF
 # Input holding telnet commands is handed to telnetlib3 this much at a time (one piece per
@@ -133,8 +132,6 @@ class ConnectionGuard:
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self.gate = ReadGate(transport, on_release=self._schedule)
-        if protocol.carried is None:  # a socket carried over an upgrade keeps its options
-            cap_send_buffer(transport, config.max_sndbuf)
 
     def start(self) -> None:
         """telnetlib3 is set up: let its reader pause us when its buffer is full."""

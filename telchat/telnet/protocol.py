@@ -34,7 +34,6 @@ from telchat.telnet.internals import (
     compact,
     shared_defaults,
 )
-from telchat.telnet.liveness import enable_keepalive
 
 log = get_logger(__name__)
 
@@ -158,8 +157,6 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
         assert self.writer is not None
         # Line mode never uses simulated SLC; without this telnetlib3 scans input per byte.
         self.writer.slc_simulated = False
-        if carried is None:  # a carried socket keeps its options
-            enable_keepalive(transport)
         if self.guard is not None:
             self.guard.start()
         if carried is None:

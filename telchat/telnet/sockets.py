@@ -9,13 +9,20 @@ stops autotuning it), so a connection's unread output is at most the sendq plus 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
+from collections.abc import Iterable
+from typing import Any
+
+from telchat.telnet.liveness import enable_keepalive
 
 
-def cap_send_buffer(transport: asyncio.BaseTransport, size: int) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
+def tune_listener(sockets: Iterable[Any], max_sndbuf: int) -> None:
+    """Set what every connection's socket needs on a door's listening `sockets`, once: its
+    send buffer capped, and TCP keepalive. An accepted socket starts with its listener's
+    options (Linux and the BSDs), so no connection pays five setsockopt calls for them, and
+    one carried over an upgrade keeps them."""
+    for sock in sockets:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max_sndbuf)
+        enable_keepalive(sock)
