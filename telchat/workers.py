@@ -12,6 +12,7 @@ takes them up from `SUPERVISED_ENV`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -30,6 +31,8 @@ RESTART_WINDOW = 60.0
 STOP_TIMEOUT = 8.0
 #: How long the parent waits for one worker's upgrade before it goes on to the next.
 UPGRADE_TIMEOUT = 40.0
+#: prctl(2): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 #: Set in a worker (its index): an upgraded worker must come back as that worker.
 WORKER_ENV = "TELCHAT_WORKER"
 #: Set for the parent's new image: `index:pid,...` of the workers it keeps.
@@ -109,11 +112,12 @@ def worker_config(config: Config, index: int) -> Config:
 
 def _spawn(run: Callable[[Config], int], config: Config, index: int) -> Worker:
     flush_logs()  # the child must not write the parent's pending lines a second time
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            code = _worker_main(run, worker_config(config, index), index)
+            code = _worker_main(run, worker_config(config, index), index, parent)
         finally:
             flush_logs()
             os._exit(code)
@@ -121,13 +125,28 @@ def _spawn(run: Callable[[Config], int], config: Config, index: int) -> Worker:
     return Worker(index, pid)
 
 
-def _worker_main(run: Callable[[Config], int], config: Config, index: int) -> int:
+def _worker_main(run: Callable[[Config], int], config: Config, index: int, parent: int) -> int:
     # The parent's Python-level handlers must not run in the child: asyncio installs its own.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # until the worker's loop handles it
+    _end_with(parent)
     os.environ[WORKER_ENV] = str(index)
     return run(config)
+
+
+def _end_with(parent: int) -> None:
+    """Have the kernel stop this worker (SIGTERM: it says goodbye, as on a stop) when its
+    parent dies, SIGKILLed say: an orphan would go on serving the port beside the next
+    server's workers, on its old code. Linux; the setting outlives the worker's upgrades
+    (exec), not a fork."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("worker_orphan_guard_failed", errno=ctypes.get_errno())
+    elif os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _upgrade(workers: list[Worker], signals: Signals, check: Callable[[], str | None]) -> None:

@@ -201,6 +201,33 @@ async def test_workers_share_one_port(redis: RedisServer, clients: list[RawClien
         proc.end()
 
 
+def test_workers_end_with_their_parent(redis: RedisServer) -> None:
+    """A parent SIGKILLed takes its workers with it: orphans would go on serving the port."""
+    proc = ServerProcess(f"--port={free_port()}", "--workers=2", f"--store={redis.url}")
+    try:
+        first = proc.wait_event("listening")["worker"]
+        proc.wait_for(lambda r: r["event"] == "listening" and r["worker"] != first, "second worker listening")
+        workers = [int(line.split()[1]) for line in _worker_pids(proc.proc.pid)]
+        assert len(workers) == 2
+        proc.proc.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(map(_running, workers)):
+            time.sleep(0.05)
+        assert not any(map(_running, workers)), workers
+        assert proc.wait_event("shutdown")  # they said goodbye as on a stop
+    finally:
+        proc.end()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may take its time)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def _connect_retry(port: int) -> RawClient:
     for _ in range(100):
         try:
