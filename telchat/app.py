@@ -70,6 +70,8 @@ WAKE_PATIENCE = 2.0
 #: process holding SQLite's write lock), and how often: its users wait, paused, meanwhile.
 CARRIED_STORE_PATIENCE = 60.0
 CARRIED_STORE_RETRY = 0.5
+#: How long a shutdown waits for the sessions whose connections it cut to end (a few loop turns).
+CUT_PATIENCE = 1.0
 
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
@@ -609,6 +611,11 @@ class App:
             session.reason = session.reason or "shutdown"
             transport.close()
         await self._wait_sessions_ended(deadline=started + self.config.shutdown_grace + 1.0)
+        # A client that took nothing meanwhile holds its connection's close back for good, and
+        # a parked session has no task for the exit to cancel: cutting the connection ends it.
+        for transport in list(self.sessions.values()):
+            transport.abort()
+        await self._wait_sessions_ended(deadline=time.monotonic() + CUT_PATIENCE)
         for door in (self.web, self.ssh):
             if door is not None:
                 await door.close()

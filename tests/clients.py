@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import unicodedata
 from typing import Any
 
@@ -328,6 +329,16 @@ async def logged_session(port: int, room: str) -> RawClient:
     await ann.send("quit")
     await ann.wait_closed()
     return bob
+
+
+def unread(port: int, says: bytes) -> socket.socket:
+    """A client that sends `says` and never reads, with a tiny receive buffer: what the
+    server writes it backs up in the server's own buffers after a few KB."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(says)
+    return sock
 
 
 async def read_through(client: LineClient, lasts: set[str], timeout: float = 20) -> list[str]:

@@ -15,7 +15,8 @@ import pytest
 import telchat.session.commands
 from telchat.app import App
 from telchat.obs.logs import get_logger
-from tests.conftest import Connect, user
+from tests.clients import unread
+from tests.conftest import Connect, user, with_config
 from tests.test_logs import Stream, stream
 
 __all__ = ["stream"]  # a fixture, used by name
@@ -93,3 +94,21 @@ async def test_a_woken_session_logs_in_its_own_context(
     await bob.drain()
     probes = [record for record in stream.records() if record["event"] == "probe"]
     assert probes[-1]["nick"] == "bob" and probes[-1]["conn_id"] == session.user.conn_id, probes
+
+
+@pytest.mark.parametrize("config", [with_config(max_sndbuf=8192)])
+async def test_a_parked_session_whose_client_takes_nothing_ends_at_shutdown(
+    connect: Connect, port: int, app: App
+) -> None:
+    # Its goodbye never leaves: the close that would end its connection waits on output the
+    # client does not take, and a parked session has no reading task for the exit to cancel.
+    sloth = unread(port, b"login sloth\r\njoin room\r\n")
+    talker = await user(connect, "talker", "room")
+    for number in range(60):  # some 55 KB: within the sendq, far past what the kernel holds for it
+        await talker.send(f"{number} {'p' * 900}")
+    await talker.read_until("#room:talker> 59 ")
+    await parked(app, 2)
+    await app.stop()
+    assert not app.sessions
+    assert app.telemetry.counters.value("disconnects", reason="shutdown") == 2
+    sloth.close()
