@@ -11,7 +11,7 @@ import ssl
 import time
 import weakref
 from asyncio import Transport
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -458,23 +458,29 @@ class App:
         sleeper = self._dormant.get(protocol.conn_id) if carried is not None else None
         session, terminal = self._new_session(protocol, transport, charset, carried, sleeper)
         self._track(asyncio.current_task())
-        try:
-            if carried is None:
-                terminal.attach(session)
-                session.start()
-                if protocol.proven_nick is not None:  # its door proved the account's
-                    await commands.run(session, self.services.accounts.login_proven(session.user, protocol.proven_nick))
-            else:
-                _resume(session, terminal, carried, sleeper)
-                reader.nudge()  # lines carried over waiting to run
-        except Exception:
-            log.exception("session_failed")
-            self._end(session, "error")
-            return
-        except BaseException:
-            self._end(session, "error")
-            raise
-        await self._read(reader, session)
+        begin = self._begin(protocol, reader, session, terminal, carried=carried, sleeper=sleeper)
+        await self._read(reader, session, begin)
+
+    async def _begin(
+        self,
+        protocol: ChatTelnetServer,
+        reader: ChunkReader,
+        session: Session,
+        terminal: Terminal,
+        *,
+        carried: dict[str, Any] | None,
+        sleeper: Sleeper | None,
+    ) -> None:
+        """A session's start: greeted (and logged in, if its door proved the account), or
+        resumed where an upgrade carried it from."""
+        if carried is None:
+            terminal.attach(session)
+            session.start()
+            if protocol.proven_nick is not None:  # its door proved the account's
+                await commands.run(session, self.services.accounts.login_proven(session.user, protocol.proven_nick))
+        else:
+            _resume(session, terminal, carried, sleeper)
+            reader.nudge()  # lines carried over waiting to run
 
     def _track(self, task: asyncio.Task[None] | None) -> None:
         """Hold a session's task: the loop holds it only weakly."""
@@ -482,12 +488,17 @@ class App:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _read(self, reader: ChunkReader, session: Session) -> None:
-        """A session's reading task, until it ends or has nothing left to read for now: then
-        the task ends (an idle connection holds none), and its next input starts another."""
+    async def _read(
+        self, reader: ChunkReader, session: Session, begin: Coroutine[Any, Any, None] | None = None
+    ) -> None:
+        """A session's reading task (after its `begin`, the first), until it ends or has
+        nothing left to read for now: then the task ends (an idle connection holds none),
+        and its next input starts another."""
         wake = _Parked(self, reader, session)
         reason: EndReason | None = "error"
         try:
+            if begin is not None:
+                await begin
             reason = await pump(reader, session, wake)
         except Exception:
             log.exception("session_failed")

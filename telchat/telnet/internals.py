@@ -259,8 +259,8 @@ def shared_defaults(defaults: Mapping[str, object]) -> Callable[[type[Any]], typ
 
 def compact(instance: Any) -> None:
     """Drop the attributes of `instance` still at their class's shared default (reads see
-    the same value; a write makes it the instance's again) and the `OnFirstUse` containers
-    still empty (the next use makes another), and rebuild its attribute dict at the size it
+    the same value; a write makes it the instance's again) and the containers made on first
+    use (`MADE_ON_USE`) still empty (the next use makes another), and rebuild its attribute dict at the size it
     then needs: a dict never shrinks by itself, and past 42 keys it takes 1584 bytes, at
     most 42 832 (telnetlib3's writer has 47 and its protocol 41)."""
     shared = type(instance).shared
