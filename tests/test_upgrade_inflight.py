@@ -228,3 +228,34 @@ async def test_a_new_image_waits_for_a_locked_sqlite_instead_of_dropping_everyon
             assert not [event for event in server.events if event["event"] in ("disconnect", "start_failed")]
     finally:
         server.kill()
+
+
+async def test_input_held_by_the_pause_keeps_its_place_before_input_sent_after_the_exec(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """bob's "two" reaches the old image while its input is held, so it is carried over
+    unprocessed; his "three", sent once the old image has written its state, waits in the
+    kernel for the new one, ready on the socket before the connection's state is taken up
+    (uvloop reads it before the next loop turn). "two" must still run first."""
+    server, stall = stalled(tmp_path, request, "redis")
+    try:
+        async with room(server) as clients:
+            ann, bob = clients[:2]
+            release = stall()
+            try:
+                await ann.send("one")  # waits on the store: so does the pause
+                server.proc.send_signal(signal.SIGUSR2)
+                server.wait_event("upgrade_paused")
+                await bob.send("two")
+                await asyncio.sleep(0.1)
+            finally:
+                release()
+            server.wait_event("upgrade_exec")
+            await bob.send("three")
+            upgraded(server)
+            seen = ["#ops:ann> one", "#ops:bob> two", "#ops:bob> three"]
+            for client in clients:
+                assert await room_lines(client, seen[-1]) == seen
+            assert not [e for e in server.events if e["event"] == "disconnect" or "exception" in e]
+    finally:
+        server.kill()

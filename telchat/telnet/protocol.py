@@ -161,21 +161,27 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
             self.guard.start()
         if carried is None:
             log.info("connect", conn_id=self.conn_id, peer=peer, transport=self.door)
+        else:
+            self._take_up(carried)
 
-    def begin_negotiation(self) -> None:
-        if self.carried is None:
-            super().begin_negotiation()
-            return
-        # Negotiated by the server's previous image: clients do not expect a second
-        # negotiation, so take up its outcome and start the session at once.
+    def _take_up(self, carried: dict[str, Any]) -> None:
+        """Negotiated by the server's previous image: clients do not expect a second
+        negotiation, so take up its outcome and start the session at once. Now, not in
+        begin_negotiation a turn later: uvloop may read the socket first, and what the
+        client sent after the old image stopped must come after what that image carried,
+        and never be taken for a new client's first words (`_end_negotiation`)."""
         try:
-            _restore(self, self.carried["telnet"])
+            _restore(self, carried["telnet"])
         except Exception:
             log.exception("adopt_failed", conn_id=self.conn_id)
             if self._transport is not None:
                 self._transport.close()
             return
         self._waiter_connected.set_result(None)
+
+    def begin_negotiation(self) -> None:
+        if self.carried is None:
+            super().begin_negotiation()
 
     # WriterEvents: what its writer tells it.
 
