@@ -541,6 +541,7 @@ class App:
             connection=transport,
             conn_id=protocol.conn_id,
             peer=protocol.peer,
+            door=protocol.door,
             charset=charset,
             services=self.services,
             echo=terminal,
@@ -560,7 +561,7 @@ class App:
         refusal = self.services.moderation.refusal(host_of(protocol.peer))
         if refusal is None:
             return True
-        self.telemetry.limit("banned_address", conn_id=protocol.conn_id, peer=protocol.peer)
+        self.telemetry.limit("banned_address", conn_id=protocol.conn_id, peer=protocol.peer, transport=protocol.door)
         transport.write(encode_line(refusal, charset))
         transport.close()
         return False

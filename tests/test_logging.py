@@ -10,19 +10,22 @@ import pytest
 
 from tests.clients import logged_session
 from tests.procs import ServerProcess
+from tests.webclient import WebClient
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
+# Every event about one connection names it: its id, address and door.
+CONNECTION = {"conn_id", "peer", "transport"}
 REQUIRED = {
-    "connect": {"conn_id", "peer"},
-    "negotiated": {"conn_id", "peer", "client_class", "term", "charset", "cols", "rows"},
-    "nick": {"conn_id", "peer", "nick", "old", "new"},
-    "join": {"conn_id", "peer", "nick", "room"},
-    "message": {"conn_id", "peer", "nick", "room", "text"},
-    "private_message": {"conn_id", "peer", "nick", "to"},
-    "leave": {"conn_id", "nick", "room"},
-    "limit": {"conn_id", "peer", "kind"},
-    "disconnect": {"conn_id", "peer", "nick", "reason", "duration", "bytes_in", "bytes_out"},
+    "connect": CONNECTION,
+    "negotiated": CONNECTION | {"client_class", "term", "charset", "cols", "rows"},
+    "nick": CONNECTION | {"nick", "old", "new"},
+    "join": CONNECTION | {"nick", "room"},
+    "message": CONNECTION | {"nick", "room", "text"},
+    "private_message": CONNECTION | {"nick", "to"},
+    "leave": CONNECTION | {"nick", "room"},
+    "limit": CONNECTION | {"kind"},
+    "disconnect": CONNECTION | {"nick", "reason", "duration", "bytes_in", "bytes_out"},
     "shutdown": {"sessions", "duration"},
 }
 
@@ -51,6 +54,26 @@ async def test_every_event_is_json_with_fields(server: ServerProcess) -> None:
     assert events["message"]["text"] == "hello"
     assert events["message"]["room"] == "one"
     assert events["nick"]["new"] in {"bob", "ann"}
+
+
+async def test_a_web_users_events_name_the_web_door() -> None:
+    # A line said is handled as it arrives, outside the session task's log context: the
+    # event must still say which door the connection came in by.
+    server = ServerProcess("--web-port=0", "--flood-rate=0")
+    try:
+        web_port = int(server.wait_event("listening")["web_port"])
+        web = await WebClient.connect(web_port)
+        await web.login("webby")
+        await web.join("room", "webby")
+        await web.send("hello")
+        said = server.wait_for(lambda r: r["event"] == "message", "message")
+        await web.close()
+    finally:
+        server.kill()
+    assert said["transport"] == "web"
+    mine = [r for r in server.events if r.get("conn_id") == said["conn_id"]]
+    assert {r["event"] for r in mine} >= {"connect", "nick", "join", "message"}
+    assert {r["transport"] for r in mine} == {"web"}
 
 
 async def test_telnetlib3_logs_go_through_json(server: ServerProcess) -> None:

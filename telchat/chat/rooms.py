@@ -84,6 +84,8 @@ class User:
     outbox: Outbox
     peer: str = ""
     charset: str = "utf-8"
+    # The door it came in by (telnet, tls, web, ssh): its log events name it.
+    door: str = "telnet"
     nick: str = replies.ANONYMOUS
     key: str | None = None
     rooms: dict[str, Room] = field(default_factory=dict)
@@ -154,7 +156,7 @@ def host_of(peer: str) -> str:
 def _log(event: str, user: User, **fields: Any) -> None:
     # Explicit identity: the event may be logged from another user's task (a broadcast
     # that cut off a slow reader), whose context variables name someone else.
-    log.info(event, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
+    log.info(event, conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=user.nick, **fields)
 
 
 def _people(here: Room | None, elsewhere: RemoteRoom | None) -> int:

@@ -198,7 +198,12 @@ class Accounts:
         keys.append(added)
         await self.store.put_record(ACCOUNT, key, record)
         log.info(
-            "account_key_added", conn_id=user.conn_id, peer=user.peer, account=key, fingerprint=added["fingerprint"]
+            "account_key_added",
+            conn_id=user.conn_id,
+            peer=user.peer,
+            transport=user.door,
+            account=key,
+            fingerprint=added["fingerprint"],
         )
         user.send(replies.KEY_ADDED.format(fingerprint=added["fingerprint"]))
 
@@ -225,6 +230,7 @@ class Accounts:
             "account_key_removed",
             conn_id=user.conn_id,
             peer=user.peer,
+            transport=user.door,
             account=key,
             fingerprint=found[0]["fingerprint"],
         )
@@ -247,7 +253,9 @@ class Accounts:
     async def _enter(self, user: User, nick: str, key: str, record: Record, *, ghost: bool) -> None:
         """Log in to an account whose ownership is proven."""
         self._grant(user, key, record)
-        log.info("login", conn_id=user.conn_id, peer=user.peer, account=key, operator=user.operator)
+        log.info(
+            "login", conn_id=user.conn_id, peer=user.peer, transport=user.door, account=key, operator=user.operator
+        )
         await self._take(user, nick, ghost=ghost)
         # The nick change first: what the hooks show comes after it.
         await self.store.settled()
@@ -266,7 +274,9 @@ class Accounts:
         self.store.publish(events.control(REGISTERED, key))
         self._grant(user, key, record)
         await self.remember(user)
-        log.info("account_registered", conn_id=user.conn_id, peer=user.peer, nick=nick, account=key)
+        log.info(
+            "account_registered", conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=nick, account=key
+        )
         user.send(replies.REGISTERED.format(nick=nick))
 
     async def change_password(self, user: User, old: str, new: str) -> None:
@@ -277,7 +287,7 @@ class Accounts:
         record = await self._verified(user.peer, user.conn_id, key, user.nick, old)
         record["hash"] = await self.hasher.hash(new)
         await self.store.put_record(ACCOUNT, key, record)
-        log.info("password_changed", conn_id=user.conn_id, peer=user.peer, account=key)
+        log.info("password_changed", conn_id=user.conn_id, peer=user.peer, transport=user.door, account=key)
         user.send(replies.PASSWORD_CHANGED)
         # Whoever proved the old password (on any node) must prove the new one.
         notice = replies.PASSWORD_CHANGED_NOTICE.format(nick=record.get("nick", user.nick))

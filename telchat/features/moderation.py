@@ -403,5 +403,6 @@ def _log_action(user: User, action: str, target: str, **fields: Any) -> None:
         by_account=user.account,
         conn_id=user.conn_id,
         peer=user.peer,
+        transport=user.door,
         **fields,
     )

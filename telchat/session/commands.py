@@ -529,7 +529,13 @@ async def run(ctx: Context, action: Awaitable[None]) -> None:
     except StoreError as exc:
         user = ctx.user
         log.warning(
-            "store_error", during="command", error=str(exc), conn_id=user.conn_id, peer=user.peer, nick=user.nick
+            "store_error",
+            during="command",
+            error=str(exc),
+            conn_id=user.conn_id,
+            peer=user.peer,
+            transport=user.door,
+            nick=user.nick,
         )
         user.send(replies.STORE_UNAVAILABLE)
 

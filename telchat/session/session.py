@@ -127,6 +127,7 @@ class Session:
         connection: Connection,
         conn_id: int,
         peer: str,
+        door: str = "telnet",
         charset: str = "utf-8",
         services: Services,
         echo: EchoControl,
@@ -143,7 +144,8 @@ class Session:
         # Sees each line before the commands do; True means it was answered (terminal.py sets it).
         self.intercept: Callable[[str], bool] | None = None
         if user is None:
-            user = User(conn_id, Outbox(sink, flusher, config.sendq_bytes, self.sendq_exceeded), peer, charset)
+            outbox = Outbox(sink, flusher, config.sendq_bytes, self.sendq_exceeded)
+            user = User(conn_id, outbox, peer, charset, door)
         else:  # taken up already, with a sink of its own meanwhile (telnet/dormant.py)
             user.outbox.attach(sink, self.sendq_exceeded)
         self.user = user
@@ -443,7 +445,9 @@ class Session:
     def _limit(self, kind: LimitKind, **fields: Any) -> None:
         # Explicit identity: this may run in data_received, outside the session task's context.
         user = self.user
-        self.chat.telemetry.limit(kind, conn_id=user.conn_id, peer=user.peer, nick=user.nick, **fields)
+        self.chat.telemetry.limit(
+            kind, conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=user.nick, **fields
+        )
 
     def _failed(self) -> None:
         # One bad line must never end the session or touch anyone else's. Explicit identity:

@@ -66,7 +66,7 @@ class Guards:
             address = _address(transport, peer)
             refusal = self.admission.admit(address)
             if refusal is not None:
-                self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer)
+                self.telemetry.limit(refusal.kind, conn_id=protocol.conn_id, peer=peer, transport=protocol.door)
                 transport.write(refusal.message.encode() + b"\r\n")
                 transport.close()
                 return None
@@ -236,6 +236,7 @@ class ConnectionGuard:
             kind,
             conn_id=self._protocol.conn_id,
             peer=self._peer,
+            transport=self._protocol.door,
             subneg_bytes=self._protocol.writer.subnegotiation_bytes(),
             sendq=self._transport.get_write_buffer_size(),
         )

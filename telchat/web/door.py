@@ -106,6 +106,7 @@ class WebDoor:
                 "web_origin",
                 conn_id=self._telemetry.next_conn_id(),
                 peer=f"{peer[0]}:{peer[1]}",
+                transport="web",
                 origin=request.headers.get("Origin"),
             )
             raise web.HTTPForbidden(text="*** This page may not open a chat connection (Origin not allowed).\n")
@@ -148,7 +149,11 @@ class WebDoor:
         if protocol.guard is not None:
             protocol.guard.gate.cut = "web_frame"
         self._telemetry.limit(
-            "web_frame", conn_id=protocol.conn_id, peer=peer_of(transport), bytes=self._config.web_max_frame_bytes
+            "web_frame",
+            conn_id=protocol.conn_id,
+            peer=peer_of(transport),
+            transport="web",
+            bytes=self._config.web_max_frame_bytes,
         )
 
     def _origin_allowed(self, request: web.Request) -> bool:
