@@ -581,8 +581,12 @@ class App:
         return running + dormant
 
     def live_bytes(self) -> tuple[int, int]:
-        sessions = list(self.sessions)
-        return sum(s.bytes_in for s in sessions), sum(s.user.outbox.bytes_out for s in sessions)
+        """Bytes in and out of the connections open now, dormant ones included."""
+        sessions, sleepers = list(self.sessions), list(self._dormant.values())
+        bytes_in = sum(s.bytes_in for s in sessions)
+        bytes_in += sum(int(sleeper.dormant.record["session"].get("bytes_in", 0)) for sleeper in sleepers)
+        users = [s.user for s in sessions] + [sleeper.user for sleeper in sleepers]
+        return bytes_in, sum(user.outbox.bytes_out for user in users)
 
     def logged_in(self) -> int:
         return len(self.chat.nicks)

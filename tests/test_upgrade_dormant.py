@@ -78,6 +78,25 @@ async def test_dormant_users_hear_their_room_and_wake_at_their_first_line() -> N
                 await client.close()
 
 
+async def test_each_sessions_byte_counts_go_on_across_the_handover() -> None:
+    # What `disconnect` reports (bytes_in, bytes_out) counts the whole connection, not the
+    # part since the last upgrade.
+    async with running(CONFIG) as old:
+        clients = await room_of(old.port, "ann", "bob")
+        counted: list[tuple[int, int]] = []
+
+        async def count() -> None:
+            counted.append(old.live_bytes())
+
+        async with handed_over(old, count) as new:
+            assert counted[0][0] > 0 and counted[0][1] > 0
+            assert new.live_bytes() == counted[0]  # dormant users
+            await new.awake()
+            assert new.live_bytes() == counted[0]  # their sessions built
+            for client in clients:
+                await client.close()
+
+
 async def test_a_dormant_user_kicked_is_told_and_leaves() -> None:
     async with running(CONFIG) as old:
         boss = await registered_member(old.port, "boss", "boss-password", "ops")

@@ -224,6 +224,7 @@ class Session:
             "secret": self._secret is not None,
             "charset_hinted": self._charset_hinted,
             "bytes_in": self.bytes_in,
+            "bytes_out": user.outbox.bytes_out,
             "duration": time.monotonic() - self._started,
             "output": user.outbox.take_queued().decode("latin-1") if take_output else "",
         }
@@ -452,7 +453,13 @@ class Session:
     def _failed(self) -> None:
         # One bad line must never end the session or touch anyone else's. Explicit identity:
         # `take` runs in data_received, outside the session task's context variables.
-        log.exception("command_failed", conn_id=self.user.conn_id, peer=self.user.peer, nick=self.user.nick)
+        log.exception(
+            "command_failed",
+            conn_id=self.user.conn_id,
+            peer=self.user.peer,
+            transport=self.user.door,
+            nick=self.user.nick,
+        )
         self.user.send(replies.INTERNAL_ERROR)
 
     def ask_secret(self, prompt: str, answer: Answer) -> None:
@@ -509,10 +516,11 @@ class Session:
 
 def take_up(chat: Chat, user: User, state: dict[str, Any]) -> None:
     """Put a user carried over a server upgrade (its session's `snapshot`) back as it was:
-    its names and profile, its queued output, its rooms."""
+    its names and profile, the bytes it was sent, its queued output, its rooms."""
     user.nick, user.key = str(state["nick"]), state.get("key")
     user.account, user.operator = state.get("account"), bool(state.get("operator"))
     user.profile = Profile.restored(state["profile"])
+    user.outbox.bytes_out = int(state.get("bytes_out", 0))
     output = str(state.get("output", "")).encode("latin-1")
     if output:
         user.outbox.push(output)
@@ -540,6 +548,7 @@ _OPTIONAL = (
     "secret",
     "charset_hinted",
     "bytes_in",
+    "bytes_out",
     "output",
 )
 
