@@ -111,6 +111,12 @@ class User:
         return self.link.connected()
 
     @property
+    def identity(self) -> dict[str, Any]:
+        """What names this connection in a log event. Given explicitly: the event may be
+        logged outside its session's log context (in data_received, or another user's task)."""
+        return {"conn_id": self.conn_id, "peer": self.peer, "transport": self.door, "nick": self.nick}
+
+    @property
     def ip(self) -> str:
         return host_of(self.peer)
 
@@ -154,9 +160,7 @@ def host_of(peer: str) -> str:
 
 
 def _log(event: str, user: User, **fields: Any) -> None:
-    # Explicit identity: the event may be logged from another user's task (a broadcast
-    # that cut off a slow reader), whose context variables name someone else.
-    log.info(event, conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=user.nick, **fields)
+    log.info(event, **user.identity, **fields)
 
 
 def _people(here: Room | None, elsewhere: RemoteRoom | None) -> int:

@@ -199,9 +199,7 @@ class Accounts:
         await self.store.put_record(ACCOUNT, key, record)
         log.info(
             "account_key_added",
-            conn_id=user.conn_id,
-            peer=user.peer,
-            transport=user.door,
+            **user.identity,
             account=key,
             fingerprint=added["fingerprint"],
         )
@@ -228,9 +226,7 @@ class Accounts:
         await self.store.put_record(ACCOUNT, key, record)
         log.info(
             "account_key_removed",
-            conn_id=user.conn_id,
-            peer=user.peer,
-            transport=user.door,
+            **user.identity,
             account=key,
             fingerprint=found[0]["fingerprint"],
         )
@@ -253,9 +249,7 @@ class Accounts:
     async def _enter(self, user: User, nick: str, key: str, record: Record, *, ghost: bool) -> None:
         """Log in to an account whose ownership is proven."""
         self._grant(user, key, record)
-        log.info(
-            "login", conn_id=user.conn_id, peer=user.peer, transport=user.door, account=key, operator=user.operator
-        )
+        log.info("login", **user.identity, account=key, operator=user.operator)
         await self._take(user, nick, ghost=ghost)
         # The nick change first: what the hooks show comes after it.
         await self.store.settled()
@@ -274,9 +268,7 @@ class Accounts:
         self.store.publish(events.control(REGISTERED, key))
         self._grant(user, key, record)
         await self.remember(user)
-        log.info(
-            "account_registered", conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=nick, account=key
-        )
+        log.info("account_registered", **(user.identity | {"nick": nick}), account=key)
         user.send(replies.REGISTERED.format(nick=nick))
 
     async def change_password(self, user: User, old: str, new: str) -> None:
@@ -287,7 +279,7 @@ class Accounts:
         record = await self._verified(user.peer, user.conn_id, key, user.nick, old)
         record["hash"] = await self.hasher.hash(new)
         await self.store.put_record(ACCOUNT, key, record)
-        log.info("password_changed", conn_id=user.conn_id, peer=user.peer, transport=user.door, account=key)
+        log.info("password_changed", **user.identity, account=key)
         user.send(replies.PASSWORD_CHANGED)
         # Whoever proved the old password (on any node) must prove the new one.
         notice = replies.PASSWORD_CHANGED_NOTICE.format(nick=record.get("nick", user.nick))

@@ -87,9 +87,7 @@ class Mailbox:
             raise ChatError(replies.MAIL_BOX_FULL.format(nick=nick, limit=self.box_max))
         if posted == "sender_full":
             raise ChatError(replies.MAIL_SENDER_FULL.format(nick=nick, limit=self.per_sender))
-        log.info(
-            "private_message_stored", conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=user.nick, to=nick
-        )
+        log.info("private_message_stored", **user.identity, to=nick)
 
     async def deliver(self, user: User) -> None:
         """Show `user` what waited for their account, oldest first, and empty the box; count
@@ -122,9 +120,7 @@ class Mailbox:
         if await user.outbox.written() and user.connected():
             return
         await self.store.return_mail(box, items)
-        log.info(
-            "mail_returned", conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=user.nick, count=len(items)
-        )
+        log.info("mail_returned", **user.identity, count=len(items))
 
     async def mentions(self, user: User) -> None:
         """`mentions`: the lines that named this account while it was offline, once."""

@@ -401,8 +401,6 @@ def _log_action(user: User, action: str, target: str, **fields: Any) -> None:
         target=target,
         by=user.nick,
         by_account=user.account,
-        conn_id=user.conn_id,
-        peer=user.peer,
-        transport=user.door,
+        **user.identity,
         **fields,
     )

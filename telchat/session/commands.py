@@ -532,10 +532,7 @@ async def run(ctx: Context, action: Awaitable[None]) -> None:
             "store_error",
             during="command",
             error=str(exc),
-            conn_id=user.conn_id,
-            peer=user.peer,
-            transport=user.door,
-            nick=user.nick,
+            **user.identity,
         )
         user.send(replies.STORE_UNAVAILABLE)
 

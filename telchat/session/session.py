@@ -445,21 +445,12 @@ class Session:
 
     def _limit(self, kind: LimitKind, **fields: Any) -> None:
         # Explicit identity: this may run in data_received, outside the session task's context.
-        user = self.user
-        self.chat.telemetry.limit(
-            kind, conn_id=user.conn_id, peer=user.peer, transport=user.door, nick=user.nick, **fields
-        )
+        self.chat.telemetry.limit(kind, **self.user.identity, **fields)
 
     def _failed(self) -> None:
         # One bad line must never end the session or touch anyone else's. Explicit identity:
         # `take` runs in data_received, outside the session task's context variables.
-        log.exception(
-            "command_failed",
-            conn_id=self.user.conn_id,
-            peer=self.user.peer,
-            transport=self.user.door,
-            nick=self.user.nick,
-        )
+        log.exception("command_failed", **self.user.identity)
         self.user.send(replies.INTERNAL_ERROR)
 
     def ask_secret(self, prompt: str, answer: Answer) -> None:

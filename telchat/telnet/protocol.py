@@ -180,6 +180,7 @@ class ChatTelnetServer(telnetlib3.TelnetServer, WriterEvents):
         self._waiter_connected.set_result(None)
 
     def begin_negotiation(self) -> None:
+        # A carried connection was negotiated by the previous image (`_take_up`).
         if self.carried is None:
             super().begin_negotiation()
 
