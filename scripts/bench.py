@@ -329,6 +329,24 @@ def reference_target(scenario: Scenario, extra: Sequence[str]) -> Target:
     return Target("reference", (*argv, f"--announce-nicks={scenario.announce_nicks or 'auto'}", *extra))
 
 
+def reference_telnet_target(scenario: Scenario, extra: Sequence[str]) -> Target:
+    """The reference behind telnetlib3's server protocol: the floor of the chosen stack. With
+    telchat's default backlog (the kernel's somaxconn), so that a storm measures what its
+    connections cost, not the SYNs it drops."""
+    reference = reference_target(scenario, extra)
+    backlog = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    return Target("reference-telnet", (*reference.argv, "--telnet", f"--backlog={backlog}"))
+
+
+# The servers --servers names, and how each is started.
+TARGETS: dict[str, Callable[[Scenario, Sequence[str]], Target]] = {
+    "telchat": telchat_target,
+    "telchat-web": web_target,
+    "reference": reference_target,
+    "reference-telnet": reference_telnet_target,
+}
+
+
 @functools.cache
 def telchat_options() -> str:
     """telchat's --help: which options this version of the server has."""
@@ -899,13 +917,13 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
 
 
 async def run_scenario(scenario: Scenario, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
-    makers = {"telchat": telchat_target, "telchat-web": web_target, "reference": reference_target}
     # Both servers on the same loop (the generator too): --server-arg/--ref-arg come later and win.
     loop = [f"--loop={args.loop}"]
     extra = {
         "telchat": [*(loop if "--loop" in telchat_options() else []), *args.server_arg],
         "telchat-web": [*(loop if "--loop" in telchat_options() else []), *args.server_arg],
         "reference": [*loop, *args.ref_arg],
+        "reference-telnet": [*loop, *args.ref_arg],
     }
     entry: dict[str, Any] = {
         "scenario": scenario.name,
@@ -924,7 +942,7 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace, logdir: Pat
     for _ in range(args.repeat):
         # Alternate the servers, so that a burst of load from elsewhere hits both alike.
         for name in args.servers:
-            tries[name].append(await run_one(makers[name](runnable, extra[name]), runnable, args, logdir))
+            tries[name].append(await run_one(TARGETS[name](runnable, extra[name]), runnable, args, logdir))
     entry["runs"] = [quietest_run(results) for results in tries.values()]
     if args.repeat > 1:
         entry["all_runs"] = tries
@@ -980,7 +998,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers",
         default="telchat,reference",
         type=lambda s: s.split(","),
-        help="telchat, telchat-web (telchat through its web door: telnet over WebSockets), reference",
+        help="telchat, telchat-web (telchat through its web door: telnet over WebSockets), reference, "
+        "reference-telnet (the reference behind telnetlib3's server protocol: the stack's floor)",
     )
     parser.add_argument(
         "--loop",
@@ -1002,7 +1021,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sizes.add_argument("--text-bytes", type=int)
     sizes.add_argument("--concurrency", type=int, help="connections set up at once")
     args = parser.parse_args(argv)
-    unknown = set(args.servers) - {"telchat", "telchat-web", "reference"}
+    unknown = set(args.servers) - set(TARGETS)
     if unknown:
         parser.error(f"unknown servers: {sorted(unknown)}")
     if args.profile:

@@ -9,6 +9,10 @@ relays 30 lines costs each member one send() rather than 30). A member whose out
 up past the send-queue limit is cut off, as telchat does.
 
     python scripts/bench_reference.py --port 0   # prints {"event": "listening", "port": N}
+
+With `--telnet` the same chat runs behind telnetlib3's server protocol, configured as telchat
+configures it (UTF-8, binary, its negotiation and --connect-maxwait): the floor of the
+chosen stack, what a connection costs before telchat adds anything of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import importlib
 import json
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 GREETING = b"*** Welcome to telchat. Type help for commands.\r\n"
@@ -181,10 +186,43 @@ class Conn(asyncio.Protocol):
         room.send(line)
 
 
-async def serve(host: str, port: int, announce_nicks: str) -> None:
+# telchat's default --connect-maxwait (telchat.config.Config.connect_maxwait).
+CONNECT_MAXWAIT = 0.25
+
+
+def telnet_factory(chat: Chat) -> Callable[[], asyncio.BaseProtocol]:
+    """telnetlib3's server protocol whose shell feeds a Conn: the chat above, over telnet."""
+    import telnetlib3
+
+    async def shell(reader: telnetlib3.TelnetReaderUnicode, writer: telnetlib3.TelnetWriterUnicode) -> None:
+        conn = Conn(chat)
+        # The chat writes bytes: to the socket, past the writer's text encoding (the same bytes).
+        conn.connection_made(cast(asyncio.BaseTransport, writer.transport))
+        try:
+            while data := await reader.read(65536):
+                conn.data_received(data.encode())
+        finally:
+            conn.connection_lost(None)
+            writer.close()
+
+    def factory() -> asyncio.BaseProtocol:
+        return telnetlib3.TelnetServer(
+            shell=shell,
+            encoding="utf8",
+            encoding_errors="replace",
+            force_binary=True,
+            connect_maxwait=CONNECT_MAXWAIT,
+            timeout=0,
+        )
+
+    return factory
+
+
+async def serve(host: str, port: int, announce_nicks: str, telnet: bool, backlog: int) -> None:
     chat = Chat(announce_nicks)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Conn(chat), host, port)
+    factory = telnet_factory(chat) if telnet else lambda: Conn(chat)
+    server = await loop.create_server(factory, host, port, backlog=backlog)
     bound = server.sockets[0].getsockname()[1]
     sys.stdout.write(json.dumps({"event": "listening", "host": host, "port": bound}) + "\n")
     sys.stdout.flush()
@@ -198,8 +236,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--announce-nicks", choices=("all", "rooms", "auto"), default="all")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--telnet", action="store_true", help="behind telnetlib3's server protocol")
+    parser.add_argument("--backlog", type=int, default=100, help="listen backlog (asyncio's default: 100)")
     args = parser.parse_args()
-    coro = serve(args.host, args.port, args.announce_nicks)
+    coro = serve(args.host, args.port, args.announce_nicks, args.telnet, args.backlog)
     try:
         if args.loop == "uvloop":
             importlib.import_module("uvloop").run(coro)

@@ -154,8 +154,10 @@ def _prototypes() -> dict[str, str]:
     return prototypes
 
 
+@lru_cache(maxsize=KEYS_CACHED)
 def check_nick(raw: str) -> str:
-    """Return the nick as it will be shown, or raise NameError_ with the reason."""
+    """Return the nick as it will be shown, or raise NameError_ with the reason. Cached: a
+    login checks its nick three times over (moderation, accounts, the chat's rename)."""
     nick = unicodedata.normalize("NFKC", raw)
     if not 1 <= len(nick) <= MAX_NICK or not _is_visible_letter(nick[0]):
         raise NameError_(f"Invalid nick {raw!r}: {NICK_RULE}")

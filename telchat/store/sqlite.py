@@ -235,6 +235,10 @@ class SqliteStore(LocalStore):
     def _commit(self, events: list[Event]) -> list[Event]:
         db = self._connection()
         committed, chunks, indexed, last = self._number(events)
+        if not chunks:
+            # Notices only (nick changes, joins): nothing to make durable, so no transaction,
+            # whose BEGIN and COMMIT would cost more than the rest of a storm's turn.
+            return committed
         try:
             db.execute("BEGIN")
             stored = {room: self._stored(db, room) + count for _, _, room, _, count, _ in chunks}
