@@ -305,3 +305,15 @@ def test_narrowing_erases_the_rows_the_old_line_was_wrapped_onto() -> None:
     editor = typed("x" * 70)  # 80 columns: drawn on one row, cursor at column 70
     assert editor.resize(30) == "\r\x1b[2A\x1b[J" + editor.redraw(), "wrapped onto 3 rows, cursor on the third"
     assert editor.resize(60).startswith(CLEAR_LINE), "widened: one row, redrawn in place"
+
+
+def test_narrowing_to_a_width_the_line_fills_exactly_erases_no_row_above_it() -> None:
+    # A cursor just past a line filling its rows exactly stays on the last (tmux): going up
+    # as many rows as a longer line needs would erase the line of chat above the input.
+    editor = typed("x" * 60)  # cursor at column 60
+    assert editor.resize(30) == "\r\x1b[1A\x1b[J" + editor.redraw(), "two full rows, cursor on the second"
+    editor = typed("x" * 30)
+    assert editor.resize(30) == editor.redraw(), "one full row: nothing above it to erase"
+    # With text after the cursor, the cell under it starts a row of its own.
+    editor = typed("x" * 60 + LEFT * 30)
+    assert editor.resize(30) == "\r\x1b[1A\x1b[J" + editor.redraw(), "the cursor on the second row"

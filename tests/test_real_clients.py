@@ -152,3 +152,10 @@ async def test_telnet_readline_keys_tab_completion_and_resizing(pane: StartPane,
     assert screen[-2] == "#one:bob> hi annabel who are you?", "the line above is the last message"
     await bob.tmux("resize-window", "-x", "80", "-y", "20")
     await bob.wait(lambda s: s[-1] == "[#one] " + "0123456789" * 5, "the line redrawn whole when widened")
+    # A line that fills its new rows exactly (7 + 53 = 60 cells, 2 x 30), the cursor at its
+    # end: tmux leaves the cursor on the second row, and the message above stays too.
+    await bob.type("abc")
+    await bob.wait(lambda s: s[-1] == "[#one] " + "0123456789" * 5 + "abc", "the line filling 60 cells")
+    await bob.tmux("resize-window", "-x", "30", "-y", "20")
+    screen = await bob.wait(lambda s: s[-1].endswith("789abc") and len(s[-1]) <= 30, "the full line redrawn")
+    assert screen[-2] == "#one:bob> hi annabel who are you?", "the line above is still the last message"

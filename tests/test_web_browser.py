@@ -165,3 +165,22 @@ async def test_a_browser_and_a_telnet_user_chat(server: ServerProcess, browser: 
     )
     ends = {record["nick"]: record["transport"] for record in server.events if record["event"] == "disconnect"}
     assert ends == {"telly": "telnet", "webby": "web"}
+
+
+def test_narrowing_the_page_while_typing_keeps_the_chat_above(server: ServerProcess, browser: object) -> None:
+    """The server erases the rows a reflowing terminal wrapped the input line onto: the
+    page's terminal must reflow the cursor's line too, or a line of chat goes instead."""
+    web_port = server.wait_event("listening")["web_port"]
+    browser.get(f"http://127.0.0.1:{web_port}/")  # type: ignore[attr-defined]
+    wait_until(lambda: "Welcome to telchat" in page_text(browser), "the greeting")
+    for line in ("login webby", "join narrow", "mark one", "mark two"):
+        type_line(browser, line)
+    wait_until(lambda: "#narrow:webby> mark two" in page_text(browser), "the messages")
+    typing = "0123456789" * 6  # with the prompt, 69 cells: one row at 1000 px, two at 450
+    insert_text(browser, typing)
+    wait_until(lambda: typing in page_text(browser), "the typed line echoed")
+    browser.set_window_size(450, 700)  # type: ignore[attr-defined]
+    # The resize's window sizes reach the server ahead of this key, its redraw ahead of the echo.
+    insert_text(browser, "Z")
+    wait_until(lambda: "789Z" in page_text(browser), "the key after the resize echoed")
+    assert "#narrow:webby> mark two" in page_text(browser)

@@ -278,13 +278,16 @@ class LineEditor:
 
     def visible(self) -> str:
         """The part of the line shown on screen: from the scroll offset, as much as fits."""
+        return "".join(self._graphemes[self._offset : self._visible_end()])
+
+    def _visible_end(self) -> int:
         room = self._room()
         used = 0
         end = self._offset
         while end < len(self._graphemes) and used + self._cells[end] <= room:
             used += self._cells[end]
             end += 1
-        return "".join(self._graphemes[self._offset : end])
+        return end
 
     def redraw(self) -> str:
         """Draw the whole input line and put the cursor where it belongs."""
@@ -299,20 +302,29 @@ class LineEditor:
         needs one, widening too; the same width, none).
 
         Narrowed, a terminal that reflows its lines (most do: VTE, kitty, tmux, Windows
-        Terminal) has wrapped the old input line onto several rows, with the cursor on one
-        of them: go up to the first and erase from there down (the input line is the last
-        thing on screen), so no piece of it stays behind in the scrollback.
+        Terminal, the web page's xterm.js) has wrapped the old input line onto several
+        rows, with the cursor on one of them: go up to the first and erase from there down
+        (the input line is the last thing on screen), so no piece of it stays behind in the
+        scrollback. A cursor just past the end of a line that fills its rows exactly waits
+        at the end of the last (tmux), or is on a row of its own: going up one row too few
+        at worst leaves a piece of the old input line, one too many would erase a line of
+        chat, so it counts as the former.
         """
         width = max(width, MIN_WIDTH)
         if width == self.width:
             return ""
-        column = self.cursor_column
-        up = column // width if width < self.width and self._graphemes else 0
+        up = self._rows_above(width) if width < self.width and self._graphemes else 0
         self.width = width
         self._scroll()
         if not self._graphemes:
             return ""
         return ("\r" + f"\x1b[{up}A" + "\x1b[J" if up else "") + self.redraw()
+
+    def _rows_above(self, width: int) -> int:
+        """The rows above the cursor's once the drawn line is reflowed to `width` columns."""
+        column = self.cursor_column
+        at_end = self._cursor == self._visible_end()
+        return column // width - (1 if at_end and column and column % width == 0 else 0)
 
     # input
 

@@ -15,7 +15,16 @@
   const BACKOFF_FIRST = 1000, BACKOFF_MAX = 30000;
 
   const statusLine = document.getElementById("status");
-  const term = new Terminal({ screenReaderMode: true, cursorBlink: true, convertEol: false, scrollback: 5000 });
+  // reflowCursorLine: narrowed, the server erases the rows a reflowing terminal wrapped its
+  // input line onto (as tmux, VTE and kitty do); xterm.js leaves that line unwrapped by
+  // default, and the erase would take lines of chat above it instead.
+  const term = new Terminal({
+    screenReaderMode: true,
+    cursorBlink: true,
+    convertEol: false,
+    scrollback: 5000,
+    reflowCursorLine: true,
+  });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
   term.open(document.getElementById("terminal"));
