@@ -317,3 +317,16 @@ def test_narrowing_to_a_width_the_line_fills_exactly_erases_no_row_above_it() ->
     # With text after the cursor, the cell under it starts a row of its own.
     editor = typed("x" * 60 + LEFT * 30)
     assert editor.resize(30) == "\r\x1b[1A\x1b[J" + editor.redraw(), "the cursor on the second row"
+
+
+def test_lines_that_give_a_password_stay_out_of_the_history() -> None:
+    from telchat.session.commands import holds_password
+
+    given = ["login bob pw", "/nick bob pw ghost", "register pw", "PASSWORD old new", "password old"]
+    kept = ["login bob", "register", "//register pw", "say register pw", "hello pw", ""]
+    assert [line for line in given + kept if holds_password(line)] == given
+    editor = LineEditor()
+    editor.private = holds_password
+    for line in ("join one", "register pw", "hello"):
+        editor.feed(line + "\r")
+    assert editor.history == ["join one", "hello"]

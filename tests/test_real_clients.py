@@ -159,3 +159,22 @@ async def test_telnet_readline_keys_tab_completion_and_resizing(pane: StartPane,
     await bob.tmux("resize-window", "-x", "30", "-y", "20")
     screen = await bob.wait(lambda s: s[-1].endswith("789abc") and len(s[-1]) <= 30, "the full line redrawn")
     assert screen[-2] == "#one:bob> hi annabel who are you?", "the line above is still the last message"
+
+
+async def test_up_never_recalls_a_password_typed_as_a_word(pane: StartPane, port: int) -> None:
+    require(TELNET, "tmux")
+    bob = await pane([TELNET, "127.0.0.1", str(port)], width=80, height=20)
+    await enter_room(bob, "bob", "one")
+    await bob.type("hello there\r")
+    await bob.wait_line("#one:bob> hello there")
+    await bob.type("register s3cret-one\r")
+    await bob.wait_line("*** Nick bob is now registered to you; next time type login bob <password>")
+    await bob.type("password s3cret-one s3cret-two\r")
+    await bob.wait_line("*** Password changed")
+    await bob.type("login bob s3cret-two\r")
+    await bob.wait_line("*** You are already bob")
+    # Up goes past all three to the last line without a password; a second Up finds no other.
+    await bob.keys("Up")
+    await bob.wait(lambda s: s[-1] == "[#one] hello there", "the line before the passwords")
+    await bob.keys("Up", "Up", "Up")
+    await bob.wait(lambda s: s[-1] == "[#one] login bob", "the oldest line kept, after join one")

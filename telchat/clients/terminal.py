@@ -28,6 +28,7 @@ from telchat.config import Config
 from telchat.rules.lineedit import CLEAR_LINE, LineEditor
 from telchat.rules.lines import Oversize
 from telchat.rules.plain import sparse
+from telchat.session.commands import holds_password
 from telchat.session.session import Session
 from telchat.telnet.internals import LeanTelnetWriter
 from telchat.telnet.liveness import Watchdog, set_user_timeout
@@ -104,6 +105,7 @@ class Terminal:
         )
         if self._editor is not None:
             self._editor.complete = self._complete
+            self._editor.private = holds_password
         self._prompt_room: str | None = None
         self._inner: Sink | None = None
         self._session: Session | None = None

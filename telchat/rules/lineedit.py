@@ -153,6 +153,7 @@ class LineEditor:
         "charset",
         "complete",
         "max_bytes",
+        "private",
         "secret",
         "width",
     )
@@ -182,6 +183,8 @@ class LineEditor:
         self.secret = False
         # Tab completion; without one, Tab types a space.
         self.complete: Completer | None = None
+        # Which lines hold a password (`login nick pw`): never kept for Up to show again.
+        self.private: Callable[[str], bool] | None = None
 
     # state
 
@@ -569,7 +572,8 @@ class LineEditor:
 
     def _commit(self) -> str:
         line = self.text
-        if line.strip() and not self.secret and (not self._history or self._history[-1].text != line):
+        kept = not (self.secret or (self.private is not None and self.private(line)))
+        if line.strip() and kept and (not self._history or self._history[-1].text != line):
             self._history.append(self._entry())
             del self._history[: -self._history_size]
         self._history_at = len(self._history)

@@ -463,6 +463,21 @@ MIN_HELP_WIDTH = 20
 MIN_TYPO = 4
 
 
+# The commands whose words hold a password, and how many words come before it: a line
+# giving one stays out of the line editor's history, where Up would show it again.
+WORDS_BEFORE_PASSWORD = {LOGIN.name: 1, REGISTER.name: 0, PASSWORD.name: 0}
+
+
+def holds_password(line: str) -> bool:
+    """Whether `line`, as typed, gives a command a password."""
+    words = line.split()
+    if not words or words[0].startswith("//"):
+        return False
+    command = BY_NAME.get(words[0].removeprefix("/").lower())
+    before = WORDS_BEFORE_PASSWORD.get(command.name) if command is not None else None
+    return before is not None and len(words) > before + 1
+
+
 def parse(line: str) -> Parsed:
     """Classify one sanitized, stripped, non-empty line."""
     if line.startswith("//"):
