@@ -21,9 +21,10 @@ import pytest
 from telchat.app import App
 from telchat.config import Config
 from telchat.telnet.protocol import ChatTelnetServer
-from tests.clients import LineClient
+from tests.clients import LineClient, RawClient
 from tests.conftest import TEST_CONFIG, Connect, room_with, running, user
 from tests.health import assert_healthy, session_of
+from tests.procs import ServerProcess
 from tests.tmux import Pane, require
 
 with warnings.catch_warnings():
@@ -437,6 +438,31 @@ async def test_ssh_keys_are_kept_in_the_account_on_sqlite(tmp_path: Path) -> Non
             process = await conn.create_process(term_type="xterm", encoding=None)
             await _line_starting(process, "*** User change nick anonymous --> boss")
             process.close()
+
+
+async def test_a_wrong_ssh_password_is_logged_with_its_door() -> None:
+    """A guess through SSH comes before any session, so it has no conn_id: its address and
+    its door (`transport`) tell it from a telnet guess, which names its connection too."""
+    server = ServerProcess("--ssh-port=0", "--store=memory://", "--flood-rate=0")
+    try:
+        ssh_port = server.wait_event("listening")["ssh_port"]
+        boss = await RawClient.connect(server.port)
+        await boss.login("boss")
+        await boss.send(f"register {PASSWORD}")
+        await boss.read_until("*** Nick boss is now registered")
+        await boss.send("quit")
+        guesser = await RawClient.connect(server.port)
+        await guesser.send("login boss wrong-one")
+        await guesser.read_until("*** Wrong password for boss")
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _password_login(ssh_port, "boss", "wrong-two")
+        by_ssh = server.wait_for(lambda r: r["event"] == "login_failed" and r.get("transport") == "ssh", "ssh")
+        assert "conn_id" not in by_ssh and by_ssh["peer"].startswith("127.0.0.1:") and by_ssh["account"] == "boss"
+        (by_telnet,) = [r for r in server.events if r["event"] == "login_failed" and r.get("transport") == "telnet"]
+        assert isinstance(by_telnet["conn_id"], int) and by_telnet["account"] == "boss"
+        await guesser.close()
+    finally:
+        server.kill()
 
 
 async def _password_login(port: int, nick: str, password: str) -> None:

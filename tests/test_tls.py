@@ -14,6 +14,7 @@ from telchat.app import App
 from telchat.config import parse_config
 from tests.clients import RawClient, TermClient
 from tests.conftest import with_config
+from tests.procs import ServerProcess
 from tests.tmux import require
 
 
@@ -86,3 +87,17 @@ def test_tls_port_needs_certificate_and_key() -> None:
         parse_config(["--tls-port=992"], {})
     config = parse_config(["--tls-port=992", "--tls-cert=c.pem", "--tls-key=k.pem"], {})
     assert (config.tls_port, config.tls_cert, config.tls_key) == (992, "c.pem", "k.pem")
+
+
+async def test_a_stalled_handshakes_limit_event_names_its_listener(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server = ServerProcess("--tls-port=0", f"--tls-cert={cert}", f"--tls-key={key}", "--tls-handshake-timeout=0.2")
+    try:
+        tls_port = server.wait_event("listening")["tls_port"]
+        _, writer = await asyncio.open_connection("127.0.0.1", tls_port)  # and never says hello
+        event = server.wait_for(lambda r: r["event"] == "limit" and r["kind"] == "tls_handshake", "the limit")
+        # Not a session yet: no conn_id, named by its listener as a refusal at accept is.
+        assert event["listener"] == "tls" and event["peer"].startswith("127.0.0.1:") and "conn_id" not in event
+        writer.close()
+    finally:
+        server.kill()

@@ -17,7 +17,7 @@ import asyncio
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -151,7 +151,7 @@ class Accounts:
         if not password:
             raise ChatError(replies.LOGIN_CANCELLED)
         key = nick_key(nick)
-        record = await self._verified(user.peer, user.conn_id, key, nick, password)
+        record = await self._verified(user.identity, key, nick, password)
         await self._rehash(key, record, password)
         await self._enter(user, nick, key, record, ghost=ghost)
 
@@ -166,12 +166,13 @@ class Accounts:
         # As a password login: one more session if the account is online elsewhere.
         await self._enter(user, nick, nick_key(nick), record, ghost=False)
 
-    async def password_proves(self, raw_nick: str, password: str, peer: str) -> bool:
+    async def password_proves(self, raw_nick: str, password: str, peer: str, door: str) -> bool:
         """Whether `password` is the account's, for a door that asks it before any session
         (SSH): the same hasher and the same failure throttling as `login`."""
         try:
             nick = check_nick_or_error(raw_nick)
-            record = await self._verified(peer, None, nick_key(nick), nick, password)
+            # No session yet, so no conn_id: the address and the door name the attempt.
+            record = await self._verified({"peer": peer, "transport": door}, nick_key(nick), nick, password)
         except ChatError:
             return False
         await self._rehash(nick_key(nick), record, password)
@@ -276,7 +277,7 @@ class Accounts:
             raise ChatError(replies.NICK_NOT_REGISTERED)
         check_password(new)
         key = user.account
-        record = await self._verified(user.peer, user.conn_id, key, user.nick, old)
+        record = await self._verified(user.identity, key, user.nick, old)
         record["hash"] = await self.hasher.hash(new)
         await self.store.put_record(ACCOUNT, key, record)
         log.info("password_changed", **user.identity, account=key)
@@ -325,10 +326,11 @@ class Accounts:
         record["tz"] = user.profile.zone.key if user.profile.zone is not None else None
         await self.store.put_record(ACCOUNT, user.account, record)
 
-    async def _verified(self, peer: str, conn_id: int | None, key: str, nick: str, password: str) -> Record:
+    async def _verified(self, who: dict[str, Any], key: str, nick: str, password: str) -> Record:
         """The account record, once `password` proved right; throttled per address, and per
-        address and nick, counting attempts still being verified."""
-        group = group_key(host_of(peer))
+        address and nick, counting attempts still being verified. `who` tries, as log events
+        name it (`User.identity`)."""
+        group = group_key(host_of(who["peer"]))
         counters = (f"login:ip:{group}", f"login:ip-nick:{group} {key}")
         # Each attempt counts as a failure, on every node, until it is known not to be one.
         reserved: list[tuple[str, str]] = []
@@ -337,7 +339,7 @@ class Accounts:
                 count, token = await self.store.reserve_attempt(counter, FAILURE_WINDOW)
                 reserved.append((counter, token))
                 if count > self.max_failures:
-                    self.chat.telemetry.limit("login_failures", conn_id=conn_id, peer=peer, account=key)
+                    self.chat.telemetry.limit("login_failures", **who, account=key)
                     raise ChatError(replies.TOO_MANY_FAILURES)
             record = await self.store.get_record(ACCOUNT, key)
             if record is None:
@@ -345,7 +347,7 @@ class Accounts:
             if not await self.hasher.verify(record["hash"], password):
                 for counter in counters:
                     await self.store.add_failure(counter, FAILURE_WINDOW)
-                log.warning("login_failed", conn_id=conn_id, peer=peer, account=key)
+                log.warning("login_failed", **who, account=key)
                 raise ChatError(replies.WRONG_PASSWORD.format(nick=nick))
             return record
         finally:

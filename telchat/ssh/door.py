@@ -65,7 +65,7 @@ class Owners(Protocol):
 
     async def key_proves(self, raw_nick: str, fingerprint: str) -> bool: ...
 
-    async def password_proves(self, raw_nick: str, password: str, peer: str) -> bool: ...
+    async def password_proves(self, raw_nick: str, password: str, peer: str, door: str) -> bool: ...
 
 
 class SshDoor:
@@ -167,7 +167,7 @@ class ChatSshServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
-        return await self._owners.password_proves(username, password, self._peer)
+        return await self._owners.password_proves(username, password, self._peer, "ssh")
 
     def session_requested(self) -> ChatSshSession | bool:
         # One session per connection: the connection was counted once.

@@ -83,4 +83,6 @@ class TlsAcceptor(asyncio.Protocol):
         # Timed out, refused by TLS, or the client left: the connection is closed already.
         self._guards.release(self._address)
         self._address = None
-        self._guards.telemetry.limit("tls_handshake", level="info", peer=self._peer, error=type(failure).__name__)
+        # Not a session yet (no conn_id): named by its listener, as a refusal at accept is.
+        error = type(failure).__name__
+        self._guards.telemetry.limit("tls_handshake", level="info", peer=self._peer, listener="tls", error=error)
