@@ -18,6 +18,7 @@ from telchat.config import Config, parse_config
 from telchat.obs.logs import configure_logging, get_logger
 from telchat.store.base import StoreError, masked
 from telchat.store.url import make_store
+from telchat.telnet.tls import server_context
 from telchat.workers import WORKER_ENV, supervise, worker_config
 
 EXIT_OK = 0
@@ -105,11 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("telchat: --workers above 1 needs a redis:// --store and a fixed --port", file=sys.stderr)
         return EXIT_START_FAILED
     try:
+        probe_tls(config)
         asyncio.run(probe_store(config))
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:
         print(f"telchat: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     return supervise(config, run, upgrade.check_code)
+
+
+def probe_tls(config: Config) -> None:
+    """Fail before forking workers when a TLS certificate or key is unusable (OSError):
+    workers would each fail to start, over and over, until the parent gave up."""
+    for cert, key in ((config.tls_cert, config.tls_key), (config.web_tls_cert, config.web_tls_key)):
+        if cert:
+            server_context(cert, key)
 
 
 async def probe_store(config: Config) -> None:

@@ -14,7 +14,7 @@ from telchat.app import App
 from telchat.config import parse_config
 from tests.clients import RawClient, TermClient
 from tests.conftest import with_config
-from tests.procs import ServerProcess
+from tests.procs import ServerProcess, run_server
 from tests.tmux import require
 
 
@@ -101,3 +101,18 @@ async def test_a_stalled_handshakes_limit_event_names_its_listener(certificate: 
         writer.close()
     finally:
         server.kill()
+
+
+def test_an_unusable_certificate_stops_the_start_and_is_named(certificate: tuple[Path, Path], tmp_path: Path) -> None:
+    _, key = certificate
+    missing = tmp_path / "missing.pem"
+    # With workers, before any is forked (each would fail, and be restarted, over and over):
+    # no Redis is asked either, the certificate is checked first.
+    workers = ["--port=24999", "--workers=2", "--store=redis://127.0.0.1:1/0", "--tls-port=0"]
+    result = run_server(*workers, f"--tls-cert={missing}", f"--tls-key={key}")
+    assert (result.returncode, result.stderr.strip()) == (2, f"telchat: cannot read the TLS certificate {missing}")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    result = run_server("--port=0", "--store=memory://", "--tls-port=0", f"--tls-cert={garbage}", f"--tls-key={key}")
+    assert result.returncode == 2
+    assert f"unusable TLS certificate {garbage} or key {key}" in result.stderr

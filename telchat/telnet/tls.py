@@ -10,6 +10,7 @@ the connection in at accept, like a plain telnet one, then runs the handshake un
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from asyncio.sslproto import SSLProtocol
 from collections.abc import Callable
@@ -21,10 +22,17 @@ from telchat.telnet.protocol import ChatTelnetServer, peer_of
 
 
 def server_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context with modern defaults; raises OSError when the files are unusable."""
+    """A server context with modern defaults; raises OSError, naming the file, when the
+    certificate or the key is unusable (OpenSSL's own errors name neither)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
+    for what, path in (("certificate", cert), ("key", key)):
+        if not os.access(path, os.R_OK):
+            raise OSError(f"cannot read the TLS {what} {path}")
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise OSError(f"unusable TLS certificate {cert} or key {key}: {exc.reason or exc}") from exc
     return context
 
 
