@@ -50,6 +50,9 @@ async def serve(config: Config) -> int:
     except OSError as exc:
         log.error("start_failed", error=str(exc), host=config.host, port=config.port, metrics_port=config.metrics_port)
         print(f"telchat: cannot listen: {exc}", file=sys.stderr)
+        # The store is open: closed, its tasks end as asked, not cancelled by the exit
+        # (which its watcher would log as died).
+        await app.stop()
         return EXIT_START_FAILED
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

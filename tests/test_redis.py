@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,15 @@ def test_unreachable_redis_exits_2() -> None:
     result = run_server("--port=0", f"--store=redis://127.0.0.1:{free_port()}/0")
     assert result.returncode == 2
     assert result.stderr.startswith("telchat: cannot reach Redis")
+
+
+def test_a_start_that_cannot_listen_closes_the_store_quietly(redis: RedisServer, tmp_path: Path) -> None:
+    # The store was open when the TLS door failed: closed, not cancelled at exit, so none of
+    # its tasks is logged as died (an error an operator would chase).
+    missing = tmp_path / "missing.pem"
+    result = run_server(
+        f"--store={redis.url}", "--port=0", "--tls-port=0", f"--tls-cert={missing}", f"--tls-key={missing}"
+    )
+    assert result.returncode == 2
+    assert "start_failed" in result.stdout and "redis_open" in result.stdout
+    assert "redis_task_died" not in result.stdout
