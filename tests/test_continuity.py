@@ -345,6 +345,22 @@ async def test_two_sessions_on_two_redis_nodes(nodes: list[ServerProcess], clien
     assert (await ann.read_until("*** User frank quit"))[-1] == "*** User frank quit (quit)"
 
 
+async def test_rooms_joined_before_registering_follow_the_account_at_once(
+    nodes: list[ServerProcess], clients: list[RawClient]
+) -> None:
+    # Saved as the nick is registered, not at the next --marker-flush (30 s): a session on
+    # the other node, which has no session of the account to share them from, finds them.
+    laptop = await RawClient.connect(nodes[0].port)
+    clients.append(laptop)
+    await laptop.login("frank")
+    await laptop.join("early", "frank")
+    await laptop.send(f"register {PASSWORD}")
+    await laptop.read_until("*** Nick frank is now registered")
+    phone, lines = await back(nodes[1].port, "frank", "*** User frank joined room #early")
+    clients.append(phone)
+    assert lines[-1] == "*** User frank joined room #early"
+
+
 async def test_joins_and_leaves_follow_the_account_across_redis_nodes(
     nodes: list[ServerProcess], clients: list[RawClient]
 ) -> None:

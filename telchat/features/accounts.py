@@ -122,6 +122,8 @@ class Accounts:
         self.max_failures = max_failures
         # Run, in order, once a user proved their password and took the nick (mail, rooms).
         self.logins: list[Callable[[User], Awaitable[None]]] = []
+        # Run once a user registered their nick: what they already have becomes the account's.
+        self.registrations: list[Callable[[User], None]] = []
 
     async def login(self, asker: Asker, raw_nick: str, password: str | None, *, ghost: bool = False) -> None:
         """`login NICK [PASSWORD [ghost]]`: a registered nick without a password asks for one.
@@ -269,6 +271,8 @@ class Accounts:
         self.store.publish(events.control(REGISTERED, key))
         self._grant(user, key, record)
         await self.remember(user)
+        for registration in self.registrations:
+            registration(user)
         log.info("account_registered", **(user.identity | {"nick": nick}), account=key)
         user.send(replies.REGISTERED.format(nick=nick))
 

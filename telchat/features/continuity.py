@@ -55,6 +55,8 @@ class Continuity:
         # Users whose rooms are being restored: their joins are not saved one by one.
         self._restoring: set[User] = set()
         accounts.logins.append(self.restore)
+        # The rooms joined before registering are the account's at once, not at the next flush.
+        accounts.registrations.append(self._save_changed)
 
     def start(self) -> None:
         if self.flush_seconds > 0:
