@@ -133,6 +133,28 @@ async def test_a_killed_node_is_proven_dead_by_the_first_logins_after_it(
         two.kill()
 
 
+async def test_a_killed_node_nobody_reconnects_to_is_buried_after_a_missed_heartbeat(
+    redis: RedisServer, clients: list[RawClient]
+) -> None:
+    """No claim meets its nicks, so only a janitor finds it: one with no connection to Redis
+    that missed a heartbeat is declared dead (an expiry never logs `redis_node_dead`), and
+    its users quit their rooms then, not at --node-ttl."""
+    one, two = (ServerProcess(f"--store={redis.url}", "--node-ttl=6", "--flood-rate=0") for _ in range(2))
+    try:
+        await login(clients, one, "alice", "r")
+        bob = await login(clients, two, "bob", "r")
+        await up_for(redis, RECONNECT_SECONDS)
+        one.proc.send_signal(signal.SIGKILL)
+        one.proc.wait()
+        assert (await bob.read_until("*** User alice quit", timeout=10))[-1] == "*** User alice quit (server lost)"
+        assert two.wait_event("redis_node_dead")["node"] == one.wait_event("redis_open")["node"]
+        await bob.send("who")
+        assert (await bob.read_until("*** Users in #r"))[-1] == "*** Users in #r: bob"
+    finally:
+        one.kill()
+        two.kill()
+
+
 async def test_a_storm_of_logins_shares_a_few_redis_connections(redis: RedisServer, clients: list[RawClient]) -> None:
     """The reads and claims of logins arriving together go out on one pipeline per loop
     turn, not each on a connection of its own from the pool (64)."""

@@ -825,26 +825,38 @@ class RedisStore(Store):
         if now - self._probed.get(node, -PROBE_SECONDS) < PROBE_SECONDS:
             return False
         self._probed[node] = now
-        client = self._client()
-        pipe = client.pipeline(transaction=False)
+        unconnected, grace = await self._unconnected([node])
+        if not unconnected or not await self._declare_dead(node, grace):
+            return False
+        self._janitor_wake.set()
+        return True
+
+    async def _unconnected(self, nodes: list[str]) -> tuple[list[str], float]:
+        """Those of `nodes` with no connection to Redis, and how long such a node must not
+        have beaten to be dead (`_proven_dead`); none when Redis is too young to tell, or
+        refuses CLIENT LIST (then only a key's expiry tells)."""
+        pipe = self._client().pipeline(transaction=False)
         pipe.client_list()
         pipe.info("server")
         connections, info = await pipe.execute(raise_on_error=False)
         if isinstance(connections, RedisError):
-            return False  # CLIENT LIST not allowed: wait for the key to expire
-        if any(c.get("name") == _client_name(node) for c in connections):
-            return False
+            return [], 0.0
         if isinstance(info, RedisError):
             grace = self.node_ttl / 3
         elif int(info["uptime_in_seconds"]) < RECONNECT_SECONDS:
-            return False
+            return [], 0.0
         else:
             grace = min(QUIET_SECONDS, self.node_ttl / 3)
+        names = {c.get("name") for c in connections}
+        return [node for node in nodes if _client_name(node) not in names], grace
+
+    async def _declare_dead(self, node: str, grace: float) -> bool:
+        """Delete `node`'s key, as its expiry would, unless it beat within `grace` seconds or
+        is handing over to its next image."""
         keys = (_key("node", node), _key("beats"), _key("handover", node))
-        if not await client.eval(DECLARE_DEAD_LUA, len(keys), *keys, node, grace):
+        if not await self._client().eval(DECLARE_DEAD_LUA, len(keys), *keys, node, grace):
             return False
         log.warning("redis_node_dead", node=node, by=self.node)
-        self._janitor_wake.set()
         return True
 
     def release_nick(self, key: str) -> None:
@@ -1180,12 +1192,24 @@ class RedisStore(Store):
         nodes = await client.smembers(_key("nodes"))
         for gone in self._probed.keys() - nodes:
             del self._probed[gone]
+        keyed = [node for node in nodes if node != self.node and await client.exists(_key("node", node))]
+        silent = await self._silent(keyed) if keyed else set()
         for node in nodes:
-            if node == self.node or await client.exists(_key("node", node)):
+            if node == self.node or (node in keyed and node not in silent):
                 continue
             # One janitor per dead node, however many nodes notice at once.
             if await client.set(_key("janitor", node), self.node, nx=True, ex=30):
                 await self._bury(node)
+
+    async def _silent(self, nodes: list[str]) -> set[str]:
+        """Those of `nodes`, their keys not expired yet, that are dead all the same: no
+        connection to Redis (a killed process's close at once) and a heartbeat missed since
+        (stricter than a claim's test, `_proven_dead`: nobody is waiting for their nicks).
+        Declared dead now, they are buried a heartbeat interval or two after a kill, not at
+        --node-ttl, though none of their users comes back to claim a nick."""
+        unconnected, grace = await self._unconnected(nodes)
+        missed = max(grace, self.node_ttl / 3 + QUIET_SECONDS)
+        return {node for node in unconnected if await self._declare_dead(node, missed)}
 
     async def _bury(self, node: str) -> None:
         """Remove a dead node's users: presence, nicks, and a quit notice to their rooms,
