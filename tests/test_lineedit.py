@@ -313,7 +313,7 @@ def test_narrowing_to_a_width_the_line_fills_exactly_erases_no_row_above_it() ->
     editor = typed("x" * 60)  # cursor at column 60
     assert editor.resize(30) == "\r\x1b[1A\x1b[J" + editor.redraw(), "two full rows, cursor on the second"
     editor = typed("x" * 30)
-    assert editor.resize(30) == editor.redraw(), "one full row: nothing above it to erase"
+    assert editor.resize(30) == "\r\x1b[J" + editor.redraw(), "one full row: nothing above it to erase"
     # With text after the cursor, the cell under it starts a row of its own.
     editor = typed("x" * 60 + LEFT * 30)
     assert editor.resize(30) == "\r\x1b[1A\x1b[J" + editor.redraw(), "the cursor on the second row"
@@ -330,3 +330,11 @@ def test_lines_that_give_a_password_stay_out_of_the_history() -> None:
     for line in ("join one", "register pw", "hello"):
         editor.feed(line + "\r")
     assert editor.history == ["join one", "hello"]
+
+
+def test_narrowing_with_the_cursor_moved_left_erases_the_rows_after_it() -> None:
+    # The cursor on the first of the rows the old line was wrapped onto: those after it
+    # are pieces of the old line, which a chat line would then be written over.
+    editor = typed("x" * 53 + LEFT * 46)  # cursor at column 7 of 53
+    assert editor.resize(20) == "\r\x1b[J" + editor.redraw()
+    assert editor.resize(40).startswith(CLEAR_LINE), "widened: nothing below to erase"

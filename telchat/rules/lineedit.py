@@ -316,12 +316,17 @@ class LineEditor:
         width = max(width, MIN_WIDTH)
         if width == self.width:
             return ""
-        up = self._rows_above(width) if width < self.width and self._graphemes else 0
+        narrowed = width < self.width
+        up = self._rows_above(width) if narrowed and self._graphemes else 0
         self.width = width
         self._scroll()
         if not self._graphemes:
             return ""
-        return ("\r" + f"\x1b[{up}A" + "\x1b[J" if up else "") + self.redraw()
+        if not narrowed:
+            return self.redraw()
+        # Down from the line's first row: the rows after the cursor's go too (the cursor may
+        # sit on the first, moved left).
+        return "\r" + (f"\x1b[{up}A" if up else "") + "\x1b[J" + self.redraw()
 
     def _rows_above(self, width: int) -> int:
         """The rows above the cursor's once the drawn line is reflowed to `width` columns."""
