@@ -233,9 +233,7 @@ async def test_mud_client_gets_line_mode_gmcp_mssp_and_eor(port: int, connect: C
 
         await tina.login("tina")
         await tina.join("one", "tina")
-        assert await tina.gmcp_message("Comm.Channel.List") == [
-            {"name": "one", "caption": "#one", "command": "say one"}
-        ]
+        assert await tina.gmcp_message("Comm.Channel.List") == [{"name": "one", "caption": "#one"}]
         assert await tina.gmcp_message("Comm.Channel.Players") == [{"name": "tina", "channels": ["one"]}]
 
         bob = await user(connect, "bob", "one")

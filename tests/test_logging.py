@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clients import logged_session
+from tests.clients import MudClient, logged_session
 from tests.procs import ServerProcess
 from tests.webclient import WebClient
 
@@ -74,6 +74,24 @@ async def test_a_web_users_events_name_the_web_door() -> None:
     mine = [r for r in server.events if r.get("conn_id") == said["conn_id"]]
     assert {r["event"] for r in mine} >= {"connect", "nick", "join", "message"}
     assert {r["transport"] for r in mine} == {"web"}
+
+
+async def test_a_mud_clients_hello_names_its_connection() -> None:
+    server = ServerProcess("--log-level=debug")
+    try:
+        mud = await MudClient.connect(server.port)
+        await mud.login("muddy")
+        mud.send_gmcp("Core.Hello", {"client": "Mudlet", "version": "4.17.2"})
+        mud.send_gmcp("Char.Login", {"name": "muddy"})
+        hello = server.wait_event("gmcp_hello")
+        ignored = server.wait_event("gmcp_ignored")
+        await mud.close()
+    finally:
+        server.kill()
+    for event in (hello, ignored):
+        assert (event["transport"], event["nick"]) == ("telnet", "muddy")
+        assert isinstance(event["conn_id"], int) and event["peer"].startswith("127.0.0.1:")
+    assert (hello["client"], ignored["package"]) == ("Mudlet", "Char.Login")
 
 
 async def test_telnetlib3_logs_go_through_json(server: ServerProcess) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from telchat.clients.gmcp import PLAYERS_INTERVAL
 from telchat.upgrade import incompatible
 from tests.clients import MudClient, RawClient, TermClient
 from tests.procs import ROOT, ServerProcess
@@ -132,6 +133,9 @@ async def test_upgrade_keeps_everyone_and_everything(tmp_path: Path) -> None:
         receivers = (plain, vasya, mud)
         for receiver in receivers:
             await receiver.drain()
+        await asyncio.sleep(PLAYERS_INTERVAL)  # the players lists of these joins are out
+        await mud.drain()
+        mud.gmcp.clear()
 
         change_greeting(tree)
         got = await upgrade_mid_stream(server, sender, "sender", receivers)
@@ -151,6 +155,9 @@ async def test_upgrade_keeps_everyone_and_everything(tmp_path: Path) -> None:
         await plain.send("who ops")
         assert await plain.read_line() == "*** Users in #ops: mud, plain, sender, term, vasya"
 
+        # One players list after the upgrade: a change the old image held back goes on.
+        members = ["mud", "plain", "sender", "term", "vasya"]
+        assert await mud.gmcp_message("Comm.Channel.Players") == [{"name": n, "channels": ["ops"]} for n in members]
         mud.gmcp.clear()
         await sender.send("привет")
         assert (await vasya.read_line_bytes()).decode("cp1251") == "#ops:sender> привет\r\n"

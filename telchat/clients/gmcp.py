@@ -57,7 +57,9 @@ class GmcpEvents:
         self._outbox.push(frame(package, data))
 
     def channels(self, rooms: list[str]) -> None:
-        self.send("Comm.Channel.List", [{"name": r, "caption": f"#{r}", "command": f"say {r}"} for r in rooms])
+        # No "command": a client sends it followed by the text to speak in that channel, and
+        # telchat has no command that speaks in a room other than the current one.
+        self.send("Comm.Channel.List", [{"name": r, "caption": f"#{r}"} for r in rooms])
 
     def channel_text(self, channel: str, talker: str, text: str) -> None:
         self.send("Comm.Channel.Text", {"channel": channel, "talker": talker, "text": text})
@@ -89,11 +91,14 @@ class GmcpEvents:
 
 def start(chat: Chat, user: User, greet: bool = True) -> GmcpEvents:
     """The client enabled GMCP: greet it and start telling it about the user's rooms
-    (not `greet`: it was told everything before a server upgrade; only go on)."""
+    (not `greet`: it was told everything before a server upgrade; only go on, with one
+    players list: a change the old image held back for `PLAYERS_INTERVAL` went with it)."""
     sink = GmcpEvents(user.outbox)
     if greet:
         sink.send("Core.Hello", {"name": "telchat", "version": __version__})
     chat.attach_events(user, sink, greet)
+    if not greet:
+        sink.players(partial(players_of, user))
     return sink
 
 
@@ -105,6 +110,7 @@ def receive(sink: GmcpEvents, user: User, package: str, data: Any) -> None:
     elif name == "core.ping":
         sink.send("Core.Ping")
     elif name == "core.hello" and isinstance(data, dict):
-        log.info("gmcp_hello", client=str(data.get("client", "")), version=str(data.get("version", "")))
+        client, version = str(data.get("client", "")), str(data.get("version", ""))
+        log.info("gmcp_hello", **user.identity, client=client, version=version)
     else:
-        log.debug("gmcp_ignored", package=package)
+        log.debug("gmcp_ignored", **user.identity, package=package)
