@@ -40,6 +40,7 @@ async def serve(config: Config) -> int:
         # Every worker counts conn_id from 1: the pid tells their log lines apart.
         structlog.contextvars.bind_contextvars(worker=os.getpid())
     handover = upgrade.inherited()
+    app: App | None = None
     try:
         app = App(config)
         await app.start(handover.carried if handover is not None else None)
@@ -52,7 +53,8 @@ async def serve(config: Config) -> int:
         print(f"telchat: cannot listen: {exc}", file=sys.stderr)
         # The store is open: closed, its tasks end as asked, not cancelled by the exit
         # (which its watcher would log as died).
-        await app.stop()
+        if app is not None:
+            await app.stop()
         return EXIT_START_FAILED
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
